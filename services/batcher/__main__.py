@@ -1,0 +1,33 @@
+"""Entry point: `python -m services.batcher`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from services.batcher.service import BatcherService
+from services.batcher.settings import BatcherSettings
+from shared.structured_logging import configure_logging
+
+
+async def _serve(settings: BatcherSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = BatcherService(settings)
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def main() -> None:
+    settings = BatcherSettings()
+    configure_logging("batcher", settings.instance_id, level=settings.log_level, fmt=settings.log_format)
+    asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Runs one micro-batch on the worker fleet until every request in it has ended.
+
+Steps for a batch: (1) pick a worker by policy; (2) open one Generate stream for all its requests;
+(3) turn each event into a reply (deltas, final, error); (4) requests that the worker could not
+finish (it died, its stream broke, it was overloaded) go to another worker, continuing after the
+text already delivered, so the client sees one coherent stream; after `batcher_max_attempts` tries
+a request ends with `worker_failed`. Every request ends with exactly one terminal reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+
+from services.batcher.metrics import BatcherMetrics
+from services.batcher.reply_publisher import ReplyPublisher
+from services.batcher.request_state import RequestState
+from services.batcher.settings import BatcherSettings
+from services.batcher.worker_pool import WorkerHandle, WorkerPool
+from shared.protos import worker_pb2
+from shared.records import ErrorCode, FinishReason, GenerationRequest
+from shared.structured_logging import request_context
+
+__all__ = ["BatchDispatcher", "to_work_item"]
+
+log = logging.getLogger(__name__)
+
+_FINISH = {
+    worker_pb2.FINISH_REASON_STOP: FinishReason.STOP,
+    worker_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH,
+    worker_pb2.FINISH_REASON_UNSPECIFIED: FinishReason.STOP,
+}
+# Failures another worker may not have; the rest end the request at once.
+_RETRYABLE = {
+    worker_pb2.FAILURE_CODE_OVERLOADED,
+    worker_pb2.FAILURE_CODE_INTERNAL,
+    worker_pb2.FAILURE_CODE_MODEL_NOT_FOUND,
+    worker_pb2.FAILURE_CODE_UNSPECIFIED,
+}
+_FAILURE = {
+    worker_pb2.FAILURE_CODE_INVALID_REQUEST: ErrorCode.INVALID_REQUEST,
+    worker_pb2.FAILURE_CODE_DEADLINE_EXCEEDED: ErrorCode.DEADLINE_EXCEEDED,
+    worker_pb2.FAILURE_CODE_OVERLOADED: ErrorCode.OVERLOADED,
+    worker_pb2.FAILURE_CODE_MODEL_NOT_FOUND: ErrorCode.MODEL_NOT_FOUND,
+    worker_pb2.FAILURE_CODE_INTERNAL: ErrorCode.WORKER_FAILED,
+    worker_pb2.FAILURE_CODE_UNSPECIFIED: ErrorCode.WORKER_FAILED,
+}
+
+
+def to_work_item(state: RequestState) -> worker_pb2.WorkItem:
+    """The request as the worker API wants it, continuing after text already delivered."""
+    request: GenerationRequest = state.request
+    p = request.params
+    params = worker_pb2.SamplingParams(
+        max_new_tokens=p.max_new_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        top_k=p.top_k,
+        stop=list(p.stop),
+        seed=p.seed or 0,
+        has_seed=p.seed is not None,
+        repetition_penalty=p.repetition_penalty,
+    )
+    return worker_pb2.WorkItem(
+        request_id=request.id,
+        prompt=request.prompt or "",
+        messages=[worker_pb2.ChatMessage(role=m.role, content=m.content) for m in request.messages or ()],
+        params=params,
+        deadline_unix=request.deadline or 0.0,
+        continuation=state.text,
+        continuation_tokens=state.tokens,
+    )
+
+
+class BatchDispatcher:
+    """Sends micro-batches to workers and publishes what comes back."""
+
+    def __init__(
+        self,
+        settings: BatcherSettings,
+        pool: WorkerPool,
+        publisher: ReplyPublisher,
+        metrics: BatcherMetrics,
+        on_finished: Callable[[RequestState], None],
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._publisher = publisher
+        self._metrics = metrics
+        self._release = on_finished
+        #: request id -> the worker running it, for cancellation.
+        self.running_on: dict[str, WorkerHandle] = {}
+
+    async def run(self, batch: list[RequestState]) -> None:
+        """Run `batch` (same model and sampling parameters) until each request has ended."""
+        pending = batch
+        while pending:
+            pending = [s for s in pending if not await self._end_if_over(s)]
+            if not pending:
+                return
+            model = pending[0].request.model
+            tokens = sum(s.remaining_tokens for s in pending)
+            tried = set().union(*(s.tried for s in pending))
+            worker = self._pool.pick(model, exclude=tried, tokens=tokens) or self._pool.pick(model, tokens=tokens)
+            if worker is None:
+                worker = await self._wait_for_worker(model, pending)
+                if worker is None:
+                    return
+            pending = await self._run_on(worker, pending)
+
+    async def _end_if_over(self, state: RequestState) -> bool:
+        """End a request that was cancelled, expired or out of attempts; True if it ended."""
+        if state.cancelled:
+            await self._fail(state, ErrorCode.CANCELLED, f"cancelled: {state.cancelled}")
+        elif state.request.expired():
+            await self._fail(state, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed before generation finished")
+        elif state.attempts >= self._settings.batcher_max_attempts:
+            await self._fail(
+                state, ErrorCode.WORKER_FAILED, f"no worker finished it in {state.attempts} attempts", retryable=True
+            )
+        else:
+            return False
+        return True
+
+    async def _wait_for_worker(self, model: str, pending: list[RequestState]) -> WorkerHandle | None:
+        """Wait (bounded by the deadlines and `batcher_no_worker_wait_s`) for a worker serving `model`."""
+        deadlines = [s.request.deadline for s in pending if s.request.deadline]
+        limit = self._settings.batcher_no_worker_wait_s
+        if deadlines:
+            limit = min(limit, max(0.0, min(deadlines) - time.time()))
+        worker = await self._pool.wait_for(model, timeout_s=limit)
+        if worker is not None:
+            return worker
+        if self._pool.models():
+            code, message = ErrorCode.MODEL_NOT_FOUND, f"no worker serves model {model!r}; served: {sorted(self._pool.models())}"
+        else:
+            code, message = ErrorCode.NO_WORKERS, "no worker is registered"
+        for state in pending:
+            if state.request.expired():
+                await self._fail(state, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed while waiting for a worker")
+            else:
+                await self._fail(state, code, message, retryable=code is ErrorCode.NO_WORKERS)
+        return None
+
+    async def _run_on(self, worker: WorkerHandle, batch: list[RequestState]) -> list[RequestState]:
+        """One Generate call; returns the requests to try again elsewhere."""
+        by_id = {s.id: s for s in batch}
+        ended: set[str] = set()
+        retry: list[RequestState] = []
+        tokens = sum(s.remaining_tokens for s in batch)
+        now = time.time()
+        for state in batch:
+            state.attempts += 1
+            state.tried.add(worker.worker_id)
+            state.worker_id = worker.worker_id
+            state.model = worker.info.model
+            if state.dispatched_at is None:
+                state.dispatched_at = now
+                self._metrics.queue_seconds.labels(state.priority.value).observe(
+                    max(0.0, now - state.request.created_at)
+                )
+            self.running_on[state.id] = worker
+        deadlines = [s.request.deadline for s in batch if s.request.deadline]
+        timeout = self._settings.batcher_rpc_timeout_s
+        if deadlines:
+            # A little past the latest deadline: the worker ends expired items itself and says so.
+            timeout = min(timeout, max(0.5, max(deadlines) - now + 2.0))
+        request = worker_pb2.GenerateRequest(items=[to_work_item(s) for s in batch], model=worker.info.model)
+        worker.acquire(len(batch), tokens)
+        self._metrics.batch_size.observe(len(batch))
+        call = worker.stub.Generate(request, timeout=timeout)
+        try:
+            async for event in call:
+                state = by_id.get(event.request_id)
+                if state is None or event.request_id in ended:
+                    continue  # Safe: an event for an id not in this batch, or after its end.
+                with request_context(state.id):
+                    kind = event.WhichOneof("event")
+                    if kind == "delta":
+                        await self._on_delta(state, event.delta)
+                    elif kind == "finished":
+                        ended.add(state.id)
+                        await self._on_finished(state, event.finished)
+                    elif kind == "failed":
+                        ended.add(state.id)
+                        if not await self._on_failed(state, event.failed):
+                            retry.append(state)
+        except grpc.aio.AioRpcError as exc:
+            # Safe: the stream broke (worker died, network, timeout); every request it had not
+            # ended is retried below on another worker, continuing after the delivered text.
+            worker.failures += 1
+            self._metrics.worker_failures.labels(worker.worker_id).inc()
+            log.warning(
+                "worker stream broke",
+                extra={"worker": worker.worker_id, "code": str(exc.code()), "details": exc.details()},
+            )
+        finally:
+            worker.release(len(batch), tokens)
+            for state in batch:
+                self.running_on.pop(state.id, None)
+        retry += [s for s in batch if s.id not in ended and not s.done]
+        if retry:
+            self._metrics.retries.inc(len(retry))
+        return retry
+
+    async def _on_delta(self, state: RequestState, delta: worker_pb2.TokenDelta) -> None:
+        if state.first_token_at is None and (delta.tokens or delta.text):
+            state.first_token_at = time.time()
+            if state.dispatched_at is not None:
+                self._metrics.ttft_seconds.observe(state.first_token_at - state.dispatched_at)
+        state.text += delta.text
+        state.tokens += delta.tokens
+        await self._publisher.delta(state, delta.text)
+
+    async def _on_finished(self, state: RequestState, finished: worker_pb2.Finished) -> None:
+        state.prompt_tokens = finished.prompt_tokens or state.prompt_tokens
+        if finished.reason == worker_pb2.FINISH_REASON_CANCELLED:
+            await self._fail(state, ErrorCode.CANCELLED, f"cancelled: {state.cancelled or 'on the worker'}")
+            return
+        await self._publisher.final(state, _FINISH.get(finished.reason, FinishReason.STOP))
+        self._finish(state, "ok")
+
+    async def _on_failed(self, state: RequestState, failed: worker_pb2.Failed) -> bool:
+        """Ends the request unless another worker may succeed; True if it ended."""
+        if failed.code in _RETRYABLE and state.attempts < self._settings.batcher_max_attempts:
+            log.info("retrying on another worker", extra={"code": int(failed.code), "reason": failed.message})
+            return False
+        await self._fail(
+            state, _FAILURE.get(failed.code, ErrorCode.WORKER_FAILED), failed.message or "the worker failed",
+            retryable=failed.code in _RETRYABLE,
+        )
+        return True
+
+    async def _fail(self, state: RequestState, code: ErrorCode, message: str, *, retryable: bool = False) -> None:
+        await self._publisher.error(state, code, message, retryable=retryable)
+        self._finish(state, code.value)
+
+    def _finish(self, state: RequestState, outcome: str) -> None:
+        state.done = True
+        self._metrics.requests.labels(state.priority.value, outcome).inc()
+        self._release(state)

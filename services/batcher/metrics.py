@@ -1,0 +1,35 @@
+"""The batcher's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from shared.metrics import TOKEN_LATENCY_BUCKETS, MetricsFactory
+
+__all__ = ["BatcherMetrics"]
+
+
+class BatcherMetrics:
+    """Every metric the batcher exports, on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        m = MetricsFactory("batcher", registry)
+        self.registry = registry
+        self.requests = m.counter("requests_total", "Requests ended, by priority and outcome.", ["priority", "outcome"])
+        self.queue_seconds = m.histogram("queue_seconds", "From request creation to dispatch.", ["priority"])
+        self.ttft_seconds = m.histogram(
+            "ttft_seconds", "From dispatch to the first token.", buckets=TOKEN_LATENCY_BUCKETS
+        )
+        self.batch_size = m.histogram(
+            "batch_size", "Requests per micro-batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+        )
+        self.inflight = m.gauge("inflight_requests", "Requests taken from Kafka and not yet ended.")
+        self.credits = m.gauge("credits", "Requests this batcher may have in flight now.")
+        self.workers = m.gauge("workers", "Workers known from the registry.")
+        self.worker_outstanding = m.gauge(
+            "worker_outstanding_requests", "Requests outstanding on each worker.", ["worker"]
+        )
+        self.worker_failures = m.counter("worker_failures_total", "Broken worker streams.", ["worker"])
+        self.retries = m.counter("retries_total", "Requests sent to another worker after a failure.")
+        self.deadlettered = m.counter("deadlettered_total", "Records sent to the dead-letter topic.", ["topic"])
+        self.paused = m.gauge("paused", "1 while consumption is paused for lack of credits.")

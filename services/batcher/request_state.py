@@ -1,0 +1,60 @@
+"""What the batcher knows about one request it has taken from Kafka until its final reply is out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+
+from shared.records import GenerationRequest, Priority
+
+__all__ = ["RequestState", "prompt_text"]
+
+
+def prompt_text(request: GenerationRequest) -> str:
+    """The prompt as one text (chat turns as `role: content` lines), for results and the guardian."""
+    if request.prompt is not None:
+        return request.prompt
+    return "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())
+
+
+@dataclass(eq=False)
+class RequestState:
+    """A request in flight in this batcher."""
+
+    request: GenerationRequest
+    priority: Priority
+    tp: TopicPartition
+    offset: int
+    taken_at: float = field(default_factory=time.time)
+    seq: int = 0
+    """Next ReplyEvent sequence number."""
+    text: str = ""
+    """Text delivered so far (over every attempt)."""
+    tokens: int = 0
+    """Tokens delivered so far (over every attempt)."""
+    prompt_tokens: int = 0
+    attempts: int = 0
+    tried: set[str] = field(default_factory=set)
+    """Workers already tried."""
+    dispatched_at: float | None = None
+    first_token_at: float | None = None
+    worker_id: str | None = None
+    model: str | None = None
+    cancelled: str | None = None
+    """Why it was cancelled, once it was."""
+    done: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    def next_seq(self) -> int:
+        seq = self.seq
+        self.seq += 1
+        return seq
+
+    @property
+    def remaining_tokens(self) -> int:
+        return max(0, self.request.params.max_new_tokens - self.tokens)

@@ -1,0 +1,139 @@
+"""The workers a batcher can send to, and the policy that picks one.
+
+The pool mirrors the worker registry (Redis): it opens one gRPC channel per worker, closes channels
+of workers that left, and tracks the work it has outstanding on each (requests and tokens), which
+is what the `least_outstanding` policy balances on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+
+from shared.protos import worker_pb2_grpc
+from shared.worker_registry import WorkerInfo
+
+__all__ = ["WorkerHandle", "WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """One worker: what it registered, a channel to it, and this batcher's work on it."""
+
+    info: WorkerInfo
+    channel: grpc.aio.Channel
+    stub: worker_pb2_grpc.WorkerStub
+    outstanding_requests: int = 0
+    outstanding_tokens: int = 0
+    failures: int = 0
+    _order: int = field(default=0, repr=False)
+
+    @property
+    def worker_id(self) -> str:
+        return self.info.worker_id
+
+    @property
+    def free_slots(self) -> int:
+        return self.info.capacity - self.outstanding_requests
+
+    def acquire(self, requests: int, tokens: int) -> None:
+        self.outstanding_requests += requests
+        self.outstanding_tokens += tokens
+
+    def release(self, requests: int, tokens: int) -> None:
+        self.outstanding_requests = max(0, self.outstanding_requests - requests)
+        self.outstanding_tokens = max(0, self.outstanding_tokens - tokens)
+
+
+class WorkerPool:
+    """Workers known to this batcher, kept in step with the registry."""
+
+    def __init__(self, policy: str = "least_outstanding") -> None:
+        self.policy = policy
+        self._workers: dict[str, WorkerHandle] = {}
+        self._rr = itertools.count()
+        self._changed = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    @property
+    def workers(self) -> list[WorkerHandle]:
+        return list(self._workers.values())
+
+    def capacity(self) -> int:
+        """Batch slots of every usable worker together."""
+        return sum(w.info.capacity for w in self._workers.values() if not w.info.draining)
+
+    def models(self) -> set[str]:
+        return {w.info.model for w in self._workers.values() if not w.info.draining}
+
+    async def sync(self, infos: list[WorkerInfo]) -> None:
+        """Match the pool to the registry: add new workers, update known ones, drop gone ones."""
+        seen = set()
+        for info in infos:
+            seen.add(info.worker_id)
+            handle = self._workers.get(info.worker_id)
+            if handle is not None and handle.info.address == info.address:
+                handle.info = info
+                continue
+            if handle is not None:  # same id, new address: a restarted worker
+                await handle.channel.close()
+            channel = grpc.aio.insecure_channel(
+                info.address,
+                options=[
+                    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                    ("grpc.keepalive_time_ms", 10_000),
+                    ("grpc.keepalive_timeout_ms", 5_000),
+                ],
+            )
+            self._workers[info.worker_id] = WorkerHandle(info, channel, worker_pb2_grpc.WorkerStub(channel))
+            log.info("worker joined", extra={"worker": info.worker_id, "address": info.address, "model": info.model})
+        for worker_id in set(self._workers) - seen:
+            handle = self._workers.pop(worker_id)
+            # Calls still running on it finish or fail on their own; closing ends the channel's
+            # connection once they do (grace) so nothing leaks.
+            await handle.channel.close(grace=None)
+            log.info("worker left", extra={"worker": worker_id})
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, model: str, timeout_s: float) -> WorkerHandle | None:
+        """Wait up to `timeout_s` for a worker serving `model` (woken by `sync`, no polling)."""
+        async def found() -> WorkerHandle:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.pick(model) is not None)
+            return self.pick(model)  # type: ignore[return-value]
+
+        try:
+            return await asyncio.wait_for(found(), timeout=timeout_s)
+        except TimeoutError:
+            return None  # Safe: the caller ends the requests with an explicit error.
+
+    def pick(self, model: str, *, exclude: set[str] = frozenset(), tokens: int = 0) -> WorkerHandle | None:
+        """A worker serving `model`, not draining and not in `exclude`, by policy; None if none."""
+        candidates = [
+            w for w in self._workers.values() if w.info.model == model and not w.info.draining and w.worker_id not in exclude
+        ]
+        if not candidates:
+            return None
+        if self.policy == "round_robin":
+            candidates.sort(key=lambda w: w.worker_id)
+            return candidates[next(self._rr) % len(candidates)]
+        # least_outstanding: fewest outstanding tokens per slot of capacity, then fewest requests.
+        return min(
+            candidates,
+            key=lambda w: ((w.outstanding_tokens + tokens) / w.info.capacity, w.outstanding_requests, w.worker_id),
+        )
+
+    async def close(self) -> None:
+        for handle in self._workers.values():
+            await handle.channel.close()
+        self._workers.clear()
