@@ -8,6 +8,7 @@ wakes only when asked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import uvicorn
@@ -43,8 +44,9 @@ class OpsServer:
         add_ops_routes(app, registry, ready)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
-        # The service installs its own signal handlers; uvicorn must not take them over.
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # The service installs its own signal handlers; uvicorn (0.54: capture_signals) must not
+        # take SIGTERM/SIGINT over while it serves.
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

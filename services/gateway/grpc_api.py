@@ -1,0 +1,267 @@
+"""The public gRPC API (shared/protos/gateway.proto): `Generate` (unary) and `GenerateStream`
+(server streaming), plus the standard health service and server reflection.
+
+Protobuf messages are turned into internal types at the edge (request_translation.translate_proto).
+The call's deadline becomes the request's deadline; a client that cancels has its request cancelled
+in the cluster. One interceptor is the error boundary: whatever a Gateway method raises becomes a
+gRPC status through errors.map_exception (bad input -> INVALID_ARGUMENT, never INTERNAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared.protos import gateway_pb2, gateway_pb2_grpc
+from shared.records import ReplyKind, Usage
+from shared.structured_logging import request_context
+
+from services.gateway.errors import ReplyError, grpc_status_for, map_exception, outcome_of
+from services.gateway.request_pipeline import GenerationCall, RequestPipeline
+from services.gateway.request_translation import new_request_id, translate_proto
+
+__all__ = ["ErrorBoundaryInterceptor", "GatewayGrpcServer", "GatewayServicer", "REQUEST_ID_METADATA"]
+
+log = logging.getLogger(__name__)
+
+#: Trailing metadata key carrying the request id.
+REQUEST_ID_METADATA = "x-request-id"
+_SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+_METHOD_PREFIX = f"/{_SERVICE_NAME}/"
+
+
+def _usage(usage: Usage | None) -> gateway_pb2.Usage:
+    usage = usage or Usage()
+    return gateway_pb2.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """Generation over gRPC, on the same pipeline as the HTTP API."""
+
+    def __init__(self, pipeline: RequestPipeline) -> None:
+        self._pipeline = pipeline
+
+    async def Generate(  # noqa: N802 (the proto names it)
+        self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GenerateResponse:
+        started = time.monotonic()
+        request_id = new_request_id("gen")
+        context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
+        with request_context(request_id):
+            call = await self._start(request, context, request_id=request_id, stream=False, started=started)
+            outcome = "disconnected"
+            try:
+                final = await call.final()
+                outcome = "ok"
+            except BaseException as exc:
+                # Only notes the outcome for metrics; the interceptor answers the client.
+                outcome = outcome_of(exc)
+                raise
+            finally:
+                await call.close(outcome)
+            return gateway_pb2.GenerateResponse(
+                id=request_id,
+                model=final.model or call.model,
+                text=final.text,
+                finish_reason=final.finish_reason.value if final.finish_reason else "stop",
+                usage=_usage(final.usage),
+            )
+
+    async def GenerateStream(  # noqa: N802 (the proto names it)
+        self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        # Written with context.write() rather than as an async generator, so that a client's
+        # cancellation lands inside this coroutine and the request is cancelled at once.
+        started = time.monotonic()
+        request_id = new_request_id("gen")
+        context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
+        with request_context(request_id):
+            call = await self._start(request, context, request_id=request_id, stream=True, started=started)
+            outcome = "disconnected"
+            streamed: list[str] = []
+            try:
+                while True:
+                    event = await call.next_event()
+                    if event.kind is ReplyKind.DELTA:
+                        streamed.append(event.text)
+                        if event.text:
+                            await context.write(gateway_pb2.GenerateChunk(id=request_id, text=event.text, model=call.model))
+                        continue
+                    if event.kind is ReplyKind.ERROR:
+                        assert event.error is not None
+                        raise ReplyError(event.error)
+                    outcome = "ok"
+                    sent = "".join(streamed)
+                    rest = event.text[len(sent):] if event.text.startswith(sent) else ""
+                    if rest:
+                        await context.write(gateway_pb2.GenerateChunk(id=request_id, text=rest, model=call.model))
+                    await context.write(
+                        gateway_pb2.GenerateChunk(
+                            id=request_id,
+                            finish_reason=event.finish_reason.value if event.finish_reason else "stop",
+                            usage=_usage(event.usage),
+                            final=True,
+                            model=event.model or call.model,
+                        )
+                    )
+                    return
+            except BaseException as exc:
+                # Only notes the outcome for metrics; the interceptor answers the client.
+                if outcome != "ok":
+                    outcome = outcome_of(exc)
+                raise
+            finally:
+                await call.close(outcome)
+
+    async def _start(
+        self,
+        request: gateway_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext,
+        *,
+        request_id: str,
+        stream: bool,
+        started: float,
+    ) -> GenerationCall:
+        endpoint = "grpc_generate_stream" if stream else "grpc_generate"
+        priority = "unknown"
+        try:
+            translated = translate_proto(request, self._pipeline.settings, stream=stream)
+            priority = translated.priority.value
+            return await self._pipeline.submit(
+                translated,
+                request_id=request_id,
+                endpoint=endpoint,
+                started=started,
+                timeout_s=context.time_remaining(),
+            )
+        except BaseException as exc:
+            # Only counts the refusal; the interceptor answers the client.
+            self._pipeline.count_refused(endpoint, priority, outcome_of(exc), started)
+            raise
+
+
+class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
+    """Turns any exception escaping a Gateway method into a gRPC status with a clear message."""
+
+    def __init__(self, *, retry_after_s: int) -> None:
+        self._retry_after_s = retry_after_s
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(_METHOD_PREFIX):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._guard_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._guard_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _guard_unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise  # a cancelled call, or a status already set: nothing to translate
+            except Exception as exc:
+                # Safe: this is the boundary; the client gets a status naming the problem.
+                await self._abort(exc, context)
+
+        return guarded
+
+    def _guard_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def guarded_gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    async for message in behavior(request, context):
+                        yield message
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise  # a cancelled call, or a status already set: nothing to translate
+                except Exception as exc:
+                    # Safe: this is the boundary; the client gets a status naming the problem.
+                    await self._abort(exc, context)
+
+            return guarded_gen
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> None:
+            try:
+                await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise  # a cancelled call, or a status already set: nothing to translate
+            except Exception as exc:
+                # Safe: this is the boundary; the client gets a status naming the problem.
+                await self._abort(exc, context)
+
+        return guarded
+
+    async def _abort(self, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+        trailing = tuple(context.trailing_metadata() or ())
+        request_id = next((v for k, v in trailing if k == REQUEST_ID_METADATA), None)
+        api = map_exception(exc, retry_after_s=self._retry_after_s, request_id=request_id)
+        metadata = list(trailing) + [("lgc-error-code", api.code)]
+        if api.retry_after_s is not None:
+            metadata.append(("retry-after", str(api.retry_after_s)))
+        context.set_trailing_metadata(tuple(metadata))
+        await context.abort(grpc_status_for(api), api.message)
+
+
+class GatewayGrpcServer:
+    """The grpc.aio server: Gateway service, health and reflection."""
+
+    def __init__(self, pipeline: RequestPipeline, *, host: str, port: int, shutdown_grace_s: float) -> None:
+        self._server = grpc.aio.server(
+            interceptors=[ErrorBoundaryInterceptor(retry_after_s=pipeline.settings.gateway_retry_after_s)],
+            options=[
+                ("grpc.max_receive_message_length", pipeline.settings.gateway_max_body_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(pipeline), self._server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server,
+        )
+        self._address = f"{host}:{port}"
+        self._shutdown_grace_s = shutdown_grace_s
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Listen and serve; returns the bound port."""
+        self.port = self._server.add_insecure_port(self._address)
+        if not self.port:
+            raise RuntimeError(f"could not bind the gRPC server to {self._address}")
+        await self._server.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, let running calls finish within the grace period, then stop."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self._shutdown_grace_s)

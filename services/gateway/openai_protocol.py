@@ -1,0 +1,521 @@
+"""The OpenAI-compatible wire format: request bodies as the gateway accepts them, and the answers
+it sends (these models also make the published OpenAPI document).
+
+Acceptance rules, so that nothing that changes the answer is silently ignored:
+
+* supported parameters are typed and range-checked here;
+* OpenAI parameters the gateway cannot honour (tools, logprobs, n > 1, response formats other than
+  text, penalties, ...) are accepted only at their neutral value (absent, null, false, 0, empty, 1,
+  `{"type": "text"}`) and refused with 400 naming the parameter otherwise;
+* parameters that cannot change the answer (`user`, `metadata`, `store`, ...) are accepted and
+  ignored;
+* anything else is refused as "Unrecognized request argument supplied", as OpenAI's API does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.records import MAX_MESSAGES, MAX_STOP_SEQUENCES, MAX_TEXT_CHARS
+
+__all__ = [
+    "ChatChoice",
+    "ChatChunkChoice",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatDelta",
+    "ChatMessageIn",
+    "ChatMessageOut",
+    "CompletionChoice",
+    "CompletionRequest",
+    "ContentPart",
+    "ErrorBody",
+    "ErrorResponse",
+    "ModelCardOut",
+    "ModelList",
+    "StreamOptions",
+    "TextCompletion",
+    "UsageOut",
+]
+
+PriorityName = Literal["high", "normal", "low"]
+
+
+def _refuse_unless(value: Any, neutral: tuple[Any, ...], what: str) -> Any:
+    """Refuse `value` unless it is one of the neutral values that leave the answer unchanged."""
+    if value is None or any(value == n and type(value) is type(n) for n in neutral):
+        return value
+    raise ValueError(f"{what} is not supported by this gateway")
+
+
+class _Body(BaseModel):
+    # Unknown parameters are refused (OpenAI's API does the same) rather than silently ignored.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class StreamOptions(_Body):
+    """Options for streamed answers."""
+
+    include_usage: bool | None = None
+    """Send a last chunk with `usage` and empty `choices` before `[DONE]`."""
+    include_obfuscation: bool | None = None
+    """Accepted and ignored (no obfuscation padding is sent)."""
+
+
+class ContentPart(BaseModel):
+    """A part of a message's content; only `{"type": "text", "text": ...}` is supported."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    type: str = Field(max_length=64)
+    """`text` (images, audio and files are refused)."""
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    """The text of a `text` part."""
+
+
+class ChatMessageIn(_Body):
+    """One chat turn as a client sends it."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    """Who said it (`tool`/`function` turns need tool support, which is refused)."""
+    content: str | list[ContentPart] | None = None
+    """Text, or a list of text parts (joined). Null only for an assistant turn."""
+    name: str | None = Field(None, max_length=256)
+    """Accepted and ignored (the model has no notion of participant names)."""
+    tool_calls: Any = None
+    """Not supported (no tool calling); must be absent, null or empty."""
+    tool_call_id: Any = None
+    """Not supported (no tool calling); must be absent or null."""
+    function_call: Any = None
+    """Not supported (no function calling); must be absent or null."""
+    refusal: str | None = None
+    """Accepted and ignored (earlier assistant refusals)."""
+
+    @field_validator("role")
+    @classmethod
+    def _no_tool_roles(cls, role: str) -> str:
+        if role in ("tool", "function"):
+            raise ValueError(f"messages with role '{role}' need tool calling, which is not supported")
+        return role
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, content: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
+        if isinstance(content, list):
+            for part in content:
+                if part.type != "text" or part.text is None:
+                    raise ValueError(f"content parts of type '{part.type}' are not supported (only 'text')")
+        return content
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _no_tool_calls(cls, value: Any) -> Any:
+        return _refuse_unless(value, ([],), "tool_calls (tool calling)")
+
+    @field_validator("tool_call_id", "function_call")
+    @classmethod
+    def _no_tool_fields(cls, value: Any) -> Any:
+        return _refuse_unless(value, (), "tool calling")
+
+    @model_validator(mode="after")
+    def _content_present(self) -> ChatMessageIn:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a '{self.role}' message needs 'content'")
+        return self
+
+    def text(self) -> str:
+        """The content as plain text."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content)
+
+
+class _GenerationBody(_Body):
+    """Parameters shared by /v1/chat/completions and /v1/completions."""
+
+    model: str | None = Field(None, max_length=256)
+    """Model to use (see /v1/models); empty or absent: the first model the cluster serves."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Most tokens to generate (default and upper limit set by the operator)."""
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    """Sampling temperature; 0 is greedy. Default 1."""
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    """Nucleus sampling mass; 0 means greedy. Default 1."""
+    stop: str | list[str] | None = None
+    """Up to 4 strings that end generation (not included in the output)."""
+    seed: int | None = None
+    """Sampling seed; the same seed and parameters repeat an answer on the same worker."""
+    user: str | None = Field(None, max_length=256)
+    """Accepted and ignored (end-user id)."""
+    stream: bool | None = False
+    """Stream the answer as server-sent events ending in `data: [DONE]`."""
+    stream_options: StreamOptions | None = None
+    """Streaming options; only with `stream: true`."""
+    n: int | None = Field(None, ge=1)
+    """Number of answers; only 1 is supported."""
+    presence_penalty: float | None = None
+    """Not supported; must be absent, null or 0."""
+    frequency_penalty: float | None = None
+    """Not supported; must be absent, null or 0."""
+    logit_bias: dict[str, float] | None = None
+    """Not supported; must be absent, null or empty."""
+    metadata: dict[str, str] | None = None
+    """Accepted and ignored."""
+    store: bool | None = None
+    """Accepted and ignored (nothing is stored for later retrieval)."""
+    service_tier: str | None = Field(None, max_length=64)
+    """Accepted and ignored; use `priority` instead."""
+    top_k: int | None = Field(None, ge=0, le=100_000)
+    """Extension: sample among the k most likely tokens; 0 disables."""
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    """Extension: > 1 discourages repetition; 1 disables."""
+    priority: PriorityName | None = None
+    """Extension: scheduling class (overrides the `X-LGC-Priority` header)."""
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        items = [stop] if isinstance(stop, str) else (stop or [])
+        if len(items) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+        for item in items:
+            if not item or len(item) > 256:
+                raise ValueError("each stop sequence must have 1 to 256 characters")
+        return stop
+
+    @field_validator("n")
+    @classmethod
+    def _single_choice(cls, n: int | None) -> int | None:
+        if n is not None and n != 1:
+            raise ValueError("only n=1 is supported")
+        return n
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalties(cls, value: float | None) -> float | None:
+        if value:
+            raise ValueError("presence and frequency penalties are not supported (use repetition_penalty)")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("logit_bias is not supported")
+        return value
+
+
+class ChatCompletionRequest(_GenerationBody):
+    """Body of POST /v1/chat/completions."""
+
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+    """The conversation so far."""
+    max_completion_tokens: int | None = Field(None, ge=1)
+    """Same as `max_tokens` (the newer name); when both are given they must agree."""
+    logprobs: bool | None = None
+    """Not supported; must be absent, null or false."""
+    top_logprobs: int | None = None
+    """Not supported; must be absent, null or 0."""
+    response_format: dict[str, Any] | None = None
+    """Only `{"type": "text"}` is supported."""
+    tools: list[Any] | None = None
+    """Not supported (no tool calling); must be absent, null or empty."""
+    tool_choice: Any = None
+    """Not supported; must be absent, null or "none"."""
+    parallel_tool_calls: bool | None = None
+    """Accepted and ignored (meaningless without tools)."""
+    functions: list[Any] | None = None
+    """Not supported (no function calling); must be absent, null or empty."""
+    function_call: Any = None
+    """Not supported; must be absent, null or "none"."""
+    modalities: list[str] | None = None
+    """Only `["text"]` is supported."""
+    audio: Any = None
+    """Not supported (text only)."""
+    prediction: Any = None
+    """Not supported (no predicted outputs)."""
+    web_search_options: Any = None
+    """Not supported (no web search)."""
+    reasoning_effort: str | None = None
+    """Not supported (the served models do not reason in hidden tokens)."""
+    verbosity: str | None = None
+    """Not supported."""
+    safety_identifier: str | None = Field(None, max_length=256)
+    """Accepted and ignored."""
+    prompt_cache_key: str | None = Field(None, max_length=256)
+    """Accepted and ignored (the gateway caches by content)."""
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        return _refuse_unless(value, (False,), "logprobs")
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, value: int | None) -> int | None:
+        return _refuse_unless(value, (0,), "top_logprobs")
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_format_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value != {"type": "text"}:
+            raise ValueError(f"response_format of type {value.get('type')!r} is not supported (only 'text')")
+        return value
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("tool and function calling is not supported")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        return _refuse_unless(value, ("none",), "tool and function calling")
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and value != ["text"]:
+            raise ValueError("only the 'text' modality is supported")
+        return value
+
+    @field_validator("audio", "prediction", "web_search_options", "reasoning_effort", "verbosity")
+    @classmethod
+    def _not_supported(cls, value: Any) -> Any:
+        return _refuse_unless(value, (), "this parameter")
+
+
+class CompletionRequest(_GenerationBody):
+    """Body of POST /v1/completions."""
+
+    prompt: str | list[str]
+    """The text to continue: a string, or a list holding exactly one string."""
+    logprobs: int | None = None
+    """Not supported; must be absent or null."""
+    echo: bool | None = None
+    """Not supported; must be absent, null or false."""
+    best_of: int | None = None
+    """Not supported; must be absent, null or 1."""
+    suffix: str | None = None
+    """Not supported (no insertion); must be absent, null or empty."""
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompt(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list):
+            if any(isinstance(item, int | list) for item in prompt):
+                raise ValueError("prompts given as token ids are not supported; send text")
+            if len(prompt) != 1:
+                raise ValueError("exactly one prompt per request is supported (a string or a list of one string)")
+            if prompt[0] == "":
+                raise ValueError("the prompt must not be empty")
+        elif prompt == "":
+            raise ValueError("the prompt must not be empty")
+        return prompt
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: int | None) -> int | None:
+        return _refuse_unless(value, (), "logprobs")
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool | None) -> bool | None:
+        return _refuse_unless(value, (False,), "echo")
+
+    @field_validator("best_of")
+    @classmethod
+    def _no_best_of(cls, value: int | None) -> int | None:
+        return _refuse_unless(value, (1,), "best_of > 1")
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        return _refuse_unless(value, ("",), "suffix")
+
+    def prompt_text(self) -> str:
+        """The prompt as one string."""
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+# ---- answers ---------------------------------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class UsageOut(_Out):
+    """Token counts."""
+
+    prompt_tokens: int
+    """Tokens in the prompt (after the chat template)."""
+    completion_tokens: int
+    """Tokens generated."""
+    total_tokens: int
+    """Sum of both."""
+
+
+class ChatMessageOut(_Out):
+    """The assistant's answer."""
+
+    role: Literal["assistant"] = "assistant"
+    """Always `assistant`."""
+    content: str
+    """The generated text."""
+    refusal: str | None = None
+    """Always null."""
+
+
+class ChatChoice(_Out):
+    """The (single) answer of a chat completion."""
+
+    index: int = 0
+    """Always 0 (n=1)."""
+    message: ChatMessageOut
+    """The answer."""
+    logprobs: None = None
+    """Always null (logprobs are not supported)."""
+    finish_reason: str
+    """`stop`, `length` or `cancelled`."""
+
+
+class ChatCompletion(_Out):
+    """Answer of POST /v1/chat/completions without streaming."""
+
+    id: str
+    """Request id (also in the X-Request-Id header)."""
+    object: Literal["chat.completion"] = "chat.completion"
+    """Object type."""
+    created: int
+    """Unix seconds."""
+    model: str
+    """Model that answered."""
+    choices: list[ChatChoice]
+    """One answer."""
+    usage: UsageOut
+    """Token counts."""
+    system_fingerprint: str | None = None
+    """Always null."""
+
+
+class ChatDelta(_Out):
+    """New content in a streamed chat answer."""
+
+    role: Literal["assistant"] | None = None
+    """`assistant` on the first chunk only."""
+    content: str | None = None
+    """The new text."""
+
+
+class ChatChunkChoice(_Out):
+    """The (single) choice of a chat chunk."""
+
+    index: int = 0
+    """Always 0."""
+    delta: ChatDelta
+    """New content."""
+    logprobs: None = None
+    """Always null."""
+    finish_reason: str | None = None
+    """Set on the last content chunk."""
+
+
+class ChatCompletionChunk(_Out):
+    """One server-sent event of a streamed chat answer."""
+
+    id: str
+    """Request id (the same on every chunk)."""
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    """Object type."""
+    created: int
+    """Unix seconds (the same on every chunk)."""
+    model: str
+    """Model that answers."""
+    choices: list[ChatChunkChoice]
+    """One choice; empty in the usage chunk."""
+    usage: UsageOut | None = None
+    """Only with `stream_options.include_usage`: null except in the last chunk."""
+    system_fingerprint: str | None = None
+    """Always null."""
+
+
+class CompletionChoice(_Out):
+    """The (single) choice of a text completion or text completion chunk."""
+
+    index: int = 0
+    """Always 0."""
+    text: str
+    """Generated text (new text in a chunk)."""
+    logprobs: None = None
+    """Always null."""
+    finish_reason: str | None = None
+    """Set on the final answer or last chunk."""
+
+
+class TextCompletion(_Out):
+    """Answer of POST /v1/completions, and each chunk of its stream."""
+
+    id: str
+    """Request id."""
+    object: Literal["text_completion"] = "text_completion"
+    """Object type."""
+    created: int
+    """Unix seconds."""
+    model: str
+    """Model that answered."""
+    choices: list[CompletionChoice]
+    """One choice; empty in the usage chunk."""
+    usage: UsageOut | None = None
+    """Token counts (streams: only with `stream_options.include_usage`, in the last chunk)."""
+    system_fingerprint: str | None = None
+    """Always null."""
+
+
+class ModelCardOut(_Out):
+    """One served model."""
+
+    id: str
+    """Model name to put in requests."""
+    object: Literal["model"] = "model"
+    """Object type."""
+    created: int
+    """When this gateway first saw a worker serving it (Unix seconds)."""
+    owned_by: str = "lgc"
+    """Always `lgc`."""
+
+
+class ModelList(_Out):
+    """Answer of GET /v1/models."""
+
+    object: Literal["list"] = "list"
+    """Object type."""
+    data: list[ModelCardOut]
+    """Served models."""
+
+
+class ErrorBody(_Out):
+    """What went wrong."""
+
+    message: str
+    """Human-readable explanation."""
+    type: str
+    """Error class (`invalid_request_error`, `rate_limit_error`, `server_error`, ...)."""
+    param: str | None = None
+    """The offending parameter, when one is to blame."""
+    code: str | None = None
+    """Machine-readable reason."""
+
+
+class ErrorResponse(_Out):
+    """Every error answer."""
+
+    error: ErrorBody
+    """What went wrong."""

@@ -1,0 +1,297 @@
+"""Turning what clients send (OpenAI bodies, gRPC messages) into GenerationRequests.
+
+Translation happens in two steps so that every 400 comes before any look-up: :func:`translate_chat`,
+:func:`translate_completion` and :func:`translate_proto` check everything that depends only on the
+request and the gateway's limits and give a :class:`TranslatedRequest`; once the model is resolved,
+:meth:`TranslatedRequest.to_generation_request` makes the record.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+
+from shared.protos import gateway_pb2
+from shared.records import (
+    MAX_MESSAGES,
+    MAX_STOP_SEQUENCES,
+    ChatMessage,
+    GenerationParams,
+    GenerationRequest,
+    Priority,
+)
+
+from services.gateway.errors import InvalidRequestError
+from services.gateway.openai_protocol import ChatCompletionRequest, CompletionRequest
+from services.gateway.settings import GatewaySettings
+
+__all__ = [
+    "PRIORITY_HEADER",
+    "TranslatedRequest",
+    "new_request_id",
+    "resolve_priority",
+    "translate_chat",
+    "translate_completion",
+    "translate_proto",
+]
+
+#: Header that sets a request's priority (a `priority` field in the body wins over it).
+PRIORITY_HEADER = "X-LGC-Priority"
+
+#: Seeds are carried as non-negative 63-bit integers; other integers are folded into that range.
+_SEED_MODULUS = 2**63
+
+_PROTO_PRIORITIES = {
+    gateway_pb2.PRIORITY_HIGH: Priority.HIGH,
+    gateway_pb2.PRIORITY_NORMAL: Priority.NORMAL,
+    gateway_pb2.PRIORITY_LOW: Priority.LOW,
+}
+
+
+def new_request_id(kind: str) -> str:
+    """A fresh request id: `chatcmpl-<hex>`, `cmpl-<hex>` or `gen-<hex>` (gRPC)."""
+    return f"{kind}-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class TranslatedRequest:
+    """A checked request, waiting only for its id, model and deadline."""
+
+    requested_model: str | None
+    """The model the client named (None: the default model)."""
+    params: GenerationParams
+    """Sampling parameters."""
+    priority: Priority
+    """Scheduling class."""
+    stream: bool
+    """Whether the client wants the answer streamed."""
+    messages: tuple[ChatMessage, ...] | None = None
+    """Chat turns (chat requests)."""
+    prompt: str | None = None
+    """Raw prompt (completion requests)."""
+    include_usage: bool = False
+    """Streams: send a usage chunk at the end."""
+
+    def to_generation_request(
+        self, *, request_id: str, model: str, deadline: float, tenant: str = "default"
+    ) -> GenerationRequest:
+        """The record to produce (`reply_to` is set by the engine client). Every request is tenant
+        `default` until API keys map clients to tenants."""
+        return GenerationRequest(
+            id=request_id,
+            priority=self.priority,
+            tenant=tenant,
+            model=model,
+            messages=self.messages,
+            prompt=self.prompt,
+            params=self.params,
+            stream=self.stream,
+            deadline=deadline,
+        )
+
+
+def resolve_priority(body_value: str | None, header_value: str | None, default: Priority) -> Priority:
+    """Body `priority`, else the X-LGC-Priority header, else the default."""
+    if body_value:
+        return Priority(body_value)
+    if header_value is None or not header_value.strip():
+        return default
+    try:
+        return Priority(header_value.strip().lower())
+    except ValueError:
+        # Not a priority name: the client is told which values exist.
+        raise InvalidRequestError(
+            f"Invalid {PRIORITY_HEADER} header {header_value[:64]!r}: use high, normal or low.",
+            param=PRIORITY_HEADER,
+        ) from None
+
+
+def translate_chat(
+    body: ChatCompletionRequest, settings: GatewaySettings, *, priority_header: str | None = None
+) -> TranslatedRequest:
+    """Check a chat completion body against the gateway's limits."""
+    if body.max_tokens is not None and body.max_completion_tokens is not None:
+        if body.max_tokens != body.max_completion_tokens:
+            raise InvalidRequestError(
+                "max_tokens and max_completion_tokens disagree; give only one of them.", param="max_tokens"
+            )
+    requested_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    texts = [m.text() for m in body.messages]
+    _check_prompt_size(sum(len(t) for t in texts), settings, param="messages")
+    messages = tuple(ChatMessage(role=m.role, content=t) for m, t in zip(body.messages, texts, strict=True))
+    return TranslatedRequest(
+        requested_model=body.model or None,
+        params=_params(
+            settings,
+            max_tokens=requested_tokens,
+            max_tokens_param=param,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            stop=body.stop,
+            seed=body.seed,
+            repetition_penalty=body.repetition_penalty,
+        ),
+        priority=resolve_priority(body.priority, priority_header, settings.gateway_default_priority),
+        stream=bool(body.stream),
+        messages=messages,
+        include_usage=_include_usage(body),
+    )
+
+
+def translate_completion(
+    body: CompletionRequest, settings: GatewaySettings, *, priority_header: str | None = None
+) -> TranslatedRequest:
+    """Check a text completion body against the gateway's limits."""
+    prompt = body.prompt_text()
+    _check_prompt_size(len(prompt), settings, param="prompt")
+    return TranslatedRequest(
+        requested_model=body.model or None,
+        params=_params(
+            settings,
+            max_tokens=body.max_tokens,
+            max_tokens_param="max_tokens",
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            stop=body.stop,
+            seed=body.seed,
+            repetition_penalty=body.repetition_penalty,
+        ),
+        priority=resolve_priority(body.priority, priority_header, settings.gateway_default_priority),
+        stream=bool(body.stream),
+        prompt=prompt,
+        include_usage=_include_usage(body),
+    )
+
+
+def translate_proto(message: gateway_pb2.GenerateRequest, settings: GatewaySettings, *, stream: bool) -> TranslatedRequest:
+    """Check a gRPC GenerateRequest (proto3 zero values mean "default", as the proto documents)."""
+    if bool(message.messages) == bool(message.prompt):
+        raise InvalidRequestError("Exactly one of 'messages' and 'prompt' must be given.", param="messages")
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    if message.messages:
+        if len(message.messages) > MAX_MESSAGES:
+            raise InvalidRequestError(f"At most {MAX_MESSAGES} messages are allowed.", param="messages")
+        _check_prompt_size(sum(len(m.content) for m in message.messages), settings, param="messages")
+        turns = []
+        for i, turn in enumerate(message.messages):
+            if turn.role not in ("system", "developer", "user", "assistant"):
+                raise InvalidRequestError(
+                    f"messages[{i}].role must be system, developer, user or assistant, not {turn.role[:32]!r}.",
+                    param=f"messages[{i}].role",
+                )
+            turns.append(ChatMessage(role=turn.role, content=turn.content))
+        messages = tuple(turns)
+    else:
+        prompt = message.prompt
+        _check_prompt_size(len(prompt), settings, param="prompt")
+    if message.priority == gateway_pb2.PRIORITY_UNSPECIFIED:
+        priority = settings.gateway_default_priority
+    elif message.priority in _PROTO_PRIORITIES:
+        priority = _PROTO_PRIORITIES[message.priority]
+    else:
+        raise InvalidRequestError(f"Unknown priority {message.priority}.", param="priority")
+    temperature = _from_float32(message.temperature) if message.has_temperature else None
+    top_p = _from_float32(message.top_p) if message.top_p != 0 else None
+    penalty = _from_float32(message.repetition_penalty) if message.repetition_penalty != 0 else None
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        raise InvalidRequestError("temperature must be between 0 and 2.", param="temperature")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise InvalidRequestError("top_p must be in (0, 1].", param="top_p")
+    if penalty is not None and not 0.0 < penalty <= 10.0:
+        raise InvalidRequestError("repetition_penalty must be in (0, 10].", param="repetition_penalty")
+    if message.top_k > 100_000:
+        raise InvalidRequestError("top_k must be at most 100000.", param="top_k")
+    stops = list(message.stop)
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise InvalidRequestError(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
+    if any(not s or len(s) > 256 for s in stops):
+        raise InvalidRequestError("Each stop sequence must have 1 to 256 characters.", param="stop")
+    return TranslatedRequest(
+        requested_model=message.model or None,
+        params=_params(
+            settings,
+            max_tokens=message.max_tokens or None,
+            max_tokens_param="max_tokens",
+            temperature=temperature,
+            top_p=top_p,
+            top_k=message.top_k,
+            stop=stops or None,
+            seed=message.seed if message.has_seed else None,
+            repetition_penalty=penalty,
+        ),
+        priority=priority,
+        stream=stream,
+        messages=messages,
+        prompt=prompt,
+    )
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
+    if body.stream_options is not None and not body.stream:
+        raise InvalidRequestError("stream_options is only allowed when stream is true.", param="stream_options")
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _check_prompt_size(chars: int, settings: GatewaySettings, *, param: str) -> None:
+    if chars > settings.gateway_max_prompt_chars:
+        raise InvalidRequestError(
+            f"The prompt has {chars} characters; this gateway accepts at most "
+            f"{settings.gateway_max_prompt_chars}. Shorten the {param}.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def _params(
+    settings: GatewaySettings,
+    *,
+    max_tokens: int | None,
+    max_tokens_param: str,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    stop: str | list[str] | None,
+    seed: int | None,
+    repetition_penalty: float | None,
+) -> GenerationParams:
+    limit = settings.gateway_max_tokens_limit
+    if max_tokens is None:
+        max_new_tokens = min(settings.gateway_default_max_tokens, limit)
+    elif max_tokens > limit:
+        raise InvalidRequestError(
+            f"{max_tokens_param} is too large: {max_tokens}. This gateway allows at most {limit}.",
+            param=max_tokens_param,
+        )
+    else:
+        max_new_tokens = max_tokens
+    temperature = 1.0 if temperature is None else temperature
+    top_p = 1.0 if top_p is None else top_p
+    if top_p == 0.0:
+        # A nucleus of mass 0 holds only the most likely token: that is greedy decoding.
+        temperature, top_p = 0.0, 1.0
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    return GenerationParams(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k or 0,
+        stop=stops,
+        seed=None if seed is None else seed % _SEED_MODULUS,
+        repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
+    )
+
+
+def _from_float32(value: float) -> float:
+    """A proto float32 as the decimal the client most likely wrote (0.7f is 0.699999988...), so
+    that gRPC and HTTP requests with the same parameters batch together."""
+    if math.isnan(value) or math.isinf(value):
+        return value
+    return float(f"{value:.6g}")

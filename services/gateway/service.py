@@ -1,0 +1,232 @@
+"""The gateway service: wires Kafka, Redis, the reply router, the HTTP and gRPC servers and the
+metrics publisher together, in one event loop.
+
+Start it with ``await GatewayService(settings).start()`` (tests do) or run it until an event is set
+with :func:`serve` (``python -m services.gateway`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import redis.asyncio as aioredis
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+
+from shared.kafka_clients import make_producer
+from shared.metrics import SnapshotPublisher
+from shared.topics import Topics, ensure_topics
+from shared.worker_registry import WorkerRegistry
+
+from services.gateway.admission import InflightLimiter
+from services.gateway.grpc_api import GatewayGrpcServer
+from services.gateway.http_api import build_http_app
+from services.gateway.kafka_engine_client import KafkaEngineClient
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.model_catalog import ModelCatalog
+from services.gateway.reply_router import ReplyRouter
+from services.gateway.request_pipeline import RequestPipeline
+from services.gateway.settings import GatewaySettings
+
+__all__ = ["GatewayService", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+class GatewayService:
+    """One gateway instance."""
+
+    def __init__(self, settings: GatewaySettings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.topics = Topics.from_settings(settings)
+        self.reply_topic = self.topics.replies(settings.instance_id)
+        self.metrics = GatewayMetrics(
+            self.registry, instance=settings.instance_id, max_inflight=settings.gateway_max_inflight
+        )
+        self.http_port: int | None = None
+        """The bound HTTP port (set by start)."""
+        self.grpc_port: int | None = None
+        """The bound gRPC port (set by start)."""
+        self._producer: AIOKafkaProducer | None = None
+        self._redis: aioredis.Redis | None = None
+        self._router: ReplyRouter | None = None
+        self._engine: KafkaEngineClient | None = None
+        self._http_server: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc: GatewayGrpcServer | None = None
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._serving = False
+
+    @property
+    def engine(self) -> KafkaEngineClient:
+        assert self._engine is not None, "start() first"
+        return self._engine
+
+    @property
+    def router(self) -> ReplyRouter:
+        assert self._router is not None, "start() first"
+        return self._router
+
+    def ready(self) -> bool:
+        """Ready when the producer and the reply consumer run and both APIs listen."""
+        return self._serving and self._router is not None and self._router.ready()
+
+    async def start(self) -> None:
+        """Create topics, connect, and start serving. On failure everything started is stopped."""
+        try:
+            await self._start()
+        except BaseException:
+            # Half-started: release whatever did start, then let the caller see why.
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        # Creating the cluster topics is harmless when `lgc up` made them already, and lets a
+        # gateway run against a fresh broker; the reply topic is this instance's own.
+        await ensure_topics(
+            settings,
+            [*self.topics.cluster_topics(settings), self.topics.reply_topic_spec(settings.instance_id, settings)],
+        )
+        self._producer = make_producer(settings, client_id=f"gateway-{settings.instance_id}")
+        await self._producer.start()
+        self._redis = aioredis.from_url(settings.redis_url)
+        self._router = ReplyRouter(
+            settings,
+            self._producer,
+            topic=self.reply_topic,
+            deadletter_topic=self.topics.deadletter,
+            on_outcome=lambda outcome: self.metrics.reply_events.labels(result=outcome).inc(),
+        )
+        await self._router.start()
+        catalog = ModelCatalog(
+            WorkerRegistry(self._redis, prefix=settings.topic_prefix),
+            refresh_s=settings.gateway_models_refresh_s,
+            require_workers=settings.gateway_require_workers,
+        )
+        self._engine = KafkaEngineClient(
+            self._producer,
+            self._router,
+            catalog,
+            self.topics,
+            default_timeout_s=settings.gateway_request_timeout_s,
+            on_cancel=lambda reason: self.metrics.cancellations.labels(reason=reason).inc(),
+        )
+        limiter = InflightLimiter(settings.gateway_max_inflight, on_change=self.metrics.set_inflight)
+        pipeline = RequestPipeline(self._engine, limiter, self.metrics, settings)
+
+        await self._start_http(pipeline)
+        self._grpc = GatewayGrpcServer(
+            pipeline,
+            host=settings.gateway_host,
+            port=settings.gateway_grpc_port,
+            shutdown_grace_s=settings.gateway_shutdown_grace_s,
+        )
+        self.grpc_port = await self._grpc.start()
+
+        publisher = SnapshotPublisher(
+            self._producer, self.topics.metrics, self.metrics.snapshot, settings.metrics_interval_s
+        )
+        self._snapshot_task = asyncio.create_task(publisher.run(), name="gateway-metrics-snapshots")
+        self._serving = True
+        log.warning(
+            "the gateway runs OPEN: no API keys are configured, every request is served as tenant 'default'"
+        )
+        log.info(
+            "gateway started",
+            extra={
+                "http": f"http://{settings.gateway_host}:{self.http_port}",
+                "grpc": f"{settings.gateway_host}:{self.grpc_port}",
+                "reply_topic": self.reply_topic,
+                "max_inflight": settings.gateway_max_inflight,
+            },
+        )
+
+    async def _start_http(self, pipeline: RequestPipeline) -> None:
+        settings = self.settings
+        app = build_http_app(pipeline, registry=self.registry, ready=self.ready)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http="h11",
+            timeout_graceful_shutdown=settings.gateway_shutdown_grace_s,
+        )
+        server = uvicorn.Server(config)
+        # The service's entry point owns SIGTERM/SIGINT; uvicorn must not take them over.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        # Binding here makes a busy port fail start() at once and gives the real port for port 0.
+        family = socket.AF_INET6 if ":" in settings.gateway_host else socket.AF_INET
+        # proto must be IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY on accepted connections
+        # only then, and without it every keep-alive response waits ~40 ms (Nagle + delayed ACK).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.gateway_host, settings.gateway_http_port))
+        except OSError:
+            # Port busy or address invalid: close the socket, start() fails with the reason.
+            sock.close()
+            raise
+        sock.set_inheritable(True)
+        self.http_port = int(sock.getsockname()[1])
+        self._http_server = server
+        self._http_task = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-http")
+        # Start-up only: uvicorn has no start event to await; this wait is a few milliseconds.
+        while not server.started:
+            if self._http_task.done():
+                self._http_task.result()  # re-raises why it could not start
+                raise RuntimeError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop taking requests, let in-flight ones finish (within the grace period), disconnect."""
+        self._serving = False
+        # Both APIs drain at once, so shutdown takes one grace period, not two.
+        await asyncio.gather(self._stop_http(), self._stop_grpc())
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
+            await asyncio.gather(self._snapshot_task, return_exceptions=True)
+            self._snapshot_task = None
+        if self._engine is not None:
+            await self._engine.drain()
+        if self._router is not None:
+            await self._router.stop()
+            self._router = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        log.info("gateway stopped")
+
+    async def _stop_http(self) -> None:
+        if self._http_server is not None and self._http_task is not None:
+            self._http_server.should_exit = True
+            try:
+                await self._http_task
+            except Exception:
+                # Safe: shutting down anyway; the failure is logged.
+                log.exception("the HTTP server failed while stopping")
+        self._http_server = self._http_task = None
+
+    async def _stop_grpc(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop()
+        self._grpc = None
+
+
+async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
+    """Run a gateway until `stop` is set, then shut it down gracefully."""
+    service = GatewayService(settings)
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()

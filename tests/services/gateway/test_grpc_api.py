@@ -1,0 +1,186 @@
+"""The public gRPC API with a real grpc.aio client against a real gateway, the real broker and the
+fake batcher: unary and streaming generation, deadlines, cancellation, errors, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from shared.protos import gateway_pb2, gateway_pb2_grpc
+from shared.records import Priority
+
+from services.gateway.service import GatewayService
+
+from tests.services.gateway.conftest import ANSWER, ANSWER_TOKENS, FAKE_MODEL, FakeBatcher
+
+pytestmark = pytest.mark.usefixtures("registered_worker")
+
+
+def channel_for(service: GatewayService) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}")
+
+
+def trailing(metadata: object) -> dict[str, str]:
+    return {k: v for k, v in (metadata or ())}  # type: ignore[union-attr]
+
+
+async def test_unary_generate(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        call = stub.Generate(
+            gateway_pb2.GenerateRequest(
+                model=FAKE_MODEL,
+                messages=[gateway_pb2.ChatMessage(role="user", content="hi")],
+                max_tokens=20,
+                temperature=0.7,
+                has_temperature=True,
+                top_p=0.9,
+                top_k=5,
+                stop=["END"],
+                seed=3,
+                has_seed=True,
+                priority=gateway_pb2.PRIORITY_LOW,
+                repetition_penalty=1.2,
+            ),
+            timeout=10,
+        )
+        response = await call
+        metadata = trailing(await call.trailing_metadata())
+    assert response.text == ANSWER
+    assert response.finish_reason == "stop"
+    assert response.model == FAKE_MODEL
+    assert response.usage.completion_tokens == len(ANSWER_TOKENS)
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    assert metadata["x-request-id"] == response.id and response.id.startswith("gen-")
+    (sent,) = fake_batcher.requests
+    assert sent.priority is Priority.LOW
+    assert sent.params.temperature == 0.7  # not 0.699999988 (float32)
+    assert sent.params.top_p == 0.9 and sent.params.top_k == 5 and sent.params.seed == 3
+    assert sent.params.repetition_penalty == 1.2 and sent.params.stop == ("END",)
+    assert sent.params.max_new_tokens == 20
+    # The call's deadline became the request's deadline (10 s, not the 300 s default).
+    assert sent.deadline is not None and sent.deadline - sent.created_at < 11
+
+
+async def test_stream_generate(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        chunks = [
+            chunk
+            async for chunk in stub.GenerateStream(gateway_pb2.GenerateRequest(prompt="Once", max_tokens=4))
+        ]
+    assert "".join(c.text for c in chunks) == "".join(ANSWER_TOKENS[:4])
+    assert chunks[-1].final and chunks[-1].finish_reason == "length" and chunks[-1].text == ""
+    assert not any(c.final for c in chunks[:-1])
+    assert chunks[-1].usage.completion_tokens == 4
+    assert len({c.id for c in chunks}) == 1
+    assert fake_batcher.requests[0].stream is True
+    assert fake_batcher.requests[0].model == FAKE_MODEL  # empty model = the served one
+    sent = fake_batcher.requests[0]
+    assert sent.deadline is not None and 299 < sent.deadline - sent.created_at < 301  # no call deadline: the default
+
+
+async def test_invalid_input_is_invalid_argument(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        for request, needle in [
+            (gateway_pb2.GenerateRequest(), "Exactly one of"),
+            (gateway_pb2.GenerateRequest(prompt="x", temperature=3, has_temperature=True), "temperature"),
+            (gateway_pb2.GenerateRequest(prompt="x", max_tokens=1_000_000), "max_tokens"),
+            (gateway_pb2.GenerateRequest(messages=[gateway_pb2.ChatMessage(role="robot", content="x")]), "role"),
+            (gateway_pb2.GenerateRequest(prompt="x", stop=["a", "b", "c", "d", "e"]), "stop"),
+            (gateway_pb2.GenerateRequest(prompt="x", priority=42), "priority"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Generate(request, timeout=10)
+            assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT, request
+            assert needle in (failed.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Generate(gateway_pb2.GenerateRequest(prompt="x", model="nope"), timeout=10)
+        assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Generate(gateway_pb2.GenerateRequest(prompt="x" * 1_100_000), timeout=10)
+        assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # over the body limit
+        stream = stub.GenerateStream(gateway_pb2.GenerateRequest(prompt="x", top_p=5), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            async for _ in stream:
+                pass
+        assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert fake_batcher.requests == []
+
+
+async def test_reply_errors_become_statuses(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        call = stub.Generate(gateway_pb2.GenerateRequest(prompt="[error:overloaded]"), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await call
+        assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+        metadata = trailing(failed.value.trailing_metadata())
+        assert metadata["retry-after"] == "1" and metadata["lgc-error-code"] == "overloaded"
+        assert metadata["x-request-id"].startswith("gen-")
+        stream = stub.GenerateStream(gateway_pb2.GenerateRequest(prompt="[late][error:deadline_exceeded]"), timeout=10)
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            async for chunk in stream:
+                received.append(chunk)
+        assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert [c.text for c in received] == [ANSWER_TOKENS[0]]
+
+
+async def test_deadline_and_cancellation_cancel_the_request(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Generate(gateway_pb2.GenerateRequest(prompt="[hold]"), timeout=0.5)
+        assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        (timed_out,) = await fake_batcher.wait_for_requests(1)
+        assert timed_out.deadline is not None and timed_out.deadline - timed_out.created_at <= 0.6
+        await fake_batcher.wait_for_cancel(timed_out.id)
+
+        stream = stub.GenerateStream(gateway_pb2.GenerateRequest(prompt="[stall]"), timeout=10)
+        first = await stream.read()
+        assert first.text == ANSWER_TOKENS[0]
+        stream.cancel()
+        stalled = (await fake_batcher.wait_for_requests(2))[1]
+        cancel = await fake_batcher.wait_for_cancel(stalled.id)
+        assert cancel.reason == "client_disconnected"
+
+
+async def test_health_and_reflection(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "lgc.gateway.v1.Gateway"):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = set()
+        async for response in responses:
+            names = {s.name for s in response.list_services_response.service}
+            break
+        assert "lgc.gateway.v1.Gateway" in names and "grpc.health.v1.Health" in names
+
+
+async def test_grpc_and_http_share_the_inflight_bound(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway(gateway_max_inflight=1)
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        held = stub.Generate(gateway_pb2.GenerateRequest(prompt="[hold]"), timeout=10)
+        held_task = asyncio.ensure_future(held)
+        await fake_batcher.wait_for_requests(1)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Generate(gateway_pb2.GenerateRequest(prompt="hi"), timeout=10)
+        assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        held.cancel()
+        await asyncio.gather(held_task, return_exceptions=True)

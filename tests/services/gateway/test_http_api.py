@@ -1,0 +1,374 @@
+"""End-to-end tests of the HTTP API: a real gateway (uvicorn in-process) on the real Tansu broker and
+Redis, answered by the fake batcher, driven by the official `openai` client and by raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+import redis.asyncio as aioredis
+from openai import AsyncOpenAI
+
+from shared.worker_registry import WorkerInfo, WorkerRegistry
+
+from services.gateway.service import GatewayService
+
+from tests.services.gateway.conftest import ANSWER, ANSWER_TOKENS, FAKE_MODEL, FakeBatcher
+
+pytestmark = pytest.mark.usefixtures("registered_worker")
+
+
+def client_for(service: GatewayService) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key="unused", base_url=f"http://127.0.0.1:{service.http_port}/v1", max_retries=0)
+
+
+def http_for(service: GatewayService) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}", timeout=30)
+
+
+async def test_chat_completion(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        response = await client.chat.completions.with_raw_response.create(
+            model=FAKE_MODEL,
+            messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}],
+            max_tokens=50,
+            temperature=0.5,
+            top_p=0.9,
+            stop=["\n\n"],
+            seed=7,
+            extra_body={"top_k": 40, "repetition_penalty": 1.1, "priority": "high"},
+        )
+    completion = response.parse()
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content == ANSWER
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == FAKE_MODEL
+    assert completion.usage is not None and completion.usage.completion_tokens == len(ANSWER_TOKENS)
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    assert response.headers["x-request-id"] == completion.id
+    assert completion.id.startswith("chatcmpl-")
+    assert response.headers["x-lgc-cache"] == "miss"
+
+    (sent,) = fake_batcher.requests
+    assert sent.id == completion.id
+    assert sent.priority.value == "high"
+    assert sent.reply_to == service.reply_topic
+    assert sent.params.max_new_tokens == 50 and sent.params.temperature == 0.5 and sent.params.top_p == 0.9
+    assert sent.params.top_k == 40 and sent.params.repetition_penalty == 1.1 and sent.params.seed == 7
+    assert sent.params.stop == ("\n\n",)
+    assert [m.role for m in sent.messages or ()] == ["system", "user"]
+    assert sent.deadline is not None and sent.deadline > sent.created_at
+
+
+async def test_chat_stream_with_usage(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        stream = await client.chat.completions.create(
+            model=FAKE_MODEL,
+            messages=[{"role": "user", "content": "Say hello"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == ANSWER
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[-1].choices[0].finish_reason == "stop"
+    assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(ANSWER_TOKENS)
+    assert all(c.usage is None for c in chunks[:-1])
+    assert fake_batcher.requests[0].stream is True
+
+
+async def test_raw_sse_shape_ends_with_done(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with http_for(service) as http:
+        async with http.stream(
+            "POST", "/v1/completions", json={"prompt": "Once", "stream": True, "max_tokens": 3}
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            body = (await response.aread()).decode()
+    events = [e for e in body.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert "usage" not in chunks[0]  # only with include_usage
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "".join(ANSWER_TOKENS[:3])
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert response.headers["x-request-id"].startswith("cmpl-")
+
+
+async def test_text_completion_and_default_model(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        completion = await client.completions.create(model="", prompt=["Once upon a time"], max_tokens=2)
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text == "".join(ANSWER_TOKENS[:2])
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.model == FAKE_MODEL  # "" means the first served model
+    assert fake_batcher.requests[0].prompt == "Once upon a time"
+
+
+async def test_streamed_completion_with_usage(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        stream = await client.completions.create(
+            model=FAKE_MODEL, prompt="Once", stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ANSWER
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+async def test_models_and_ops_routes(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        models = await client.models.list()
+        assert [m.id for m in models.data] == [FAKE_MODEL]
+        assert models.data[0].object == "model"
+        one = await client.models.retrieve(FAKE_MODEL)
+        assert one.id == FAKE_MODEL
+        with pytest.raises(openai.NotFoundError):
+            await client.models.retrieve("nope")
+    async with http_for(service) as http:
+        assert (await http.get("/health")).json() == {"status": "ok"}
+        assert (await http.get("/ready")).json() == {"ready": True}
+        await http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        metrics = (await http.get("/metrics")).text
+        assert 'lgc_gateway_requests_total{endpoint="chat",outcome="ok",priority="normal"} 1.0' in metrics
+        assert "lgc_gateway_inflight_requests 0.0" in metrics
+        schema = (await http.get("/openapi.json")).json()
+        assert "/v1/chat/completions" in schema["paths"]
+        post = schema["paths"]["/v1/chat/completions"]["post"]
+        assert "422" not in post["responses"] and "400" in post["responses"]
+        assert "requestBody" in post
+
+
+async def test_refusals_are_openai_errors(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.chat.completions.create(
+                model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}]
+            )
+        assert bad.value.status_code == 400
+        assert bad.value.body["param"] == "tools"  # type: ignore[index]
+        assert "not supported" in bad.value.body["message"]  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], n=2)
+        assert bad.value.body["param"] == "n"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], logprobs=True)
+        assert bad.value.body["param"] == "logprobs"  # type: ignore[index]
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+        assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+    async with http_for(service) as http:
+        broken = await http.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert broken.status_code == 400
+        assert broken.json()["error"]["type"] == "invalid_request_error"
+        assert broken.json()["error"]["code"] == "invalid_json"
+        empty = await http.post("/v1/chat/completions", json={"messages": []})
+        assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages"
+        wrong_type = await http.post("/v1/completions", json={"prompt": "x", "temperature": "hot"})
+        assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "temperature"
+        unknown = await http.post("/v1/completions", json={"prompt": "x", "frobnicate": 1})
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "frobnicate"
+        not_object = await http.post("/v1/completions", json=[1, 2])
+        assert not_object.status_code == 400 and "JSON object" in not_object.json()["error"]["message"]
+        no_body = await http.post("/v1/completions")
+        assert no_body.status_code == 400 and no_body.json()["error"]["code"] == "missing_body"
+        not_json = await http.post("/v1/completions", content=b'{"prompt": "x"}', headers={"content-type": "text/plain"})
+        assert not_json.status_code == 400 and "Content-Type" in not_json.json()["error"]["message"]
+        wrong_method = await http.get("/v1/completions")
+        assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
+        bad_priority = await http.post("/v1/completions", json={"prompt": "x"}, headers={"X-LGC-Priority": "urgent"})
+        assert bad_priority.status_code == 400 and bad_priority.json()["error"]["param"] == "X-LGC-Priority"
+        # Lone surrogates are valid JSON escapes but not encodable text: a clear 4xx, never a 500.
+        surrogate_model = await http.post(
+            "/v1/completions", content=b'{"model": "m\\ud800", "prompt": "x"}', headers={"content-type": "application/json"}
+        )
+        assert surrogate_model.status_code == 400 and surrogate_model.json()["error"]["param"] == "model"
+        surrogate_prompt = await http.post(
+            "/v1/chat/completions",
+            content=b'{"messages": [{"role": "user", "content": "a\\ud800"}]}',
+            headers={"content-type": "application/json"},
+        )
+        assert surrogate_prompt.status_code == 400
+        deep = await http.post("/v1/completions", content=b"[" * 100_000, headers={"content-type": "application/json"})
+        assert deep.status_code == 400
+        no_route = await http.get("/v1/nothing")
+        assert no_route.status_code == 404 and "error" in no_route.json()
+    assert fake_batcher.requests == []  # nothing refused was queued
+
+
+async def test_body_too_large_is_413(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway(gateway_max_body_bytes=2_048)
+    async with client_for(service) as client:
+        with pytest.raises(openai.APIStatusError) as too_large:
+            await client.completions.create(model=FAKE_MODEL, prompt="x" * 5_000)
+    assert too_large.value.status_code == 413
+    assert too_large.value.body["code"] == "request_too_large"  # type: ignore[index]
+
+    async def chunks():
+        for _ in range(10):
+            yield b" " * 1_000
+
+    async with http_for(service) as http:
+        chunked = await http.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    assert chunked.json()["error"]["code"] == "request_too_large"
+
+
+async def test_prompt_too_long_is_400(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway(gateway_max_prompt_chars=100)
+    async with client_for(service) as client:
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.completions.create(model=FAKE_MODEL, prompt="x" * 101)
+    assert bad.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+
+
+async def test_inflight_bound_is_429_and_disconnect_cancels(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway(gateway_max_inflight=1, gateway_retry_after_s=3)
+    async with client_for(service) as client:
+        held = asyncio.create_task(
+            client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "[hold]"}])
+        )
+        (request,) = await fake_batcher.wait_for_requests(1)
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert limited.value.response.headers["retry-after"] == "3"
+        assert limited.value.body["type"] == "rate_limit_error"  # type: ignore[index]
+        held.cancel()  # the client goes away: the gateway must cancel the request in the cluster
+        await asyncio.gather(held, return_exceptions=True)
+    cancel = await fake_batcher.wait_for_cancel(request.id)
+    assert cancel.reason == "client_disconnected"
+    # The permit is given back: the next request is admitted.
+    async with client_for(service) as client:
+        ok = await client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert ok.choices[0].message.content == ANSWER
+
+
+async def test_disconnect_while_waiting_for_first_token_cancels(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with http_for(service) as http:
+        waiting = asyncio.create_task(http.post("/v1/completions", json={"prompt": "[hold]", "stream": True}))
+        (request,) = await fake_batcher.wait_for_requests(1)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+    assert (await fake_batcher.wait_for_cancel(request.id)).reason == "client_disconnected"
+
+
+async def test_disconnect_mid_stream_cancels(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with http_for(service) as http:
+        async with http.stream("POST", "/v1/completions", json={"prompt": "[stall]", "stream": True}) as response:
+            assert response.status_code == 200
+            first = await anext(response.aiter_lines())
+            assert json.loads(first.removeprefix("data: "))["choices"][0]["text"] == ANSWER_TOKENS[0]
+        # Leaving the block closes the connection mid-stream.
+    (request,) = fake_batcher.requests
+    assert (await fake_batcher.wait_for_cancel(request.id)).reason == "client_disconnected"
+    async with http_for(service) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'lgc_gateway_requests_total{endpoint="completions",outcome="disconnected",priority="normal"} 1.0' in metrics
+
+
+async def test_timeout_is_504_and_cancels(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway(gateway_request_timeout_s=0.5)
+    async with client_for(service) as client:
+        with pytest.raises(openai.APIStatusError) as timed_out:
+            await client.completions.create(model=FAKE_MODEL, prompt="[hold]")
+    assert timed_out.value.status_code == 504
+    request = fake_batcher.requests[0]
+    assert (await fake_batcher.wait_for_cancel(request.id)).reason == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "retry_after"),
+    [
+        ("overloaded", 503, True),
+        ("deadline_exceeded", 504, False),
+        ("invalid_request", 400, False),
+        ("worker_failed", 502, False),
+        ("cancelled", 400, False),
+    ],
+)
+async def test_reply_errors_map_to_status(start_gateway, fake_batcher: FakeBatcher, code, status, retry_after) -> None:
+    service = await start_gateway()
+    async with http_for(service) as http:
+        response = await http.post("/v1/completions", json={"prompt": f"[error:{code}]"})
+        streamed = await http.post("/v1/completions", json={"prompt": f"[late][error:{code}]", "stream": True})
+        early = await http.post("/v1/completions", json={"prompt": f"[error:{code}]", "stream": True})
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert ("retry-after" in response.headers) is retry_after
+    # Streaming: one delta went out first, so the error arrives inside the stream.
+    assert streamed.status_code == 200
+    events = [e for e in streamed.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2].removeprefix("data: "))["error"]["code"] == code
+    # Streaming, but the error came before any token: a real status, not a stream.
+    assert early.status_code == status
+    assert early.json()["error"]["code"] == code
+
+
+async def test_refusal_of_streaming_request_gets_status(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        with pytest.raises(openai.BadRequestError):
+            stream = await client.chat.completions.create(
+                model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=99_999
+            )
+            async for _ in stream:
+                pass
+
+
+async def test_duplicates_are_not_shown_to_clients(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        stream = await client.chat.completions.create(
+            model=FAKE_MODEL, messages=[{"role": "user", "content": "[dup]"}], stream=True
+        )
+        content = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert content == ANSWER
+
+
+async def test_no_workers_is_503(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway(topic_prefix="tnoworkers" + fake_batcher.settings.topic_prefix[:10])
+    async with client_for(service) as client:
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            await client.completions.create(model=FAKE_MODEL, prompt="hi")
+    assert unavailable.value.status_code == 503
+    assert unavailable.value.body["code"] == "no_workers"  # type: ignore[index]
+    assert "retry-after" in unavailable.value.response.headers
+
+
+async def test_model_names_with_slashes(start_gateway, fake_batcher: FakeBatcher, cluster_settings) -> None:
+    redis = aioredis.from_url(cluster_settings.redis_url)
+    registry = WorkerRegistry(redis, prefix=cluster_settings.topic_prefix, ttl_s=60)
+    await registry.register(
+        WorkerInfo(worker_id="w-slash", address="127.0.0.1:2", model="org/model-x", backend="simulated", capacity=1)
+    )
+    try:
+        service = await start_gateway()
+        async with client_for(service) as client:
+            assert (await client.models.retrieve("org/model-x")).id == "org/model-x"
+            completion = await client.completions.create(model="org/model-x", prompt="hi", max_tokens=1)
+        assert completion.model == "org/model-x"
+    finally:
+        await registry.deregister("w-slash")
+        await redis.aclose()

@@ -1,0 +1,130 @@
+"""The OpenAI request bodies: what is accepted, ignored, and refused (naming the parameter)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from services.gateway.errors import map_exception
+from services.gateway.openai_protocol import ChatCompletionRequest, CompletionRequest
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def chat(**extra: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"messages": USER, **extra})
+
+
+def refused_param(model: type, body: dict[str, Any]) -> tuple[str | None, str]:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(body)
+    api = map_exception(caught.value)
+    assert api.status == 400
+    return api.param, api.message
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"n": 2}, "n"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": -1}, "frequency_penalty"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy"}}, "audio"),
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"priority": "urgent"}, "priority"),
+        ({"stream_options": {"include_usage": True, "x": 1}}, "stream_options.x"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_chat_refusals_name_the_parameter(extra: dict[str, Any], param: str) -> None:
+    got, message = refused_param(ChatCompletionRequest, {"messages": USER, **extra})
+    assert got == param, message
+
+
+@pytest.mark.parametrize(
+    ("message", "param", "needle"),
+    [
+        ({"role": "tool", "content": "x", "tool_call_id": "1"}, "messages[0].role", "tool calling"),
+        ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, "messages[0].content", "image_url"),
+        ({"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}, "messages[0].tool_calls", "tool_calls"),
+        ({"role": "user"}, "messages[0]", "needs 'content'"),
+    ],
+)
+def test_message_refusals(message: dict[str, Any], param: str, needle: str) -> None:
+    got, text = refused_param(ChatCompletionRequest, {"messages": [message]})
+    assert got == param and needle in text
+
+
+def test_neutral_values_of_unsupported_options_are_accepted() -> None:
+    body = chat(
+        n=1,
+        logprobs=False,
+        top_logprobs=0,
+        response_format={"type": "text"},
+        tools=[],
+        tool_choice="none",
+        presence_penalty=0,
+        frequency_penalty=0.0,
+        logit_bias={},
+        modalities=["text"],
+        user="u",
+        metadata={"k": "v"},
+        store=False,
+        service_tier="auto",
+        parallel_tool_calls=True,
+        stream_options=None,
+    )
+    assert body.n == 1
+
+
+def test_text_parts_are_joined_and_assistant_may_have_no_content() -> None:
+    body = ChatCompletionRequest.model_validate(
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "name": "bob"},
+                {"role": "assistant", "content": None},
+            ]
+        }
+    )
+    assert [m.text() for m in body.messages] == ["ab", ""]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "needle"),
+    [
+        ({"prompt": [1, 2, 3]}, "prompt", "token ids"),
+        ({"prompt": [[1, 2]]}, "prompt", "token ids"),
+        ({"prompt": ["a", "b"]}, "prompt", "exactly one prompt"),
+        ({"prompt": ""}, "prompt", "empty"),
+        ({"prompt": "x", "echo": True}, "echo", "echo"),
+        ({"prompt": "x", "best_of": 3}, "best_of", "best_of"),
+        ({"prompt": "x", "logprobs": 1}, "logprobs", "logprobs"),
+        ({"prompt": "x", "suffix": "end"}, "suffix", "suffix"),
+        ({"prompt": "x", "n": 3}, "n", "n=1"),
+        ({}, "prompt", "Missing"),
+    ],
+)
+def test_completion_refusals(extra: dict[str, Any], param: str, needle: str) -> None:
+    got, message = refused_param(CompletionRequest, extra)
+    assert got == param and needle in message
+
+
+def test_completion_prompt_forms() -> None:
+    assert CompletionRequest.model_validate({"prompt": "a"}).prompt_text() == "a"
+    assert CompletionRequest.model_validate({"prompt": ["b"], "echo": False, "best_of": 1}).prompt_text() == "b"

@@ -1,0 +1,183 @@
+"""OpenAI bodies and gRPC messages -> GenerationRequest, with the gateway's limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.protos import gateway_pb2
+from shared.records import GenerationParams, Priority
+
+from services.gateway.errors import InvalidRequestError
+from services.gateway.openai_protocol import ChatCompletionRequest, CompletionRequest
+from services.gateway.request_translation import (
+    new_request_id,
+    resolve_priority,
+    translate_chat,
+    translate_completion,
+    translate_proto,
+)
+from services.gateway.settings import GatewaySettings
+
+SETTINGS = GatewaySettings(
+    gateway_max_tokens_limit=100, gateway_default_max_tokens=16, gateway_max_prompt_chars=50
+)
+USER = [{"role": "user", "content": "hi"}]
+
+
+def chat(**body: Any):
+    return translate_chat(ChatCompletionRequest.model_validate({"messages": USER, **body}), SETTINGS)
+
+
+def test_chat_with_every_parameter() -> None:
+    translated = translate_chat(
+        ChatCompletionRequest.model_validate(
+            {
+                "model": "m",
+                "messages": [{"role": "developer", "content": "be nice"}, {"role": "user", "content": "hi"}],
+                "max_completion_tokens": 40,
+                "temperature": 0.3,
+                "top_p": 0.8,
+                "stop": "END",
+                "seed": 11,
+                "user": "someone",
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "top_k": 12,
+                "repetition_penalty": 1.3,
+                "priority": "low",
+            }
+        ),
+        SETTINGS,
+        priority_header="high",
+    )
+    assert translated.requested_model == "m"
+    assert translated.params == GenerationParams(
+        max_new_tokens=40, temperature=0.3, top_p=0.8, top_k=12, stop=("END",), seed=11, repetition_penalty=1.3
+    )
+    assert translated.priority is Priority.LOW  # the body wins over the header
+    assert translated.stream and translated.include_usage
+    request = translated.to_generation_request(request_id="chatcmpl-1", model="m", deadline=2e9)
+    assert request.id == "chatcmpl-1" and request.deadline == 2e9 and request.prompt is None
+    assert [(m.role, m.content) for m in request.messages or ()] == [("developer", "be nice"), ("user", "hi")]
+    assert request.tenant == "default"
+
+
+def test_defaults() -> None:
+    translated = chat()
+    assert translated.params == GenerationParams(max_new_tokens=16)
+    assert translated.priority is Priority.NORMAL and not translated.stream and not translated.include_usage
+    assert translated.requested_model is None
+
+
+def test_default_max_tokens_is_capped_by_the_limit() -> None:
+    settings = GatewaySettings(gateway_max_tokens_limit=8, gateway_default_max_tokens=256)
+    body = ChatCompletionRequest.model_validate({"messages": USER})
+    assert translate_chat(body, settings).params.max_new_tokens == 8
+
+
+def test_priority_header_and_default() -> None:
+    assert chat().priority is Priority.NORMAL
+    body = ChatCompletionRequest.model_validate({"messages": USER})
+    assert translate_chat(body, SETTINGS, priority_header=" HIGH ").priority is Priority.HIGH
+    with pytest.raises(InvalidRequestError) as bad:
+        translate_chat(body, SETTINGS, priority_header="urgent")
+    assert bad.value.param == "X-LGC-Priority"
+    assert resolve_priority(None, None, Priority.LOW) is Priority.LOW
+
+
+def test_sampling_edge_cases() -> None:
+    greedy = chat(top_p=0).params
+    assert (greedy.temperature, greedy.top_p) == (0.0, 1.0)  # nucleus of mass 0 = greedy
+    assert chat(seed=-1).params.seed == 2**63 - 1  # folded into the non-negative range
+    assert chat(seed=2**70).params.seed == 2**70 % 2**63
+    assert chat(stop=["a", "b"]).params.stop == ("a", "b")
+    assert chat(max_tokens=5, max_completion_tokens=5).params.max_new_tokens == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"max_tokens": 101}, "max_tokens", "invalid_value"),
+        ({"max_completion_tokens": 101}, "max_completion_tokens", "invalid_value"),
+        ({"max_tokens": 5, "max_completion_tokens": 6}, "max_tokens", "invalid_value"),
+        ({"messages": [{"role": "user", "content": "x" * 51}]}, "messages", "context_length_exceeded"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
+    ],
+)
+def test_chat_limits(body: dict[str, Any], param: str, code: str) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        translate_chat(ChatCompletionRequest.model_validate({"messages": USER, **body}), SETTINGS)
+    assert (refused.value.param, refused.value.code, refused.value.status) == (param, code, 400)
+
+
+def test_completion() -> None:
+    translated = translate_completion(
+        CompletionRequest.model_validate({"prompt": ["Once"], "max_tokens": 3, "stream": True}), SETTINGS
+    )
+    assert translated.prompt == "Once" and translated.messages is None
+    assert translated.params.max_new_tokens == 3 and translated.stream
+    request = translated.to_generation_request(request_id="cmpl-1", model="m", deadline=2e9)
+    assert request.prompt == "Once" and request.stream
+    with pytest.raises(InvalidRequestError) as refused:
+        translate_completion(CompletionRequest.model_validate({"prompt": "y" * 51}), SETTINGS)
+    assert refused.value.code == "context_length_exceeded" and refused.value.param == "prompt"
+
+
+def test_proto() -> None:
+    message = gateway_pb2.GenerateRequest(
+        model="m",
+        messages=[gateway_pb2.ChatMessage(role="user", content="hi")],
+        max_tokens=9,
+        temperature=0.7,
+        has_temperature=True,
+        top_p=0.95,
+        top_k=3,
+        stop=["x"],
+        seed=2**64 - 1,
+        has_seed=True,
+        priority=gateway_pb2.PRIORITY_HIGH,
+        repetition_penalty=1.1,
+    )
+    translated = translate_proto(message, SETTINGS, stream=True)
+    assert translated.params == GenerationParams(
+        max_new_tokens=9, temperature=0.7, top_p=0.95, top_k=3, stop=("x",), seed=(2**64 - 1) % 2**63, repetition_penalty=1.1
+    )
+    assert translated.priority is Priority.HIGH and translated.stream and translated.requested_model == "m"
+
+
+def test_proto_zero_values_mean_defaults() -> None:
+    translated = translate_proto(gateway_pb2.GenerateRequest(prompt="p"), SETTINGS, stream=False)
+    assert translated.params == GenerationParams(max_new_tokens=16)  # temperature 1, top_p 1, no seed
+    assert translated.priority is Priority.NORMAL and translated.requested_model is None
+    greedy = translate_proto(gateway_pb2.GenerateRequest(prompt="p", has_temperature=True), SETTINGS, stream=False)
+    assert greedy.params.temperature == 0.0  # has_temperature with 0 = greedy
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({}, "messages"),
+        ({"prompt": "p", "messages": [gateway_pb2.ChatMessage(role="user", content="x")]}, "messages"),
+        ({"messages": [gateway_pb2.ChatMessage(role="tool", content="x")]}, "messages[0].role"),
+        ({"prompt": "p", "temperature": float("nan"), "has_temperature": True}, "temperature"),
+        ({"prompt": "p", "top_p": 1.5}, "top_p"),
+        ({"prompt": "p", "repetition_penalty": -1}, "repetition_penalty"),
+        ({"prompt": "p", "top_k": 200_000}, "top_k"),
+        ({"prompt": "p", "stop": ["1", "2", "3", "4", "5"]}, "stop"),
+        ({"prompt": "p", "stop": [""]}, "stop"),
+        ({"prompt": "p", "priority": 9}, "priority"),
+        ({"prompt": "p", "max_tokens": 101}, "max_tokens"),
+        ({"prompt": "p" * 51}, "prompt"),
+    ],
+)
+def test_proto_refusals(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        translate_proto(gateway_pb2.GenerateRequest(**fields), SETTINGS, stream=False)
+    assert refused.value.param == param
+
+
+def test_request_ids_are_valid_record_ids() -> None:
+    ids = {new_request_id("chatcmpl") for _ in range(100)}
+    assert len(ids) == 100 and all(i.startswith("chatcmpl-") and len(i) == 9 + 32 for i in ids)
