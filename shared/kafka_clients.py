@@ -62,8 +62,8 @@ def make_consumer(
         request_timeout_ms=max(settings.kafka_request_timeout_ms, 40_000),
         # Rebalances must not wait for a long generation: the consumer loop never blocks on one.
         max_poll_interval_ms=300_000,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=3_000,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.kafka_session_timeout_ms // 3),
     )
 
 

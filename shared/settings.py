@@ -78,6 +78,11 @@ class ClusterSettings(BaseSettings):
     kafka_request_timeout_ms: int = Field(15_000, ge=1_000, le=300_000)
     """Client request timeout for producers, consumers and the admin client."""
 
+    kafka_session_timeout_ms: int = Field(6_000, ge=1_000, le=300_000)
+    """Consumer-group session timeout: how soon a dead member's partitions move to another. Tansu
+    takes about half of it to complete a group join, so lower is faster to start; Apache Kafka
+    refuses values under its `group.min.session.timeout.ms` (6000 by default)."""
+
     kafka_max_record_bytes: int = Field(1_048_576, ge=1_024, le=104_857_600)
     """Largest record a producer sends (and the size a consumer accepts before dead-lettering)."""
 

@@ -58,4 +58,5 @@ def cluster_settings(kafka_bootstrap: str, redis_url: str, unique_prefix: str, t
         log_format="text",
         request_topic_partitions=2,
         topic_partitions=1,
+        kafka_session_timeout_ms=2_000,  # Tansu joins a group in about half of it
     )

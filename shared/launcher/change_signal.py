@@ -1,0 +1,41 @@
+"""A wake-up call that is never lost: waiters block until something changed since they looked.
+
+The launcher's waits (readiness rounds, `lgc up` idling until a signal or a child's death, staged
+stops) all block on one of these instead of sleeping in a loop. A plain ``threading.Event`` that
+several waiters clear can lose a wake-up; a change counter cannot.
+"""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["ChangeSignal"]
+
+
+class ChangeSignal:
+    """A counter of changes under a condition variable.
+
+    `notify()` may be called from any thread and from a signal handler: the condition's lock is
+    re-entrant, so a handler that interrupts the main thread while it holds the lock does not
+    deadlock.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.RLock())
+        self._generation = 0
+
+    def snapshot(self) -> int:
+        """The current change count; pass it to `wait` to wait for anything newer."""
+        with self._cond:
+            return self._generation
+
+    def notify(self) -> None:
+        """Record a change and wake every waiter."""
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout_s: float | None = None) -> bool:
+        """Block until something changed after `seen` (True) or the timeout passed (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._generation != seen, timeout_s)

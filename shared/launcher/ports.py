@@ -1,0 +1,99 @@
+"""Port checks before anything starts (so a busy port fails with what to set, not with a child's
+traceback), and free-port settings for tests that start a whole cluster."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.launcher.infra import find_free_port
+from shared.launcher.settings import LauncherSettings
+
+__all__ = ["PortClaim", "PortInUseError", "check_ports_free", "free_port_block", "free_port_settings", "port_in_use"]
+
+
+@dataclass(frozen=True, slots=True)
+class PortClaim:
+    """A port the cluster is about to listen on, and the setting that moves it."""
+
+    what: str
+    host: str
+    port: int
+    remedy: str
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port} ({self.what}) is already in use: {self.remedy}"
+
+
+class PortInUseError(RuntimeError):
+    """One or more ports the cluster needs are taken."""
+
+    def __init__(self, claims: list[PortClaim]) -> None:
+        self.claims = claims
+        super().__init__("cannot start the cluster:\n  " + "\n  ".join(c.describe() for c in claims))
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on (or holds) `host:port`; a port in TIME_WAIT counts as free."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            # Safe: a bind failure is the answer; only "address in use" means busy, anything else
+            # (an unknown host) is left for the service itself to report.
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def check_ports_free(claims: Iterable[PortClaim]) -> None:
+    """Raise PortInUseError naming every busy port and the setting that moves it."""
+    busy = [c for c in claims if port_in_use(c.host, c.port)]
+    if busy:
+        raise PortInUseError(busy)
+
+
+def free_port_block(count: int, host: str = "127.0.0.1", *, avoid: set[int] | None = None, attempts: int = 200) -> int:
+    """A base port such that `base .. base+count-1` were all free a moment ago (and not in `avoid`)."""
+    avoid = avoid or set()
+    for _ in range(attempts):
+        base = find_free_port(host)
+        block = range(base, base + count)
+        if base + count - 1 > 65535 or any(p in avoid for p in block):
+            continue
+        if not any(port_in_use(host, p) for p in block[1:]):
+            return base
+    raise RuntimeError(f"found no {count} consecutive free ports on {host}")
+
+
+def free_port_settings(*, spare_workers: int = 4, **overrides: Any) -> LauncherSettings:
+    """LauncherSettings with every service port (and the embedded Kafka/Redis ports, unless an
+    external one is given) on distinct free loopback ports, for tests; `overrides` are settings
+    fields and win over the chosen ports.
+
+    Worker ports are blocks of `workers + spare_workers` consecutive free ports, so that
+    `EmbeddedCluster.add_worker()` has room.
+    """
+    workers = int(overrides.get("workers", 1))
+    taken: set[int] = set()
+    ports: dict[str, int] = {}
+    for name in (
+        "gateway_http_port",
+        "gateway_grpc_port",
+        "batcher_metrics_port",
+        "guardian_http_port",
+        "scaler_metrics_port",
+        "embedded_kafka_port",
+        "embedded_redis_port",
+    ):
+        ports[name] = free_port_block(1, avoid=taken)
+        taken.add(ports[name])
+    for name in ("worker_grpc_port", "worker_metrics_port"):
+        size = workers + spare_workers
+        ports[name] = free_port_block(size, avoid=taken)
+        taken.update(range(ports[name], ports[name] + size))
+    return LauncherSettings(**{**ports, **overrides})

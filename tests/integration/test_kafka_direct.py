@@ -1,0 +1,93 @@
+"""Upstream systems talk to the cluster straight over Kafka: a GenerationRequest produced to
+`lgc.requests.normal` is answered on its `reply_to` topic; a record that does not parse goes to the
+dead-letter topic and the cluster carries on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from shared.deadletter import dead_letter_from_headers
+from shared.kafka_clients import make_consumer, make_producer
+from shared.records import (
+    ChatMessage,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+    Priority,
+    ReplyEvent,
+    ReplyKind,
+)
+from shared.settings import ClusterSettings
+from shared.topics import Topics, TopicSpec, ensure_topics
+from tests.integration.conftest import MODEL
+
+
+async def _next_for(consumer, request_id: str, parse, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while True:
+        record = await asyncio.wait_for(consumer.getone(), max(0.1, deadline - time.monotonic()))
+        value = parse(record.value)
+        if getattr(value, "request_id", None) == request_id:
+            return value
+
+
+async def test_request_produced_to_kafka_is_answered_on_reply_to(cluster) -> None:
+    settings = ClusterSettings(kafka_bootstrap=cluster.endpoints.kafka_bootstrap, topic_prefix="lgc")
+    topics = Topics.from_settings(settings)
+    reply_topic = f"lgc.replies.upstream-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(settings, [TopicSpec(reply_topic, 1, 1)])
+    replies = make_consumer(settings, reply_topic, client_id="upstream", group_id=None)
+    results = make_consumer(settings, topics.results, client_id="upstream-results", group_id=None, auto_offset_reset="latest")
+    producer = make_producer(settings, client_id="upstream")
+    await replies.start()
+    await results.start()
+    await producer.start()
+    try:
+        request = GenerationRequest(
+            id=f"up-{uuid.uuid4().hex}",
+            model=MODEL,
+            messages=(ChatMessage(role="user", content="What is the capital of France?"),),
+            params=GenerationParams(max_new_tokens=12, temperature=0),
+            stream=True,
+            reply_to=reply_topic,
+            deadline=time.time() + 120,
+            tenant="upstream-system",
+        )
+        await producer.send_and_wait(topics.requests(Priority.NORMAL), request.to_bytes(), key=request.id)
+        events = []
+        while not events or not events[-1].terminal:
+            events.append(await _next_for(replies, request.id, ReplyEvent.from_bytes))
+        assert events[-1].kind is ReplyKind.FINAL
+        assert "Paris" in events[-1].text
+        assert "".join(e.text for e in events[:-1]) == events[-1].text
+        result = await _next_for(results, request.id, GenerationResult.from_bytes)
+        assert result.text == events[-1].text and result.tenant == "upstream-system"
+    finally:
+        await producer.stop()
+        await replies.stop()
+        await results.stop()
+
+
+async def test_unparseable_request_record_is_dead_lettered(cluster) -> None:
+    settings = ClusterSettings(kafka_bootstrap=cluster.endpoints.kafka_bootstrap, topic_prefix="lgc")
+    topics = Topics.from_settings(settings)
+    dlq = make_consumer(settings, topics.deadletter, client_id="dlq-reader", group_id=None, auto_offset_reset="earliest")
+    producer = make_producer(settings, client_id="bad-producer")
+    await dlq.start()
+    await producer.start()
+    marker = uuid.uuid4().hex.encode()
+    try:
+        await producer.send_and_wait(topics.requests(Priority.HIGH), b"not json " + marker, key="junk")
+        deadline = time.monotonic() + 60
+        while True:
+            record = await asyncio.wait_for(dlq.getone(), max(0.1, deadline - time.monotonic()))
+            if marker in (record.value or b""):
+                break
+        info = dead_letter_from_headers(record.headers)
+        assert info.topic == topics.requests(Priority.HIGH)
+        assert info.error
+    finally:
+        await producer.stop()
+        await dlq.stop()

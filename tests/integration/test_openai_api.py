@@ -1,0 +1,100 @@
+"""The official openai client against the running embedded cluster with the real model."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from openai import AsyncOpenAI, BadRequestError, NotFoundError
+
+from tests.integration.conftest import MODEL
+
+
+@pytest.fixture
+def client(cluster) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{cluster.endpoints.http_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+async def test_models_lists_the_served_model(client) -> None:
+    models = await client.models.list()
+    assert MODEL in [m.id for m in models.data]
+
+
+async def test_chat_completion_answers_from_the_real_model(client) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=16,
+        temperature=0,
+    )
+    reply = raw.parse()
+    assert raw.headers["x-request-id"] == reply.id
+    assert raw.headers["x-lgc-cache"] == "miss"
+    assert reply.object == "chat.completion"
+    assert "Paris" in reply.choices[0].message.content  # SmolLM2 knows this one (greedy)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens > 0 and reply.usage.prompt_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+async def test_completion_respects_max_tokens(client) -> None:
+    reply = await client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert reply.object == "text_completion"
+    assert reply.usage.completion_tokens <= 5
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.choices[0].text.strip()
+
+
+async def test_chat_streaming_with_usage(client) -> None:
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count from one to five."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage, chunks = "", None, None, 0
+    async for chunk in stream:
+        chunks += 1
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    assert chunks >= 3  # streamed, not one blob
+    assert text.strip()
+    assert finish in ("stop", "length")
+    assert usage is not None and 0 < usage.completion_tokens <= 24
+
+
+async def test_greedy_stream_equals_greedy_plain(client) -> None:
+    messages = [{"role": "user", "content": "Name a color."}]
+    plain = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, temperature=0, stream=True
+    )
+    streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert streamed == plain.choices[0].message.content
+
+
+async def test_sse_ends_with_done(cluster) -> None:
+    body = {"model": MODEL, "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+    async with httpx.AsyncClient(timeout=120) as http:
+        async with http.stream("POST", f"{cluster.endpoints.http_url}/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    assert len(lines) >= 2
+
+
+async def test_unknown_model_is_404(client) -> None:
+    with pytest.raises(NotFoundError) as err:
+        await client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert err.value.body["code"] == "model_not_found"
+
+
+async def test_unsupported_n_is_400(client) -> None:
+    with pytest.raises(BadRequestError) as err:
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=2)
+    assert "n" in str(err.value.body)

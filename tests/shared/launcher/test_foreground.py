@@ -1,0 +1,116 @@
+"""`run_until_stopped` (the core of `lgc up`) in a real launcher process: SIGTERM/SIGINT stop
+everything with exit code 0, a dying service stops everything with exit code 1, and even a
+SIGKILLed launcher leaves no service behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.shared.launcher.conftest import process_gone
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+class Launcher:
+    """The launcher process, its output read on a thread (so the test can time out)."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.shared.launcher.run_fake_cluster", str(tmp_path / "state"), *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, prefix: str, timeout_s: float = 30) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            if line is None:
+                raise AssertionError(f"launcher ended before {prefix!r}:\n" + "\n".join(self.lines))
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def pids(self) -> dict[str, int]:
+        return json.loads(self.wait_for("PIDS ")[len("PIDS ") :])
+
+    def finish(self, timeout_s: float = 30) -> int:
+        code = self.proc.wait(timeout_s)
+        while (line := self._queue.get(timeout=5)) is not None:
+            self.lines.append(line)
+        return code
+
+
+def _wait_gone(pids: dict[str, int], timeout_s: float = 15) -> dict[str, int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = {n: p for n, p in pids.items() if not process_gone(p)}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_everything_with_exit_code_0(tmp_path, sig) -> None:
+    launcher = Launcher(tmp_path)
+    pids = launcher.pids()
+    assert {"kafka", "redis", "gateway", "worker-0", "scaler"} <= set(pids)
+    launcher.proc.send_signal(sig)
+    assert launcher.finish() == 0
+    assert "[lgc] stop requested; stopping (press Ctrl-C again to kill at once)" in launcher.lines
+    assert "[worker-0] fake worker-0 stopping" in launcher.lines
+    assert _wait_gone(pids) == {}
+
+
+def test_a_dying_service_stops_everything_with_exit_code_1(tmp_path) -> None:
+    launcher = Launcher(tmp_path, "--die-after", "1")
+    pids = launcher.pids()
+    assert launcher.finish() == 1
+    assert any("worker-0 exited unexpectedly with code 7" in line for line in launcher.lines)
+    assert _wait_gone(pids) == {}
+
+
+def test_a_stop_signal_during_start_up_stops_everything_with_exit_code_0(tmp_path) -> None:
+    launcher = Launcher(tmp_path, "--never-ready")  # the worker would hold start-up for 300 s
+    launcher.wait_for("[worker-0] fake worker-0 listening")
+    launcher.proc.send_signal(signal.SIGTERM)
+    assert launcher.finish(timeout_s=30) == 0
+    assert "[lgc] start-up stopped; stopping what was started" in launcher.lines
+    # Every process the launcher reported starting: kafka, redis and the services.
+    pids = {
+        line: int(line.split("(pid ")[1].split(")")[0])
+        for line in launcher.lines
+        if line.startswith("[lgc] ") and "(pid " in line
+    }
+    assert len(pids) == 7, pids  # kafka, redis, gateway, batcher, worker-0, guardian, scaler
+    assert _wait_gone(pids) == {}
+
+
+def test_a_killed_launcher_leaves_no_service_behind(tmp_path) -> None:
+    launcher = Launcher(tmp_path)
+    pids = launcher.pids()
+    launcher.proc.kill()  # no handler runs: only the children's parent-death signal can help
+    launcher.finish()
+    assert _wait_gone(pids) == {}
