@@ -4,6 +4,7 @@
 #   make test    install (once) and run the test suite
 #   make protos  regenerate the gRPC code from shared/protos/*.proto
 #   make schemas regenerate schemas/ (JSON Schema + AsyncAPI) from shared/records.py
+#   make docs    regenerate docs/settings.md from the settings classes
 #   make lock    rewrite requirements/constraints.txt from the current venv
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -15,7 +16,7 @@ ARGS   ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install up test protos schemas lock clean
+.PHONY: install up test protos schemas docs lock clean
 
 install: $(STAMP)
 
@@ -40,6 +41,9 @@ protos: install
 
 schemas: install
 	$(BIN)/python -m shared.schema_export
+
+docs: install
+	$(BIN)/python -m shared.settings_doc
 
 lock: install
 	{ echo "# Exact versions of every package (direct and transitive) the project was tested with."; \

@@ -30,3 +30,19 @@ def test_asyncapi_names_every_topic() -> None:
     addresses = {c["address"] for c in doc["channels"].values()}
     assert {"lgc.requests.high", "lgc.results", "lgc.cancellations", "lgc.deadletter", "lgc.replies.{instance}"} <= addresses
     assert "#/$defs/" not in str(doc)
+
+
+def test_settings_doc_is_fresh() -> None:
+    from shared import settings_doc
+
+    committed = REPO / "docs" / "settings.md"
+    assert committed.read_text() == settings_doc.render(), "docs/settings.md is stale: run `make docs`"
+
+
+def test_every_settings_field_has_a_docstring() -> None:
+    from shared import settings_doc
+
+    for _, ref in settings_doc.SETTINGS_CLASSES:
+        cls = settings_doc._load(ref)  # noqa: SLF001
+        missing = [name for name, info in cls.model_fields.items() if not info.description]
+        assert not missing, f"{ref}: fields without a docstring: {missing}"
