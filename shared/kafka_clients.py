@@ -15,11 +15,13 @@ Both are configuration, not forks: on Apache Kafka the same code runs with large
 
 from __future__ import annotations
 
+import time
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.settings import ClusterSettings
 
-__all__ = ["make_consumer", "make_producer"]
+__all__ = ["AdaptiveFetchWait", "make_consumer", "make_producer"]
 
 
 def make_producer(settings: ClusterSettings, *, client_id: str) -> AIOKafkaProducer:
@@ -71,3 +73,50 @@ def _encode_key(key: str | bytes | None) -> bytes | None:
     if key is None or isinstance(key, bytes):
         return key
     return key.encode()
+
+
+class AdaptiveFetchWait:
+    """Short fetch waits while records flow, long ones after a quiet spell.
+
+    On Tansu a fetch always waits its full `fetch_max_wait_ms`, so a consumer that must react in
+    milliseconds would otherwise ask the broker 200 times a second forever, costing both processes
+    CPU while the cluster is idle. The consumer's loop reports what each poll returned; after
+    `idle_after_s` without records the wait grows to `idle_ms`, and the first record brings it
+    back to `busy_ms`.
+
+    aiokafka reads the wait from its fetcher for every new fetch request, and offers no public
+    setter, so this sets the fetcher's attribute (aiokafka is pinned; a test checks it exists).
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, *, busy_ms: int, idle_ms: int, idle_after_s: float) -> None:
+        self._consumer = consumer
+        self.busy_ms = busy_ms
+        self.idle_ms = max(idle_ms, busy_ms)
+        self.idle_after_s = idle_after_s
+        self._last_record = time.monotonic()
+        self.current_ms = busy_ms
+
+    @classmethod
+    def from_settings(cls, consumer: AIOKafkaConsumer, settings: ClusterSettings) -> AdaptiveFetchWait:
+        return cls(
+            consumer,
+            busy_ms=settings.kafka_fetch_max_wait_ms,
+            idle_ms=settings.kafka_idle_fetch_max_wait_ms,
+            idle_after_s=settings.kafka_idle_after_s,
+        )
+
+    def polled(self, records: int) -> None:
+        """Report how many records the last poll returned."""
+        now = time.monotonic()
+        if records:
+            self._last_record = now
+            self._set(self.busy_ms)
+        elif now - self._last_record >= self.idle_after_s:
+            self._set(self.idle_ms)
+
+    def _set(self, wait_ms: int) -> None:
+        if wait_ms != self.current_ms:
+            fetcher = self._consumer._fetcher  # noqa: SLF001 - see the class docstring
+            if fetcher is not None:
+                fetcher._fetch_max_wait_ms = wait_ms  # noqa: SLF001
+            self.current_ms = wait_ms

@@ -72,6 +72,14 @@ class ClusterSettings(BaseSettings):
     """Longest a fetch waits for data. Tansu waits the full time even when data arrives, so the
     embedded default is low; on Apache Kafka a fetch wakes on data and this may be raised."""
 
+    kafka_idle_fetch_max_wait_ms: int = Field(100, ge=0, le=60_000)
+    """Fetch wait of a latency-critical consumer that has seen no record for
+    `kafka_idle_after_s`: an idle consumer then asks the broker 10 times a second instead of 200.
+    The first record after a quiet spell waits up to this long; then fetches are fast again."""
+
+    kafka_idle_after_s: float = Field(2.0, ge=0, le=3_600)
+    """Silence after which a latency-critical consumer switches to the idle fetch wait."""
+
     kafka_linger_ms: int = Field(0, ge=0, le=1_000)
     """Producer linger: 0 sends at once (latency first); raise it to batch for throughput."""
 

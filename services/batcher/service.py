@@ -36,7 +36,7 @@ from services.batcher.request_state import RequestState
 from services.batcher.settings import BatcherSettings
 from services.batcher.worker_pool import WorkerPool
 from shared.deadletter import publish_dead_letter
-from shared.kafka_clients import make_consumer, make_producer
+from shared.kafka_clients import AdaptiveFetchWait, make_consumer, make_producer
 from shared.metrics import SnapshotPublisher
 from shared.ops_server import OpsServer
 from shared.protos import worker_pb2
@@ -89,8 +89,10 @@ class BatcherService:
             settings, client_id=f"batcher-{settings.instance_id}", group_id=settings.batcher_group_id,
             max_poll_records=settings.batcher_max_inflight,
         )
+        # Cancellations tolerate a little latency; a longer wait keeps an idle batcher idle.
+        cancel_settings = settings.model_copy(update={"kafka_fetch_max_wait_ms": settings.kafka_idle_fetch_max_wait_ms})
         self.cancel_consumer = make_consumer(
-            settings, self.topics.cancellations, client_id=f"batcher-cancel-{settings.instance_id}",
+            cancel_settings, self.topics.cancellations, client_id=f"batcher-cancel-{settings.instance_id}",
             group_id=None, auto_offset_reset="latest",
         )
         self.redis = aioredis.from_url(settings.redis_url)
@@ -110,6 +112,7 @@ class BatcherService:
         await self.producer.start()
         self.consumer.subscribe(list(self.topics.all_requests), listener=_Rebalance(self))
         await self.consumer.start()
+        self._fetch_wait = AdaptiveFetchWait.from_settings(self.consumer, self.settings)
         await self.cancel_consumer.start()
         await self._sync_workers()
         snapshots = SnapshotPublisher(self.producer, self.topics.metrics, self.snapshot, self.settings.metrics_interval_s)
@@ -189,6 +192,7 @@ class BatcherService:
             self._set_paused(False)
             # -- 2. fetch ---------------------------------------------------------------------
             batches = await self.consumer.getmany(timeout_ms=1_000, max_records=self.credits())
+            self._fetch_wait.polled(sum(len(r) for r in batches.values()))
             if not batches:
                 continue
             # -- 3. take ----------------------------------------------------------------------

@@ -42,3 +42,25 @@ async def test_produce_consume_commit_and_resume(cluster_settings) -> None:
         assert msg.value == b"m3"
     finally:
         await consumer.stop()
+
+
+async def test_adaptive_fetch_wait_slows_down_when_idle_and_speeds_up_on_records(cluster_settings) -> None:
+    from shared.kafka_clients import AdaptiveFetchWait
+
+    topic = f"{cluster_settings.topic_prefix}.adaptive"
+    await ensure_topics(cluster_settings, [TopicSpec(topic, 1, 1)])
+    consumer = make_consumer(cluster_settings, topic, client_id="t-adaptive", group_id=None)
+    await consumer.start()
+    try:
+        wait = AdaptiveFetchWait(consumer, busy_ms=5, idle_ms=150, idle_after_s=0.2)
+        fetcher = consumer._fetcher  # noqa: SLF001 - the attribute the class relies on must exist
+        assert fetcher._fetch_max_wait_ms == cluster_settings.kafka_fetch_max_wait_ms  # noqa: SLF001
+        wait.polled(0)
+        assert wait.current_ms == 5  # not idle long enough yet
+        await asyncio.sleep(0.25)
+        wait.polled(0)
+        assert wait.current_ms == 150 and fetcher._fetch_max_wait_ms == 150  # noqa: SLF001
+        wait.polled(3)
+        assert wait.current_ms == 5 and fetcher._fetch_max_wait_ms == 5  # noqa: SLF001
+    finally:
+        await consumer.stop()
