@@ -13,12 +13,20 @@ from collections.abc import Iterator
 
 import pytest
 
+from pathlib import Path
+
 from shared.launcher.infra import find_free_port, start_redis, start_tansu
-from shared.settings import ClusterSettings
+from shared.settings import ClusterSettings, default_state_dir
 
 # No test may reach a model hub: everything it needs ships in installed packages.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def model_cache_dir() -> Path:
+    """Where tests keep the converted model: `LGC_TEST_STATE_DIR`, else the usual `~/.cache/lgc`,
+    so a converted model is reused across runs and suites (the conversion takes ~30 s)."""
+    return Path(os.environ.get("LGC_TEST_STATE_DIR") or default_state_dir())
 
 
 @pytest.fixture(scope="session")

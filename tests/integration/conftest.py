@@ -3,15 +3,13 @@ with the real SmolLM2 model, and every service as its own OS process, as `lgc up
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from shared.launcher.cluster import ClusterConfig, EmbeddedCluster
 from shared.launcher.ports import free_port_settings
-from shared.settings import default_state_dir
+from tests.conftest import model_cache_dir
 
 #: The model the embedded cluster serves by default.
 MODEL = "SmolLM2-135M-Instruct"
@@ -35,7 +33,7 @@ def cluster_logs() -> LogCollector:
 @pytest.fixture(scope="session")
 def cluster(cluster_logs: LogCollector) -> Iterator[EmbeddedCluster]:
     # The converted model is cached in the usual state dir, so repeated runs skip the conversion.
-    state_dir = Path(os.environ.get("LGC_TEST_STATE_DIR", default_state_dir()))
+    state_dir = model_cache_dir()
     settings = free_port_settings(
         topic_prefix="lgc",
         kafka_session_timeout_ms=2_000,  # Tansu joins a group in about half of it

@@ -1,0 +1,146 @@
+"""The tensors of a running batch for a decoder-only model, and how rows join and leave it.
+
+Rows are left-padded to a common length. Each row keeps its own attention mask (0 over padding)
+and its own position ids (counting only its real tokens), so padding changes nothing about what a
+row computes: a sequence generated in a batch gets the same greedy tokens as alone.
+
+Continuous batching: newcomers are prefilled on their own (left-padded among themselves), then
+their KV cache is merged into the running batch by left-padding the shorter of the two caches to the
+longer one along the sequence axis. Rows that finish are removed with an index select, and columns
+that have become padding in every row are trimmed off the left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+__all__ = ["DecodeBatch", "supports_joining"]
+
+
+def supports_joining(model: Any) -> bool:
+    """Whether this model's KV cache is made of plain full-attention layers, the only kind whose
+    caches can be padded and merged (sliding-window and linear-attention layers cannot)."""
+    cache = DynamicCache(config=model.config)
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+class DecodeBatch:
+    """KV cache, attention mask, positions and pending tokens of the rows generating together."""
+
+    def __init__(
+        self,
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        seen: torch.Tensor,
+    ) -> None:
+        self.cache = cache
+        self.mask = mask
+        """[rows, length] 1 over real tokens, 0 over left padding."""
+        self.positions = positions
+        """[rows] position id of the next token fed to each row."""
+        self.seen = seen
+        """[rows, vocab] token ids in each row's prompt and output (repetition penalty)."""
+        self.next_tokens: torch.Tensor | None = None
+        """[rows] tokens picked but not yet fed to the model."""
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.mask.shape[1])
+
+    @classmethod
+    def prefill(
+        cls, model: Any, prompts: Sequence[Sequence[int]], pad_id: int, vocab_size: int, device: torch.device
+    ) -> tuple[DecodeBatch, torch.Tensor]:
+        """Run the prompts through the model; returns the batch and each row's last logits
+        ([rows, vocab], float32)."""
+        longest = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, longest - len(prompt) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        # Padding columns repeat the row's last real token, so the scatter marks real tokens only
+        # (the pad id may also be a real token of the prompt, e.g. an end-of-turn marker).
+        real_ids = torch.where(mask.bool(), ids, ids[:, -1:].expand_as(ids)).clamp(max=vocab_size - 1)
+        seen = torch.zeros((len(prompts), vocab_size), dtype=torch.bool, device=device)
+        seen.scatter_(1, real_ids, True)
+        batch = cls(out.past_key_values, mask, mask.sum(-1), seen)
+        return batch, out.logits[:, -1, :].float()
+
+    def step(self, model: Any) -> torch.Tensor:
+        """Feed `next_tokens` to every row; returns the new logits ([rows, vocab], float32)."""
+        assert self.next_tokens is not None, "pick tokens before stepping"
+        ones = torch.ones((self.size, 1), dtype=self.mask.dtype, device=self.mask.device)
+        self.mask = torch.cat([self.mask, ones], dim=1)
+        out = model(
+            input_ids=self.next_tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=self.positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.positions = self.positions + 1
+        self.next_tokens = None
+        return out.logits[:, -1, :].float()
+
+    def record_tokens(self, tokens: torch.Tensor) -> None:
+        """Remember the picked tokens: fed at the next step, and seen for the penalty."""
+        self.next_tokens = tokens
+        self.seen[torch.arange(self.size, device=tokens.device), tokens] = True
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only `rows` (in this order), then trim columns that are padding in every row."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        real_columns = mask.any(dim=0).nonzero()
+        start = int(real_columns[0]) if real_columns.numel() else mask.shape[1]
+        self.mask = mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+        self.positions = self.positions.index_select(0, index)
+        self.seen = self.seen.index_select(0, index)
+        if self.next_tokens is not None:
+            self.next_tokens = self.next_tokens.index_select(0, index)
+
+    def absorb(self, other: DecodeBatch) -> None:
+        """Append `other`'s rows after this batch's rows (both must have picked their tokens)."""
+        assert self.next_tokens is not None and other.next_tokens is not None
+        length = max(self.length, other.length)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)], dim=0)
+            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)], dim=0)
+        self.mask = torch.cat(
+            [F.pad(self.mask, (length - self.length, 0)), F.pad(other.mask, (length - other.length, 0))], dim=0
+        )
+        self.positions = torch.cat([self.positions, other.positions])
+        self.seen = torch.cat([self.seen, other.seen])
+        self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
+
+
+def _left_pad(states: torch.Tensor, length: int) -> torch.Tensor:
+    """[rows, heads, seq, dim] padded with zeros on the left of `seq` up to `length`."""
+    missing = length - states.shape[2]
+    return F.pad(states, (0, 0, missing, 0)) if missing else states

@@ -1,0 +1,105 @@
+"""The gRPC error boundary of the worker: one server interceptor around the Worker service.
+
+Invalid input (:class:`InvalidArgumentError`) becomes INVALID_ARGUMENT with its message; any other
+unexpected exception becomes INTERNAL with a short message and is logged with the request ids, so
+a bug never surfaces as gRPC's bare UNKNOWN. Aborts and cancellations pass through untouched.
+Health and reflection are not wrapped (they are grpcio's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.worker.proto_convert import InvalidArgumentError
+from shared.structured_logging import request_context
+
+__all__ = ["ErrorBoundaryInterceptor"]
+
+log = logging.getLogger(__name__)
+
+_SERVICE_PREFIX = "/lgc.worker.v1.Worker/"
+
+
+def _request_ids(request: Any) -> str:
+    """The request ids a message carries, for the log line."""
+    ids: list[str] = []
+    if hasattr(request, "items"):
+        ids = [item.request_id for item in request.items]
+    elif hasattr(request, "request_ids"):
+        ids = list(request.request_ids)
+    return ",".join(ids[:16]) + (",..." if len(ids) > 16 else "")
+
+
+async def _translate(exc: Exception, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+    """Abort the call with the status `exc` deserves (always raises)."""
+    ids = _request_ids(request)
+    with request_context(ids):
+        if isinstance(exc, InvalidArgumentError):
+            log.info("invalid call", extra={"method": method, "error": str(exc), "request_ids": ids})
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        log.error("unexpected error in a gRPC handler", extra={"method": method, "request_ids": ids}, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
+
+
+class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions escaping Worker handlers to proper gRPC statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(_SERVICE_PREFIX):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise  # Safe: the client went away, or the handler chose its status already.
+        except Exception as exc:
+            # Safe: _translate always ends the call with a status; nothing else is pending.
+            await _translate(exc, method, request, context)
+
+    return unary
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        responses = behavior(request, context)
+        try:
+            async for response in responses:
+                yield response
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise  # Safe: the client went away, or the handler chose its status already.
+        except Exception as exc:
+            # Safe: the handler's own `finally` cleaned up its items; this only sets the status.
+            await _translate(exc, method, request, context)
+        finally:
+            # Close the handler's generator now (not whenever it is garbage collected), so its
+            # cleanup (cancelling its items in the engine) runs when this stream ends.
+            await responses.aclose()  # type: ignore[attr-defined]
+
+    return stream

@@ -1,0 +1,62 @@
+"""Turns a work item's prompt or chat messages (plus any continuation) into prompt token ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from services.worker.engine import WorkItem
+
+__all__ = ["EncodedPrompt", "PromptEncoder", "PromptError"]
+
+
+class PromptError(ValueError):
+    """The item cannot be turned into a prompt the model accepts (not retryable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPrompt:
+    """Token ids to prefill and how many tokens this worker may still generate."""
+
+    ids: list[int]
+    budget: int
+    """max_new_tokens minus the tokens of the continuation."""
+
+
+class PromptEncoder:
+    """Applies the chat template and tokenizes, checking the model's length limit."""
+
+    def __init__(self, tokenizer: Any, max_model_len: int) -> None:
+        self._tokenizer = tokenizer
+        self._max_model_len = max_model_len
+
+    def encode(self, item: WorkItem) -> EncodedPrompt:
+        tokenizer = self._tokenizer
+        if item.messages:
+            if not getattr(tokenizer, "chat_template", None):
+                raise PromptError("this model has no chat template: send a raw prompt instead of messages")
+            turns = [{"role": m.role, "content": m.content} for m in item.messages]
+            try:
+                text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+            except Exception as exc:
+                # Safe: template errors (an unsupported role order, ...) are the request's fault.
+                raise PromptError(f"the chat template rejected the messages: {exc}") from exc
+            # The rendered template already holds the special tokens it needs.
+            ids = tokenizer(text + item.continuation, add_special_tokens=False)["input_ids"]
+        else:
+            if not item.prompt:
+                raise PromptError("the prompt is empty")
+            ids = tokenizer(item.prompt + item.continuation)["input_ids"]
+        if not ids:
+            raise PromptError("the prompt has no tokens")
+        continuation_tokens = item.continuation_tokens
+        if item.continuation and not continuation_tokens:
+            continuation_tokens = len(tokenizer(item.continuation, add_special_tokens=False)["input_ids"])
+        budget = max(0, item.params.max_new_tokens - continuation_tokens)
+        if len(ids) + budget > self._max_model_len:
+            raise PromptError(
+                f"the prompt has {len(ids)} tokens and up to {budget} more may be generated, "
+                f"{len(ids) + budget} in all, beyond this worker's max_model_len of {self._max_model_len}; "
+                "shorten the prompt or lower max_new_tokens"
+            )
+        return EncodedPrompt(list(ids), budget)

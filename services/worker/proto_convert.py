@@ -1,0 +1,137 @@
+"""Converts between the Worker protobuf messages and the engine's types, validating at the edge.
+
+Problems with one item raise :class:`InvalidItemError` (that item fails with INVALID_REQUEST and the
+others go on); problems with the whole call raise :class:`InvalidArgumentError` (the RPC ends
+with INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import math
+
+from services.worker.engine import (
+    ChatTurn,
+    EngineEvent,
+    FailureCode,
+    FinishReason,
+    SamplingParams,
+    SequenceFailed,
+    SequenceFinished,
+    TextDelta,
+    WorkItem,
+)
+from shared.protos import worker_pb2
+
+__all__ = [
+    "InvalidArgumentError",
+    "InvalidItemError",
+    "MAX_REQUEST_ID_LENGTH",
+    "event_to_proto",
+    "sampling_params_from_proto",
+    "work_item_from_proto",
+]
+
+MAX_REQUEST_ID_LENGTH = 256
+_MAX_STOP_STRINGS = 16
+_MAX_STOP_LENGTH = 1024
+
+_FINISH_REASONS = {
+    FinishReason.STOP: worker_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: worker_pb2.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: worker_pb2.FINISH_REASON_CANCELLED,
+}
+_FAILURE_CODES = {
+    FailureCode.INVALID_REQUEST: worker_pb2.FAILURE_CODE_INVALID_REQUEST,
+    FailureCode.DEADLINE_EXCEEDED: worker_pb2.FAILURE_CODE_DEADLINE_EXCEEDED,
+    FailureCode.OVERLOADED: worker_pb2.FAILURE_CODE_OVERLOADED,
+    FailureCode.INTERNAL: worker_pb2.FAILURE_CODE_INTERNAL,
+    FailureCode.MODEL_NOT_FOUND: worker_pb2.FAILURE_CODE_MODEL_NOT_FOUND,
+}
+
+
+class InvalidArgumentError(ValueError):
+    """The call as a whole is unusable (gRPC INVALID_ARGUMENT)."""
+
+
+class InvalidItemError(ValueError):
+    """One work item is unusable (it fails with INVALID_REQUEST)."""
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise InvalidItemError(f"{name} must be a finite number, not {value}")
+    return value
+
+
+def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams:
+    if msg.max_new_tokens < 1:
+        raise InvalidItemError("params.max_new_tokens must be at least 1")
+    temperature = _finite("params.temperature", msg.temperature)
+    if temperature < 0:
+        raise InvalidItemError(f"params.temperature must be >= 0, not {temperature}")
+    top_p = _finite("params.top_p", msg.top_p) or 1.0
+    if not 0 < top_p <= 1:
+        raise InvalidItemError(f"params.top_p must be in (0, 1], not {top_p}")
+    penalty = _finite("params.repetition_penalty", msg.repetition_penalty) or 1.0
+    if penalty <= 0:
+        raise InvalidItemError(f"params.repetition_penalty must be > 0, not {penalty}")
+    stops = tuple(msg.stop)
+    if len(stops) > _MAX_STOP_STRINGS:
+        raise InvalidItemError(f"at most {_MAX_STOP_STRINGS} stop strings, not {len(stops)}")
+    if any(not s or len(s) > _MAX_STOP_LENGTH for s in stops):
+        raise InvalidItemError(f"stop strings must be 1 to {_MAX_STOP_LENGTH} characters long")
+    return SamplingParams(
+        max_new_tokens=msg.max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=msg.top_k,
+        stop=stops,
+        seed=msg.seed if msg.has_seed else None,
+        repetition_penalty=penalty,
+    )
+
+
+def work_item_from_proto(msg: worker_pb2.WorkItem) -> WorkItem:
+    """A validated WorkItem; InvalidItemError says what is wrong (the request id is checked by
+    the caller, since without one no event could name the item)."""
+    messages = tuple(ChatTurn(m.role, m.content) for m in msg.messages)
+    if any(not m.role for m in messages):
+        raise InvalidItemError("every chat message needs a role")
+    if not messages and not msg.prompt:
+        raise InvalidItemError("the item has neither a prompt nor messages")
+    deadline = _finite("deadline_unix", msg.deadline_unix)
+    if deadline < 0:
+        raise InvalidItemError("deadline_unix must be a Unix time (or 0 for none)")
+    return WorkItem(
+        request_id=msg.request_id,
+        prompt=msg.prompt,
+        messages=messages,
+        params=sampling_params_from_proto(msg.params),
+        deadline_unix=deadline or None,
+        continuation=msg.continuation,
+        continuation_tokens=msg.continuation_tokens,
+    )
+
+
+def event_to_proto(event: EngineEvent) -> worker_pb2.GenerateEvent:
+    if isinstance(event, TextDelta):
+        return worker_pb2.GenerateEvent(
+            request_id=event.request_id, delta=worker_pb2.TokenDelta(text=event.text, tokens=event.tokens)
+        )
+    if isinstance(event, SequenceFinished):
+        return worker_pb2.GenerateEvent(
+            request_id=event.request_id,
+            finished=worker_pb2.Finished(
+                reason=_FINISH_REASONS[event.reason],
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                ttft_ms=event.ttft_ms,
+                total_ms=event.total_ms,
+            ),
+        )
+    if isinstance(event, SequenceFailed):
+        return worker_pb2.GenerateEvent(
+            request_id=event.request_id,
+            failed=worker_pb2.Failed(code=_FAILURE_CODES[event.code], message=event.message),
+        )
+    raise TypeError(f"not an engine event: {event!r}")

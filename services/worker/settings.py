@@ -1,0 +1,75 @@
+"""The worker's settings: one ``LGC_*`` environment variable per field (see ClusterSettings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.settings import ClusterSettings
+
+__all__ = ["WorkerSettings"]
+
+
+class WorkerSettings(ClusterSettings):
+    """How the worker serves its model (``LGC_WORKER_*``, ``LGC_MODEL``, ``LGC_SIMULATED_*``)."""
+
+    worker_backend: Literal["transformers", "simulated", "vllm"] = "transformers"
+    """`transformers` (CPU or CUDA), `simulated` (no model, tokens at a set rate, always labelled
+    simulated) or `vllm` (refused at start unless vLLM is installed)."""
+
+    model: str = Field("smollm2", min_length=1, max_length=1024)
+    """Model to serve: `smollm2` (the default SmolLM2-135M-Instruct), a model folder, a `.gguf`
+    file, or a Hugging Face id already in the local cache (nothing is downloaded)."""
+
+    worker_host: str = Field("127.0.0.1", min_length=1, max_length=253)
+    """Address the gRPC server binds to; also the address it advertises unless
+    `worker_advertise_host` is set."""
+
+    worker_advertise_host: str | None = Field(None, min_length=1, max_length=253)
+    """Host batchers should dial (e.g. the container's name when binding 0.0.0.0)."""
+
+    worker_grpc_port: int = Field(50061, ge=0, le=65535)
+    """gRPC port of the Worker service (plus gRPC health and reflection); 0 takes a free port,
+    which is the one registered."""
+
+    worker_metrics_port: int = Field(9201, ge=0, le=65535)
+    """HTTP port for /metrics, /health and /ready; 0 turns the ops server off."""
+
+    worker_max_batch_size: int = Field(32, ge=1, le=4096)
+    """Sequences generated at once at most; more wait (and count as `waiting`)."""
+
+    worker_max_waiting: int = Field(1024, ge=0, le=1_000_000)
+    """Sequences accepted to wait beyond the running batch; more are refused with OVERLOADED so
+    that the batcher sends them to another worker instead of queueing here without bound."""
+
+    worker_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights and activations dtype; `auto` is bfloat16 on CPU (about 4x faster batched than
+    float32 on AVX-512 BF16 CPUs) and float16 on CUDA."""
+
+    worker_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
+
+    worker_max_model_len: int = Field(2048, ge=16, le=1_048_576)
+    """Longest prompt + generation in tokens (capped by the model's own limit)."""
+
+    worker_max_prefill_tokens: int = Field(8192, ge=16, le=1_048_576)
+    """Most (padded) prompt tokens prefilled together in one step when requests join the batch;
+    bounds the pause running sequences see while newcomers are prefilled."""
+
+    worker_threads: int | None = Field(None, ge=1, le=1024)
+    """torch intra-op threads; unset: every core this process may use."""
+
+    worker_registry_ttl_s: float = Field(10.0, gt=0.5, le=3600)
+    """Lifetime of the registry entry; the heartbeat rewrites it every third of that."""
+
+    worker_drain_timeout_s: float = Field(60.0, ge=0, le=3600)
+    """On SIGTERM/SIGINT, how long in-flight sequences may take to finish before they are failed
+    with OVERLOADED (so the batcher retries them elsewhere)."""
+
+    simulated_tokens_per_s: float = Field(50.0, gt=0, le=1_000_000)
+    """Simulated backend: tokens per second of each sequence."""
+
+    simulated_ttft_ms: float = Field(50.0, ge=0, le=600_000)
+    """Simulated backend: time to the first token in milliseconds."""
+

@@ -1,0 +1,258 @@
+"""The simulated backend: no model, tokens at a configured rate, for pipeline and scale tests.
+
+Each sequence is one asyncio task that sleeps on timers: the first token comes
+`simulated_ttft_ms` after it starts running, then one token every 1/`simulated_tokens_per_s`
+seconds. At most `worker_max_batch_size` sequences run at once; the rest wait in order. Token
+``i`` is the text ``tok<i>`` (space separated, numbered on from a continuation), so output is
+predictable. It honours max_new_tokens, stop strings, cancellation and deadlines like the real
+engine, and everything it reports says it is simulated. No threads, no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from services.worker.engine import (
+    Engine,
+    EngineInfo,
+    EngineObserver,
+    EventSink,
+    FailureCode,
+    FinishReason,
+    NullObserver,
+    SequenceFailed,
+    SequenceFinished,
+    SequenceHandle,
+    TextDelta,
+    WorkItem,
+)
+from services.worker.settings import WorkerSettings
+from services.worker.stop_strings import StopStringMatcher
+
+__all__ = ["SIMULATED_MODEL_NAME", "SimulatedEngine", "simulated_token"]
+
+log = logging.getLogger(__name__)
+
+#: The model name a simulated worker serves and reports.
+SIMULATED_MODEL_NAME = "simulated"
+
+
+def simulated_token(index: int) -> str:
+    """Text of the `index`-th output token of a sequence (0-based)."""
+    return f"tok{index}" if index == 0 else f" tok{index}"
+
+
+def _count_words(item: WorkItem) -> int:
+    """Prompt length in simulated tokens: whitespace-separated words."""
+    words = sum(len(m.content.split()) + 1 for m in item.messages) if item.messages else len(item.prompt.split())
+    return max(1, words + len(item.continuation.split()))
+
+
+class _Abort(Exception):
+    """Raised inside a sequence's task to end it with a given event."""
+
+    def __init__(self, event: SequenceFinished | SequenceFailed) -> None:
+        super().__init__(event)
+        self.event = event
+
+
+class SimulatedEngine(Engine):
+    """Fake generation on asyncio timers."""
+
+    def __init__(self, settings: WorkerSettings, observer: EngineObserver | None = None) -> None:
+        self._settings = settings
+        self._observer: EngineObserver = observer or NullObserver()
+        self._slots: asyncio.Semaphore | None = None
+        self._tasks: dict[int, tuple[SequenceHandle, asyncio.Task[None]]] = {}
+        self._running = 0
+        self._waiting = 0
+        self._started = False
+        self._stopping = False
+        self._info = EngineInfo(
+            model=SIMULATED_MODEL_NAME,
+            backend="simulated",
+            device="none",
+            dtype="none",
+            max_batch_size=settings.worker_max_batch_size,
+            max_model_len=settings.worker_max_model_len,
+            simulated=True,
+        )
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    async def start(self) -> None:
+        self._slots = asyncio.Semaphore(self._settings.worker_max_batch_size)
+        self._started = True
+        log.info(
+            "simulated backend ready (no model: output is not a model's)",
+            extra={
+                "tokens_per_s": self._settings.simulated_tokens_per_s,
+                "ttft_ms": self._settings.simulated_ttft_ms,
+            },
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.abort_all(FailureCode.OVERLOADED, "the worker is shutting down")
+        tasks = [task for _, task in self._tasks.values()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def submit(self, item: WorkItem, sink: EventSink) -> SequenceHandle:
+        loop = asyncio.get_running_loop()
+        handle = SequenceHandle(item, sink, loop)
+        if not self._started or self._stopping:
+            handle.ended = True
+            reason = "the worker is shutting down" if self._stopping else "the worker is still starting"
+            loop.call_soon(sink, SequenceFailed(item.request_id, FailureCode.OVERLOADED, reason))
+            return handle
+        task = loop.create_task(self._generate(handle), name=f"simulated-{item.request_id}")
+        self._tasks[handle.key] = (handle, task)
+        return handle
+
+    def cancel(self, handle: SequenceHandle) -> bool:
+        entry = self._tasks.get(handle.key)
+        if entry is None or handle.ended or handle.cancelled:
+            return False
+        handle.cancelled = True
+        entry[1].cancel()
+        return True
+
+    def active(self) -> list[SequenceHandle]:
+        return [handle for handle, _ in self._tasks.values()]
+
+    def _wake(self) -> None:
+        for handle, task in self._tasks.values():
+            if handle.abort is not None:
+                task.cancel()
+
+    async def _generate(self, handle: SequenceHandle) -> None:
+        item = handle.item
+        state = _Progress(prompt_tokens=_count_words(item))
+        try:
+            event = await self._run(handle, state)
+        except asyncio.CancelledError:
+            # Safe: a cancel here is always ours (cancel() or abort_all()); it ends the sequence.
+            event = handle.abort or SequenceFinished(
+                item.request_id,
+                FinishReason.CANCELLED,
+                state.prompt_tokens,
+                state.generated,
+                state.ttft_ms,
+                handle.elapsed_ms(),
+            )
+        except _Abort as abort:
+            event = abort.event
+        finally:
+            self._tasks.pop(handle.key, None)
+        handle.ended = True
+        handle.sink(event)
+
+    async def _run(self, handle: SequenceHandle, state: _Progress) -> SequenceFinished:
+        item = handle.item
+        settings = self._settings
+        budget = item.remaining_tokens
+        if state.prompt_tokens + budget > settings.worker_max_model_len:
+            raise _Abort(
+                SequenceFailed(
+                    item.request_id,
+                    FailureCode.INVALID_REQUEST,
+                    f"the prompt has {state.prompt_tokens} tokens and up to {budget} more may be generated, "
+                    f"beyond this worker's max_model_len of {settings.worker_max_model_len}",
+                )
+            )
+        if budget == 0:
+            return self._finished(handle, state, FinishReason.LENGTH)
+        assert self._slots is not None
+        self._waiting += 1
+        try:
+            await self._before_deadline(handle, state, self._slots.acquire(), check_flags=False)
+        finally:
+            self._waiting -= 1
+        self._running += 1
+        try:
+            return await self._emit_tokens(handle, state, budget)
+        finally:
+            self._running -= 1
+            self._slots.release()
+
+    async def _emit_tokens(self, handle: SequenceHandle, state: _Progress, budget: int) -> SequenceFinished:
+        item = handle.item
+        settings = self._settings
+        gap = 1.0 / settings.simulated_tokens_per_s
+        stops = StopStringMatcher(item.params.stop)
+        await self._before_deadline(handle, state, asyncio.sleep(settings.simulated_ttft_ms / 1000.0))
+        first_index = item.continuation_tokens
+        while True:
+            token_at = time.monotonic()
+            state.generated += 1
+            if state.generated == 1:
+                state.ttft_ms = handle.elapsed_ms()
+                self._observer.first_token(state.ttft_ms / 1000.0)
+            self._observer.tokens(1)
+            text = stops.feed(simulated_token(first_index + state.generated - 1))
+            last = stops.stopped or state.generated >= budget
+            if last and not stops.stopped:
+                text += stops.flush()
+            if text:
+                handle.sink(TextDelta(item.request_id, text, state.generated - state.reported))
+                state.reported = state.generated
+            if last:
+                reason = FinishReason.STOP if stops.stopped else FinishReason.LENGTH
+                return self._finished(handle, state, reason)
+            await self._before_deadline(handle, state, asyncio.sleep(gap))
+            self._observer.decode_step(self._running, time.monotonic() - token_at)
+
+    async def _before_deadline(
+        self, handle: SequenceHandle, state: _Progress, waiting: object, *, check_flags: bool = True
+    ) -> None:
+        """Await `waiting`, but fail the sequence if its deadline comes first. `check_flags=False`
+        when `waiting` acquires a slot: the caller must release it before stopping."""
+        deadline = handle.item.deadline_unix
+        if deadline is None:
+            await waiting  # type: ignore[misc]
+        else:
+            try:
+                await asyncio.wait_for(waiting, timeout=max(0.0, deadline - time.time()))  # type: ignore[arg-type]
+            except TimeoutError:
+                # Safe: the deadline passed; the sequence ends with DEADLINE_EXCEEDED right here.
+                raise _Abort(
+                    SequenceFailed(
+                        handle.request_id,
+                        FailureCode.DEADLINE_EXCEEDED,
+                        f"the deadline passed after {state.generated} generated tokens",
+                    )
+                ) from None
+        if check_flags and (handle.cancelled or handle.abort is not None):
+            # wait_for (Python 3.11) can swallow a cancellation that races with completion.
+            raise asyncio.CancelledError
+
+    @staticmethod
+    def _finished(handle: SequenceHandle, state: _Progress, reason: FinishReason) -> SequenceFinished:
+        return SequenceFinished(
+            handle.request_id, reason, state.prompt_tokens, state.generated, state.ttft_ms, handle.elapsed_ms()
+        )
+
+
+class _Progress:
+    """Counters of one simulated sequence."""
+
+    __slots__ = ("generated", "prompt_tokens", "reported", "ttft_ms")
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.generated = 0
+        self.reported = 0
+        self.ttft_ms = 0.0

@@ -1,0 +1,501 @@
+"""The transformers backend: a causal LM on CPU or CUDA with continuous batching.
+
+All model work happens on ONE engine thread; the event loop only enqueues items and receives
+events. The thread sleeps on a condition variable while there is nothing to do (no polling). Each
+turn of its loop:
+
+1. takes newly submitted items while there is room in the batch, tokenizes them and checks their
+   length (a bad item fails alone, with INVALID_REQUEST);
+2. removes cancelled, expired and aborted sequences (so they stop within one decode step);
+3. prefills some admitted newcomers together (bounded by `worker_max_prefill_tokens`), picks their
+   first token and merges their KV cache into the running batch (see ``decode_batch``);
+4. runs one decode step for every running sequence, picks each row's next token with its own
+   sampling parameters and generator, and streams the new text.
+
+Models whose cache cannot be merged (sliding-window or linear-attention layers) still batch, but
+newcomers wait until the running batch has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from services.worker.decode_batch import DecodeBatch, supports_joining
+from services.worker.detokenizer import IncrementalDetokenizer
+from services.worker.engine import (
+    Engine,
+    EngineEvent,
+    EngineInfo,
+    EngineObserver,
+    EventSink,
+    FailureCode,
+    FinishReason,
+    NullObserver,
+    SequenceFailed,
+    SequenceFinished,
+    SequenceHandle,
+    TextDelta,
+    WorkItem,
+    deliver_from_thread,
+)
+from services.worker.prompt_encoding import PromptEncoder, PromptError
+from services.worker.sampling import RowSampling, SamplingTable, make_generator, pick_next_tokens
+from services.worker.settings import WorkerSettings
+from services.worker.stop_strings import StopStringMatcher
+from shared.model_store import prepare_model, resolve_model
+
+__all__ = ["TransformersEngine", "pick_device", "pick_dtype"]
+
+log = logging.getLogger(__name__)
+
+_Events = list[tuple[SequenceHandle, EngineEvent]]
+
+
+def pick_device(setting: str) -> torch.device:
+    """`auto`: the first CUDA device when there is one, else the CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"LGC_WORKER_DEVICE={setting} but CUDA is not available on this machine")
+    return device
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on CPU (much faster batched on BF16-capable CPUs), float16 on CUDA."""
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cpu" else torch.float16
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
+
+
+@dataclass(eq=False, slots=True)
+class _Sequence:
+    """An admitted sequence's generation state (engine thread only)."""
+
+    handle: SequenceHandle
+    prompt_ids: list[int]
+    budget: int
+    detokenizer: IncrementalDetokenizer
+    stops: StopStringMatcher
+    sampling: RowSampling
+    generated: int = 0
+    unreported: int = 0
+    """Tokens generated since the last delta."""
+    ttft_ms: float = 0.0
+
+
+class TransformersEngine(Engine):
+    """A Hugging Face causal LM served with a manual, continuously batched decode loop."""
+
+    def __init__(self, settings: WorkerSettings, observer: EngineObserver | None = None) -> None:
+        self._settings = settings
+        self._observer: EngineObserver = observer or NullObserver()
+        self._cond = threading.Condition()
+        self._inbox: deque[SequenceHandle] = deque()
+        self._admitted: deque[_Sequence] = deque()
+        self._prefilling: list[_Sequence] = []
+        self._rows: list[_Sequence] = []
+        self._batch: DecodeBatch | None = None
+        self._table: SamplingTable | None = None
+        self._active: dict[int, SequenceHandle] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._info: EngineInfo | None = None
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    # ---------------------------------------------------------------- lifecycle (event loop side)
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._info is None:
+            raise RuntimeError("the model is not loaded yet")
+        return self._info
+
+    @property
+    def running(self) -> int:
+        return len(self._rows) + len(self._prefilling)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._inbox) + len(self._admitted)
+
+    def load(self) -> None:
+        """Find, convert (once) and load the model and tokenizer. Blocking: call off the loop."""
+        # Imported here: transformers takes seconds to import and the simulated backend never needs it.
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        settings = self._settings
+        source = prepare_model(resolve_model(settings.model), settings.state_dir)
+        device = pick_device(settings.worker_device)
+        dtype = pick_dtype(settings.worker_dtype, device)
+        self._threads = settings.worker_threads or len(os.sched_getaffinity(0))
+        if device.type == "cpu":
+            torch.set_num_threads(self._threads)
+        log.info(
+            "loading model",
+            extra={"model": source.served_name, "path": source.path, "device": str(device), "dtype": str(dtype)},
+        )
+        started = time.monotonic()
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+        model.to(device)
+        model.eval()
+        config = model.config.get_text_config()
+        model_limit = getattr(config, "max_position_embeddings", None) or settings.worker_max_model_len
+        max_model_len = min(settings.worker_max_model_len, model_limit)
+        if max_model_len < settings.worker_max_model_len:
+            log.warning(
+                "worker_max_model_len is beyond the model's limit; using the model's",
+                extra={"configured": settings.worker_max_model_len, "model_limit": model_limit},
+            )
+        output = model.get_output_embeddings()
+        self._vocab_size = int(output.weight.shape[0]) if output is not None else int(config.vocab_size)
+        self._eos_ids = _eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self._pad_id = int(pad if pad is not None else next(iter(self._eos_ids), 0))
+        self._device = device
+        self._joinable = supports_joining(model)
+        if not self._joinable:
+            log.warning("this model's KV cache cannot be merged: newcomers wait for the running batch to finish")
+        self._encoder = PromptEncoder(tokenizer, max_model_len)
+        self.model, self.tokenizer = model, tokenizer
+        self._info = EngineInfo(
+            model=source.served_name,
+            backend="transformers",
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            max_batch_size=settings.worker_max_batch_size,
+            max_model_len=max_model_len,
+            simulated=False,
+        )
+        log.info("model loaded", extra={"model": source.served_name, "seconds": round(time.monotonic() - started, 2)})
+
+    def start_thread(self) -> None:
+        """Start the engine thread (after `load`)."""
+        if self.model is None:
+            raise RuntimeError("load() the model before starting the engine thread")
+        self._thread = threading.Thread(target=self._run, name="lgc-engine", daemon=True)
+        self._thread.start()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.load)
+        self.start_thread()
+
+    def close(self) -> None:
+        """Stop the engine thread; sequences still active fail with OVERLOADED. Blocking."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    # ---------------------------------------------------------------- requests (event loop side)
+
+    def submit(self, item: WorkItem, sink: EventSink) -> SequenceHandle:
+        loop = asyncio.get_running_loop()
+        handle = SequenceHandle(item, sink, loop)
+        with self._cond:
+            refusal = None
+            if self._thread is None:
+                refusal = "the model is still loading"
+            elif self._stopping:
+                refusal = "the worker is shutting down"
+            if refusal is None:
+                self._active[handle.key] = handle
+                self._inbox.append(handle)
+                self._cond.notify()
+                return handle
+        handle.ended = True
+        loop.call_soon(sink, SequenceFailed(item.request_id, FailureCode.OVERLOADED, refusal))
+        return handle
+
+    def cancel(self, handle: SequenceHandle) -> bool:
+        if handle.ended or handle.cancelled:
+            return False
+        handle.cancelled = True
+        self._wake()
+        return True
+
+    def active(self) -> list[SequenceHandle]:
+        with self._cond:
+            return list(self._active.values())
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    # ---------------------------------------------------------------- engine thread
+
+    def _run(self) -> None:
+        if self._device.type == "cpu":
+            # Again on this thread: with OpenMP the thread count can be per calling thread.
+            torch.set_num_threads(self._threads)
+        with torch.inference_mode():
+            while True:
+                events: _Events = []
+                taken = self._take_work(events)
+                self._deliver(events)
+                if taken is None:
+                    break
+                try:
+                    self._iterate(taken)
+                except Exception as exc:
+                    # Safe: the failure is reported on every sequence it touched (INTERNAL, which
+                    # the batcher retries elsewhere) and the engine carries on with a fresh batch.
+                    log.exception("generation failed; failing the running batch")
+                    self._fail_all(FailureCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
+            self._fail_all(FailureCode.OVERLOADED, "the worker is shutting down", include_inbox=True)
+
+    def _take_work(self, events: _Events) -> list[SequenceHandle] | None:
+        """Block until there is work; return the items to admit now (None: stop)."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                now = time.time()
+                for handle in [h for h in self._inbox if self._stop_event(h, now, None) is not None]:
+                    self._inbox.remove(handle)
+                    self._end(handle, self._stop_event(handle, now, None), events)  # type: ignore[arg-type]
+                if self._inbox or self._admitted or self._rows:
+                    break
+                if events:
+                    return []  # deliver what was reaped before sleeping
+                self._cond.wait()
+            room = self._settings.worker_max_batch_size - len(self._rows) - len(self._admitted)
+            if self._rows and not self._joinable:
+                room = 0
+            return [self._inbox.popleft() for _ in range(max(0, min(room, len(self._inbox))))]
+
+    def _iterate(self, taken: list[SequenceHandle]) -> None:
+        events: _Events = []
+        for handle in taken:
+            self._admit(handle, events)
+        self._reap(events)
+        self._deliver(events)
+        if self._admitted:
+            events = []
+            self._prefill_some(events)
+            self._deliver(events)
+        if self._batch is not None:
+            events = []
+            self._decode_step(events)
+            self._deliver(events)
+
+    def _admit(self, handle: SequenceHandle, events: _Events) -> None:
+        try:
+            encoded = self._encoder.encode(handle.item)
+        except PromptError as exc:
+            self._end(handle, SequenceFailed(handle.request_id, FailureCode.INVALID_REQUEST, str(exc)), events)
+            return
+        except Exception as exc:
+            # Safe: only this item is affected (a tokenizer failure); it fails with INTERNAL and
+            # the others go on.
+            log.exception("could not tokenize an item", extra={"request_id": handle.request_id})
+            failure = SequenceFailed(handle.request_id, FailureCode.INTERNAL, f"tokenization failed: {exc}")
+            self._end(handle, failure, events)
+            return
+        if encoded.budget == 0:
+            # The continuation already used up max_new_tokens: nothing left to generate.
+            finished = SequenceFinished(
+                handle.request_id, FinishReason.LENGTH, len(encoded.ids), 0, 0.0, handle.elapsed_ms()
+            )
+            self._end(handle, finished, events)
+            return
+        params = handle.item.params
+        self._admitted.append(
+            _Sequence(
+                handle=handle,
+                prompt_ids=encoded.ids,
+                budget=encoded.budget,
+                detokenizer=IncrementalDetokenizer(self.tokenizer, encoded.ids),
+                stops=StopStringMatcher(params.stop),
+                sampling=RowSampling(params, make_generator(params, self._device)),
+            )
+        )
+
+    def _stop_event(self, handle: SequenceHandle, now: float, seq: _Sequence | None) -> EngineEvent | None:
+        """The terminal event if this sequence must stop before the next step, else None."""
+        if handle.abort is not None:
+            return handle.abort
+        generated = seq.generated if seq is not None else 0
+        if handle.cancelled:
+            prompt_tokens = len(seq.prompt_ids) if seq is not None else 0
+            ttft = seq.ttft_ms if seq is not None else 0.0
+            return SequenceFinished(
+                handle.request_id, FinishReason.CANCELLED, prompt_tokens, generated, ttft, handle.elapsed_ms()
+            )
+        if handle.expired(now):
+            return SequenceFailed(
+                handle.request_id,
+                FailureCode.DEADLINE_EXCEEDED,
+                f"the deadline passed after {generated} generated tokens",
+            )
+        return None
+
+    def _reap(self, events: _Events) -> None:
+        now = time.time()
+        for seq in [s for s in self._admitted if self._stop_event(s.handle, now, s) is not None]:
+            self._admitted.remove(seq)
+            self._end(seq.handle, self._stop_event(seq.handle, now, seq), events)  # type: ignore[arg-type]
+        keep = []
+        for index, seq in enumerate(self._rows):
+            event = self._stop_event(seq.handle, now, seq)
+            if event is None:
+                keep.append(index)
+            else:
+                self._end(seq.handle, event, events)
+        self._keep_rows(keep)
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._batch = [], None
+        else:
+            assert self._batch is not None
+            self._batch.keep(keep)
+            self._rows = [self._rows[i] for i in keep]
+        self._table = None
+
+    def _prefill_some(self, events: _Events) -> None:
+        budget = self._settings.worker_max_prefill_tokens
+        chosen: list[_Sequence] = []
+        longest = 0
+        while self._admitted:
+            wider = max(longest, len(self._admitted[0].prompt_ids))
+            if chosen and wider * (len(chosen) + 1) > budget:
+                break
+            chosen.append(self._admitted.popleft())
+            longest = wider
+        self._prefilling = chosen
+        batch, logits = DecodeBatch.prefill(
+            self.model, [s.prompt_ids for s in chosen], self._pad_id, self._vocab_size, self._device
+        )
+        table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
+        tokens = pick_next_tokens(logits, table, batch.seen)
+        batch.record_tokens(tokens)
+        self._observer.tokens(len(chosen))
+        keep = self._accept_tokens(chosen, tokens.tolist(), events)
+        self._prefilling = []
+        if not keep:
+            return
+        if len(keep) < len(chosen):
+            batch.keep(keep)
+        joining = [chosen[i] for i in keep]
+        if self._batch is None:
+            self._batch, self._rows = batch, joining
+        else:
+            self._batch.absorb(batch)
+            self._rows = self._rows + joining
+        self._table = None
+
+    def _decode_step(self, events: _Events) -> None:
+        assert self._batch is not None
+        if self._table is None:
+            self._table = SamplingTable([s.sampling for s in self._rows], self._vocab_size, self._device)
+        started = time.monotonic()
+        logits = self._batch.step(self.model)
+        tokens = pick_next_tokens(logits, self._table, self._batch.seen)
+        self._batch.record_tokens(tokens)
+        picked = tokens.tolist()
+        self._observer.decode_step(len(self._rows), time.monotonic() - started)
+        self._observer.tokens(len(self._rows))
+        self._keep_rows(self._accept_tokens(self._rows, picked, events))
+
+    def _accept_tokens(self, seqs: list[_Sequence], tokens: list[int], events: _Events) -> list[int]:
+        """Process one new token per sequence; returns the indices of those still running."""
+        return [i for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)) if self._accept(seq, token, events)]
+
+    def _accept(self, seq: _Sequence, token: int, events: _Events) -> bool:
+        seq.generated += 1
+        seq.unreported += 1
+        if seq.generated == 1:
+            seq.ttft_ms = seq.handle.elapsed_ms()
+            self._observer.first_token(seq.ttft_ms / 1000.0)
+        if token in self._eos_ids:
+            self._emit(seq, self._final_text(seq), events)
+            self._finish(seq, FinishReason.STOP, events)
+            return False
+        text = seq.stops.feed(seq.detokenizer.add(token))
+        if seq.stops.stopped:
+            self._emit(seq, text, events)
+            self._finish(seq, FinishReason.STOP, events)
+            return False
+        if seq.generated >= seq.budget:
+            text += self._final_text(seq)
+            self._emit(seq, text, events)
+            self._finish(seq, FinishReason.STOP if seq.stops.stopped else FinishReason.LENGTH, events)
+            return False
+        self._emit(seq, text, events)
+        return True
+
+    @staticmethod
+    def _final_text(seq: _Sequence) -> str:
+        """Everything held back, at the end of generation (unless a stop string cuts it)."""
+        text = seq.stops.feed(seq.detokenizer.flush())
+        return text + seq.stops.flush()
+
+    @staticmethod
+    def _emit(seq: _Sequence, text: str, events: _Events) -> None:
+        if text:
+            events.append((seq.handle, TextDelta(seq.handle.request_id, text, seq.unreported)))
+            seq.unreported = 0
+
+    def _finish(self, seq: _Sequence, reason: FinishReason, events: _Events) -> None:
+        handle = seq.handle
+        finished = SequenceFinished(
+            handle.request_id, reason, len(seq.prompt_ids), seq.generated, seq.ttft_ms, handle.elapsed_ms()
+        )
+        self._end(handle, finished, events)
+
+    def _end(self, handle: SequenceHandle, event: EngineEvent, events: _Events) -> None:
+        handle.ended = True
+        with self._cond:
+            self._active.pop(handle.key, None)
+        events.append((handle, event))
+
+    def _fail_all(self, code: FailureCode, message: str, *, include_inbox: bool = False) -> None:
+        events: _Events = []
+        seqs = [*self._prefilling, *self._rows, *self._admitted]
+        self._prefilling, self._rows, self._batch, self._table = [], [], None, None
+        self._admitted.clear()
+        handles = [s.handle for s in seqs]
+        if include_inbox:
+            with self._cond:
+                handles += list(self._inbox)
+                self._inbox.clear()
+        for handle in handles:
+            if not handle.ended:
+                self._end(handle, SequenceFailed(handle.request_id, code, message), events)
+        self._deliver(events)
+
+    @staticmethod
+    def _deliver(events: _Events) -> None:
+        if events:
+            deliver_from_thread(events)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """End-of-sequence ids from the generation config and the tokenizer."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)

@@ -1,0 +1,79 @@
+"""Edge conversion of protobuf messages: defaults, validation, and events back to protobuf."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from services.worker.engine import FailureCode, FinishReason, SequenceFailed, SequenceFinished, TextDelta
+from services.worker.proto_convert import InvalidItemError, event_to_proto, work_item_from_proto
+from shared.protos import worker_pb2
+
+
+def proto_item(**params: object) -> worker_pb2.WorkItem:
+    values: dict[str, object] = {"max_new_tokens": 4}
+    values.update(params)
+    return worker_pb2.WorkItem(request_id="r1", prompt="hi", params=worker_pb2.SamplingParams(**values))  # type: ignore[arg-type]
+
+
+def test_zero_values_take_their_documented_defaults() -> None:
+    item = work_item_from_proto(proto_item())
+    p = item.params
+    assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.seed) == (0.0, 1.0, 0, 1.0, None)
+    assert item.deadline_unix is None and item.continuation == "" and item.messages == ()
+
+
+def test_fields_are_carried_over() -> None:
+    msg = worker_pb2.WorkItem(
+        request_id="r2",
+        messages=[worker_pb2.ChatMessage(role="user", content="hello")],
+        params=worker_pb2.SamplingParams(
+            max_new_tokens=9, temperature=0.5, top_p=0.9, top_k=5, stop=["\n"], seed=0, has_seed=True,
+            repetition_penalty=1.2,
+        ),
+        deadline_unix=1e9,
+        continuation="abc",
+        continuation_tokens=2,
+    )
+    item = work_item_from_proto(msg)
+    assert item.messages[0].role == "user" and item.messages[0].content == "hello"
+    assert item.params.seed == 0 and item.params.stop == ("\n",) and item.params.top_k == 5
+    assert item.params.temperature == pytest.approx(0.5)
+    assert (item.deadline_unix, item.continuation, item.continuation_tokens) == (1e9, "abc", 2)
+    assert item.remaining_tokens == 7
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": math.nan}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"repetition_penalty": -1.0}, "repetition_penalty"),
+        ({"stop": [""]}, "stop"),
+        ({"stop": ["x"] * 17}, "stop"),
+    ],
+)
+def test_bad_params_are_rejected_with_a_reason(params: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidItemError, match=message):
+        work_item_from_proto(proto_item(**params))
+
+
+def test_item_without_prompt_or_messages_is_rejected() -> None:
+    with pytest.raises(InvalidItemError, match="neither a prompt nor messages"):
+        work_item_from_proto(worker_pb2.WorkItem(request_id="r", params=worker_pb2.SamplingParams(max_new_tokens=1)))
+
+
+def test_events_to_proto() -> None:
+    delta = event_to_proto(TextDelta("r", "hé", 2))
+    assert (delta.request_id, delta.delta.text, delta.delta.tokens) == ("r", "hé", 2)
+    finished = event_to_proto(SequenceFinished("r", FinishReason.CANCELLED, 3, 4, 5.0, 6.0))
+    assert finished.finished.reason == worker_pb2.FINISH_REASON_CANCELLED
+    assert (finished.finished.prompt_tokens, finished.finished.completion_tokens) == (3, 4)
+    assert (finished.finished.ttft_ms, finished.finished.total_ms) == (5.0, 6.0)
+    failed = event_to_proto(SequenceFailed("r", FailureCode.DEADLINE_EXCEEDED, "late"))
+    assert failed.failed.code == worker_pb2.FAILURE_CODE_DEADLINE_EXCEEDED and failed.failed.message == "late"
+    for code in FailureCode:
+        assert event_to_proto(SequenceFailed("r", code, "")).failed.code != worker_pb2.FAILURE_CODE_UNSPECIFIED

@@ -1,0 +1,82 @@
+"""Per-row token picking: greedy, temperature, top-k, top-p, seeds, repetition penalty."""
+
+from __future__ import annotations
+
+import torch
+
+from services.worker.engine import SamplingParams
+from services.worker.sampling import RowSampling, SamplingTable, make_generator, pick_next_tokens
+
+CPU = torch.device("cpu")
+VOCAB = 50
+
+
+def table_for(*params: SamplingParams) -> SamplingTable:
+    return SamplingTable([RowSampling(p, make_generator(p, CPU)) for p in params], VOCAB, CPU)
+
+
+def logits_with_favourite(favourite: int, rows: int = 1) -> torch.Tensor:
+    logits = torch.linspace(-1.0, 1.0, VOCAB).repeat(rows, 1)
+    logits[:, favourite] = 5.0
+    return logits
+
+
+def test_greedy_rows_take_the_argmax() -> None:
+    logits = torch.stack([logits_with_favourite(3)[0], logits_with_favourite(7)[0]])
+    tokens = pick_next_tokens(logits, table_for(SamplingParams(), SamplingParams()), None)
+    assert tokens.tolist() == [3, 7]
+
+
+def test_top_k_one_is_greedy_even_when_sampling() -> None:
+    logits = logits_with_favourite(11, rows=1)
+    logits[0, 12] = 4.99  # a close second that plain sampling would often pick at temperature 2
+    params = SamplingParams(temperature=2.0, top_k=1)
+    picks = {pick_next_tokens(logits, table_for(params), None).item() for _ in range(30)}
+    assert picks == {11}
+
+
+def test_small_top_p_keeps_only_the_top_token() -> None:
+    logits = torch.zeros(1, VOCAB)
+    logits[0, 5] = 3.0  # about 29% of the mass, the most likely token
+    params = SamplingParams(temperature=1.0, top_p=0.1)
+    picks = {pick_next_tokens(logits, table_for(params), None).item() for _ in range(30)}
+    assert picks == {5}
+
+
+def test_full_sampling_spreads_over_the_vocabulary() -> None:
+    logits = torch.zeros(1, VOCAB)
+    params = SamplingParams(temperature=1.0, seed=1)
+    table = table_for(params)
+    picks = {pick_next_tokens(logits, table, None).item() for _ in range(100)}
+    assert len(picks) > 20
+
+
+def test_same_seed_same_tokens_whatever_the_neighbours() -> None:
+    seeded = SamplingParams(temperature=1.0, seed=1234)
+    logits = torch.zeros(1, VOCAB)
+    alone_table = table_for(seeded)
+    alone = [pick_next_tokens(logits, alone_table, None).item() for _ in range(10)]
+    batch_table = table_for(SamplingParams(temperature=1.0), seeded, SamplingParams())
+    batched = [pick_next_tokens(torch.zeros(3, VOCAB), batch_table, None)[1].item() for _ in range(10)]
+    assert alone == batched
+    other = table_for(SamplingParams(temperature=1.0, seed=99))
+    assert [pick_next_tokens(logits, other, None).item() for _ in range(10)] != alone
+
+
+def test_repetition_penalty_only_touches_its_own_row() -> None:
+    logits = torch.stack([logits_with_favourite(3)[0], logits_with_favourite(3)[0]])
+    logits[:, 4] = 4.0  # runner-up
+    seen = torch.zeros(2, VOCAB, dtype=torch.bool)
+    seen[:, 3] = True
+    table = table_for(SamplingParams(repetition_penalty=2.0), SamplingParams())
+    assert pick_next_tokens(logits, table, seen).tolist() == [4, 3]
+
+
+def test_negative_logits_are_penalised_downwards() -> None:
+    logits = torch.full((1, VOCAB), -10.0)
+    logits[0, 1] = -1.0
+    logits[0, 2] = -1.5
+    seen = torch.zeros(1, VOCAB, dtype=torch.bool)
+    seen[0, 1] = True
+    table = table_for(SamplingParams(repetition_penalty=2.0))  # -1.0 becomes -2.0 < -1.5
+    assert pick_next_tokens(logits, table, seen).item() == 2

@@ -1,0 +1,176 @@
+"""The simulated backend: rate, max tokens, stop strings, cancellation, deadlines, capacity."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from services.worker.engine import (
+    ChatTurn,
+    FailureCode,
+    FinishReason,
+    SamplingParams,
+    SequenceFailed,
+    SequenceFinished,
+    TextDelta,
+    WorkItem,
+)
+from services.worker.settings import WorkerSettings
+from services.worker.simulated_engine import SIMULATED_MODEL_NAME, SimulatedEngine
+from tests.services.worker.engine_runs import run_item
+
+
+def make_settings(**overrides: object) -> WorkerSettings:
+    values: dict[str, object] = {
+        "worker_backend": "simulated",
+        "simulated_tokens_per_s": 200.0,
+        "simulated_ttft_ms": 20.0,
+        "worker_max_batch_size": 4,
+    }
+    values.update(overrides)
+    return WorkerSettings(**values)  # type: ignore[arg-type]
+
+
+async def started(settings: WorkerSettings) -> SimulatedEngine:
+    engine = SimulatedEngine(settings)
+    await engine.start()
+    return engine
+
+
+async def test_info_says_simulated() -> None:
+    engine = await started(make_settings())
+    assert engine.info.simulated is True
+    assert engine.info.model == SIMULATED_MODEL_NAME
+    assert engine.info.backend == "simulated"
+    assert engine.info.max_batch_size == 4
+
+
+async def test_emits_max_new_tokens_at_the_configured_rate() -> None:
+    engine = await started(make_settings(simulated_tokens_per_s=100.0, simulated_ttft_ms=50.0))
+    began = time.monotonic()
+    result = await run_item(engine, WorkItem("r1", prompt="hello there world", params=SamplingParams(max_new_tokens=10)))
+    elapsed = time.monotonic() - began
+    end = result.end
+    assert isinstance(end, SequenceFinished)
+    assert end.reason is FinishReason.LENGTH
+    assert end.completion_tokens == 10
+    assert end.prompt_tokens == 3
+    assert result.text == " ".join(f"tok{i}" for i in range(10))
+    assert sum(d.tokens for d in result.deltas) == 10
+    # 50 ms to the first token, then 9 gaps of 10 ms: about 0.14 s.
+    assert 0.13 <= elapsed < 2.0
+    assert 45 <= end.ttft_ms < 1000
+
+
+async def test_stop_string_ends_before_it_and_is_not_emitted() -> None:
+    engine = await started(make_settings())
+    params = SamplingParams(max_new_tokens=20, stop=("tok3",))
+    result = await run_item(engine, WorkItem("r1", prompt="x", params=params))
+    assert result.text == "tok0 tok1 tok2 "
+    assert isinstance(result.end, SequenceFinished)
+    assert result.end.reason is FinishReason.STOP
+    assert result.end.completion_tokens == 4
+
+
+async def test_cancel_stops_a_running_sequence() -> None:
+    engine = await started(make_settings(simulated_tokens_per_s=20.0))
+    queue: asyncio.Queue = asyncio.Queue()
+    handle = engine.submit(WorkItem("r1", prompt="x", params=SamplingParams(max_new_tokens=1000)), queue.put_nowait)
+    first = await asyncio.wait_for(queue.get(), 5)
+    assert isinstance(first, TextDelta)
+    assert engine.running == 1
+    assert engine.cancel(handle) is True
+    events = [first]
+    while not isinstance(events[-1], SequenceFinished):
+        events.append(await asyncio.wait_for(queue.get(), 5))
+    assert events[-1].reason is FinishReason.CANCELLED
+    assert events[-1].completion_tokens < 1000
+    await asyncio.sleep(0)
+    assert engine.running == 0
+    assert engine.cancel(handle) is False
+
+
+async def test_cancel_requests_by_id() -> None:
+    engine = await started(make_settings(simulated_tokens_per_s=10.0))
+    task = asyncio.create_task(run_item(engine, WorkItem("abc", prompt="x", params=SamplingParams(max_new_tokens=500))))
+    await asyncio.sleep(0.05)
+    assert engine.cancel_requests(["abc", "unknown"]) == 1
+    result = await asyncio.wait_for(task, 5)
+    assert isinstance(result.end, SequenceFinished) and result.end.reason is FinishReason.CANCELLED
+
+
+async def test_deadline_fails_the_sequence() -> None:
+    engine = await started(make_settings(simulated_tokens_per_s=20.0))
+    item = WorkItem("r1", prompt="x", params=SamplingParams(max_new_tokens=1000), deadline_unix=time.time() + 0.3)
+    began = time.monotonic()
+    result = await run_item(engine, item)
+    assert isinstance(result.end, SequenceFailed)
+    assert result.end.code is FailureCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - began < 2.0
+    assert 1 <= len(result.deltas) <= 8
+
+
+async def test_capacity_makes_others_wait() -> None:
+    engine = await started(make_settings(worker_max_batch_size=2, simulated_tokens_per_s=50.0, simulated_ttft_ms=0))
+    items = [WorkItem(f"r{i}", prompt="x", params=SamplingParams(max_new_tokens=5)) for i in range(4)]
+    tasks = [asyncio.create_task(run_item(engine, item)) for item in items]
+    await asyncio.sleep(0.03)
+    assert engine.running == 2
+    assert engine.waiting == 2
+    results = await asyncio.gather(*tasks)
+    assert all(isinstance(r.end, SequenceFinished) and r.end.completion_tokens == 5 for r in results)
+    # The last two started only once the first two were done.
+    assert min(r.end.ttft_ms for r in results[2:]) > max(r.end.ttft_ms for r in results[:2]) + 50
+    assert engine.running == 0 and engine.waiting == 0
+
+
+async def test_continuation_counts_against_max_new_tokens() -> None:
+    engine = await started(make_settings())
+    item = WorkItem("r1", prompt="x", params=SamplingParams(max_new_tokens=5), continuation="tok0 tok1", continuation_tokens=2)
+    result = await run_item(engine, item)
+    assert item.continuation + result.text == "tok0 tok1 tok2 tok3 tok4"
+    assert isinstance(result.end, SequenceFinished) and result.end.completion_tokens == 3
+
+
+async def test_too_long_fails_with_invalid_request() -> None:
+    engine = await started(make_settings(worker_max_model_len=16))
+    messages = (ChatTurn("user", "one two three"),)
+    result = await run_item(engine, WorkItem("r1", messages=messages, params=SamplingParams(max_new_tokens=16)))
+    assert isinstance(result.end, SequenceFailed)
+    assert result.end.code is FailureCode.INVALID_REQUEST
+    assert "max_model_len" in result.end.message
+
+
+async def test_abort_all_and_stop_fail_with_overloaded() -> None:
+    engine = await started(make_settings(worker_max_batch_size=1, simulated_tokens_per_s=10.0))
+    tasks = [
+        asyncio.create_task(run_item(engine, WorkItem(f"r{i}", prompt="x", params=SamplingParams(max_new_tokens=100))))
+        for i in range(2)
+    ]
+    await asyncio.sleep(0.05)
+    await engine.stop()
+    results = await asyncio.gather(*tasks)
+    assert [type(r.end) for r in results] == [SequenceFailed, SequenceFailed]
+    assert all(r.end.code is FailureCode.OVERLOADED for r in results)
+    after = await run_item(engine, WorkItem("late", prompt="x"))
+    assert isinstance(after.end, SequenceFailed) and after.end.code is FailureCode.OVERLOADED
+
+
+@pytest.mark.parametrize("count", [200])
+async def test_many_sequences_do_not_spin(count: int) -> None:
+    """Many slow sequences: the process stays nearly idle while they wait on timers."""
+    engine = await started(make_settings(worker_max_batch_size=count, simulated_tokens_per_s=5.0, simulated_ttft_ms=0))
+    tasks = [
+        asyncio.create_task(run_item(engine, WorkItem(f"r{i}", prompt="x", params=SamplingParams(max_new_tokens=3))))
+        for i in range(count)
+    ]
+    cpu_before = time.process_time()
+    wall_before = time.monotonic()
+    results = await asyncio.gather(*tasks)
+    cpu = time.process_time() - cpu_before
+    wall = time.monotonic() - wall_before
+    assert all(r.end.completion_tokens == 3 for r in results)  # type: ignore[union-attr]
+    assert wall >= 0.35
+    assert cpu < wall * 0.5

@@ -1,0 +1,258 @@
+"""The transformers backend with the real SmolLM2 model (float32 on CPU, so that batched and
+alone runs are bit-for-bit comparable)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.worker.engine import (
+    ChatTurn,
+    FailureCode,
+    FinishReason,
+    SamplingParams,
+    SequenceFailed,
+    SequenceFinished,
+    TextDelta,
+    WorkItem,
+)
+from services.worker.settings import WorkerSettings
+from services.worker.transformers_engine import TransformersEngine
+from tests.services.worker.engine_runs import run_item
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a land far away, there lived",
+    "1, 2, 3, 4,",
+    "def fibonacci(n):",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(model_state_dir: Path) -> Iterator[TransformersEngine]:
+    settings = WorkerSettings(
+        state_dir=model_state_dir,
+        worker_dtype="float32",
+        worker_max_batch_size=8,
+        worker_max_model_len=256,
+    )
+    engine = TransformersEngine(settings)
+    engine.load()
+    engine.start_thread()
+    yield engine
+    engine.close()
+
+
+def greedy(prompt: str, max_new_tokens: int = 8, request_id: str = "r", **params: object) -> WorkItem:
+    return WorkItem(request_id, prompt=prompt, params=SamplingParams(max_new_tokens=max_new_tokens, **params))  # type: ignore[arg-type]
+
+
+async def test_info(engine: TransformersEngine) -> None:
+    info = engine.info
+    assert info.model == "SmolLM2-135M-Instruct"
+    assert (info.backend, info.device, info.dtype) == ("transformers", "cpu", "float32")
+    assert info.max_model_len == 256 and info.simulated is False
+
+
+async def test_chat_messages_get_the_chat_template(engine: TransformersEngine) -> None:
+    item = WorkItem(
+        "chat", messages=(ChatTurn("user", "What is the capital of France?"),), params=SamplingParams(max_new_tokens=8)
+    )
+    result = await run_item(engine, item)
+    assert isinstance(result.end, SequenceFinished)
+    assert "Paris" in result.text
+    # The template adds a system prompt and turn markers around the 7-word question.
+    assert result.end.prompt_tokens > 20
+    assert 0 < result.end.ttft_ms <= result.end.total_ms
+
+
+async def test_max_new_tokens_ends_with_length(engine: TransformersEngine) -> None:
+    result = await run_item(engine, greedy("1, 2, 3, 4,", max_new_tokens=5))
+    end = result.end
+    assert isinstance(end, SequenceFinished)
+    prompt_tokens = len(engine.tokenizer("1, 2, 3, 4,")["input_ids"])
+    assert (end.reason, end.completion_tokens, end.prompt_tokens) == (FinishReason.LENGTH, 5, prompt_tokens)
+    assert result.text.startswith(" 5, 6")
+    assert sum(d.tokens for d in result.deltas) == 5
+    assert len(result.deltas) >= 3  # streamed, not sent in one piece
+
+
+async def test_batched_with_joins_equals_alone(engine: TransformersEngine) -> None:
+    alone = [(await run_item(engine, greedy(p, request_id=f"a{i}"))).text for i, p in enumerate(PROMPTS)]
+
+    first_delta_at: dict[str, float] = {}
+    finished_at: dict[str, float] = {}
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def sink(event: object) -> None:
+        queue.put_nowait(event)
+
+    texts = {f"b{i}": "" for i in range(len(PROMPTS))}
+    for i in (0, 1):
+        engine.submit(greedy(PROMPTS[i], request_id=f"b{i}"), sink)
+    ended = 0
+    late_submitted = False
+    while ended < len(PROMPTS):
+        event = await asyncio.wait_for(queue.get(), 60)
+        rid = event.request_id
+        if isinstance(event, TextDelta):
+            texts[rid] += event.text
+            first_delta_at.setdefault(rid, time.monotonic())
+            if not late_submitted:
+                # The first two are generating: the other two join their running batch.
+                late_submitted = True
+                for i in (2, 3):
+                    engine.submit(greedy(PROMPTS[i], request_id=f"b{i}"), sink)
+        else:
+            assert isinstance(event, SequenceFinished), event
+            finished_at[rid] = time.monotonic()
+            ended += 1
+    assert [texts[f"b{i}"] for i in range(len(PROMPTS))] == alone
+    # They really ran together: the late ones produced text before the early ones finished.
+    assert max(first_delta_at["b2"], first_delta_at["b3"]) < min(finished_at["b0"], finished_at["b1"])
+
+
+async def test_concurrent_items_all_match_alone(engine: TransformersEngine) -> None:
+    prompts = PROMPTS + ["The weather today is", "My favourite food is"]
+    alone = [(await run_item(engine, greedy(p, max_new_tokens=6))).text for p in prompts]
+    together = await asyncio.gather(
+        *(run_item(engine, greedy(p, max_new_tokens=6 if i % 2 else 4, request_id=f"c{i}")) for i, p in enumerate(prompts))
+    )
+    for i, (reference, result) in enumerate(zip(alone, together, strict=True)):
+        if i % 2:
+            assert result.text == reference
+        else:  # shorter budget: a prefix of the same greedy output
+            assert reference.startswith(result.text) and result.end.completion_tokens == 4
+
+
+async def test_stop_string_cuts_output_and_is_never_sent(engine: TransformersEngine) -> None:
+    reference = (await run_item(engine, greedy("1, 2, 3, 4,", max_new_tokens=12))).text
+    assert " 7," in reference
+    result = await run_item(engine, greedy("1, 2, 3, 4,", max_new_tokens=12, stop=(" 7,",)))
+    assert result.text == reference[: reference.index(" 7,")]
+    assert " 7" not in "".join(d.text for d in result.deltas)
+    assert isinstance(result.end, SequenceFinished) and result.end.reason is FinishReason.STOP
+
+
+async def test_too_long_fails_with_invalid_request(engine: TransformersEngine) -> None:
+    result = await run_item(engine, greedy("hello " * 200, max_new_tokens=100))
+    assert isinstance(result.end, SequenceFailed)
+    assert result.end.code is FailureCode.INVALID_REQUEST
+    assert "max_model_len of 256" in result.end.message
+
+
+async def test_cancel_stops_within_a_step(engine: TransformersEngine) -> None:
+    queue: asyncio.Queue = asyncio.Queue()
+    story = WorkItem(
+        "story", messages=(ChatTurn("user", "Write a long story about a dragon."),), params=SamplingParams(max_new_tokens=200)
+    )
+    handle = engine.submit(story, queue.put_nowait)
+    event = await asyncio.wait_for(queue.get(), 30)
+    assert isinstance(event, TextDelta)
+    assert engine.cancel(handle)
+    while not isinstance(event, SequenceFinished):
+        event = await asyncio.wait_for(queue.get(), 5)
+    assert event.reason is FinishReason.CANCELLED
+    assert event.completion_tokens < 20
+    assert engine.running == 0
+
+
+async def test_deadline_fails_the_sequence(engine: TransformersEngine) -> None:
+    item = WorkItem(
+        "late", prompt="Tell me everything about the sea.", params=SamplingParams(max_new_tokens=200),
+        deadline_unix=time.time() + 0.5,
+    )
+    began = time.monotonic()
+    result = await run_item(engine, item)
+    assert isinstance(result.end, SequenceFailed)
+    assert result.end.code is FailureCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - began < 2.0
+
+
+async def test_expired_before_start_never_runs(engine: TransformersEngine) -> None:
+    result = await run_item(engine, WorkItem("old", prompt="hi", deadline_unix=time.time() - 1))
+    assert isinstance(result.end, SequenceFailed) and result.end.code is FailureCode.DEADLINE_EXCEEDED
+    assert result.deltas == []
+
+
+async def test_seeded_sampling_repeats_itself_even_in_a_batch(engine: TransformersEngine) -> None:
+    params = {"temperature": 0.9, "top_p": 0.95, "top_k": 40, "repetition_penalty": 1.1, "seed": 7}
+    first = await run_item(engine, greedy("Tell me a story", max_new_tokens=8, **params))
+    second, _ = await asyncio.gather(
+        run_item(engine, greedy("Tell me a story", max_new_tokens=8, request_id="s2", **params)),
+        run_item(engine, greedy("Another prompt entirely", max_new_tokens=8, request_id="o", temperature=1.0)),
+    )
+    assert first.text and first.text == second.text
+
+
+async def test_continuation_counts_against_max_new_tokens(engine: TransformersEngine) -> None:
+    reference = await run_item(engine, greedy("1, 2, 3, 4,", max_new_tokens=8))
+    result = await run_item(
+        engine,
+        WorkItem(
+            "cont", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=8),
+            continuation=" 5, 6,", continuation_tokens=6,
+        ),
+    )
+    assert isinstance(result.end, SequenceFinished)
+    assert result.end.completion_tokens == 2
+    assert result.end.prompt_tokens == len(engine.tokenizer("1, 2, 3, 4, 5, 6,")["input_ids"])
+    assert " 5, 6," + result.text == reference.text
+    used_up = await run_item(
+        engine,
+        WorkItem("done", prompt="1,", params=SamplingParams(max_new_tokens=4), continuation=" 2, 3", continuation_tokens=4),
+    )
+    assert isinstance(used_up.end, SequenceFinished) and used_up.end.reason is FinishReason.LENGTH
+    assert used_up.end.completion_tokens == 0
+
+
+async def test_more_items_than_the_batch_wait_and_all_finish(engine: TransformersEngine) -> None:
+    items = [greedy(f"Count to {i}:", max_new_tokens=3, request_id=f"w{i}") for i in range(12)]
+    tasks = [asyncio.create_task(run_item(engine, item)) for item in items]
+    await asyncio.sleep(0)  # every task has submitted; none can have finished three steps yet
+    assert engine.running + engine.waiting == 12
+    assert engine.running <= 8
+    results = await asyncio.gather(*tasks)
+    assert all(isinstance(r.end, SequenceFinished) and r.end.completion_tokens == 3 for r in results)
+
+
+def test_default_dtype_on_cpu_is_bfloat16(model_state_dir: Path) -> None:
+    engine = TransformersEngine(WorkerSettings(state_dir=model_state_dir))
+    engine.load()
+    assert engine.info.dtype == "bfloat16"
+    assert engine.info.max_model_len == 2048
+
+
+class _FailingOnce:
+    """Fault injection: the real model, except that its next forward pass raises."""
+
+    def __init__(self, model: object) -> None:
+        self._model = model
+        self.failed = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._model, name)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("simulated device failure")
+        return self._model(*args, **kwargs)
+
+
+async def test_a_model_failure_fails_the_batch_and_the_engine_goes_on(engine: TransformersEngine) -> None:
+    real = engine.model
+    engine.model = _FailingOnce(real)
+    try:
+        failed = await run_item(engine, greedy("1, 2, 3,", request_id="doomed"))
+    finally:
+        engine.model = real
+    assert isinstance(failed.end, SequenceFailed)
+    assert failed.end.code is FailureCode.INTERNAL
+    assert "simulated device failure" in failed.end.message
+    after = await run_item(engine, greedy("1, 2, 3,", max_new_tokens=3, request_id="fine"))
+    assert isinstance(after.end, SequenceFinished) and after.end.completion_tokens == 3
