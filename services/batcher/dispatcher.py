@@ -9,7 +9,6 @@ a request ends with `worker_failed`. Every request ends with exactly one termina
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ import grpc
 
 from services.batcher.metrics import BatcherMetrics
 from services.batcher.reply_publisher import ReplyPublisher
-from services.batcher.request_state import RequestState
+from services.batcher.request_state import RequestState, prompt_text
 from services.batcher.settings import BatcherSettings
 from services.batcher.worker_pool import WorkerHandle, WorkerPool
 from shared.protos import worker_pb2
@@ -105,7 +104,12 @@ class BatchDispatcher:
             model = pending[0].request.model
             tokens = sum(s.remaining_tokens for s in pending)
             tried = set().union(*(s.tried for s in pending))
-            worker = self._pool.pick(model, exclude=tried, tokens=tokens) or self._pool.pick(model, tokens=tokens)
+            # prefix_affinity keys on the batch's first prompt (a batch shares sampling parameters,
+            # not prompts; the first is as good a representative as any).
+            prefix = prompt_text(pending[0].request)[: self._settings.batcher_affinity_prefix_chars]
+            worker = self._pool.pick(model, exclude=tried, tokens=tokens, prefix=prefix) or self._pool.pick(
+                model, tokens=tokens, prefix=prefix
+            )
             if worker is None:
                 worker = await self._wait_for_worker(model, pending)
                 if worker is None:
@@ -171,7 +175,10 @@ class BatchDispatcher:
             timeout = min(timeout, max(0.5, max(deadlines) - now + 2.0))
         request = worker_pb2.GenerateRequest(items=[to_work_item(s) for s in batch], model=worker.info.model)
         worker.acquire(len(batch), tokens)
+        self._worker_gauges(worker)
         self._metrics.batch_size.observe(len(batch))
+        self._metrics.worker_batches.labels(worker.worker_id).inc()
+        self._metrics.worker_requests.labels(worker.worker_id).inc(len(batch))
         call = worker.stub.Generate(request, timeout=timeout)
         try:
             async for event in call:
@@ -200,12 +207,17 @@ class BatchDispatcher:
             )
         finally:
             worker.release(len(batch), tokens)
+            self._worker_gauges(worker)
             for state in batch:
                 self.running_on.pop(state.id, None)
         retry += [s for s in batch if s.id not in ended and not s.done]
         if retry:
             self._metrics.retries.inc(len(retry))
         return retry
+
+    def _worker_gauges(self, worker: WorkerHandle) -> None:
+        self._metrics.worker_outstanding.labels(worker.worker_id).set(worker.outstanding_requests)
+        self._metrics.worker_outstanding_tokens.labels(worker.worker_id).set(worker.outstanding_tokens)
 
     async def _on_delta(self, state: RequestState, delta: worker_pb2.TokenDelta) -> None:
         if state.first_token_at is None and (delta.tokens or delta.text):

@@ -32,4 +32,14 @@ class BatcherMetrics:
         self.worker_failures = m.counter("worker_failures_total", "Broken worker streams.", ["worker"])
         self.retries = m.counter("retries_total", "Requests sent to another worker after a failure.")
         self.deadlettered = m.counter("deadlettered_total", "Records sent to the dead-letter topic.", ["topic"])
-        self.paused = m.gauge("paused", "1 while consumption is paused for lack of credits.")
+        self.paused = m.gauge(
+            "paused", "1 while a priority level's partitions are paused (credits or higher priority).", ["priority"]
+        )
+        self.worker_outstanding_tokens = m.gauge(
+            "worker_outstanding_tokens", "Tokens (max_new_tokens left) outstanding on each worker.", ["worker"]
+        )
+        self.worker_batches = m.counter("worker_batches_total", "Micro-batches sent to each worker.", ["worker"])
+        self.worker_requests = m.counter("worker_requests_total", "Requests sent to each worker.", ["worker"])
+        self.aging_waits = m.counter(
+            "aged_batches_total", "Fetch rounds where a level was served ahead of higher ones by aging.", ["priority"]
+        )

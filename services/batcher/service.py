@@ -2,13 +2,16 @@
 
 The consume loop is four numbered steps, each blocking on Kafka or asyncio, never spinning:
 
-1. wait for credit (requests this batcher may hold: the workers' batch slots times
-   `batcher_credits_per_slot`, at most `batcher_max_inflight`); without credit the partitions are
-   paused so the backlog stays in Kafka, not in memory;
-2. fetch what credit allows;
+1. plan: credits (requests this batcher may hold: the workers' batch slots times
+   `batcher_credits_per_slot`, at most `batcher_max_inflight`) and the priority rule of
+   priority_admission.py decide which levels may take records and how many; the other levels'
+   partitions are paused, so their backlog stays in Kafka, not in memory;
+2. fetch level by level in plan order (what the client already buffered first, then a blocking
+   fetch on every admitted partition);
 3. take each record: dead-letter what does not parse, end what is expired or already cancelled;
-4. group the rest by model and sampling parameters, highest priority first, into micro-batches
-   bounded by size and token budget, and hand each to the dispatcher as its own task.
+4. put the rest into micro-batches (batch_former.py: grouped by priority, model and sampling
+   parameters, bounded by size, token budget and max wait) and hand each closed batch to the
+   dispatcher as its own task, highest priority first.
 
 Offsets are committed by a separate task, only up to the lowest request whose terminal reply is
 out (see offset_tracker.py). Cancellations come from a group-less consumer, so every batcher
@@ -19,18 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict
-from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from services.batcher.batch_former import PRIORITY_RANK, BatchFormer
 from services.batcher.dispatcher import BatchDispatcher
 from services.batcher.metrics import BatcherMetrics
 from services.batcher.offset_tracker import OffsetTracker
+from services.batcher.priority_admission import LEVELS, PriorityAdmission
 from services.batcher.reply_publisher import ReplyPublisher
 from services.batcher.request_state import RequestState
 from services.batcher.settings import BatcherSettings
@@ -49,7 +55,8 @@ __all__ = ["BatcherService"]
 
 log = logging.getLogger(__name__)
 
-_PRIORITY_ORDER = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+#: Longest an aged level's exclusive fetch waits for its records (see priority_admission.py).
+_AGED_PROBE_MS = 100
 #: Cancellations remembered for requests this batcher has not taken (yet): a cancel can overtake
 #: its request, and another instance may own it.
 _REMEMBERED_CANCELS = 10_000
@@ -63,6 +70,7 @@ class _Rebalance(ConsumerRebalanceListener):
         await self._service.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._service.wake()
         log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)})
 
 
@@ -73,13 +81,27 @@ class BatcherService:
         self.settings = settings
         self.topics = Topics.from_settings(settings)
         self.metrics = BatcherMetrics(registry or CollectorRegistry())
-        self.pool = WorkerPool(settings.batcher_lb_policy)
+        self.pool = WorkerPool(settings.batcher_lb_policy, saturation=settings.batcher_affinity_saturation)
+        self.admission = PriorityAdmission(
+            normal_share=settings.batcher_normal_credit_share,
+            low_share=settings.batcher_low_credit_share,
+            aging_s=settings.batcher_aging_s,
+            high_active_s=settings.batcher_high_active_s,
+        )
+        self.former = BatchFormer(
+            max_size=settings.batcher_max_batch_size,
+            token_budget=settings.batcher_token_budget,
+            max_wait_s=settings.batcher_max_wait_ms / 1000,
+        )
         self.tracker = OffsetTracker()
         self.states: dict[str, RequestState] = {}
+        #: Requests held per priority (the same as counting `states`, kept as it changes).
+        self._inflight: dict[Priority, int] = dict.fromkeys(LEVELS, 0)
         self._cancelled: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
-        self._credit = asyncio.Event()
+        #: Set when the consume loop should re-plan (a request ended, partitions were assigned).
+        self._wake = asyncio.Event()
         self._commit_wanted = asyncio.Event()
         self._stopping = False
         self._ready = False
@@ -129,11 +151,12 @@ class BatcherService:
     async def stop(self) -> None:
         """Stop taking work, let in-flight requests finish (bounded), commit, close."""
         self._stopping = True
-        self._credit.set()
+        self._wake.set()
         consume = self._background[0] if self._background else None
         if consume is not None:
             consume.cancel()
             await asyncio.gather(consume, return_exceptions=True)
+        self._dispatch(self.former.due(flush=True))  # taken requests still forming run too
         if self._tasks:
             done, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.batcher_shutdown_grace_s)
             for task in pending:
@@ -153,60 +176,171 @@ class BatcherService:
 
     # -- 1. credit --------------------------------------------------------------------------------
 
-    def credits(self) -> int:
+    def total_credits(self) -> int:
+        """Requests this batcher may hold when it holds none."""
         slots = int(self.pool.capacity() * self.settings.batcher_credits_per_slot)
-        return max(0, min(self.settings.batcher_max_inflight, slots) - len(self.states))
+        return min(self.settings.batcher_max_inflight, slots)
+
+    def credits(self) -> int:
+        return max(0, self.total_credits() - len(self.states))
+
+    def wake(self) -> None:
+        """Make the consume loop re-plan now."""
+        self._wake.set()
 
     def _update_credit(self) -> None:
         credits = self.credits()
         self.metrics.credits.set(credits)
         self.metrics.inflight.set(len(self.states))
         if credits > 0:
-            self._credit.set()
-        else:
-            self._credit.clear()
+            self._wake.set()  # a credit freed up (or workers joined): re-plan
 
-    def _set_paused(self, paused: bool) -> None:
-        if paused == self._paused:
-            return
-        assignment = list(self.consumer.assignment())
-        if paused:
-            self.consumer.pause(*assignment)
-        else:
-            self.consumer.resume(*assignment)
-        self._paused = paused
-        self.metrics.paused.set(1 if paused else 0)
+    # -- priority: which partitions may be fetched ------------------------------------------
+
+    def _partitions(self) -> dict[Priority, list[TopicPartition]]:
+        by_level: dict[Priority, list[TopicPartition]] = {p: [] for p in LEVELS}
+        for tp in self.consumer.assignment():
+            by_level[self.topics.priority_of(tp.topic)].append(tp)
+        return by_level
+
+    async def _backlog(self, partitions: list[TopicPartition], paused: set[TopicPartition]) -> bool | None:
+        """True if records wait in Kafka (or in the client's buffer) on any of `partitions`, False
+        if none do, None if unknown (paused, or no fetch answered yet)."""
+        if not partitions:
+            return False
+        unknown = False
+        for tp in partitions:
+            high = self.consumer.highwater(tp)
+            if tp in paused or high is None:
+                unknown = True
+                continue
+            # A known highwater means a fetch ran, so the position is valid and this is immediate.
+            try:
+                if high > await self.consumer.position(tp):
+                    return True
+            except IllegalStateError:
+                unknown = True  # Safe: revoked by a rebalance meanwhile; the next round re-plans
+        return None if unknown else False
+
+    def _apply_pauses(self, by_level: dict[Priority, list[TopicPartition]], admitted: set[Priority]) -> None:
+        """Resume the admitted levels (and high always, see priority_admission.py); pause the rest."""
+        want_paused = {
+            tp for p, tps in by_level.items() if p is not Priority.HIGH and p not in admitted for tp in tps
+        }
+        want_paused &= self.consumer.assignment()  # a rebalance may have run since by_level was read
+        paused = self.consumer.paused()
+        if want_paused - paused:
+            self.consumer.pause(*(want_paused - paused))
+        if paused - want_paused:
+            self.consumer.resume(*(paused - want_paused))
+        for p in LEVELS:
+            self.metrics.paused.labels(p.value).set(1 if p is not Priority.HIGH and p not in admitted and by_level[p] else 0)
+        self._paused = bool(want_paused)
+
+    def _inflight_by_level(self) -> dict[Priority, int]:
+        return dict(self._inflight)
 
     async def _consume_loop(self) -> None:
         while not self._stopping:
-            self._update_credit()
-            if not self._credit.is_set():
-                # Keep the backlog in Kafka. getmany() on paused partitions returns nothing but
-                # keeps this member alive in the group (max_poll_interval).
-                self._set_paused(True)
-                try:
-                    await asyncio.wait_for(self._credit.wait(), timeout=10)
-                except TimeoutError:
-                    await self.consumer.getmany(timeout_ms=0)
-                continue
-            self._set_paused(False)
-            # -- 2. fetch ---------------------------------------------------------------------
-            batches = await self.consumer.getmany(timeout_ms=1_000, max_records=self.credits())
-            self._fetch_wait.polled(sum(len(r) for r in batches.values()))
-            if not batches:
-                continue
-            # -- 3. take ----------------------------------------------------------------------
-            taken: list[RequestState] = []
-            for tp, records in batches.items():
-                for record in records:
-                    state = await self._take(tp, record)
-                    if state is not None:
-                        taken.append(state)
-            # -- 4. group and dispatch --------------------------------------------------------
-            for batch in self._micro_batches(taken):
-                task = asyncio.create_task(self.dispatcher.run(batch))
-                self._tasks.add(task)
-                task.add_done_callback(self._batch_done)
+            try:
+                await self._consume_round()
+            except asyncio.CancelledError:
+                raise
+            except IllegalStateError:
+                # Safe: a rebalance changed the assignment in the middle of a round; nothing was
+                # taken from the partitions involved, so the next round simply re-plans.
+                log.info("assignment changed during a fetch round; re-planning")
+            except Exception:
+                # Safe: records not yet taken stay in Kafka and taken ones are in `states` (they
+                # end through their dispatch tasks); a crashed loop would stop consumption for
+                # good while the batcher still looked ready, so log, pause briefly and go on.
+                log.exception("consume round failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _consume_round(self) -> None:
+        """One plan -> fetch -> take -> group round (see the module docstring)."""
+        self._update_credit()
+        credit = self.credits()
+        by_level = self._partitions()
+        paused = self.consumer.paused()
+        backlog = {p: await self._backlog(by_level[p], paused) for p in LEVELS}
+        plan = self.admission.plan(
+            credit=credit,
+            total=self.total_credits(),
+            inflight=self._inflight_by_level(),
+            backlog=backlog,
+            batch_size=self.settings.batcher_max_batch_size,
+        )
+        plan_levels = [lv for lv in plan.levels if by_level[lv.priority]]
+        self._apply_pauses(by_level, {lv.priority for lv in plan_levels} | plan.aged)
+        if credit == 0 or not plan_levels:
+            # Nothing may be taken: whatever is forming cannot grow when credit is out, so it
+            # goes now; then wait for a credit (a request ends), a batch to fall due or a new
+            # assignment, without touching Kafka (its backlog stays there).
+            self._dispatch(self.former.due(flush=credit == 0, flush_models=self.pool.models_with_free_slots()))
+            self._wake.clear()
+            timeout = self.former.next_due_in()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0 if timeout is None else timeout)
+            except TimeoutError:
+                pass  # Safe: the loop re-plans (new assignment, batch due, keep-alive)
+            return
+        # -- 2. fetch, level by level: first what the client already buffered, by plan order --
+        taken: list[RequestState] = []
+        for level in plan_levels:
+            room = min(level.allowance, credit - len(taken))
+            if room <= 0:
+                break
+            batches = await self.consumer.getmany(*by_level[level.priority], timeout_ms=0, max_records=room)
+            if not batches and level.aged and backlog[level.priority] is not False:
+                # Aged but nothing buffered yet (just resumed): a short fetch of its own, so
+                # the credit is not taken by a higher level again before its records arrive.
+                batches = await self.consumer.getmany(
+                    *by_level[level.priority], timeout_ms=_AGED_PROBE_MS, max_records=room
+                )
+            got = await self._take_all(level.priority, batches)
+            if level.aged and batches:
+                self.metrics.aging_waits.labels(level.priority.value).inc()
+            taken += got
+        if not taken:
+            # Nothing buffered: block on every admitted partition until records come, the
+            # oldest forming batch falls due, or (when a lower level waits only on an unknown
+            # backlog) briefly, to re-plan with fresh highwaters.
+            wait_s = self.former.next_due_in()
+            wait_s = 1.0 if wait_s is None else wait_s
+            if plan.uncertain:
+                wait_s = min(wait_s, 0.05)
+            room = min(credit, min(lv.allowance for lv in plan_levels))
+            partitions = [tp for lv in plan_levels for tp in by_level[lv.priority]]
+            batches = await self.consumer.getmany(*partitions, timeout_ms=math.ceil(wait_s * 1000), max_records=room)
+            for level in plan_levels:
+                mine = {tp: recs for tp, recs in batches.items() if tp in set(by_level[level.priority])}
+                taken += await self._take_all(level.priority, mine)
+        self._fetch_wait.polled(len(taken))
+        # -- 4. group and dispatch ------------------------------------------------------------
+        closed: list[list[RequestState]] = []
+        for state in sorted(taken, key=lambda s: (PRIORITY_RANK[s.priority], s.request.created_at)):
+            closed += self.former.add(state)
+        closed += self.former.due(flush=self.credits() == 0, flush_models=self.pool.models_with_free_slots())
+        self._dispatch(closed)
+
+    async def _take_all(self, priority: Priority, batches: dict[TopicPartition, list[ConsumerRecord]]) -> list[RequestState]:
+        taken: list[RequestState] = []
+        count = 0
+        for tp, records in batches.items():
+            for record in records:
+                count += 1
+                state = await self._take(tp, record)
+                if state is not None:
+                    taken.append(state)
+        self.admission.took(priority, count)
+        return taken
+
+    def _dispatch(self, batches: list[list[RequestState]]) -> None:
+        for batch in sorted(batches, key=lambda b: PRIORITY_RANK[b[0].priority]):
+            task = asyncio.create_task(self.dispatcher.run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._batch_done)
 
     # -- 3. take ------------------------------------------------------------------------------
 
@@ -232,32 +366,11 @@ class BatcherService:
             return None
         state = RequestState(request=request, priority=priority, tp=tp, offset=record.offset)
         self.states[request.id] = state
+        self._inflight[priority] += 1
         state.cancelled = self._cancelled.pop(request.id, None)
         with request_context(request.id):
             log.debug("request taken", extra={"priority": priority.value, "offset": record.offset})
         return state
-
-    def _micro_batches(self, states: Iterable[RequestState]) -> list[list[RequestState]]:
-        """Group by (model, sampling parameters); split by size and token budget; high first."""
-        groups: dict[tuple[object, ...], list[RequestState]] = {}
-        for state in sorted(states, key=lambda s: (_PRIORITY_ORDER[s.priority], s.request.created_at)):
-            key = (_PRIORITY_ORDER[state.priority], state.request.model, state.request.params.group_key())
-            groups.setdefault(key, []).append(state)
-        batches: list[list[RequestState]] = []
-        size, budget = self.settings.batcher_max_batch_size, self.settings.batcher_token_budget
-        for key in sorted(groups, key=lambda k: k[0]):  # type: ignore[arg-type, return-value]
-            current: list[RequestState] = []
-            tokens = 0
-            for state in groups[key]:
-                need = state.request.params.max_new_tokens
-                if current and (len(current) >= size or tokens + need > budget):
-                    batches.append(current)
-                    current, tokens = [], 0
-                current.append(state)
-                tokens += need
-            if current:
-                batches.append(current)
-        return batches
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -268,7 +381,8 @@ class BatcherService:
 
     def _finished(self, state: RequestState) -> None:
         """Called once a request's terminal reply is published."""
-        self.states.pop(state.id, None)
+        if self.states.pop(state.id, None) is not None:
+            self._inflight[state.priority] -= 1
         self.tracker.finished(state.tp, state.offset)
         self._commit_wanted.set()
         self._update_credit()

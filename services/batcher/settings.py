@@ -26,8 +26,9 @@ class BatcherSettings(ClusterSettings):
     batcher_max_batch_size: int = Field(32, ge=1, le=1_024)
     """Most requests in one micro-batch sent to a worker."""
 
-    batcher_max_wait_ms: int = Field(5, ge=0, le=10_000)
-    """Longest a fetch waits for more records to fill a batch when some are already there."""
+    batcher_max_wait_ms: int = Field(2, ge=0, le=10_000)
+    """Longest a micro-batch that is not full waits for more requests of its group before it is
+    dispatched (0: dispatch what each fetch brings at once). A full batch goes at once."""
 
     batcher_token_budget: int = Field(65_536, ge=1)
     """Most `max_new_tokens` summed over one micro-batch."""
@@ -41,8 +42,33 @@ class BatcherSettings(ClusterSettings):
     batcher_max_attempts: int = Field(3, ge=1, le=10)
     """Tries per request (on different workers when possible) before it fails with worker_failed."""
 
-    batcher_lb_policy: Literal["round_robin", "least_outstanding"] = "least_outstanding"
-    """How a worker is chosen for a batch."""
+    batcher_lb_policy: Literal["round_robin", "least_outstanding", "weighted", "prefix_affinity"] = "least_outstanding"
+    """How a worker is chosen for a batch: `round_robin`, `least_outstanding` (outstanding tokens
+    per batch slot), `weighted` (smooth weighted round robin by registered capacity) or
+    `prefix_affinity` (same prompt prefix → same worker; least_outstanding when it is saturated)."""
+
+    batcher_affinity_prefix_chars: int = Field(256, ge=1, le=100_000)
+    """How many leading characters of the prompt `prefix_affinity` hashes."""
+
+    batcher_affinity_saturation: float = Field(1.0, gt=0, le=64)
+    """`prefix_affinity` leaves a prefix's worker once its outstanding requests reach
+    `capacity × this` (1.0: every batch slot busy)."""
+
+    batcher_normal_credit_share: float = Field(0.4, gt=0, le=1)
+    """While high-priority traffic is active, the most of the credits normal and low requests
+    together may hold; the rest is headroom for high priority. The default (0.4 of 2 credits per
+    slot = 0.8 of the worker slots) keeps some slots free, so a high request starts at once."""
+
+    batcher_low_credit_share: float = Field(0.3, gt=0, le=1)
+    """While high-priority traffic is active, the most of the credits low requests may hold."""
+
+    batcher_high_active_s: float = Field(10.0, ge=0, le=86_400)
+    """The credit shares apply for this long after the last high-priority request was taken
+    (0: never; without high traffic every level may use every credit)."""
+
+    batcher_aging_s: float = Field(5.0, gt=0, le=3_600)
+    """A priority level kept waiting this long by higher-priority backlog gets the next credits
+    ahead of them (one micro-batch), so low priority is never starved."""
 
     batcher_registry_refresh_s: float = Field(5.0, gt=0, le=300)
     """Longest between two reads of the worker registry (changes are also pushed)."""

@@ -1,13 +1,25 @@
 """The workers a batcher can send to, and the policy that picks one.
 
 The pool mirrors the worker registry (Redis): it opens one gRPC channel per worker, closes channels
-of workers that left, and tracks the work it has outstanding on each (requests and tokens), which
-is what the `least_outstanding` policy balances on.
+of workers that left, and tracks the work it has outstanding on each (requests and tokens).
+
+Policies (`LGC_BATCHER_LB_POLICY`):
+
+- `round_robin`: the next worker in id order.
+- `least_outstanding`: fewest outstanding tokens per batch slot (tokens, not connections: a batch
+  of 30 long requests weighs more than one short one), then fewest requests.
+- `weighted`: smooth weighted round robin (nginx's algorithm) with each worker's registered
+  capacity as its weight: capacities 3 and 1 get batches 3:1, interleaved.
+- `prefix_affinity`: rendezvous (highest-random-weight) hashing of the prompt prefix onto the
+  workers, so the same prefix lands on the same worker (its prompt cache) and a worker joining or
+  leaving moves only its own share of prefixes; when that worker is saturated (outstanding requests
+  at least `capacity × saturation`) it falls back to `least_outstanding`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -17,7 +29,10 @@ import grpc
 from shared.protos import worker_pb2_grpc
 from shared.worker_registry import WorkerInfo
 
-__all__ = ["WorkerHandle", "WorkerPool"]
+__all__ = ["LB_POLICIES", "WorkerHandle", "WorkerPool"]
+
+#: Policy names `pick` understands.
+LB_POLICIES = ("round_robin", "least_outstanding", "weighted", "prefix_affinity")
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +47,8 @@ class WorkerHandle:
     outstanding_requests: int = 0
     outstanding_tokens: int = 0
     failures: int = 0
-    _order: int = field(default=0, repr=False)
+    _wrr_current: int = field(default=0, repr=False)
+    """Smooth weighted round robin state."""
 
     @property
     def worker_id(self) -> str:
@@ -54,8 +70,11 @@ class WorkerHandle:
 class WorkerPool:
     """Workers known to this batcher, kept in step with the registry."""
 
-    def __init__(self, policy: str = "least_outstanding") -> None:
+    def __init__(self, policy: str = "least_outstanding", *, saturation: float = 1.0) -> None:
+        if policy not in LB_POLICIES:
+            raise ValueError(f"unknown balancing policy {policy!r}; known: {', '.join(LB_POLICIES)}")
         self.policy = policy
+        self.saturation = saturation
         self._workers: dict[str, WorkerHandle] = {}
         self._rr = itertools.count()
         self._changed = asyncio.Condition()
@@ -73,6 +92,10 @@ class WorkerPool:
 
     def models(self) -> set[str]:
         return {w.info.model for w in self._workers.values() if not w.info.draining}
+
+    def models_with_free_slots(self) -> set[str]:
+        """Models with at least one usable worker that has a free batch slot (by this batcher's count)."""
+        return {w.info.model for w in self._workers.values() if not w.info.draining and w.free_slots > 0}
 
     async def sync(self, infos: list[WorkerInfo]) -> None:
         """Match the pool to the registry: add new workers, update known ones, drop gone ones."""
@@ -117,8 +140,13 @@ class WorkerPool:
         except TimeoutError:
             return None  # Safe: the caller ends the requests with an explicit error.
 
-    def pick(self, model: str, *, exclude: set[str] = frozenset(), tokens: int = 0) -> WorkerHandle | None:
-        """A worker serving `model`, not draining and not in `exclude`, by policy; None if none."""
+    def pick(
+        self, model: str, *, exclude: set[str] = frozenset(), tokens: int = 0, prefix: str | None = None
+    ) -> WorkerHandle | None:
+        """A worker serving `model`, not draining and not in `exclude`, by policy; None if none.
+
+        `tokens` is the work about to be sent (for `least_outstanding`); `prefix` the prompt prefix
+        (for `prefix_affinity`; without one that policy behaves as `least_outstanding`)."""
         candidates = [
             w for w in self._workers.values() if w.info.model == model and not w.info.draining and w.worker_id not in exclude
         ]
@@ -127,13 +155,42 @@ class WorkerPool:
         if self.policy == "round_robin":
             candidates.sort(key=lambda w: w.worker_id)
             return candidates[next(self._rr) % len(candidates)]
-        # least_outstanding: fewest outstanding tokens per slot of capacity, then fewest requests.
-        return min(
-            candidates,
-            key=lambda w: ((w.outstanding_tokens + tokens) / w.info.capacity, w.outstanding_requests, w.worker_id),
-        )
+        if self.policy == "weighted":
+            return self._weighted(candidates)
+        if self.policy == "prefix_affinity" and prefix:
+            home = max(candidates, key=lambda w: _rendezvous(prefix, w.worker_id))
+            if home.outstanding_requests < home.info.capacity * self.saturation:
+                return home
+        return _least_outstanding(candidates, tokens)
+
+    @staticmethod
+    def _weighted(candidates: list[WorkerHandle]) -> WorkerHandle:
+        total = 0
+        best: WorkerHandle | None = None
+        for w in sorted(candidates, key=lambda w: w.worker_id):
+            w._wrr_current += w.info.capacity  # noqa: SLF001 - the pool owns this state
+            total += w.info.capacity
+            if best is None or w._wrr_current > best._wrr_current:  # noqa: SLF001
+                best = w
+        assert best is not None
+        best._wrr_current -= total  # noqa: SLF001
+        return best
 
     async def close(self) -> None:
         for handle in self._workers.values():
             await handle.channel.close()
         self._workers.clear()
+
+
+def _least_outstanding(candidates: list[WorkerHandle], tokens: int) -> WorkerHandle:
+    """Fewest outstanding tokens per slot of capacity, then fewest requests, then id."""
+    return min(
+        candidates,
+        key=lambda w: ((w.outstanding_tokens + tokens) / w.info.capacity, w.outstanding_requests, w.worker_id),
+    )
+
+
+def _rendezvous(prefix: str, worker_id: str) -> int:
+    """Highest-random-weight score of `worker_id` for `prefix` (stable across processes)."""
+    digest = hashlib.blake2b(f"{worker_id}\x00{prefix}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")

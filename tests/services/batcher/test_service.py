@@ -5,145 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import TopicPartition
 
-from services.batcher.service import BatcherService
-from services.batcher.settings import BatcherSettings
-from services.worker.service import WorkerService
-from services.worker.settings import WorkerSettings
 from shared.deadletter import dead_letter_from_headers
-from shared.kafka_clients import make_consumer, make_producer
-from shared.launcher.infra import find_free_port
 from shared.records import (
     Cancel,
     ErrorCode,
     FinishReason,
     GenerationParams,
-    GenerationRequest,
-    GenerationResult,
     Priority,
     ReplyEvent,
     ReplyKind,
 )
-from shared.topics import Topics, TopicSpec, ensure_topics
-
-
-def _worker_settings(base, instance: str, tokens_per_s: float) -> WorkerSettings:
-    return WorkerSettings(
-        **base.model_dump(exclude={"instance_id"}),
-        instance_id=instance,
-        worker_backend="simulated",
-        worker_grpc_port=find_free_port(),
-        worker_metrics_port=find_free_port(),
-        simulated_tokens_per_s=tokens_per_s,
-        simulated_ttft_ms=5,
-        worker_max_batch_size=8,
-    )
-
-
-class Harness:
-    """Batcher + workers + a reply topic this test reads."""
-
-    def __init__(self, settings, producer, replies, results, dlq, batcher, workers) -> None:
-        self.settings = settings
-        self.topics = Topics.from_settings(settings)
-        self.producer = producer
-        self.replies = replies
-        self.results = results
-        self.dlq = dlq
-        self.batcher = batcher
-        self.workers = workers
-        self.reply_topic = f"{settings.topic_prefix}.replies.test"
-        self.model = "simulated"
-
-    def request(self, **kw) -> GenerationRequest:
-        base = dict(
-            id=f"r-{uuid.uuid4().hex[:12]}",
-            model=self.model,
-            prompt="hello",
-            params=GenerationParams(max_new_tokens=8),
-            reply_to=self.reply_topic,
-        )
-        base.update(kw)
-        return GenerationRequest(**base)
-
-    async def send(self, request: GenerationRequest, priority: Priority = Priority.NORMAL) -> None:
-        await self.producer.send_and_wait(self.topics.requests(priority), request.to_bytes(), key=request.id)
-
-    async def events_until_terminal(self, request_id: str, timeout: float = 30) -> list[ReplyEvent]:
-        events: list[ReplyEvent] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            record = await asyncio.wait_for(self.replies.getone(), max(0.1, deadline - time.monotonic()))
-            event = ReplyEvent.from_bytes(record.value)
-            if event.request_id != request_id:
-                continue
-            events.append(event)
-            if event.terminal:
-                return events
-
-    async def terminals(self, request_ids: set[str], timeout: float = 30) -> dict[str, ReplyEvent]:
-        """The terminal event of each of several requests (their events interleave)."""
-        out: dict[str, ReplyEvent] = {}
-        deadline = time.monotonic() + timeout
-        while set(out) != request_ids:
-            record = await asyncio.wait_for(self.replies.getone(), max(0.1, deadline - time.monotonic()))
-            event = ReplyEvent.from_bytes(record.value)
-            if event.request_id in request_ids and event.terminal:
-                assert event.request_id not in out, "two terminal events for one request"
-                out[event.request_id] = event
-        return out
-
-    async def result_for(self, request_id: str, timeout: float = 30) -> GenerationResult:
-        deadline = time.monotonic() + timeout
-        while True:
-            record = await asyncio.wait_for(self.results.getone(), max(0.1, deadline - time.monotonic()))
-            result = GenerationResult.from_bytes(record.value)
-            if result.request_id == request_id:
-                return result
+from tests.services.batcher.harness import Harness, start_harness
 
 
 @pytest.fixture
 async def harness(cluster_settings) -> AsyncIterator[Harness]:
-    settings = BatcherSettings(
-        **cluster_settings.model_dump(exclude={"instance_id", "metrics_interval_s"}),
-        instance_id="batcher-test",
-        batcher_group_id=f"{cluster_settings.topic_prefix}-batcher",
-        batcher_metrics_port=find_free_port(),
-        batcher_no_worker_wait_s=2,
-        metrics_interval_s=60,
-    )
-    topics = Topics.from_settings(settings)
-    reply_topic = f"{settings.topic_prefix}.replies.test"
-    await ensure_topics(settings, topics.cluster_topics(settings) + [TopicSpec(reply_topic, 1, 1)])
-    workers = [
-        WorkerService(_worker_settings(cluster_settings, f"sim-{i}", tokens_per_s=200)) for i in range(2)
-    ]
-    for w in workers:
-        await w.start()
-    producer = make_producer(settings, client_id="test")
-    await producer.start()
-    replies = make_consumer(settings, reply_topic, client_id="test-replies", group_id=None)
-    results = make_consumer(settings, topics.results, client_id="test-results", group_id=None)
-    dlq = make_consumer(settings, topics.deadletter, client_id="test-dlq", group_id=None)
-    for c in (replies, results, dlq):
-        await c.start()
-    batcher = BatcherService(settings)
-    await batcher.start()
-    h = Harness(settings, producer, replies, results, dlq, batcher, workers)
-    try:
+    async with start_harness(cluster_settings) as h:
         yield h
-    finally:
-        await batcher.stop()
-        for c in (replies, results, dlq):
-            await c.stop()
-        await producer.stop()
-        for w in workers:
-            await w.stop()
 
 
 async def test_streams_deltas_then_one_final_and_a_result(harness: Harness) -> None:
