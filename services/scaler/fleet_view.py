@@ -33,6 +33,8 @@ class FleetView:
                 running=max(0.0, values.get("running", 0.0)),
                 waiting=max(0.0, values.get("waiting", 0.0)),
                 capacity=capacity if capacity is not None and capacity > 0 else None,
+                finished_per_s=max(0.0, values.get("finished_per_s", 0.0)),
+                failed_per_s=max(0.0, values.get("failed_per_s", 0.0)),
             ),
         )
         return True

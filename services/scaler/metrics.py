@@ -17,10 +17,19 @@ class ScalerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         m = MetricsFactory("scaler", self.registry)
-        self.current_replicas = m.gauge("current_replicas", "Workers reporting metrics at the last decision.")
+        self.current_replicas = m.gauge(
+            "current_replicas", "Workers that existed at the last decision (the actuator's count, else those reporting)."
+        )
         self.desired_replicas = m.gauge("desired_replicas", "Workers the policy wanted at the last decision.")
         self.utilization = m.gauge("utilization_ratio", "Running plus waiting sequences over total capacity.")
         self.decisions = m.counter("decisions_total", "Decisions computed, by action.", ["action"])
+        self.signal = m.gauge("signal_value", "Each input and intermediate value of the last decision.", ["signal"])
+        self.consumer_lag = m.gauge(
+            "consumer_lag_records", "Unfinished requests of the batcher group per priority topic.", ["priority"]
+        )
+        self.actuations = m.counter(
+            "actuations_total", "Desired counts handed to the actuator, by actuator and outcome.", ["actuator", "outcome"]
+        )
         self.published = m.counter(
             "decisions_published_total", "Decisions published to the scaling topic, by why.", ["why"]
         )
@@ -34,6 +43,10 @@ class ScalerMetrics:
         self.desired_replicas.set(decision.desired)
         self.utilization.set(decision.signals.get("utilization", 0.0))
         self.decisions.labels(decision.action).inc()
+        for name, value in decision.signals.items():
+            self.signal.labels(name).set(value)
+            if name.startswith("lag_") and name != "lag_replicas":
+                self.consumer_lag.labels(name.removeprefix("lag_")).set(value)
 
     def snapshot(self, instance: str) -> MetricsSnapshot:
         last = self._last

@@ -11,7 +11,9 @@ from prometheus_client import CollectorRegistry
 from services.scaler.decision_loop import DecisionLoop
 from services.scaler.fleet_view import FleetView
 from services.scaler.metrics import ScalerMetrics
-from services.scaler.policy import UtilizationPolicy
+from services.scaler.actuators import make_actuator
+from services.scaler.lag_reader import LagReader
+from services.scaler.policy import PolicyConfig, ScalingPolicy
 from services.scaler.settings import ScalerSettings
 from services.scaler.snapshot_consumer import SnapshotConsumer
 from shared.kafka_clients import make_consumer, make_producer
@@ -19,9 +21,29 @@ from shared.metrics import SnapshotPublisher
 from shared.ops_server import OpsServer
 from shared.topics import Topics
 
-__all__ = ["ScalerService"]
+__all__ = ["ScalerService", "policy_config"]
 
 log = logging.getLogger(__name__)
+
+
+def policy_config(settings: ScalerSettings) -> PolicyConfig:
+    """The policy's parameters from the settings."""
+    return PolicyConfig(
+        min_replicas=settings.scaler_min_replicas,
+        max_replicas=settings.scaler_max_replicas,
+        target_utilization=settings.scaler_target_utilization,
+        default_capacity=float(settings.scaler_default_worker_capacity),
+        lag_target_per_replica=settings.scaler_lag_target_per_replica,
+        trend_window_s=settings.scaler_trend_window_s,
+        prediction_horizon_s=settings.scaler_prediction_horizon_s,
+        scale_up_window_s=settings.scaler_scale_up_window_s,
+        scale_down_window_s=settings.scaler_scale_down_window_s,
+        scale_up_max_step=settings.scaler_scale_up_max_step,
+        scale_down_max_step=settings.scaler_scale_down_max_step,
+        scale_to_zero=settings.scaler_scale_to_zero,
+        activation_threshold=settings.scaler_activation_threshold,
+        error_rate_threshold=settings.scaler_error_rate_threshold,
+    )
 
 
 class ScalerService:
@@ -32,12 +54,8 @@ class ScalerService:
         self.topics = Topics.from_settings(settings)
         self.metrics = ScalerMetrics(registry)
         self.view = FleetView(settings.scaler_snapshot_ttl_s)
-        self.policy = UtilizationPolicy(
-            min_replicas=settings.scaler_min_replicas,
-            max_replicas=settings.scaler_max_replicas,
-            target_utilization=settings.scaler_target_utilization,
-            default_capacity=float(settings.scaler_default_worker_capacity),
-        )
+        self.policy = ScalingPolicy(policy_config(settings))
+        self.actuator = make_actuator(settings)
         self._ready = False
         client_id = f"lgc-scaler-{settings.instance_id}"
         self._producer = make_producer(settings, client_id=client_id)
@@ -50,6 +68,9 @@ class ScalerService:
             group_id=settings.consumer_group,
             auto_offset_reset="latest",
         )
+        self.lag_reader = LagReader(
+            settings, self.topics, group_id=settings.batcher_group_id, client_id=f"{client_id}-lag"
+        )
         self.decisions = DecisionLoop(
             self._producer,
             self.topics,
@@ -58,6 +79,8 @@ class ScalerService:
             self.metrics,
             interval_s=settings.scaler_interval_s,
             heartbeat_s=settings.scaler_heartbeat_s,
+            actuator=self.actuator,
+            lag_reader=self.lag_reader,
         )
         self._ops = OpsServer(
             settings.scaler_host, settings.scaler_metrics_port, self.metrics.registry, lambda: self._ready
@@ -71,6 +94,7 @@ class ScalerService:
     async def start(self) -> None:
         await self._producer.start()
         await self._consumer.start()
+        await self.lag_reader.start()
         consumer = SnapshotConsumer(
             self._consumer,
             self._producer,
@@ -99,7 +123,7 @@ class ScalerService:
                 "interval_s": self.settings.scaler_interval_s,
                 "min": self.settings.scaler_min_replicas,
                 "max": self.settings.scaler_max_replicas,
-                "actuator": "dry-run",
+                "actuator": self.actuator.name,
             },
         )
 
@@ -122,4 +146,6 @@ class ScalerService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._ops.stop()
         await self._consumer.stop()
+        await self.lag_reader.stop()
+        await self.actuator.close()
         await self._producer.stop()

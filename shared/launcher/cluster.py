@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+import redis
+
 from shared.launcher.change_signal import ChangeSignal
 from shared.launcher.embedded_infra import (
     InfraProcess,
@@ -42,6 +44,7 @@ from shared.launcher.ports import PortClaim, PortInUseError, check_ports_free
 from shared.launcher.readiness import ServiceStartError, StartAborted, wait_until_ready
 from shared.launcher.service_process import ServiceProcess, ServiceSpec, command_for
 from shared.launcher.settings import LauncherSettings
+from shared.launcher.worker_reconciler import WorkerReconciler
 from shared.settings import ClusterSettings
 
 __all__ = [
@@ -147,6 +150,7 @@ class EmbeddedCluster:
         self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
         self._stop_requested = False
         self._force = False
+        self._reconciler: WorkerReconciler | None = None
         self.client_settings = self._client_settings()
         self.endpoints = self._endpoints()
 
@@ -188,7 +192,27 @@ class EmbeddedCluster:
         with self._lock:
             if self._state == "starting":
                 self._state = "running"
+        if self.settings.scaler_actuator == "local" and self.settings.start_scaler:
+            self._start_reconciler()
         return self
+
+    def _start_reconciler(self) -> None:
+        """The scaler's `local` actuator: converge the workers on its decisions (see
+        shared/launcher/worker_reconciler.py)."""
+        reconciler = WorkerReconciler(
+            self,
+            self.settings.effective_redis_url,
+            prefix=self.settings.topic_prefix,
+            refresh_s=self.settings.scaler_reconcile_refresh_s,
+            say=self.say,
+        )
+        try:
+            reconciler.start()
+        except (redis.RedisError, OSError) as exc:
+            # Safe: the cluster is up; without the reconciler the scaler's decisions are advice.
+            self.say(f"worker reconciler did not start ({exc}); scaling decisions will not be applied")
+            return
+        self._reconciler = reconciler
 
     def _start(self) -> None:
         settings = self.settings
@@ -231,6 +255,9 @@ class EmbeddedCluster:
             self._state = "stopping"
         self._changes.notify()
         try:
+            if self._reconciler is not None:
+                # First, so that no worker is started or stopped while the cluster goes down.
+                self._reconciler.stop(timeout_s=self.settings.stop_grace_s)
             services = list(self._services.values())
             for stage in sorted({s.spec.stop_stage for s in services}):
                 self._stop_group([s for s in services if s.spec.stop_stage == stage])
@@ -286,6 +313,16 @@ class EmbeddedCluster:
                 self.stop_worker(spec.name)
             raise ClusterStartError(str(exc)) from exc
         return service
+
+    def worker_names(self) -> list[str]:
+        """Names of the running workers not being stopped."""
+        with self._lock:
+            return [n for n, s in self._services.items() if s.spec.kind == "worker" and not s.stopping]
+
+    @property
+    def reconciler(self) -> WorkerReconciler | None:
+        """The worker reconciler (only with the scaler's `local` actuator)."""
+        return self._reconciler
 
     def stop_worker(self, name: str) -> int | None:
         """Stop one worker (SIGTERM, grace period, SIGKILL); returns its exit code."""

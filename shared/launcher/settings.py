@@ -77,6 +77,13 @@ class LauncherSettings(ClusterSettings):
     """Start the guardian service."""
     start_scaler: bool = True
     """Start the scaler service."""
+    scaler_actuator: Literal["dry-run", "local", "docker", "kubernetes"] = "dry-run"
+    """How the scaler acts (also read by the scaler). `local`: the launcher runs a reconciler that
+    starts and stops worker processes to match the scaler's decisions. Default `dry-run`: `lgc up`
+    keeps the `--workers N` it was asked for, and the scaler only publishes advice."""
+    scaler_reconcile_refresh_s: float = Field(5.0, gt=0, le=3_600)
+    """`local` actuator: the reconciler re-reads the desired count at least this often (it is woken
+    by a Redis message on every change)."""
 
     embedded_kafka_port: int = Field(_EMBEDDED_KAFKA_PORT, ge=1, le=65535)
     """Port of the embedded Tansu broker (used only when LGC_KAFKA_BOOTSTRAP is not set)."""

@@ -34,3 +34,10 @@ def test_missing_or_nonsense_values_are_tolerated() -> None:
     view.update(_snap("w0", 100, running=-3, capacity=0))
     [load] = view.live(now=100)
     assert (load.running, load.waiting, load.capacity) == (0, 0, None)
+
+
+def test_finish_and_failure_rates_are_kept_for_the_error_rate() -> None:
+    view = FleetView(ttl_s=10)
+    view.update(_snap("w0", 100, running=1, finished_per_s=4.0, failed_per_s=1.0))
+    [load] = view.live(now=100)
+    assert (load.finished_per_s, load.failed_per_s) == (4.0, 1.0)

@@ -11,7 +11,7 @@ from services.scaler.service import ScalerService
 from services.scaler.settings import ScalerSettings
 from shared.deadletter import dead_letter_from_headers
 from shared.kafka_clients import make_producer
-from shared.records import MetricsSnapshot, ScalingDecision
+from shared.records import MetricsSnapshot, Priority, ScalingDecision
 from shared.topics import Topics
 from tests.services.scaler.conftest import first_matching, read_topic
 
@@ -45,6 +45,7 @@ async def test_worker_snapshots_become_a_scaling_decision(scaler_settings: Scale
         assert (decision.desired, decision.action, decision.actuator) == (4, "scale_up", "dry-run")
         assert decision.signals["running"] == 16 and decision.signals["waiting"] == 8
         assert "needs 4" in decision.reason
+        assert decision.signals["lag"] == 0.0 and "consumer lag 0" in decision.reason
 
         [dead] = await read_topic(scaler_settings, topics.deadletter, 1)
         assert dead.value == b"\xff not a snapshot"
@@ -58,6 +59,34 @@ async def test_worker_snapshots_become_a_scaling_decision(scaler_settings: Scale
                 await asyncio.sleep(0.1)
         assert "lgc_scaler_desired_replicas 4.0" in text
         assert 'lgc_scaler_snapshots_total{service="worker"} 2.0' in text
+        assert 'lgc_scaler_signal_value{signal="running"} 16.0' in text
+        assert 'lgc_scaler_consumer_lag_records{priority="high"} 0.0' in text
+        assert 'lgc_scaler_decisions_total{action="scale_up"}' in text
     finally:
         await service.stop()
     assert not service.ready
+
+
+async def test_consumer_lag_alone_drives_a_decision(scaler_settings: ScalerSettings) -> None:
+    """Requests waiting in Kafka with no worker reporting: the lag (uncommitted by the batcher
+    group) asks for ceil(lag / target) workers."""
+    settings = scaler_settings.model_copy(update={"scaler_lag_target_per_replica": 2.0})
+    topics = Topics.from_settings(settings)
+    producer = make_producer(settings, client_id="test-gateway")
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(topics.requests(Priority.NORMAL), b"{}", key=f"r{i}")
+    finally:
+        await producer.stop()
+    service = ScalerService(settings)
+    await service.start()
+    try:
+        record = await first_matching(settings, topics.scaling, lambda r: ScalingDecision.from_bytes(r.value).desired > 1)
+    finally:
+        await service.stop()
+    assert record is not None, "no decision driven by the lag"
+    decision = ScalingDecision.from_bytes(record.value)
+    assert (decision.current, decision.desired, decision.action) == (0, 3, "scale_up")  # ceil(5 / 2)
+    assert decision.signals["lag_normal"] == 5.0 and decision.signals["lag_replicas"] == 2.5
+    assert "consumer lag 5 (high 0, low 0, normal 5) at 2 per replica -> 2.50 replicas" in decision.reason
