@@ -43,6 +43,7 @@ __all__ = [
     "ReplyError",
     "RequestTooLargeError",
     "TooManyRequestsError",
+    "UnauthorizedError",
     "grpc_status_for",
     "map_exception",
     "outcome_of",
@@ -59,13 +60,19 @@ class GatewayError(Exception):
     code: str = "internal_error"
     outcome: str = "internal"
     retry_after: bool = False
+    retry_after_s: int | None = None
+    """A Retry-After this failure knows better than the gateway's default (rate limits)."""
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class InvalidRequestError(GatewayError):
@@ -75,6 +82,15 @@ class InvalidRequestError(GatewayError):
     type = "invalid_request_error"
     code = "invalid_value"
     outcome = "invalid_request"
+
+
+class UnauthorizedError(GatewayError):
+    """API keys are configured and the request has none, or one that is not known."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    outcome = "unauthorized"
 
 
 class ModelNotFoundError(GatewayError):
@@ -96,7 +112,9 @@ class RequestTooLargeError(GatewayError):
 
 
 class TooManyRequestsError(GatewayError):
-    """This gateway instance already serves `gateway_max_inflight` requests."""
+    """A bound was reached: this instance's in-flight bound, a tenant's rate limit (code
+    `rate_limit_exceeded`, with the Retry-After the limit computed), or the request-topic lag bound
+    (code `overloaded`)."""
 
     status = 429
     type = "rate_limit_error"
@@ -205,7 +223,7 @@ def map_exception(exc: BaseException, *, retry_after_s: int = 1, request_id: str
             code=exc.code,
             message=exc.message,
             param=exc.param,
-            retry_after_s=retry_after_s if exc.retry_after else None,
+            retry_after_s=(exc.retry_after_s or retry_after_s) if exc.retry_after else None,
             outcome=exc.outcome,
         )
     if isinstance(exc, RequestValidationError):
@@ -313,6 +331,7 @@ def _param_path(loc: list[str]) -> str:
 #: HTTP status -> gRPC status code.
 _GRPC_CODES: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -28,12 +28,14 @@ from services.gateway.errors import ReplyError, grpc_status_for, map_exception, 
 from services.gateway.request_pipeline import GenerationCall, RequestPipeline
 from services.gateway.request_translation import new_request_id, translate_proto
 
-__all__ = ["ErrorBoundaryInterceptor", "GatewayGrpcServer", "GatewayServicer", "REQUEST_ID_METADATA"]
+__all__ = ["CACHE_METADATA", "ErrorBoundaryInterceptor", "GatewayGrpcServer", "GatewayServicer", "REQUEST_ID_METADATA"]
 
 log = logging.getLogger(__name__)
 
 #: Trailing metadata key carrying the request id.
 REQUEST_ID_METADATA = "x-request-id"
+#: Trailing metadata key saying whether a cache answered (as the HTTP header X-LGC-Cache).
+CACHE_METADATA = "x-lgc-cache"
 _SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 _METHOD_PREFIX = f"/{_SERVICE_NAME}/"
 
@@ -137,15 +139,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         endpoint = "grpc_generate_stream" if stream else "grpc_generate"
         priority = "unknown"
         try:
-            translated = translate_proto(request, self._pipeline.settings, stream=stream)
+            metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            tenant = await self._pipeline.authenticate(metadata.get("authorization"))
+            translated = translate_proto(
+                request, self._pipeline.settings, stream=stream, default_priority=tenant.default_priority
+            )
             priority = translated.priority.value
-            return await self._pipeline.submit(
+            call = await self._pipeline.submit(
                 translated,
                 request_id=request_id,
                 endpoint=endpoint,
                 started=started,
                 timeout_s=context.time_remaining(),
+                tenant=tenant,
+                cache_control=metadata.get("cache-control"),
             )
+            context.set_trailing_metadata(
+                ((REQUEST_ID_METADATA, request_id), (CACHE_METADATA, call.cache_status.value))
+            )
+            return call
         except BaseException as exc:
             # Only counts the refusal; the interceptor answers the client.
             self._pipeline.count_refused(endpoint, priority, outcome_of(exc), started)

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from shared.ops_server import add_ops_routes
-from shared.records import ReplyEvent, ReplyKind
+from shared.records import Priority, ReplyEvent, ReplyKind
 from shared.structured_logging import request_context
 
 from services.gateway.body_limit import BodySizeLimit
@@ -70,16 +70,17 @@ __all__ = ["CACHE_HEADER", "REQUEST_ID_HEADER", "build_http_app"]
 
 #: Response header carrying the request id.
 REQUEST_ID_HEADER = "X-Request-Id"
-#: Response header saying whether a cache answered (always `miss` until caches exist).
+#: Response header saying whether a cache answered: hit-exact, hit-semantic, miss or bypass.
 CACHE_HEADER = "X-LGC-Cache"
 
 _ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid or unsupported request."},
+    401: {"model": ErrorResponse, "description": "Missing or unknown API key (when keys are configured)."},
     404: {"model": ErrorResponse, "description": "No worker serves the model."},
     413: {"model": ErrorResponse, "description": "Request body too large."},
-    429: {"model": ErrorResponse, "description": "Too many requests in flight; see Retry-After."},
+    429: {"model": ErrorResponse, "description": "Rate limit, in-flight bound or queue bound reached; see Retry-After."},
     500: {"model": ErrorResponse, "description": "Unexpected gateway failure."},
     502: {"model": ErrorResponse, "description": "A worker or batcher failed."},
     503: {"model": ErrorResponse, "description": "No workers, or the cluster is overloaded; see Retry-After."},
@@ -153,7 +154,7 @@ def build_http_app(
         *,
         endpoint: str,
         id_kind: str,
-        translate: Callable[[], TranslatedRequest],
+        translate: Callable[[Priority], TranslatedRequest],
         whole: Callable[[str, int, str, ReplyEvent], ChatCompletion | TextCompletion],
         formatter_type: type[StreamFormatter],
     ) -> Response:
@@ -163,9 +164,18 @@ def build_http_app(
         priority = "unknown"
         with request_context(request_id):
             try:
-                translated = translate()
+                tenant = await pipeline.authenticate(request.headers.get("authorization"))
+                translated = translate(tenant.default_priority)
                 priority = translated.priority.value
-                call = await pipeline.submit(translated, request_id=request_id, endpoint=endpoint, started=started)
+                call = await pipeline.submit(
+                    translated,
+                    request_id=request_id,
+                    endpoint=endpoint,
+                    started=started,
+                    tenant=tenant,
+                    cache_control=request.headers.get("cache-control"),
+                )
+                headers[CACHE_HEADER] = call.cache_status.value
             except Exception as exc:
                 # Safe: every failure becomes the client's error answer here (bad input -> 4xx).
                 api = map_exception(exc, retry_after_s=retry_after_s, request_id=request_id)
@@ -214,7 +224,9 @@ def build_http_app(
             request,
             endpoint="chat",
             id_kind="chatcmpl",
-            translate=lambda: translate_chat(body, settings, priority_header=x_lgc_priority),
+            translate=lambda default: translate_chat(
+                body, settings, priority_header=x_lgc_priority, default_priority=default
+            ),
             whole=chat_completion,
             formatter_type=ChatStreamFormatter,
         )
@@ -236,23 +248,27 @@ def build_http_app(
             request,
             endpoint="completions",
             id_kind="cmpl",
-            translate=lambda: translate_completion(body, settings, priority_header=x_lgc_priority),
+            translate=lambda default: translate_completion(
+                body, settings, priority_header=x_lgc_priority, default_priority=default
+            ),
             whole=text_completion,
             formatter_type=CompletionStreamFormatter,
         )
 
-    @app.get("/v1/models", response_model=ModelList, responses={503: _ERROR_RESPONSES[503]}, summary="List models")
-    async def list_models() -> ModelList:
+    @app.get("/v1/models", response_model=ModelList, responses={401: _ERROR_RESPONSES[401], 503: _ERROR_RESPONSES[503]}, summary="List models")
+    async def list_models(request: Request) -> ModelList:
+        await pipeline.authenticate(request.headers.get("authorization"))
         cards = await pipeline.engine.models()
         return ModelList(data=[ModelCardOut(id=c.name, created=int(c.first_seen)) for c in cards])
 
     @app.get(
         "/v1/models/{model:path}",
         response_model=ModelCardOut,
-        responses={404: _ERROR_RESPONSES[404], 503: _ERROR_RESPONSES[503]},
+        responses={401: _ERROR_RESPONSES[401], 404: _ERROR_RESPONSES[404], 503: _ERROR_RESPONSES[503]},
         summary="Retrieve a model",
     )
-    async def retrieve_model(model: str) -> ModelCardOut:
+    async def retrieve_model(model: str, request: Request) -> ModelCardOut:
+        await pipeline.authenticate(request.headers.get("authorization"))
         for card in await pipeline.engine.models():
             if card.name == model:
                 return ModelCardOut(id=card.name, created=int(card.first_seen))

@@ -49,6 +49,15 @@ class GatewayMetrics:
         self.cancellations = factory.counter(
             "cancellations_total", "Cancel records sent, by reason.", ("reason",)
         )
+        self.cache_hits = factory.counter(
+            "cache_hits_total", "Requests answered from a cache, by kind (hit-exact, hit-semantic).", ("kind",)
+        )
+        self.cache_purged = factory.counter(
+            "cache_purged_entries_total", "Cache entries deleted because the guardian flagged their request."
+        )
+        self.request_lag = factory.gauge(
+            "request_lag_records", "Records waiting in the request topics, as last measured (lag bound on)."
+        )
         self._ok = 0
         self._errors = 0
         self._inflight = 0

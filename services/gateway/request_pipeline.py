@@ -1,26 +1,41 @@
 """The path every request takes after translation, shared by the HTTP and gRPC APIs:
-admission (in-flight bound) -> model resolution -> deadline -> submission to the engine client,
-and the bookkeeping of its end (permit release, metrics).
 
-This is where the later issue's tenants, rate limits and caches slot in: authentication decides the
-tenant before translation, rate limits join admission, and a caching engine client wraps the Kafka
-one.
+authentication (API key -> tenant, before translation so the tenant's default priority applies)
+-> in-flight bound -> request-topic lag bound -> model resolution -> priority cap and deadline ->
+tenant rate limits (Redis, shared by replicas) -> caches (exact, then semantic) -> on a hit, a replay
+of the cached answer (also published to the results topic); on a miss, submission to the engine
+client, recording the answer into the caches when it comes. And the bookkeeping of the end: permit
+and tenant slot release (tokens reconciled with the real usage), metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from shared.records import GenerationRequest, ReplyEvent, ReplyKind
+from shared.records import (
+    CacheStatus,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    ReplyEvent,
+    ReplyKind,
+    Timings,
+)
 
 from services.gateway.admission import InflightLimiter, Permit
+from services.gateway.backpressure import RequestLagMonitor
+from services.gateway.cache_policy import policy_from_cache_control
 from services.gateway.engine_client import EngineClient
 from services.gateway.errors import ReplyError
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.rate_limits import RateLimiter, TenantSlot, estimate_tokens
 from services.gateway.request_translation import TranslatedRequest
+from services.gateway.response_cache import CacheLookup, ResponseCache
 from services.gateway.settings import GatewaySettings
+from services.gateway.tenants import OPEN_TENANT, Tenant, TenantDirectory, cap_priority
 
 __all__ = ["GenerationCall", "RequestPipeline"]
 
@@ -40,8 +55,14 @@ class GenerationCall:
         permit: Permit,
         metrics: GatewayMetrics,
         started: float,
+        cache_status: CacheStatus = CacheStatus.MISS,
+        slot: TenantSlot | None = None,
     ) -> None:
         self.request = request
+        self.cache_status = cache_status
+        """How the caches were involved (the `X-LGC-Cache` header)."""
+        self._slot = slot
+        self._used_tokens: int | None = None
         self.endpoint = endpoint
         self.include_usage = include_usage
         self.created = int(request.created_at)
@@ -73,8 +94,10 @@ class GenerationCall:
                 time.monotonic() - self._started
             )
         elif event.kind is ReplyKind.FINAL and event.usage is not None:
-            self._metrics.completion_tokens.inc(event.usage.completion_tokens)
-            self._metrics.prompt_tokens.inc(event.usage.prompt_tokens)
+            self._used_tokens = event.usage.total_tokens
+            if self.cache_status in (CacheStatus.MISS, CacheStatus.BYPASS):
+                self._metrics.completion_tokens.inc(event.usage.completion_tokens)
+                self._metrics.prompt_tokens.inc(event.usage.prompt_tokens)
         return event
 
     async def final(self) -> ReplyEvent:
@@ -97,11 +120,13 @@ class GenerationCall:
             await self._events.aclose()  # type: ignore[attr-defined]
         finally:
             self._permit.release()
+            if self._slot is not None:
+                await self._slot.release(self._used_tokens)
             self._metrics.observe_request(self.endpoint, outcome, self.priority, time.monotonic() - self._started)
 
 
 class RequestPipeline:
-    """Admits, resolves and submits translated requests."""
+    """Authenticates, admits, resolves and submits translated requests (or answers from a cache)."""
 
     def __init__(
         self,
@@ -109,11 +134,42 @@ class RequestPipeline:
         limiter: InflightLimiter,
         metrics: GatewayMetrics,
         settings: GatewaySettings,
+        *,
+        tenants: TenantDirectory | None = None,
+        rate_limiter: RateLimiter | None = None,
+        lag_monitor: RequestLagMonitor | None = None,
+        cache: ResponseCache | None = None,
+        publish_result: Callable[[GenerationResult], Awaitable[None]] | None = None,
     ) -> None:
         self.engine = engine
         self.limiter = limiter
         self.metrics = metrics
         self.settings = settings
+        self.tenants = tenants
+        self.rate_limiter = rate_limiter
+        self.lag_monitor = lag_monitor
+        self.cache = cache
+        self._publish_result = publish_result
+        self._background: set[asyncio.Task[None]] = set()
+        self.open_tenant = self.open_tenant_of(settings)
+
+    @staticmethod
+    def open_tenant_of(settings: GatewaySettings) -> Tenant:
+        """The tenant of every request in open mode (limits from the `gateway_open_tenant_*` settings)."""
+        return Tenant(
+            name=OPEN_TENANT,
+            default_priority=settings.gateway_default_priority,
+            requests_per_min=settings.gateway_open_tenant_requests_per_min,
+            tokens_per_min=settings.gateway_open_tenant_tokens_per_min,
+            max_concurrent=settings.gateway_open_tenant_max_concurrent,
+        )
+
+    async def authenticate(self, authorization: str | None) -> Tenant:
+        """The tenant of an `Authorization` value (UnauthorizedError when keys are required and it
+        is missing or unknown)."""
+        if self.tenants is None:
+            return self.open_tenant
+        return await self.tenants.authenticate(authorization)
 
     async def submit(
         self,
@@ -123,31 +179,58 @@ class RequestPipeline:
         endpoint: str,
         started: float,
         timeout_s: float | None = None,
+        tenant: Tenant | None = None,
+        cache_control: str | None = None,
     ) -> GenerationCall:
         """Admit the request and start it; the caller must `close()` the call it gets. Raises
         TooManyRequestsError, ModelNotFoundError, NoWorkersError, EngineUnavailableError."""
+        tenant = tenant or self.open_tenant
         permit = self.limiter.acquire()
+        slot: TenantSlot | None = None
         try:
+            if self.lag_monitor is not None:
+                await self.lag_monitor.check()
             model = await self.engine.resolve_model(translated.requested_model)
             budget = self.settings.gateway_request_timeout_s
             if timeout_s is not None:
                 budget = min(budget, timeout_s)
             request = translated.to_generation_request(
-                request_id=request_id, model=model, deadline=time.time() + budget
+                request_id=request_id, model=model, deadline=time.time() + budget, tenant=tenant.name
             )
-            events = self.engine.generate(request)
+            priority = cap_priority(request.priority, tenant.max_priority)
+            policy = policy_from_cache_control(cache_control)
+            request = request.model_copy(update={"priority": priority, "cache": policy})
+            if self.rate_limiter is not None:
+                prompt_chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages or ())
+                slot = await self.rate_limiter.acquire(
+                    tenant, estimate_tokens(prompt_chars, request.params.max_new_tokens)
+                )
+            lookup = CacheLookup(CacheStatus.BYPASS)
+            if self.cache is not None and self.settings.gateway_cache_enabled:
+                lookup = await self.cache.lookup(request, policy)
+            if lookup.answer is not None:
+                events = self._replay(request, lookup, started)
+            else:
+                events = self.engine.generate(request)
+                if lookup.store:
+                    events = self._recording(events, request, lookup)
         except BaseException:
-            # Refused or failed before a call exists: give the slot back, then report why.
+            # Refused or failed before a call exists: give the slots back, then report why.
             permit.release()
+            if slot is not None:
+                await slot.release(0)
             raise
         log.info(
             "request admitted",
             extra={
                 "endpoint": endpoint,
                 "model": model,
+                "tenant": tenant.name,
+                "key_id": tenant.key_id,
                 "priority": request.priority.value,
                 "stream": request.stream,
                 "max_new_tokens": request.params.max_new_tokens,
+                "cache": lookup.status.value,
             },
         )
         return GenerationCall(
@@ -158,8 +241,90 @@ class RequestPipeline:
             permit=permit,
             metrics=self.metrics,
             started=started,
+            cache_status=lookup.status,
+            slot=slot,
         )
+
+    async def _replay(self, request: GenerationRequest, lookup: CacheLookup, started: float) -> AsyncIterator[ReplyEvent]:
+        """A cached answer as the cluster would have sent it (one delta when streaming, then the
+        final event); also published to the results topic with its cache status."""
+        answer = lookup.answer
+        assert answer is not None
+        self.metrics.cache_hits.labels(kind=lookup.status.value).inc()
+        self._in_background(self._after_hit(request, lookup, started))
+        seq = 0
+        if request.stream and answer.text:
+            yield ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=0, text=answer.text, model=answer.model)
+            seq = 1
+        yield ReplyEvent(
+            request_id=request.id,
+            kind=ReplyKind.FINAL,
+            seq=seq,
+            text=answer.text,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            model=answer.model,
+            worker_id="cache",
+        )
+
+    async def _after_hit(self, request: GenerationRequest, lookup: CacheLookup, started: float) -> None:
+        assert self.cache is not None and lookup.answer is not None
+        await self.cache.note_hit(lookup, request.id)
+        if self._publish_result is None:
+            return
+        answer = lookup.answer
+        result = GenerationResult(
+            request_id=request.id,
+            tenant=request.tenant,
+            model=answer.model,
+            priority=request.priority,
+            prompt=_prompt_text(request),
+            text=answer.text,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            timings=Timings(total_ms=(time.monotonic() - started) * 1000),
+            worker_id="cache",
+            cache_status=lookup.status,
+            guard=request.guard,
+        )
+        try:
+            await self._publish_result(result)
+        except Exception:
+            # Safe: the client has its answer; only the results stream misses this hit (logged).
+            log.warning("could not publish a cache hit's result", exc_info=True, extra={"request_id": request.id})
+
+    async def _recording(
+        self, events: AsyncIterator[ReplyEvent], request: GenerationRequest, lookup: CacheLookup
+    ) -> AsyncIterator[ReplyEvent]:
+        """Pass events through; a complete final answer is stored in the caches (in the background,
+        so the client never waits for it)."""
+        assert self.cache is not None
+        cache = self.cache
+        try:
+            async for event in events:
+                if event.kind is ReplyKind.FINAL and event.finish_reason in (FinishReason.STOP, FinishReason.LENGTH):
+                    self._in_background(cache.remember(lookup, request, event))
+                yield event
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for cache writes and hit publications still running (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     def count_refused(self, endpoint: str, priority: str, outcome: str, started: float) -> None:
         """Count a request that failed before it became a call."""
         self.metrics.observe_request(endpoint, outcome, priority, time.monotonic() - started)
+
+
+def _prompt_text(request: GenerationRequest) -> str:
+    """The prompt as one text (chat turns as `role: content` lines), as the batcher writes it."""
+    if request.prompt is not None:
+        return request.prompt
+    return "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())

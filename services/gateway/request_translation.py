@@ -76,8 +76,7 @@ class TranslatedRequest:
     def to_generation_request(
         self, *, request_id: str, model: str, deadline: float, tenant: str = "default"
     ) -> GenerationRequest:
-        """The record to produce (`reply_to` is set by the engine client). Every request is tenant
-        `default` until API keys map clients to tenants."""
+        """The record to produce (`reply_to` is set by the engine client)."""
         return GenerationRequest(
             id=request_id,
             priority=self.priority,
@@ -108,9 +107,14 @@ def resolve_priority(body_value: str | None, header_value: str | None, default: 
 
 
 def translate_chat(
-    body: ChatCompletionRequest, settings: GatewaySettings, *, priority_header: str | None = None
+    body: ChatCompletionRequest,
+    settings: GatewaySettings,
+    *,
+    priority_header: str | None = None,
+    default_priority: Priority | None = None,
 ) -> TranslatedRequest:
-    """Check a chat completion body against the gateway's limits."""
+    """Check a chat completion body against the gateway's limits (`default_priority`: the
+    tenant's, else the gateway's)."""
     if body.max_tokens is not None and body.max_completion_tokens is not None:
         if body.max_tokens != body.max_completion_tokens:
             raise InvalidRequestError(
@@ -134,7 +138,7 @@ def translate_chat(
             seed=body.seed,
             repetition_penalty=body.repetition_penalty,
         ),
-        priority=resolve_priority(body.priority, priority_header, settings.gateway_default_priority),
+        priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
         messages=messages,
         include_usage=_include_usage(body),
@@ -142,9 +146,14 @@ def translate_chat(
 
 
 def translate_completion(
-    body: CompletionRequest, settings: GatewaySettings, *, priority_header: str | None = None
+    body: CompletionRequest,
+    settings: GatewaySettings,
+    *,
+    priority_header: str | None = None,
+    default_priority: Priority | None = None,
 ) -> TranslatedRequest:
-    """Check a text completion body against the gateway's limits."""
+    """Check a text completion body against the gateway's limits (`default_priority`: the
+    tenant's, else the gateway's)."""
     prompt = body.prompt_text()
     _check_prompt_size(len(prompt), settings, param="prompt")
     return TranslatedRequest(
@@ -160,14 +169,20 @@ def translate_completion(
             seed=body.seed,
             repetition_penalty=body.repetition_penalty,
         ),
-        priority=resolve_priority(body.priority, priority_header, settings.gateway_default_priority),
+        priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
         prompt=prompt,
         include_usage=_include_usage(body),
     )
 
 
-def translate_proto(message: gateway_pb2.GenerateRequest, settings: GatewaySettings, *, stream: bool) -> TranslatedRequest:
+def translate_proto(
+    message: gateway_pb2.GenerateRequest,
+    settings: GatewaySettings,
+    *,
+    stream: bool,
+    default_priority: Priority | None = None,
+) -> TranslatedRequest:
     """Check a gRPC GenerateRequest (proto3 zero values mean "default", as the proto documents)."""
     if bool(message.messages) == bool(message.prompt):
         raise InvalidRequestError("Exactly one of 'messages' and 'prompt' must be given.", param="messages")
@@ -190,7 +205,7 @@ def translate_proto(message: gateway_pb2.GenerateRequest, settings: GatewaySetti
         prompt = message.prompt
         _check_prompt_size(len(prompt), settings, param="prompt")
     if message.priority == gateway_pb2.PRIORITY_UNSPECIFIED:
-        priority = settings.gateway_default_priority
+        priority = default_priority or settings.gateway_default_priority
     elif message.priority in _PROTO_PRIORITIES:
         priority = _PROTO_PRIORITIES[message.priority]
     else:

@@ -19,18 +19,27 @@ from prometheus_client import CollectorRegistry
 
 from shared.kafka_clients import make_producer
 from shared.metrics import SnapshotPublisher
+from shared.records import GenerationResult
 from shared.topics import Topics, ensure_topics
 from shared.worker_registry import WorkerRegistry
 
 from services.gateway.admission import InflightLimiter
+from services.gateway.backpressure import RequestLagMonitor
+from services.gateway.cache_purge import CachePurger
+from services.gateway.exact_cache import ExactCache
 from services.gateway.grpc_api import GatewayGrpcServer
 from services.gateway.http_api import build_http_app
 from services.gateway.kafka_engine_client import KafkaEngineClient
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.model_catalog import ModelCatalog
+from services.gateway.rate_limits import RateLimiter
 from services.gateway.reply_router import ReplyRouter
 from services.gateway.request_pipeline import RequestPipeline
+from services.gateway.response_cache import ResponseCache
+from services.gateway.semantic_cache import SemanticCache
+from services.gateway.sentence_embedder import SentenceEmbedder
 from services.gateway.settings import GatewaySettings
+from services.gateway.tenants import TenantDirectory, load_keys_file
 
 __all__ = ["GatewayService", "serve"]
 
@@ -61,6 +70,20 @@ class GatewayService:
         self._grpc: GatewayGrpcServer | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
         self._serving = False
+        self._lag_monitor: RequestLagMonitor | None = None
+        self._semantic: SemanticCache | None = None
+        self._purger: CachePurger | None = None
+        self._pipeline: RequestPipeline | None = None
+
+    @property
+    def pipeline(self) -> RequestPipeline:
+        assert self._pipeline is not None, "start() first"
+        return self._pipeline
+
+    @property
+    def purger(self) -> CachePurger | None:
+        """The verdict consumer that purges flagged answers (None with caches off)."""
+        return self._purger
 
     @property
     def engine(self) -> KafkaEngineClient:
@@ -87,6 +110,8 @@ class GatewayService:
 
     async def _start(self) -> None:
         settings = self.settings
+        # A bad keys file must stop the start, before anything is connected.
+        file_keys = load_keys_file(settings.api_keys_file) if settings.api_keys_file is not None else {}
         # Creating the cluster topics is harmless when `lgc up` made them already, and lets a
         # gateway run against a fresh broker; the reply topic is this instance's own.
         await ensure_topics(
@@ -118,7 +143,38 @@ class GatewayService:
             on_cancel=lambda reason: self.metrics.cancellations.labels(reason=reason).inc(),
         )
         limiter = InflightLimiter(settings.gateway_max_inflight, on_change=self.metrics.set_inflight)
-        pipeline = RequestPipeline(self._engine, limiter, self.metrics, settings)
+        tenants = TenantDirectory(
+            file_keys,
+            redis=self._redis if settings.gateway_api_keys_from_redis else None,
+            prefix=settings.topic_prefix,
+            open_tenant=RequestPipeline.open_tenant_of(settings),
+        )
+        await tenants.start()
+        self._lag_monitor = RequestLagMonitor(
+            settings, self.topics.all_requests, on_measure=self.metrics.request_lag.set
+        )
+        await self._lag_monitor.start()
+        cache = await self._start_caches()
+        producer = self._producer
+        results_topic = self.topics.results
+
+        async def publish_result(result: GenerationResult) -> None:
+            await producer.send_and_wait(results_topic, result.to_bytes(), key=result.request_id)
+
+        pipeline = RequestPipeline(
+            self._engine,
+            limiter,
+            self.metrics,
+            settings,
+            tenants=tenants,
+            rate_limiter=RateLimiter(
+                self._redis, prefix=settings.topic_prefix, concurrency_ttl_s=settings.gateway_concurrency_ttl_s
+            ),
+            lag_monitor=self._lag_monitor if self._lag_monitor.enabled else None,
+            cache=cache,
+            publish_result=publish_result,
+        )
+        self._pipeline = pipeline
 
         await self._start_http(pipeline)
         self._grpc = GatewayGrpcServer(
@@ -134,9 +190,6 @@ class GatewayService:
         )
         self._snapshot_task = asyncio.create_task(publisher.run(), name="gateway-metrics-snapshots")
         self._serving = True
-        log.warning(
-            "the gateway runs OPEN: no API keys are configured, every request is served as tenant 'default'"
-        )
         log.info(
             "gateway started",
             extra={
@@ -146,6 +199,35 @@ class GatewayService:
                 "max_inflight": settings.gateway_max_inflight,
             },
         )
+
+    async def _start_caches(self) -> ResponseCache | None:
+        settings = self.settings
+        if not settings.gateway_cache_enabled:
+            return None
+        assert self._redis is not None
+        exact = ExactCache(self._redis, prefix=settings.topic_prefix, ttl_s=settings.gateway_cache_ttl_s)
+        if settings.gateway_semantic_cache_enabled:
+            path = settings.gateway_qdrant_path or settings.state_dir / "qdrant" / settings.instance_id
+            semantic = SemanticCache(
+                SemanticCache.open_client(url=settings.qdrant_url, path=path),
+                SentenceEmbedder(threads=settings.gateway_embedder_threads),
+                collection=f"{settings.topic_prefix}_{settings.gateway_qdrant_collection}",
+                threshold=settings.gateway_semantic_threshold,
+                ttl_s=settings.gateway_cache_ttl_s,
+                redis_index=self._redis,
+                prefix=settings.topic_prefix,
+            )
+            self._semantic = semantic
+            await semantic.start()
+        self._purger = CachePurger(
+            settings,
+            topic=self.topics.verdicts,
+            redis=self._redis,
+            semantic=self._semantic,
+            on_purge=self.metrics.cache_purged.inc,
+        )
+        await self._purger.start()
+        return ResponseCache(exact, self._semantic, deterministic_only=settings.gateway_cache_deterministic_only)
 
     async def _start_http(self, pipeline: RequestPipeline) -> None:
         settings = self.settings
@@ -193,6 +275,17 @@ class GatewayService:
             self._snapshot_task.cancel()
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
             self._snapshot_task = None
+        if self._pipeline is not None:
+            await self._pipeline.drain()
+        if self._purger is not None:
+            await self._purger.stop()
+            self._purger = None
+        if self._lag_monitor is not None:
+            await self._lag_monitor.stop()
+            self._lag_monitor = None
+        if self._semantic is not None:
+            await self._semantic.close()
+            self._semantic = None
         if self._engine is not None:
             await self._engine.drain()
         if self._router is not None:

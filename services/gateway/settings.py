@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from shared.records import Priority
@@ -59,3 +61,72 @@ class GatewaySettings(ClusterSettings):
 
     gateway_shutdown_grace_s: float = Field(10.0, ge=0, le=600)
     """On shutdown, how long in-flight requests may take to finish before they are cut off."""
+
+    # ---- tenants and API keys ---------------------------------------------------------------
+
+    api_keys_file: Path | None = None
+    """`LGC_API_KEYS_FILE`: YAML or JSON file mapping API key -> tenant (`name`, `default_priority`,
+    `max_priority`, `requests_per_min`, `tokens_per_min`, `max_concurrent`). Unset and no keys in
+    Redis: the gateway runs open (every request is tenant `default`) and says so at start."""
+
+    gateway_api_keys_from_redis: bool = True
+    """Also look API keys up in Redis (hash `<prefix>:apikeys`, field = SHA-256 of the key, value =
+    the tenant as JSON), so keys can be added without a restart. Keys are required when this hash
+    holds any key at start, or when a keys file is given."""
+
+    gateway_open_tenant_requests_per_min: int = Field(0, ge=0, le=100_000_000)
+    """Requests per minute of tenant `default` in open mode (0: unlimited)."""
+
+    gateway_open_tenant_tokens_per_min: int = Field(0, ge=0, le=1_000_000_000)
+    """Tokens (max_tokens counted up front, reconciled with usage) per minute of tenant `default`
+    in open mode (0: unlimited)."""
+
+    gateway_open_tenant_max_concurrent: int = Field(0, ge=0, le=1_000_000)
+    """Concurrent requests of tenant `default` in open mode (0: unlimited)."""
+
+    gateway_concurrency_ttl_s: int = Field(900, ge=10, le=86_400)
+    """Safety TTL of a tenant's concurrent-request counter in Redis: if a gateway dies with requests
+    in flight, their slots come back after this long without activity."""
+
+    # ---- backpressure -----------------------------------------------------------------------
+
+    gateway_max_request_lag: int = Field(0, ge=0, le=1_000_000_000)
+    """Most records waiting in the request topics (end offsets minus the batcher group's committed
+    offsets, all priorities) before new requests get 429 + Retry-After; 0 turns the check off."""
+
+    gateway_lag_check_interval_s: float = Field(1.0, gt=0, le=60)
+    """How long a measured request-topic lag is reused before it is measured again."""
+
+    gateway_batcher_group_id: str = Field("lgc-batcher", pattern=r"^[A-Za-z0-9._-]+$", max_length=255)
+    """Consumer group of the batchers, whose committed offsets the lag check reads."""
+
+    # ---- caches -----------------------------------------------------------------------------
+
+    gateway_cache_enabled: bool = True
+    """Answer repeated requests from the exact cache (Redis) and store answers in it."""
+
+    gateway_cache_deterministic_only: bool = True
+    """Cache only deterministic requests (temperature 0, or a fixed seed). False: cache every
+    request (sampling answers are then replayed, not re-sampled)."""
+
+    gateway_cache_ttl_s: int = Field(3_600, ge=1, le=30 * 86_400)
+    """How long a cached answer lives (exact and semantic)."""
+
+    gateway_semantic_cache_enabled: bool = True
+    """Also answer close paraphrases from the semantic cache (Qdrant + all-MiniLM-L6-v2), behind
+    the false-hit guard (negations, numbers, units, named entities must match)."""
+
+    gateway_semantic_threshold: float = Field(0.82, ge=0.5, le=1.0)
+    """Least cosine similarity for a semantic hit (the false-hit guard also has to agree). 0.82 was
+    chosen on load-tests/data: 88% of paraphrases hit, no near miss passes the guard."""
+
+    gateway_embedder_threads: int = Field(1, ge=0, le=256)
+    """Torch intra-op threads for the embedder, set process-wide when it loads (0: torch's
+    default). One sentence at a time gains nothing from more, and they contend on busy CPUs."""
+
+    gateway_qdrant_path: Path | None = None
+    """Qdrant local-mode directory when `LGC_QDRANT_URL` is unset. Unset:
+    `<state_dir>/qdrant/<instance_id>` (a local-mode path is locked by one process)."""
+
+    gateway_qdrant_collection: str = Field("lgc_semantic_cache", pattern=r"^[A-Za-z0-9_-]+$", max_length=128)
+    """Qdrant collection of the semantic cache (the topic prefix is prepended)."""

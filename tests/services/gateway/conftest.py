@@ -196,6 +196,8 @@ def gateway_settings(cluster_settings: ClusterSettings, **overrides: object) -> 
     """GatewaySettings on the test's broker, Redis and prefix, listening on free ports."""
     values = cluster_settings.model_dump()
     values.update(gateway_http_port=0, gateway_grpc_port=0, metrics_interval_s=0.5, gateway_shutdown_grace_s=2)
+    # The semantic cache loads MiniLM: only the tests about it turn it on.
+    values.update(gateway_semantic_cache_enabled=False)
     values.update(overrides)
     return GatewaySettings(**values)
 

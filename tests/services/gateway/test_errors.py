@@ -124,3 +124,17 @@ def test_outcomes() -> None:
     assert outcome_of(TooManyRequestsError("x")) == "rate_limited"
     assert outcome_of(ReplyError(ErrorInfo(code=ErrorCode.OVERLOADED, message=""))) == "overloaded"
     assert outcome_of(RuntimeError()) == "internal"
+
+
+def test_unauthorized_and_rate_limit_retry_after() -> None:
+    from services.gateway.errors import TooManyRequestsError, UnauthorizedError
+
+    api = map_exception(UnauthorizedError("no key"), retry_after_s=1)
+    assert (api.status, api.type, api.code, api.retry_after_s) == (401, "invalid_request_error", "invalid_api_key", None)
+    assert grpc_status_for(api) is grpc.StatusCode.UNAUTHENTICATED
+    limited = map_exception(TooManyRequestsError("slow down", retry_after_s=17), retry_after_s=1)
+    assert limited.status == 429 and limited.response_headers() == {"Retry-After": "17"}
+    default = map_exception(TooManyRequestsError("busy"), retry_after_s=3)
+    assert default.response_headers() == {"Retry-After": "3"}
+    overloaded = map_exception(TooManyRequestsError("behind", code="overloaded"), retry_after_s=1)
+    assert overloaded.code == "overloaded" and overloaded.type == "rate_limit_error"
