@@ -6,6 +6,8 @@
 #   make schemas regenerate schemas/ (JSON Schema + AsyncAPI) from shared/records.py
 #   make docs    regenerate docs/settings.md from the settings classes
 #   make lock    rewrite requirements/constraints.txt from the current venv
+#   make validate-deploy  promtool checks of deploy/prometheus (needs promtool: Debian `prometheus`)
+#   make load-smoke       short smoke run of every load-test scenario on an embedded cluster
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -16,7 +18,7 @@ ARGS   ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install up test protos schemas docs lock clean
+.PHONY: install up test protos schemas docs lock clean validate-deploy load-smoke
 
 install: $(STAMP)
 
@@ -50,6 +52,21 @@ lock: install
 	  echo "# Regenerate with \`make lock\` after changing pyproject.toml. torch stays 2.13.0 (the CPU build)."; \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' | sed 's/^torch==2.13.0+cpu/torch==2.13.0/'; \
 	} > requirements/constraints.txt
+
+# The Prometheus config and alert rules, checked by Prometheus's own tool. Not part of `make test`
+# (promtool is a system package); .ci/run installs it and runs this after the tests.
+validate-deploy:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "validate-deploy: promtool not found. Install it, e.g. on Debian/Ubuntu:" >&2; \
+	  echo "  apt-get install -y --no-install-recommends prometheus" >&2; exit 1; }
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/rules/*.yml
+
+# Starts an embedded cluster with simulated workers and runs a short version of each scenario in
+# load-tests/scenarios; reports (JSON + PNG) go to LOAD_OUT.
+LOAD_OUT ?= load-tests/out
+load-smoke: install
+	$(BIN)/python load-tests/run_smoke.py --out $(LOAD_OUT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
