@@ -56,8 +56,13 @@ class CachePurger:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # Purges may take a tenth of a second; the idle fetch wait keeps an idle gateway from
+        # asking the broker 200 times a second (Tansu answers a fetch only when its wait ends).
+        consumer_settings = self._settings.model_copy(
+            update={"kafka_fetch_max_wait_ms": self._settings.kafka_idle_fetch_max_wait_ms}
+        )
         self._consumer = make_consumer(
-            self._settings,
+            consumer_settings,
             self._topic,
             client_id=f"gateway-purge-{self._settings.instance_id}",
             group_id=None,
