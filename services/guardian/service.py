@@ -14,6 +14,7 @@ from services.guardian.http_server import HttpServer
 from services.guardian.metrics import GuardianMetrics
 from services.guardian.result_consumer import ResultConsumer
 from services.guardian.settings import GuardianSettings
+from shared.background_tasks import run_until_stopped
 from shared.kafka_clients import make_consumer, make_producer
 from shared.metrics import SnapshotPublisher
 from shared.topics import Topics
@@ -90,16 +91,8 @@ class GuardianService:
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raises if a background task fails (the process then exits
         non-zero and its supervisor restarts it)."""
-        stopper = asyncio.create_task(stop.wait(), name="guardian-stop")
         watched = [*self._tasks, *([self._http.task] if self._http.task else [])]
-        try:
-            done, _ = await asyncio.wait([stopper, *watched], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        for task in done:
-            if task is not stopper:
-                task.result()  # re-raises the failure
-                raise RuntimeError(f"{task.get_name()} ended unexpectedly")
+        await run_until_stopped(stop, watched, name="guardian")
 
     async def stop(self) -> None:
         """Stop taking work, finish in-flight sends, leave the consumer group."""

@@ -16,6 +16,7 @@ from services.scaler.lag_reader import LagReader
 from services.scaler.policy import PolicyConfig, ScalingPolicy
 from services.scaler.settings import ScalerSettings
 from services.scaler.snapshot_consumer import SnapshotConsumer
+from shared.background_tasks import run_until_stopped
 from shared.kafka_clients import make_consumer, make_producer
 from shared.metrics import SnapshotPublisher
 from shared.ops_server import OpsServer
@@ -129,15 +130,7 @@ class ScalerService:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raises if a background task fails."""
-        stopper = asyncio.create_task(stop.wait(), name="scaler-stop")
-        try:
-            done, _ = await asyncio.wait([stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        for task in done:
-            if task is not stopper:
-                task.result()  # re-raises the failure
-                raise RuntimeError(f"{task.get_name()} ended unexpectedly")
+        await run_until_stopped(stop, self._tasks, name="scaler")
 
     async def stop(self) -> None:
         self._ready = False

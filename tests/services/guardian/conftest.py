@@ -4,16 +4,14 @@ for what the guardian published."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
-from aiokafka.structs import ConsumerRecord
 
 from services.guardian.settings import GuardianSettings
-from shared.kafka_clients import make_consumer
 from shared.launcher.infra import find_free_port
 from shared.settings import ClusterSettings
 from shared.topics import Topics, ensure_topics
+from tests.kafka_reading import read_topic
 
 
 @pytest.fixture
@@ -29,21 +27,6 @@ async def guardian_settings(cluster_settings: ClusterSettings) -> GuardianSettin
     )
     await ensure_topics(settings, Topics.from_settings(settings).cluster_topics(settings))
     return settings
-
-
-async def read_topic(settings: ClusterSettings, topic: str, count: int, timeout_s: float = 20.0) -> list[ConsumerRecord]:
-    """The first `count` records of `topic` (fewer if the timeout passes first)."""
-    consumer = make_consumer(settings, topic, client_id="test-reader", group_id=None)
-    await consumer.start()
-    try:
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records += batch
-        return sorted(records, key=lambda r: (r.partition, r.offset))
-    finally:
-        await consumer.stop()
 
 
 async def no_more_records(settings: ClusterSettings, topic: str, seen: int, wait_s: float = 1.0) -> bool:
