@@ -127,17 +127,7 @@ def translate_chat(
     messages = tuple(ChatMessage(role=m.role, content=t) for m, t in zip(body.messages, texts, strict=True))
     return TranslatedRequest(
         requested_model=body.model or None,
-        params=_params(
-            settings,
-            max_tokens=requested_tokens,
-            max_tokens_param=param,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            stop=body.stop,
-            seed=body.seed,
-            repetition_penalty=body.repetition_penalty,
-        ),
+        params=_body_params(body, settings, max_tokens=requested_tokens, max_tokens_param=param),
         priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
         messages=messages,
@@ -158,17 +148,7 @@ def translate_completion(
     _check_prompt_size(len(prompt), settings, param="prompt")
     return TranslatedRequest(
         requested_model=body.model or None,
-        params=_params(
-            settings,
-            max_tokens=body.max_tokens,
-            max_tokens_param="max_tokens",
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            stop=body.stop,
-            seed=body.seed,
-            repetition_penalty=body.repetition_penalty,
-        ),
+        params=_body_params(body, settings, max_tokens=body.max_tokens, max_tokens_param="max_tokens"),
         priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
         prompt=prompt,
@@ -263,6 +243,27 @@ def _check_prompt_size(chars: int, settings: GatewaySettings, *, param: str) -> 
             param=param,
             code="context_length_exceeded",
         )
+
+
+def _body_params(
+    body: ChatCompletionRequest | CompletionRequest,
+    settings: GatewaySettings,
+    *,
+    max_tokens: int | None,
+    max_tokens_param: str,
+) -> GenerationParams:
+    """Sampling parameters from an OpenAI body (chat and text completions name them alike)."""
+    return _params(
+        settings,
+        max_tokens=max_tokens,
+        max_tokens_param=max_tokens_param,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        stop=body.stop,
+        seed=body.seed,
+        repetition_penalty=body.repetition_penalty,
+    )
 
 
 def _params(
