@@ -59,18 +59,26 @@ def main() -> None:
     if args.grandchild:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         print(f"grandchild pid {child.pid}", flush=True)
-    stop = threading.Event()
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # SIGTERM is blocked before any thread starts (threads inherit the mask) and collected by
+        # sigwait below: it stays pending until the main thread takes it, whenever it comes.
+        # A Python-level handler could be missed if the signal landed while the main thread was
+        # entering its blocking wait, and the killed-launcher test would see a survivor.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     _Handler.ready = not args.never_ready
     _Handler.ready_from = time.monotonic() + args.ready_after
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     print(f"fake {name} listening", flush=True)
-    stop.wait(args.die_after)
-    if args.die_after is not None and not stop.is_set():
+    if args.ignore_sigterm:
+        stopped = threading.Event().wait(args.die_after)  # only SIGKILL ends it before die_after
+    elif args.die_after is None:
+        stopped = signal.sigwait({signal.SIGTERM}) == signal.SIGTERM
+    else:
+        stopped = signal.sigtimedwait({signal.SIGTERM}, args.die_after) is not None
+    if args.die_after is not None and not stopped:
         print(f"{name} dying on purpose", flush=True)
         os._exit(7)
     print(f"fake {name} stopping", flush=True)

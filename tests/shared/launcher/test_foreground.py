@@ -108,9 +108,23 @@ def test_a_stop_signal_during_start_up_stops_everything_with_exit_code_0(tmp_pat
     assert _wait_gone(pids) == {}
 
 
+def _describe(pid: int) -> str:
+    """What a left-over process is doing (state, signal masks, wait channel), for the failure."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError as exc:  # Safe: it ended while we looked; say so instead.
+        return f"{pid}: gone while inspected ({exc})"
+    keep = ("State", "PPid", "Threads", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    fields = [line for line in status if line.split(":")[0] in keep]
+    return f"{pid} {cmdline!r} wchan={wchan} " + " ".join(fields)
+
+
 def test_a_killed_launcher_leaves_no_service_behind(tmp_path) -> None:
     launcher = Launcher(tmp_path)
     pids = launcher.pids()
     launcher.proc.kill()  # no handler runs: only the children's parent-death signal can help
     launcher.finish()
-    assert _wait_gone(pids) == {}
+    left = _wait_gone(pids)
+    assert left == {}, "\n".join([_describe(pid) for pid in left.values()] + launcher.lines)
