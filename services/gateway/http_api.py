@@ -285,6 +285,16 @@ def build_http_app(
             schemas = schema.get("components", {}).get("schemas", {})
             schemas.pop("HTTPValidationError", None)
             schemas.pop("ValidationError", None)
+            # The API key, as OpenAI clients send it. Declared on the /v1 routes only: health,
+            # readiness, metrics and this document are open. With no keys configured the gateway
+            # runs open and ignores the header.
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKey": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <API key>`."}
+            }
+            for route_path, path in schema.get("paths", {}).items():
+                if route_path.startswith("/v1/"):
+                    for operation in path.values():
+                        operation["security"] = [{"ApiKey": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 

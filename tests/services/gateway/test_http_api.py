@@ -153,6 +153,16 @@ async def test_models_and_ops_routes(start_gateway, fake_batcher: FakeBatcher) -
         post = schema["paths"]["/v1/chat/completions"]["post"]
         assert "422" not in post["responses"] and "400" in post["responses"]
         assert "requestBody" in post
+        # The API key scheme is declared, on the /v1 routes only.
+        assert schema["components"]["securitySchemes"]["ApiKey"] == {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`Authorization: Bearer <API key>`.",
+        }
+        assert post["security"] == [{"ApiKey": []}]
+        assert schema["paths"]["/v1/models"]["get"]["security"] == [{"ApiKey": []}]
+        open_routes = [p for p in schema["paths"] if not p.startswith("/v1/")]
+        assert all("security" not in op for p in open_routes for op in schema["paths"][p].values())
 
 
 async def test_refusals_are_openai_errors(start_gateway, fake_batcher: FakeBatcher) -> None:
