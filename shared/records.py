@@ -422,6 +422,13 @@ class GuardianVerdict(Record):
     """Evaluation time."""
     created_at: float = Field(default_factory=now, gt=0)
     """When it was decided."""
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of texts that got the expensive detectors when this was decided (1.0: every text;
+    lower while the guardian was behind). `detectors_skipped` says whether this one was sampled out."""
+    cached: bool = False
+    """Re-issued from the guardian's verdict cache (same content judged before), not re-evaluated."""
+    content_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 (hex) of the judged text, UTF-8, so repeated content can be correlated."""
 
 
 class ScalingDecision(Record):

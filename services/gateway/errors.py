@@ -15,6 +15,12 @@ Status choices that OpenAI's API does not fix (documented in the README):
   is over its limit (429 stays reserved for this gateway's own in-flight bound).
 * ReplyEvent `worker_failed` and `internal` -> 502: a component behind the gateway failed.
 * The client went away -> 499 (nginx's convention; nobody reads it, it only shows in metrics).
+* The guardian blocked the answer of a blocking-mode tenant -> 400 `content_filter` (type
+  `invalid_request_error`): Azure OpenAI's code for filtered content, so clients that handle it
+  handle ours, and a 4xx is not retried automatically by OpenAI's clients (the same request would
+  be blocked again).
+* The guardian could not judge it in time -> 503 `guardian_unavailable` with Retry-After (fail
+  closed; `LGC_GATEWAY_GUARD_FAIL_OPEN` delivers the answer unjudged instead).
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ from shared.records import ErrorCode, ErrorInfo
 __all__ = [
     "ApiError",
     "ClientDisconnectedError",
+    "ContentFilteredError",
     "EngineUnavailableError",
     "GatewayError",
     "GatewayTimeoutError",
+    "GuardianUnavailableError",
     "InvalidRequestError",
     "ModelNotFoundError",
     "NoWorkersError",
@@ -140,6 +148,27 @@ class EngineUnavailableError(GatewayError):
     type = "server_error"
     code = "service_unavailable"
     outcome = "unavailable"
+    retry_after = True
+
+
+class ContentFilteredError(GatewayError):
+    """The guardian's verdict on the answer of a blocking-mode tenant is `block`: the answer is
+    never sent (see the module docstring for the status)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "content_filter"
+    outcome = "blocked"
+
+
+class GuardianUnavailableError(GatewayError):
+    """A blocking-mode tenant's answer could not be judged (the guardian did not answer in time, or
+    answered with an error): fail closed."""
+
+    status = 503
+    type = "server_error"
+    code = "guardian_unavailable"
+    outcome = "guardian_unavailable"
     retry_after = True
 
 

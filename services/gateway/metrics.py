@@ -55,6 +55,12 @@ class GatewayMetrics:
         self.cache_purged = factory.counter(
             "cache_purged_entries_total", "Cache entries deleted because the guardian flagged their request."
         )
+        self.guard_checks = factory.counter(
+            "guard_checks_total",
+            "Synchronous guardian checks of blocking-mode tenants' answers, by result (allow, flag, "
+            "redact, block, unavailable, failed_open).",
+            ["result"],
+        )
         self.request_lag = factory.gauge(
             "request_lag_records", "Records waiting in the request topics, as last measured (lag bound on)."
         )

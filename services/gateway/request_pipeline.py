@@ -4,8 +4,10 @@ authentication (API key -> tenant, before translation so the tenant's default pr
 -> in-flight bound -> request-topic lag bound -> model resolution -> priority cap and deadline ->
 tenant rate limits (Redis, shared by replicas) -> caches (exact, then semantic) -> on a hit, a replay
 of the cached answer (also published to the results topic); on a miss, submission to the engine
-client, recording the answer into the caches when it comes. And the bookkeeping of the end: permit
-and tenant slot release (tokens reconciled with the real usage), metrics.
+client, recording the answer into the caches when it comes. For tenants in blocking guard mode, the
+answer (fresh or replayed) passes the guardian's synchronous check before any of it is let out, and
+before it is recorded (blocking_guard.py). And the bookkeeping of the end: permit and tenant slot
+release (tokens reconciled with the real usage), metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from shared.records import (
     FinishReason,
     GenerationRequest,
     GenerationResult,
+    GuardMode,
     ReplyEvent,
     ReplyKind,
     Timings,
@@ -27,9 +30,11 @@ from shared.records import (
 
 from services.gateway.admission import InflightLimiter, Permit
 from services.gateway.backpressure import RequestLagMonitor
+from services.gateway.blocking_guard import guarded_events
 from services.gateway.cache_policy import policy_from_cache_control
 from services.gateway.engine_client import EngineClient
-from services.gateway.errors import ReplyError
+from services.gateway.errors import GuardianUnavailableError, ReplyError
+from services.gateway.guardian_client import GuardianClient
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.rate_limits import RateLimiter, TenantSlot, estimate_tokens
 from services.gateway.request_translation import TranslatedRequest
@@ -140,6 +145,7 @@ class RequestPipeline:
         lag_monitor: RequestLagMonitor | None = None,
         cache: ResponseCache | None = None,
         publish_result: Callable[[GenerationResult], Awaitable[None]] | None = None,
+        guardian: GuardianClient | None = None,
     ) -> None:
         self.engine = engine
         self.limiter = limiter
@@ -150,6 +156,7 @@ class RequestPipeline:
         self.lag_monitor = lag_monitor
         self.cache = cache
         self._publish_result = publish_result
+        self.guardian = guardian
         self._background: set[asyncio.Task[None]] = set()
         self.open_tenant = self.open_tenant_of(settings)
 
@@ -162,6 +169,7 @@ class RequestPipeline:
             requests_per_min=settings.gateway_open_tenant_requests_per_min,
             tokens_per_min=settings.gateway_open_tenant_tokens_per_min,
             max_concurrent=settings.gateway_open_tenant_max_concurrent,
+            guard_mode=settings.gateway_open_tenant_guard_mode,
         )
 
     async def authenticate(self, authorization: str | None) -> Tenant:
@@ -199,7 +207,9 @@ class RequestPipeline:
             )
             priority = cap_priority(request.priority, tenant.max_priority)
             policy = policy_from_cache_control(cache_control)
-            request = request.model_copy(update={"priority": priority, "cache": policy})
+            request = request.model_copy(update={"priority": priority, "cache": policy, "guard": tenant.guard_mode})
+            if request.guard is GuardMode.BLOCKING and self.guardian is None:
+                raise GuardianUnavailableError("This tenant's answers must be judged, and no guardian is configured.")
             if self.rate_limiter is not None:
                 prompt_chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages or ())
                 slot = await self.rate_limiter.acquire(
@@ -209,9 +219,9 @@ class RequestPipeline:
             if self.cache is not None and self.settings.gateway_cache_enabled:
                 lookup = await self.cache.lookup(request, policy)
             if lookup.answer is not None:
-                events = self._replay(request, lookup, started)
+                events = self._guarded(self._replay(request, lookup, started), request)
             else:
-                events = self.engine.generate(request)
+                events = self._guarded(self.engine.generate(request), request)
                 if lookup.store:
                     events = self._recording(events, request, lookup)
         except BaseException:
@@ -243,6 +253,19 @@ class RequestPipeline:
             started=started,
             cache_status=lookup.status,
             slot=slot,
+        )
+
+    def _guarded(self, events: AsyncIterator[ReplyEvent], request: GenerationRequest) -> AsyncIterator[ReplyEvent]:
+        """`events`, judged by the guardian before they leave when the tenant is in blocking mode."""
+        if request.guard is not GuardMode.BLOCKING:
+            return events
+        assert self.guardian is not None
+        return guarded_events(
+            events,
+            request,
+            self.guardian,
+            fail_open=self.settings.gateway_guard_fail_open,
+            on_result=lambda result: self.metrics.guard_checks.labels(result=result).inc(),
         )
 
     async def _replay(self, request: GenerationRequest, lookup: CacheLookup, started: float) -> AsyncIterator[ReplyEvent]:

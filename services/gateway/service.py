@@ -28,6 +28,7 @@ from services.gateway.backpressure import RequestLagMonitor
 from services.gateway.cache_purge import CachePurger
 from services.gateway.exact_cache import ExactCache
 from services.gateway.grpc_api import GatewayGrpcServer
+from services.gateway.guardian_client import GuardianClient
 from services.gateway.http_api import build_http_app
 from services.gateway.kafka_engine_client import KafkaEngineClient
 from services.gateway.metrics import GatewayMetrics
@@ -74,6 +75,7 @@ class GatewayService:
         self._semantic: SemanticCache | None = None
         self._purger: CachePurger | None = None
         self._pipeline: RequestPipeline | None = None
+        self._guardian: GuardianClient | None = None
 
     @property
     def pipeline(self) -> RequestPipeline:
@@ -161,6 +163,7 @@ class GatewayService:
         async def publish_result(result: GenerationResult) -> None:
             await producer.send_and_wait(results_topic, result.to_bytes(), key=result.request_id)
 
+        self._guardian = GuardianClient(settings.gateway_guardian_url, timeout_s=settings.gateway_guard_timeout_s)
         pipeline = RequestPipeline(
             self._engine,
             limiter,
@@ -173,6 +176,7 @@ class GatewayService:
             lag_monitor=self._lag_monitor if self._lag_monitor.enabled else None,
             cache=cache,
             publish_result=publish_result,
+            guardian=self._guardian,
         )
         self._pipeline = pipeline
 
@@ -297,6 +301,9 @@ class GatewayService:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+        if self._guardian is not None:
+            await self._guardian.aclose()
+            self._guardian = None
         log.info("gateway stopped")
 
     async def _stop_http(self) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from shared.records import Priority
+from shared.records import GuardMode, Priority
 from shared.settings import ClusterSettings
 
 __all__ = ["GatewaySettings"]
@@ -84,6 +84,10 @@ class GatewaySettings(ClusterSettings):
     gateway_open_tenant_max_concurrent: int = Field(0, ge=0, le=1_000_000)
     """Concurrent requests of tenant `default` in open mode (0: unlimited)."""
 
+    gateway_open_tenant_guard_mode: GuardMode = GuardMode.ASYNC
+    """Guardian mode of tenant `default` in open mode: `async` (judged after delivery), `blocking`
+    (non-streaming answers wait for the verdict), `off` (not judged)."""
+
     gateway_concurrency_ttl_s: int = Field(900, ge=10, le=86_400)
     """Safety TTL of a tenant's concurrent-request counter in Redis: if a gateway dies with requests
     in flight, their slots come back after this long without activity."""
@@ -130,3 +134,17 @@ class GatewaySettings(ClusterSettings):
 
     gateway_qdrant_collection: str = Field("lgc_semantic_cache", pattern=r"^[A-Za-z0-9_-]+$", max_length=128)
     """Qdrant collection of the semantic cache (the topic prefix is prepended)."""
+
+    # ---- guardian (blocking mode) -----------------------------------------------------------
+
+    gateway_guardian_url: str = Field("http://127.0.0.1:8090", pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2_048)
+    """Base URL of the guardian's HTTP API; answers of tenants in blocking mode are checked with
+    `POST <url>/v1/guard/check` before they are sent."""
+
+    gateway_guard_timeout_s: float = Field(2.0, gt=0, le=60)
+    """Longest the gateway waits for the guardian's verdict on a blocking-mode tenant's answer."""
+
+    gateway_guard_fail_open: bool = False
+    """When the guardian cannot judge a blocking-mode answer in time: False (fail closed) answers
+    503 `guardian_unavailable` with Retry-After; True delivers the answer unjudged (logged,
+    counted as `failed_open`; its verdict still follows asynchronously)."""

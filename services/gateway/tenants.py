@@ -1,7 +1,7 @@
 """Tenants and API keys: who is asking, with which priorities and limits.
 
 Keys come from a file (`LGC_API_KEYS_FILE`, YAML or JSON: `{key: {name, default_priority,
-max_priority, requests_per_min, tokens_per_min, max_concurrent}}`) and/or from Redis (hash
+max_priority, requests_per_min, tokens_per_min, max_concurrent, guard_mode}}`) and/or from Redis (hash
 `<prefix>:apikeys`, field = SHA-256 hex of the key, value = the tenant as JSON), so keys can be added
 to a running cluster. With neither, the gateway runs open: every request is tenant `default`.
 
@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from shared.records import Priority
+from shared.records import GuardMode, Priority
 
 from services.gateway.errors import EngineUnavailableError, UnauthorizedError
 
@@ -58,6 +58,9 @@ class TenantSpec(BaseModel):
     requests_per_min: int = Field(0, ge=0, le=100_000_000)
     tokens_per_min: int = Field(0, ge=0, le=1_000_000_000)
     max_concurrent: int = Field(0, ge=0, le=1_000_000)
+    guard_mode: GuardMode = GuardMode.ASYNC
+    """`async`: answers are judged after delivery; `blocking`: the gateway sends an answer only
+    after the guardian's verdict (blocked answers never leave); `off`: not judged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,8 @@ class Tenant:
     requests_per_min: int = 0
     tokens_per_min: int = 0
     max_concurrent: int = 0
+    guard_mode: GuardMode = GuardMode.ASYNC
+    """How the guardian treats this tenant's answers (see TenantSpec)."""
     key_id: str = "-"
     """Fingerprint of the key used (`-` in open mode); safe to log."""
 
@@ -82,6 +87,7 @@ class Tenant:
             requests_per_min=spec.requests_per_min,
             tokens_per_min=spec.tokens_per_min,
             max_concurrent=spec.max_concurrent,
+            guard_mode=spec.guard_mode,
             key_id=key_id,
         )
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
-__all__ = ["Detector", "Finding", "TextKind"]
+__all__ = ["Detector", "DetectorCost", "Finding", "TextKind"]
 
 #: What is being judged: a user's prompt or a model's response.
 TextKind = Literal["prompt", "response"]
+
+#: `cheap` detectors (regexes, checksums, word lists: microseconds) always run; `expensive` ones
+#: (NER, embeddings, classifiers: milliseconds) may be sampled out when the guardian falls behind.
+DetectorCost = Literal["cheap", "expensive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +35,11 @@ class Finding:
 
 
 class Detector(Protocol):
-    """A cheap, pure check over one text."""
+    """A pure check over texts (no I/O; thread-safe, so several may run at once on a thread pool)."""
 
     name: str
     version: str
+    cost: DetectorCost
 
     @property
     def detector_id(self) -> str:
@@ -42,4 +48,9 @@ class Detector(Protocol):
 
     def detect(self, text: str, kind: TextKind) -> list[Finding]:
         """Every finding in `text` (may be empty)."""
+        ...
+
+    def detect_many(self, texts: Sequence[str], kind: TextKind) -> list[list[Finding]]:
+        """`detect` over many texts at once, one list per text in order (model-based detectors
+        batch their forward pass here; simple ones loop over `detect`)."""
         ...

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Literal, Self
 
-from shared.records import MAX_TEXT_CHARS
+from pydantic import Field, field_validator, model_validator
+
+from services.guardian.policy_detector import compile_policy_pattern
 from shared.settings import ClusterSettings
 
 __all__ = ["GuardianSettings"]
@@ -33,14 +35,118 @@ class GuardianSettings(ClusterSettings):
     guardian_min_score: float = Field(0.5, ge=0.0, le=1.0)
     """Findings scored below this are ignored (not reported, not acted on)."""
 
-    guardian_inline_max_chars: int = Field(20_000, ge=0, le=MAX_TEXT_CHARS * 2)
-    """Texts longer than this are evaluated on a worker thread so the event loop stays responsive;
-    shorter ones (microseconds of regex work) inline."""
-
     guardian_retry_backoff_s: float = Field(1.0, gt=0, le=60)
     """Pause before re-reading results whose verdicts could not be published."""
+
+    # ---- pipeline: verdict policy, cache, sampling, prompt checks ----------------------------
+
+    guardian_block_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    """A `harm.*` finding scored at or above this makes the verdict `block`; below it (and at or
+    above `guardian_min_score`), `flag`."""
+
+    guardian_block_categories: tuple[Annotated[str, Field(min_length=1, max_length=128)], ...] = Field(
+        ("secret.private_key",), max_length=256
+    )
+    """Categories that always make the verdict `block` (JSON list in the environment), whatever
+    their score; by default a leaked private key, which masking a span cannot make safe."""
+
+    guardian_policy_action: Literal["block", "flag"] = "block"
+    """What a tenant-policy finding (`policy.*`) makes the verdict."""
+
+    guardian_detector_threads: int = Field(4, ge=1, le=256)
+    """Threads that run detectors (each detector's batch call is one task; detectors of a batch
+    run at once). The event loop never runs detector code."""
+
+    guardian_cache_enabled: bool = True
+    """Cache verdicts in Redis by content hash, so repeated content is not judged again."""
+
+    guardian_cache_ttl_s: int = Field(86_400, ge=1, le=30 * 86_400)
+    """How long a cached verdict is re-issued."""
+
+    guardian_sample_floor: float = Field(0.1, ge=0.0, le=1.0)
+    """Lowest share of texts the expensive detectors run on when the guardian is far behind
+    (cheap detectors always run on every text)."""
+
+    guardian_sample_lag_low: int = Field(1_000, ge=0, le=1_000_000_000)
+    """Consumer lag (records) up to which the expensive detectors run on every text."""
+
+    guardian_sample_lag_high: int = Field(20_000, ge=1, le=1_000_000_000)
+    """Consumer lag (records) from which the expensive detectors run at `guardian_sample_floor`;
+    linear in between. Must be above `guardian_sample_lag_low`."""
+
+    guardian_flagged_window_s: int = Field(3_600, ge=1, le=30 * 86_400)
+    """After a non-`allow` verdict, the tenant's texts get every detector (no sampling) for this
+    long (kept in Redis, so all guardian replicas agree)."""
+
+    guardian_prompt_checks: bool = False
+    """Also judge prompts: a second consumer group reads the request topics and publishes
+    `kind: prompt` verdicts. Off by default: it doubles the guardian's work, and answers (on the
+    results topic) are what users see; turn it on to catch injection attempts as they arrive."""
+
+    guardian_prompt_consumer_group: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", max_length=255)
+    """Consumer group on the request topics; default `<topic_prefix>-guardian-prompts`."""
+
+    guardian_pii_enabled: bool = True
+    """Run the cheap, validated PII patterns (e-mail, phone, card, IBAN, US SSN, IP address)."""
+
+    guardian_pii_ner_enabled: bool = True
+    """Run spaCy named-entity recognition for person names (`pii.person`; expensive)."""
+
+    guardian_secrets_enabled: bool = True
+    """Run the secret detectors (cloud keys, private keys, tokens, passwords, high entropy)."""
+
+    guardian_secrets_high_entropy: bool = True
+    """Also report unknown high-entropy strings (`secret.high_entropy`), not only known formats."""
+
+    guardian_injection_phrases_enabled: bool = True
+    """Run the cheap injection/jailbreak phrase patterns."""
+
+    guardian_semantic_enabled: bool = True
+    """Run the embedding-based injection, jailbreak and harm (S1-S14) detector (expensive)."""
+
+    guardian_semantic_int8: bool = True
+    """Run the sentence encoder's Linear layers as dynamic int8: about 2.8x faster on CPU with the
+    same dev-split accuracy (the thresholds below were tuned on int8 vectors); off: fp32."""
+
+    guardian_semantic_injection_threshold: float = Field(0.44, ge=0.0, le=1.0)
+    """Cosine similarity to injection/jailbreak exemplars from which a text is reported."""
+
+    guardian_semantic_harm_threshold: float = Field(0.46, ge=0.0, le=1.0)
+    """Cosine similarity to harm exemplars from which a text is reported."""
+
+    guardian_semantic_margin: float = Field(0.04, ge=0.0, le=1.0)
+    """How much nearer a harmful exemplar must be than the nearest benign ones."""
+
+    guardian_policy_banned_terms: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = Field(
+        (), max_length=10_000
+    )
+    """Tenant policy: words or phrases reported as `policy.banned_term` (case-insensitive, whole
+    words), as a JSON list: `LGC_GUARDIAN_POLICY_BANNED_TERMS='["project falcon", "acme"]'`."""
+
+    guardian_policy_patterns: dict[str, str] = Field({}, max_length=1_000)
+    """Tenant policy: rule name -> regular expression, each match reported as `policy.<name>`, as a
+    JSON object: `LGC_GUARDIAN_POLICY_PATTERNS='{"ticket_id": "TCK-\\\\d{6}"}'`. Names are
+    `[a-z0-9_]` (at most 64); patterns must compile and run with a time limit per text."""
+
+    @field_validator("guardian_policy_patterns")
+    @classmethod
+    def _policy_patterns_compile(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for name, pattern in patterns.items():
+            compile_policy_pattern(name, pattern)  # ValueError naming the rule and the problem
+        return patterns
 
     @property
     def consumer_group(self) -> str:
         """The consumer group actually used."""
         return self.guardian_consumer_group or f"{self.topic_prefix}-guardian"
+
+    @property
+    def prompt_consumer_group(self) -> str:
+        """The consumer group actually used on the request topics."""
+        return self.guardian_prompt_consumer_group or f"{self.topic_prefix}-guardian-prompts"
+
+    @model_validator(mode="after")
+    def _sample_lags_ordered(self) -> Self:
+        if self.guardian_sample_lag_high <= self.guardian_sample_lag_low:
+            raise ValueError("guardian_sample_lag_high must be above guardian_sample_lag_low")
+        return self

@@ -468,12 +468,20 @@ class EmbeddedCluster:
             "scaler": (s.scaler_host, s.scaler_metrics_port, {}),
         }[kind]
         base = f"http://{_connect_host(host)}:{port}"
+        env: dict[str, str] = {}
+        if not preview:
+            env = {**self._base_env(), "LGC_INSTANCE_ID": f"{kind}-0"}
+            if kind == "gateway" and s.start_guardian:
+                # Blocking-mode tenants are judged by this cluster's guardian, wherever its port
+                # is; an explicit LGC_GATEWAY_GUARDIAN_URL (environment or extra_env) still wins.
+                guardian = f"http://{_connect_host(s.guardian_host)}:{s.guardian_http_port}"
+                env.setdefault("LGC_GATEWAY_GUARDIAN_URL", guardian)
         return [
             ServiceSpec(
                 name=kind,
                 kind=kind,
                 argv=command_for(kind, self.config.python, self.config.commands),
-                env={} if preview else {**self._base_env(), "LGC_INSTANCE_ID": f"{kind}-0"},
+                env=env,
                 ready_url=f"{base}/ready",
                 ready_timeout_s=s.service_ready_timeout_s,
                 metrics_url=f"{base}/metrics",

@@ -33,3 +33,15 @@ async def no_more_records(settings: ClusterSettings, topic: str, seen: int, wait
     """True if `topic` still holds only `seen` records after `wait_s`."""
     await asyncio.sleep(wait_s)
     return len(await read_topic(settings, topic, seen + 1, timeout_s=1.0)) == seen
+
+
+@pytest.fixture
+async def redis_client(redis_url: str):
+    """A client on the session's real Redis."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,101 @@
+"""Blocking mode: a tenant's answer leaves the gateway only after the guardian's verdict.
+
+For requests whose `guard` is `blocking` (from the tenant's `guard_mode`), the pipeline wraps the
+request's event stream — the cluster's, or a cache replay's, so cached answers are never served
+without a verdict either — with :func:`guarded_events`:
+
+* token deltas are held back; on the final event the whole answer goes to the guardian's
+  `POST /v1/guard/check` (bounded by `gateway_guard_timeout_s`);
+* `block` -> ContentFilteredError (400 `content_filter`): nothing of the answer is sent, and it
+  is not stored in the caches;
+* `redact` -> the answer is replaced by the verdict's `redacted_text`;
+* `flag`, `allow` -> the answer as generated;
+* no verdict in time -> GuardianUnavailableError (503, fail closed), or with
+  `gateway_guard_fail_open` the answer unjudged.
+
+A streaming request is answered as a stream of ONE content chunk (the judged answer) followed by
+the final chunk: the stream starts once the verdict is in. Error events pass through unchanged.
+The synchronous check is used rather than waiting for the verdict on the verdicts topic: the check
+is never sampled, needs no per-request subscription, and its failure is immediate and explicit. The
+result still goes to the results topic, so the usual asynchronous verdict follows (a verdict-cache
+hit in the guardian) and purges cached copies as for every tenant.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from shared.records import GenerationRequest, ReplyEvent, ReplyKind, VerdictAction
+
+from services.gateway.errors import ContentFilteredError, GuardianUnavailableError
+from services.gateway.guardian_client import GuardianClient
+
+__all__ = ["guarded_events"]
+
+log = logging.getLogger(__name__)
+
+
+async def guarded_events(
+    events: AsyncIterator[ReplyEvent],
+    request: GenerationRequest,
+    guardian: GuardianClient,
+    *,
+    fail_open: bool,
+    on_result: Callable[[str], None] = lambda _r: None,
+) -> AsyncIterator[ReplyEvent]:
+    """`events` with the answer judged before any of it is let through (see the module docstring)."""
+    try:
+        async for event in events:
+            if event.kind is ReplyKind.DELTA:
+                continue  # held back: the final event carries the whole text
+            if event.kind is ReplyKind.ERROR:
+                yield event
+                return
+            text = await _judged_text(event, request, guardian, fail_open=fail_open, on_result=on_result)
+            seq = 0
+            if request.stream and text:
+                yield ReplyEvent(
+                    request_id=request.id, kind=ReplyKind.DELTA, seq=0, text=text,
+                    model=event.model, worker_id=event.worker_id,
+                )
+                seq = 1
+            yield event.model_copy(update={"text": text, "seq": seq})
+            return
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def _judged_text(
+    final: ReplyEvent,
+    request: GenerationRequest,
+    guardian: GuardianClient,
+    *,
+    fail_open: bool,
+    on_result: Callable[[str], None],
+) -> str:
+    try:
+        verdict = await guardian.check(final.text, kind="response", tenant=request.tenant, request_id=request.id)
+    except GuardianUnavailableError:
+        if not fail_open:
+            on_result("unavailable")
+            raise
+        # Safe by configuration: the operator chose availability over judging every answer; the
+        # asynchronous verdict still follows from the results topic.
+        log.warning("guardian unavailable; delivering a blocking-mode answer unjudged (fail open)", exc_info=True)
+        on_result("failed_open")
+        return final.text
+    on_result(verdict.action.value)
+    if verdict.action is VerdictAction.BLOCK:
+        log.info(
+            "answer blocked by the guardian",
+            extra={"categories": [c.category for c in verdict.categories], "tenant": request.tenant},
+        )
+        raise ContentFilteredError(
+            "The answer was withheld by the content filter ("
+            + ", ".join(c.category for c in verdict.categories)
+            + ")."
+        )
+    if verdict.action is VerdictAction.REDACT and verdict.redacted_text is not None:
+        return verdict.redacted_text
+    return final.text

@@ -1,0 +1,231 @@
+"""Blocking guard mode end to end: a real gateway on the real broker and Redis, answered by the fake
+batcher, judged by a real guardian check API (the guardian's app served over HTTP in-process, with
+small real detectors whose behaviour the test switches)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import httpx
+import pytest
+
+from services.gateway.service import GatewayService
+from services.gateway.tenants import Tenant, TenantSpec
+from services.guardian.api import create_app
+from services.guardian.evaluator import Evaluator
+from services.guardian.findings import Finding, TextKind
+from services.guardian.http_server import HttpServer
+from services.guardian.metrics import GuardianMetrics
+from services.guardian.sampling import LagSampler
+from services.guardian.verdict_pipeline import VerdictPipeline
+from shared.launcher.infra import find_free_port
+from shared.protos import gateway_pb2, gateway_pb2_grpc
+from shared.records import GuardMode
+from tests.services.gateway.conftest import ANSWER, FAKE_MODEL, FakeBatcher
+
+pytestmark = pytest.mark.usefixtures("registered_worker")
+
+
+@dataclass
+class SwitchableDetector:
+    """Finds `word` when switched on: `harm.S1` (0.99: block) or, with a placeholder, `pii.name` (redact)."""
+
+    word: str = "fake"
+    on: bool = False
+    placeholder: str | None = None
+    name: str = "switchable"
+    version: str = "1"
+    cost: str = "cheap"
+
+    @property
+    def detector_id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def detect(self, text: str, kind: TextKind) -> list[Finding]:
+        at = text.find(self.word)
+        if not self.on or at < 0:
+            return []
+        category = "pii.name" if self.placeholder else "harm.S1"
+        return [Finding(category, 0.99, self.detector_id, at, at + len(self.word), self.placeholder)]
+
+    def detect_many(self, texts: Sequence[str], kind: TextKind) -> list[list[Finding]]:
+        return [self.detect(t, kind) for t in texts]
+
+
+@dataclass
+class Guardian:
+    url: str
+    blocker: SwitchableDetector
+    redactor: SwitchableDetector
+    metrics: GuardianMetrics
+
+
+@pytest.fixture
+async def guardian() -> AsyncIterator[Guardian]:
+    """The guardian's check API on a free port (no verdict cache: the test switches detectors)."""
+    blocker = SwitchableDetector(word="fake", name="blocker")
+    redactor = SwitchableDetector(word="batcher", placeholder="[REDACTED]", name="redactor")
+    metrics = GuardianMetrics()
+    pipeline = VerdictPipeline(
+        Evaluator([blocker, redactor]), metrics, sampler=LagSampler(floor=1.0, lag_low=0, lag_high=1)
+    )
+    port = find_free_port()
+    server = HttpServer(create_app(pipeline, metrics, lambda: True), "127.0.0.1", port)
+    await server.start()
+    try:
+        yield Guardian(f"http://127.0.0.1:{port}", blocker, redactor, metrics)
+    finally:
+        await server.stop()
+
+
+def http_for(service: GatewayService) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}", timeout=30)
+
+
+def _chat(content: str = "hi", **extra: object) -> dict:
+    return {"model": FAKE_MODEL, "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def _blocking_gateway(start_gateway, guardian: Guardian, **overrides: object) -> GatewayService:
+    return await start_gateway(
+        gateway_open_tenant_guard_mode="blocking", gateway_guardian_url=guardian.url, **overrides
+    )
+
+
+def _checks(service: GatewayService, result: str) -> float:
+    return service.metrics.guard_checks.labels(result=result)._value.get()
+
+
+async def test_allowed_and_flagged_answers_are_sent_after_the_check(
+    start_gateway, fake_batcher: FakeBatcher, guardian: Guardian
+) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    async with http_for(service) as http:
+        response = await http.post("/v1/chat/completions", json=_chat())
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert _checks(service, "allow") == 1
+    assert guardian.metrics.verdicts.labels("allow", "api")._value.get() == 1
+    (sent,) = fake_batcher.requests
+    assert sent.guard is GuardMode.BLOCKING  # travels with the request (and its result)
+
+
+async def test_blocked_answers_never_leave_and_are_not_cached(
+    start_gateway, fake_batcher: FakeBatcher, guardian: Guardian
+) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    guardian.blocker.on = True
+    body = _chat("tell me", temperature=0)  # deterministic: cacheable
+    async with http_for(service) as http:
+        blocked = await http.post("/v1/chat/completions", json=body)
+        streamed = await http.post("/v1/chat/completions", json={**body, "stream": True})
+        guardian.blocker.on = False
+        again = await http.post("/v1/chat/completions", json=body)
+    assert blocked.status_code == 400
+    error = blocked.json()["error"]
+    assert (error["code"], error["type"]) == ("content_filter", "invalid_request_error")
+    assert "harm.S1" in error["message"] and ANSWER not in blocked.text
+    # A streaming request is refused before its stream starts: a real status, no partial answer.
+    assert streamed.status_code == 400 and streamed.json()["error"]["code"] == "content_filter"
+    assert ANSWER not in streamed.text
+    # The blocked answer was not stored: the next identical request is a miss, judged afresh.
+    assert again.status_code == 200 and again.headers["x-lgc-cache"] == "miss"
+    assert _checks(service, "block") == 2
+
+
+async def test_redacted_answers_are_sent_redacted_also_when_streaming(
+    start_gateway, fake_batcher: FakeBatcher, guardian: Guardian
+) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    guardian.redactor.on = True
+    redacted = ANSWER.replace("batcher", "[REDACTED]")
+    async with http_for(service) as http:
+        whole = await http.post("/v1/chat/completions", json=_chat())
+        async with http.stream("POST", "/v1/chat/completions", json=_chat(stream=True)) as stream:
+            lines = [line async for line in stream.aiter_lines() if line.startswith("data: ")]
+    assert whole.json()["choices"][0]["message"]["content"] == redacted
+    chunks = [json.loads(line[6:]) for line in lines if line != "data: [DONE]"]
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert [c for c in contents if c] == [redacted]  # one content chunk: the judged answer
+    assert lines[-1] == "data: [DONE]"
+    assert "batcher" not in "".join(lines)
+
+
+async def test_cached_answers_are_judged_before_they_are_served(
+    start_gateway, fake_batcher: FakeBatcher, guardian: Guardian
+) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    body = _chat("cache me", temperature=0)
+    async with http_for(service) as http:
+        first = await http.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200 and first.headers["x-lgc-cache"] == "miss"
+        guardian.blocker.on = True  # the guardian now judges that answer unsafe
+        for _ in range(50):  # the answer is stored in the background
+            hit = await http.post("/v1/chat/completions", json=body)
+            if hit.headers.get("x-lgc-cache") != "miss":
+                break
+            guardian.blocker.on = False
+            await http.post("/v1/chat/completions", json=body)
+            guardian.blocker.on = True
+    assert hit.headers["x-lgc-cache"] == "hit-exact"
+    assert hit.status_code == 400 and hit.json()["error"]["code"] == "content_filter"
+
+
+async def test_without_a_verdict_the_gateway_fails_closed_or_open_as_configured(
+    start_gateway, fake_batcher: FakeBatcher
+) -> None:
+    nowhere = f"http://127.0.0.1:{find_free_port()}"  # nothing listens there
+    closed = await start_gateway(
+        gateway_open_tenant_guard_mode="blocking", gateway_guardian_url=nowhere, gateway_guard_timeout_s=0.5
+    )
+    async with http_for(closed) as http:
+        refused = await http.post("/v1/chat/completions", json=_chat())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "guardian_unavailable" and ANSWER not in refused.text
+    assert _checks(closed, "unavailable") == 1
+
+    opened = await start_gateway(
+        gateway_open_tenant_guard_mode="blocking",
+        gateway_guardian_url=nowhere,
+        gateway_guard_timeout_s=0.5,
+        gateway_guard_fail_open=True,
+    )
+    async with http_for(opened) as http:
+        delivered = await http.post("/v1/chat/completions", json=_chat())
+    assert delivered.status_code == 200 and delivered.json()["choices"][0]["message"]["content"] == ANSWER
+    assert _checks(opened, "failed_open") == 1
+
+
+async def test_async_tenants_are_not_held_back(start_gateway, fake_batcher: FakeBatcher, guardian: Guardian) -> None:
+    service = await start_gateway(gateway_guardian_url=guardian.url)  # default: async
+    guardian.blocker.on = True
+    async with http_for(service) as http:
+        response = await http.post("/v1/chat/completions", json=_chat())
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert guardian.metrics.verdicts.labels("block", "api")._value.get() == 0  # never asked
+    assert fake_batcher.requests[0].guard is GuardMode.ASYNC
+
+
+async def test_grpc_callers_get_the_same_verdict(start_gateway, fake_batcher: FakeBatcher, guardian: Guardian) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    guardian.blocker.on = True
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Generate(
+                gateway_pb2.GenerateRequest(model=FAKE_MODEL, messages=[gateway_pb2.ChatMessage(role="user", content="x")]),
+                timeout=10,
+            )
+    assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "content filter" in (failed.value.details() or "")
+
+
+def test_tenants_choose_their_guard_mode() -> None:
+    spec = TenantSpec.model_validate({"name": "bank", "guard_mode": "blocking"})
+    assert Tenant.from_spec(spec, "k").guard_mode is GuardMode.BLOCKING
+    assert TenantSpec(name="shop").guard_mode is GuardMode.ASYNC
+    with pytest.raises(ValueError):
+        TenantSpec.model_validate({"name": "x", "guard_mode": "sometimes"})
