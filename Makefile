@@ -8,6 +8,8 @@
 #   make lock    rewrite requirements/constraints.txt from the current venv
 #   make validate-deploy  promtool checks of deploy/prometheus (needs promtool: Debian `prometheus`)
 #   make load-smoke       short smoke run of every load-test scenario on an embedded cluster
+#   make fault-suite      fault injection under load (kill -9, Redis restart, broker outage, hung
+#                         worker); JSON fault report in FAULT_OUT (ARGS="--backend transformers")
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -18,7 +20,7 @@ ARGS   ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install up test protos schemas docs lock clean validate-deploy load-smoke
+.PHONY: install up test protos schemas docs lock clean validate-deploy load-smoke fault-suite
 
 install: $(STAMP)
 
@@ -67,6 +69,13 @@ validate-deploy:
 LOAD_OUT ?= load-tests/out
 load-smoke: install
 	$(BIN)/python load-tests/run_smoke.py --out $(LOAD_OUT) $(ARGS)
+
+# Faults under load, each on a fresh embedded cluster (simulated workers unless
+# ARGS="--backend transformers"); a few minutes, outside `make test`. Exit status 1 if a scenario
+# lost or hung a request or the cluster did not serve again.
+FAULT_OUT ?= load-tests/results/fault-report.json
+fault-suite: install
+	$(BIN)/python load-tests/fault_suite.py --out $(FAULT_OUT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,13 +2,16 @@
 
 Steps for a batch: (1) pick a worker by policy; (2) open one Generate stream for all its requests;
 (3) turn each event into a reply (deltas, final, error); (4) requests that the worker could not
-finish (it died, its stream broke, it was overloaded) go to another worker, continuing after the
-text already delivered, so the client sees one coherent stream; after `batcher_max_attempts` tries
-a request ends with `worker_failed`. Every request ends with exactly one terminal reply.
+finish (it died, its stream broke, it was overloaded, or it hangs: a stream silent for
+`batcher_stream_stall_s` whose worker does not answer a probe, see stream_watchdog.py) go to another
+worker, continuing after the text already delivered, so the client sees one coherent stream; after
+`batcher_max_attempts` tries a request ends with `worker_failed`. Every request ends with exactly
+one terminal reply.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +22,7 @@ from services.batcher.metrics import BatcherMetrics
 from services.batcher.reply_publisher import ReplyPublisher
 from services.batcher.request_state import RequestState, prompt_text
 from services.batcher.settings import BatcherSettings
+from services.batcher.stream_watchdog import StreamWatchdog
 from services.batcher.worker_pool import WorkerHandle, WorkerPool
 from shared.protos import worker_pb2
 from shared.records import ErrorCode, FinishReason, GenerationRequest
@@ -180,22 +184,10 @@ class BatchDispatcher:
         self._metrics.worker_batches.labels(worker.worker_id).inc()
         self._metrics.worker_requests.labels(worker.worker_id).inc(len(batch))
         call = worker.stub.Generate(request, timeout=timeout)
+        watchdog = StreamWatchdog(call, lambda: self._answers(worker), stall_s=self._settings.batcher_stream_stall_s)
         try:
-            async for event in call:
-                state = by_id.get(event.request_id)
-                if state is None or event.request_id in ended:
-                    continue  # Safe: an event for an id not in this batch, or after its end.
-                with request_context(state.id):
-                    kind = event.WhichOneof("event")
-                    if kind == "delta":
-                        await self._on_delta(state, event.delta)
-                    elif kind == "finished":
-                        ended.add(state.id)
-                        await self._on_finished(state, event.finished)
-                    elif kind == "failed":
-                        ended.add(state.id)
-                        if not await self._on_failed(state, event.failed):
-                            retry.append(state)
+            async with watchdog:
+                await self._read(call, watchdog, by_id, ended, retry)
         except grpc.aio.AioRpcError as exc:
             # Safe: the stream broke (worker died, network, timeout); every request it had not
             # ended is retried below on another worker, continuing after the delivered text.
@@ -204,6 +196,20 @@ class BatchDispatcher:
             log.warning(
                 "worker stream broke",
                 extra={"worker": worker.worker_id, "code": str(exc.code()), "details": exc.details()},
+            )
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this task itself is being cancelled (the batcher stops)
+            # Safe: only the call was cancelled (by the watchdog because the worker stopped
+            # answering, or by its channel closing); the requests it had not ended are retried below.
+            worker.failures += 1
+            self._metrics.worker_failures.labels(worker.worker_id).inc()
+            if watchdog.stalled:
+                self._metrics.worker_stalls.labels(worker.worker_id).inc()
+            log.warning(
+                "worker stream stalled; the worker does not answer" if watchdog.stalled else "worker stream cancelled",
+                extra={"worker": worker.worker_id, "stall_s": self._settings.batcher_stream_stall_s},
             )
         finally:
             worker.release(len(batch), tokens)
@@ -214,6 +220,42 @@ class BatchDispatcher:
         if retry:
             self._metrics.retries.inc(len(retry))
         return retry
+
+    async def _answers(self, worker: WorkerHandle) -> bool:
+        """Whether `worker` answers an Info call within the probe timeout (the stall check)."""
+        try:
+            await worker.stub.Info(worker_pb2.InfoRequest(), timeout=self._settings.batcher_stall_probe_timeout_s)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            # Safe: no answer (or a refusal, or a channel already closing because the worker left
+            # the registry) in time is exactly what the probe asks.
+            return False
+        return True
+
+    async def _read(
+        self,
+        call: grpc.aio.UnaryStreamCall,
+        watchdog: StreamWatchdog,
+        by_id: dict[str, RequestState],
+        ended: set[str],
+        retry: list[RequestState],
+    ) -> None:
+        """Turn the call's events into replies until the stream ends."""
+        async for event in call:
+            watchdog.saw_event()
+            state = by_id.get(event.request_id)
+            if state is None or event.request_id in ended:
+                continue  # Safe: an event for an id not in this batch, or after its end.
+            with request_context(state.id):
+                kind = event.WhichOneof("event")
+                if kind == "delta":
+                    await self._on_delta(state, event.delta)
+                elif kind == "finished":
+                    ended.add(state.id)
+                    await self._on_finished(state, event.finished)
+                elif kind == "failed":
+                    ended.add(state.id)
+                    if not await self._on_failed(state, event.failed):
+                        retry.append(state)
 
     def _worker_gauges(self, worker: WorkerHandle) -> None:
         self._metrics.worker_outstanding.labels(worker.worker_id).set(worker.outstanding_requests)

@@ -30,6 +30,10 @@ class BatcherMetrics:
             "worker_outstanding_requests", "Requests outstanding on each worker.", ["worker"]
         )
         self.worker_failures = m.counter("worker_failures_total", "Broken worker streams.", ["worker"])
+        self.worker_stalls = m.counter(
+            "worker_stalls_total", "Worker streams cancelled because they went silent and the worker did not answer.",
+            ["worker"],
+        )
         self.retries = m.counter("retries_total", "Requests sent to another worker after a failure.")
         self.deadlettered = m.counter("deadlettered_total", "Records sent to the dead-letter topic.", ["topic"])
         self.paused = m.gauge(

@@ -81,7 +81,11 @@ class BatcherService:
         self.settings = settings
         self.topics = Topics.from_settings(settings)
         self.metrics = BatcherMetrics(registry or CollectorRegistry())
-        self.pool = WorkerPool(settings.batcher_lb_policy, saturation=settings.batcher_affinity_saturation)
+        self.pool = WorkerPool(
+            settings.batcher_lb_policy,
+            saturation=settings.batcher_affinity_saturation,
+            close_grace_s=settings.batcher_rpc_timeout_s,
+        )
         self.admission = PriorityAdmission(
             normal_share=settings.batcher_normal_credit_share,
             low_share=settings.batcher_low_credit_share,

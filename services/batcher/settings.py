@@ -76,6 +76,14 @@ class BatcherSettings(ClusterSettings):
     batcher_rpc_timeout_s: float = Field(600.0, gt=0)
     """Longest one Generate call to a worker may take when its requests carry no deadline."""
 
+    batcher_stream_stall_s: float = Field(10.0, gt=0, le=3_600)
+    """A worker stream silent this long (no event for any of its requests) makes the batcher ask
+    the worker whether it still answers (`Info` RPC); one that does not is taken as hung, and the
+    stream's requests go to another worker. A worker that answers is busy, and is waited for."""
+
+    batcher_stall_probe_timeout_s: float = Field(5.0, gt=0, le=600)
+    """How long the worker may take to answer that question before it is taken as hung."""
+
     batcher_no_worker_wait_s: float = Field(30.0, ge=0, le=3_600)
     """How long a batch waits for a worker serving its model to appear before it fails
     (`no_workers` / `model_not_found`); a request's deadline shortens it."""

@@ -70,11 +70,16 @@ class WorkerHandle:
 class WorkerPool:
     """Workers known to this batcher, kept in step with the registry."""
 
-    def __init__(self, policy: str = "least_outstanding", *, saturation: float = 1.0) -> None:
+    def __init__(
+        self, policy: str = "least_outstanding", *, saturation: float = 1.0, close_grace_s: float = 600.0
+    ) -> None:
         if policy not in LB_POLICIES:
             raise ValueError(f"unknown balancing policy {policy!r}; known: {', '.join(LB_POLICIES)}")
         self.policy = policy
         self.saturation = saturation
+        self.close_grace_s = close_grace_s
+        """Longest the channel of a worker that left stays open for the calls still running on it."""
+        self._retiring: dict[asyncio.Task[None], WorkerHandle] = {}
         self._workers: dict[str, WorkerHandle] = {}
         self._rr = itertools.count()
         self._changed = asyncio.Condition()
@@ -120,10 +125,7 @@ class WorkerPool:
             self._workers[info.worker_id] = WorkerHandle(info, channel, worker_pb2_grpc.WorkerStub(channel))
             log.info("worker joined", extra={"worker": info.worker_id, "address": info.address, "model": info.model})
         for worker_id in set(self._workers) - seen:
-            handle = self._workers.pop(worker_id)
-            # Calls still running on it finish or fail on their own; closing ends the channel's
-            # connection once they do (grace) so nothing leaks.
-            await handle.channel.close(grace=None)
+            self._retire(self._workers.pop(worker_id))
             log.info("worker left", extra={"worker": worker_id})
         async with self._changed:
             self._changed.notify_all()
@@ -176,9 +178,20 @@ class WorkerPool:
         best._wrr_current -= total  # noqa: SLF001
         return best
 
+    def _retire(self, handle: WorkerHandle) -> None:
+        """Close a departed worker's channel once the calls still running on it have ended (a
+        draining worker finishes them; a hung one's are cancelled by the dispatcher's stream
+        watchdog), or after `close_grace_s`. Closing at once would cancel them mid-stream."""
+        task = asyncio.create_task(handle.channel.close(grace=self.close_grace_s), name=f"close-{handle.worker_id}")
+        self._retiring[task] = handle
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
+
     async def close(self) -> None:
-        for handle in self._workers.values():
-            await handle.channel.close()
+        handles = [*self._workers.values(), *self._retiring.values()]
+        for handle in handles:
+            await handle.channel.close()  # no grace: the batcher is stopping
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         self._workers.clear()
 
 

@@ -232,3 +232,71 @@ async def test_kill_9_of_a_worker_process_mid_stream(cluster_settings: ClusterSe
     finally:
         await batcher.stop()
         await survivor.stop()
+
+
+async def test_a_hung_worker_process_is_noticed_and_its_streams_continue_elsewhere(
+    cluster_settings: ClusterSettings, tmp_path: Path
+) -> None:
+    """SIGSTOP of a real worker process mid-stream (it hangs without dying: port open, no answers):
+    the batcher's stall check notices the silent stream long before the requests' deadline, and
+    every request ends with its full, coherent text from the other worker."""
+    settings = cluster_settings
+    reply_topic = f"{settings.topic_prefix}.replies.test"
+    survivor = WorkerService(worker_settings(settings, "sim-survivor", WorkerSpec(capacity=8, tokens_per_s=100)))
+    await survivor.start()
+    victim_port = find_free_port()
+    log = tmp_path / "worker.log"
+    env = _env(
+        settings, LGC_INSTANCE_ID="sim-victim", LGC_WORKER_BACKEND="simulated", LGC_WORKER_GRPC_PORT=find_free_port(),
+        LGC_WORKER_METRICS_PORT=victim_port, LGC_SIMULATED_TOKENS_PER_S=100, LGC_SIMULATED_TTFT_MS=5,
+        LGC_WORKER_MAX_BATCH_SIZE=8,
+    )
+    batcher_settings = BatcherSettings(
+        **settings.model_dump(exclude={"instance_id", "metrics_interval_s"}),
+        instance_id="batcher-test", batcher_group_id=f"{settings.topic_prefix}-batcher",
+        batcher_metrics_port=find_free_port(), metrics_interval_s=60, batcher_lb_policy="round_robin",
+        batcher_stream_stall_s=1.0, batcher_stall_probe_timeout_s=1.0,
+    )
+    batcher = BatcherService(batcher_settings)
+    try:
+        async with _clients(settings, reply_topic) as (topics, producer, replies):
+            with _process("services.worker", env, log) as victim:
+                await _wait_ready(f"http://127.0.0.1:{victim_port}/ready", victim, log)
+                await batcher.start()
+                deadline = time.monotonic() + 20
+                while len(batcher.pool) < 2:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.1)
+                requests = [
+                    GenerationRequest(
+                        id=f"r-{uuid.uuid4().hex[:12]}", model="simulated", prompt="hello",
+                        params=GenerationParams(max_new_tokens=100), reply_to=reply_topic, stream=True,
+                        deadline=time.time() + 60,
+                    )
+                    for _ in range(8)
+                ]
+                for r in requests:
+                    await producer.send_and_wait(topics.requests(Priority.NORMAL), r.to_bytes(), key=r.id)
+                    await asyncio.sleep(0.05)
+                deadline = time.monotonic() + 20
+                while not any(s.worker_id == "sim-victim" and s.tokens > 5 for s in batcher.states.values()):
+                    assert time.monotonic() < deadline, "nothing ran on the victim"
+                    await asyncio.sleep(0.02)
+                os.kill(victim.pid, signal.SIGSTOP)
+                try:
+                    # Far below the 60 s deadline: without the stall check they would wait for it.
+                    events = await _collect(replies, {r.id for r in requests}, timeout=30)
+                finally:
+                    os.kill(victim.pid, signal.SIGCONT)  # so that it can be killed and reaped
+        assert batcher.metrics.worker_stalls.labels("sim-victim")._value.get() >= 1  # noqa: SLF001
+        for request in requests:
+            mine = events[request.id]
+            final = mine[-1]
+            assert sum(1 for e in mine if e.terminal) == 1
+            assert final.kind is ReplyKind.FINAL, final
+            assert final.usage.completion_tokens == 100
+            assert final.text == "".join(e.text for e in mine if e.kind is ReplyKind.DELTA)
+            assert final.text == " ".join(f"tok{i}" for i in range(100))
+    finally:
+        await batcher.stop()
+        await survivor.stop()

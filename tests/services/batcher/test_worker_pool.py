@@ -1,13 +1,19 @@
-"""WorkerPool.pick under each balancing policy (real gRPC channels; no call is made)."""
+"""WorkerPool.pick under each balancing policy (real gRPC channels; no call is made), and what
+happens to calls running on a worker that leaves (a real simulated worker)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import grpc
 import pytest
 
 from services.batcher.worker_pool import WorkerPool
+from services.worker.service import WorkerService
+from shared.protos import worker_pb2
+from shared.settings import ClusterSettings
 from shared.worker_registry import WorkerInfo
+from tests.services.batcher.harness import WorkerSpec, worker_settings
 
 
 def _info(worker_id: str, capacity: int = 4, model: str = "m", draining: bool = False) -> WorkerInfo:
@@ -86,3 +92,32 @@ async def test_pick_skips_other_models_draining_and_excluded() -> None:
 def test_an_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown balancing policy"):
         WorkerPool("random")
+
+
+async def test_a_worker_leaving_the_registry_keeps_its_running_streams(cluster_settings: ClusterSettings) -> None:
+    """A worker that leaves the registry (drained, or its entry expired) may still be streaming
+    for this batcher: its channel closes only once those calls have ended, not by cancelling them."""
+    settings = worker_settings(cluster_settings, "sim-leaving", WorkerSpec(capacity=2, tokens_per_s=100, ttft_ms=5))
+    worker = WorkerService(settings)
+    await worker.start()
+    pool = WorkerPool("round_robin")
+    try:
+        info = WorkerInfo(
+            worker_id="sim-leaving", address=f"127.0.0.1:{settings.worker_grpc_port}", model="simulated",
+            backend="simulated", capacity=2,
+        )
+        await pool.sync([info])
+        handle = pool.pick("simulated")
+        assert handle is not None
+        item = worker_pb2.WorkItem(request_id="r-1", prompt="hi", params=worker_pb2.SamplingParams(max_new_tokens=30))
+        call = handle.stub.Generate(worker_pb2.GenerateRequest(items=[item]), timeout=30)
+        kinds = [(await call.read()).WhichOneof("event")]  # the stream is running
+        await pool.sync([])  # the worker left the registry mid-stream
+        assert pool.pick("simulated") is None
+        while (event := await call.read()) is not grpc.aio.EOF:
+            kinds.append(event.WhichOneof("event"))
+        assert kinds[-1] == "finished"  # not cancelled: it ran to its end
+        assert kinds.count("delta") == 30
+    finally:
+        await pool.close()
+        await worker.stop()
