@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -149,6 +149,12 @@ def build_http_app(
 
     add_ops_routes(app, registry, ready)
 
+    async def authenticated(request: Request) -> None:
+        """Runs before the body is validated (FastAPI calls dependencies first), so a request
+        without a valid key gets 401 whatever its body, as OpenAI answers; the tenant is kept on
+        the request for the endpoint."""
+        request.state.tenant = await pipeline.authenticate(request.headers.get("authorization"))
+
     async def generate(
         request: Request,
         *,
@@ -164,7 +170,9 @@ def build_http_app(
         priority = "unknown"
         with request_context(request_id):
             try:
-                tenant = await pipeline.authenticate(request.headers.get("authorization"))
+                tenant = getattr(request.state, "tenant", None) or await pipeline.authenticate(
+                    request.headers.get("authorization")
+                )
                 translated = translate(tenant.default_priority)
                 priority = translated.priority.value
                 call = await pipeline.submit(
@@ -209,6 +217,7 @@ def build_http_app(
 
     @app.post(
         "/v1/chat/completions",
+        dependencies=[Depends(authenticated)],
         response_model=ChatCompletion,
         responses={200: {"content": _SSE_RESPONSE, "description": "The answer, or an SSE stream."}, **_ERROR_RESPONSES},
         summary="Create a chat completion",
@@ -233,6 +242,7 @@ def build_http_app(
 
     @app.post(
         "/v1/completions",
+        dependencies=[Depends(authenticated)],
         response_model=TextCompletion,
         responses={200: {"content": _SSE_RESPONSE, "description": "The answer, or an SSE stream."}, **_ERROR_RESPONSES},
         summary="Create a text completion",

@@ -12,7 +12,10 @@ paths from the document; every answer must
 Left out on purpose: `positive_data_acceptance` (every schema-valid body must be accepted). The
 request models describe OpenAI's request shape, so every request an OpenAI client sends parses and
 the gateway can answer the parts it does not implement (tools, `n` > 1, audio, an empty prompt) with
-a 400 that names the parameter, as the API promises, instead of a generic schema error.
+a 400 that names the parameter, as the API promises, instead of a generic schema error. Also
+`ignored_auth`: the valid key is set in the schema's configured headers, which replace the
+Authorization header schemathesis generates, so its "invalid auth accepted" cases really carry the
+valid key; the last test checks missing and wrong keys directly.
 
 API keys are configured, so generated requests also cover a missing and a wrong Authorization
 header (the document declares the bearer scheme).
@@ -27,7 +30,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import ignored_auth, positive_data_acceptance
 
 from shared.launcher.cluster import ClusterConfig, EmbeddedCluster
 from shared.launcher.ports import free_port_settings
@@ -82,4 +85,18 @@ schema = schemathesis.pytest.from_fixture("gateway_schema")
 @schema.parametrize()
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_gateway_honours_its_openapi_document(case: schemathesis.Case) -> None:
-    case.call_and_validate(timeout=30, excluded_checks=[positive_data_acceptance])
+    case.call_and_validate(timeout=30, excluded_checks=[positive_data_acceptance, ignored_auth])
+
+
+def test_a_missing_or_wrong_key_is_refused_before_the_body_is_read(fuzz_cluster: EmbeddedCluster) -> None:
+    # What `ignored_auth` would check, done directly (see the module docstring).
+    base = fuzz_cluster.endpoints.http_url
+    body = {"messages": [{"role": "tool"}], "prompt": "", "n": 5}  # invalid in every way
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models"):
+        for headers in ({}, {"Authorization": "Bearer sk-wrong-key-000000"}, {"Authorization": API_KEY}):
+            if path == "/v1/models":
+                response = httpx.get(f"{base}{path}", headers=headers, timeout=10)
+            else:
+                response = httpx.post(f"{base}{path}", headers=headers, json=body, timeout=10)
+            assert response.status_code == 401, (path, headers, response.text)
+            assert response.json()["error"]["type"] == "invalid_request_error" or response.json()["error"]["code"]
