@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -174,10 +175,24 @@ async def test_kill_9_of_a_batcher_loses_no_request(cluster_settings: ClusterSet
         await worker.stop()
 
 
-async def test_kill_9_of_a_worker_process_mid_stream(cluster_settings: ClusterSettings, tmp_path: Path) -> None:
-    settings = cluster_settings
+@dataclass
+class _VictimScenario:
+    """Eight streaming requests of 100 tokens, some of them running on the victim worker process."""
+
+    batcher: BatcherService
+    victim: subprocess.Popen[bytes]
+    requests: list[GenerationRequest]
+    replies: object
+
+
+@asynccontextmanager
+async def _streams_on_a_victim_worker(
+    settings: ClusterSettings, tmp_path: Path, *, deadline_s: float | None = None, **batcher_extra: object
+) -> AsyncIterator[_VictimScenario]:
+    """Two simulated workers (a survivor in this process, a victim as a real worker process), one
+    round-robin batcher, and the requests sent one by one so that half go to each worker; yields
+    once the victim has streamed a few tokens, for the test to strike it."""
     reply_topic = f"{settings.topic_prefix}.replies.test"
-    # The survivor runs in this process; the victim is a real worker process killed with SIGKILL.
     survivor = WorkerService(worker_settings(settings, "sim-survivor", WorkerSpec(capacity=8, tokens_per_s=100)))
     await survivor.start()
     victim_port = find_free_port()
@@ -191,6 +206,7 @@ async def test_kill_9_of_a_worker_process_mid_stream(cluster_settings: ClusterSe
         **settings.model_dump(exclude={"instance_id", "metrics_interval_s"}),
         instance_id="batcher-test", batcher_group_id=f"{settings.topic_prefix}-batcher",
         batcher_metrics_port=find_free_port(), metrics_interval_s=60, batcher_lb_policy="round_robin",
+        **batcher_extra,
     )
     batcher = BatcherService(batcher_settings)
     try:
@@ -206,6 +222,7 @@ async def test_kill_9_of_a_worker_process_mid_stream(cluster_settings: ClusterSe
                     GenerationRequest(
                         id=f"r-{uuid.uuid4().hex[:12]}", model="simulated", prompt="hello",
                         params=GenerationParams(max_new_tokens=100), reply_to=reply_topic, stream=True,
+                        deadline=None if deadline_s is None else time.time() + deadline_s,
                     )
                     for _ in range(8)
                 ]
@@ -216,22 +233,27 @@ async def test_kill_9_of_a_worker_process_mid_stream(cluster_settings: ClusterSe
                 while not any(s.worker_id == "sim-victim" and s.tokens > 5 for s in batcher.states.values()):
                     assert time.monotonic() < deadline, "nothing ran on the victim"
                     await asyncio.sleep(0.02)
-                os.kill(victim.pid, signal.SIGKILL)
-                events = await _collect(replies, {r.id for r in requests}, timeout=60)
-        assert batcher.metrics.retries._value.get() >= 1  # noqa: SLF001 - the kill hit live streams
-        for request in requests:
-            mine = events[request.id]
-            final = mine[-1]
-            assert sum(1 for e in mine if e.terminal) == 1
-            if final.kind is ReplyKind.FINAL:
-                assert final.usage.completion_tokens == 100
-                assert final.text == "".join(e.text for e in mine if e.kind is ReplyKind.DELTA)  # coherent
-                assert [e.seq for e in mine] == list(range(len(mine)))
-            else:  # an explicit error is allowed, a silent end is not
-                assert final.kind is ReplyKind.ERROR and final.error.code is not None
+                yield _VictimScenario(batcher, victim, requests, replies)
     finally:
         await batcher.stop()
         await survivor.stop()
+
+
+async def test_kill_9_of_a_worker_process_mid_stream(cluster_settings: ClusterSettings, tmp_path: Path) -> None:
+    async with _streams_on_a_victim_worker(cluster_settings, tmp_path) as scenario:
+        os.kill(scenario.victim.pid, signal.SIGKILL)
+        events = await _collect(scenario.replies, {r.id for r in scenario.requests}, timeout=60)
+    assert scenario.batcher.metrics.retries._value.get() >= 1  # noqa: SLF001 - the kill hit live streams
+    for request in scenario.requests:
+        mine = events[request.id]
+        final = mine[-1]
+        assert sum(1 for e in mine if e.terminal) == 1
+        if final.kind is ReplyKind.FINAL:
+            assert final.usage.completion_tokens == 100
+            assert final.text == "".join(e.text for e in mine if e.kind is ReplyKind.DELTA)  # coherent
+            assert [e.seq for e in mine] == list(range(len(mine)))
+        else:  # an explicit error is allowed, a silent end is not
+            assert final.kind is ReplyKind.ERROR and final.error.code is not None
 
 
 async def test_a_hung_worker_process_is_noticed_and_its_streams_continue_elsewhere(
@@ -240,63 +262,21 @@ async def test_a_hung_worker_process_is_noticed_and_its_streams_continue_elsewhe
     """SIGSTOP of a real worker process mid-stream (it hangs without dying: port open, no answers):
     the batcher's stall check notices the silent stream long before the requests' deadline, and
     every request ends with its full, coherent text from the other worker."""
-    settings = cluster_settings
-    reply_topic = f"{settings.topic_prefix}.replies.test"
-    survivor = WorkerService(worker_settings(settings, "sim-survivor", WorkerSpec(capacity=8, tokens_per_s=100)))
-    await survivor.start()
-    victim_port = find_free_port()
-    log = tmp_path / "worker.log"
-    env = _env(
-        settings, LGC_INSTANCE_ID="sim-victim", LGC_WORKER_BACKEND="simulated", LGC_WORKER_GRPC_PORT=find_free_port(),
-        LGC_WORKER_METRICS_PORT=victim_port, LGC_SIMULATED_TOKENS_PER_S=100, LGC_SIMULATED_TTFT_MS=5,
-        LGC_WORKER_MAX_BATCH_SIZE=8,
-    )
-    batcher_settings = BatcherSettings(
-        **settings.model_dump(exclude={"instance_id", "metrics_interval_s"}),
-        instance_id="batcher-test", batcher_group_id=f"{settings.topic_prefix}-batcher",
-        batcher_metrics_port=find_free_port(), metrics_interval_s=60, batcher_lb_policy="round_robin",
-        batcher_stream_stall_s=1.0, batcher_stall_probe_timeout_s=1.0,
-    )
-    batcher = BatcherService(batcher_settings)
-    try:
-        async with _clients(settings, reply_topic) as (topics, producer, replies):
-            with _process("services.worker", env, log) as victim:
-                await _wait_ready(f"http://127.0.0.1:{victim_port}/ready", victim, log)
-                await batcher.start()
-                deadline = time.monotonic() + 20
-                while len(batcher.pool) < 2:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.1)
-                requests = [
-                    GenerationRequest(
-                        id=f"r-{uuid.uuid4().hex[:12]}", model="simulated", prompt="hello",
-                        params=GenerationParams(max_new_tokens=100), reply_to=reply_topic, stream=True,
-                        deadline=time.time() + 60,
-                    )
-                    for _ in range(8)
-                ]
-                for r in requests:
-                    await producer.send_and_wait(topics.requests(Priority.NORMAL), r.to_bytes(), key=r.id)
-                    await asyncio.sleep(0.05)
-                deadline = time.monotonic() + 20
-                while not any(s.worker_id == "sim-victim" and s.tokens > 5 for s in batcher.states.values()):
-                    assert time.monotonic() < deadline, "nothing ran on the victim"
-                    await asyncio.sleep(0.02)
-                os.kill(victim.pid, signal.SIGSTOP)
-                try:
-                    # Far below the 60 s deadline: without the stall check they would wait for it.
-                    events = await _collect(replies, {r.id for r in requests}, timeout=30)
-                finally:
-                    os.kill(victim.pid, signal.SIGCONT)  # so that it can be killed and reaped
-        assert batcher.metrics.worker_stalls.labels("sim-victim")._value.get() >= 1  # noqa: SLF001
-        for request in requests:
-            mine = events[request.id]
-            final = mine[-1]
-            assert sum(1 for e in mine if e.terminal) == 1
-            assert final.kind is ReplyKind.FINAL, final
-            assert final.usage.completion_tokens == 100
-            assert final.text == "".join(e.text for e in mine if e.kind is ReplyKind.DELTA)
-            assert final.text == " ".join(f"tok{i}" for i in range(100))
-    finally:
-        await batcher.stop()
-        await survivor.stop()
+    async with _streams_on_a_victim_worker(
+        cluster_settings, tmp_path, deadline_s=60, batcher_stream_stall_s=1.0, batcher_stall_probe_timeout_s=1.0
+    ) as scenario:
+        os.kill(scenario.victim.pid, signal.SIGSTOP)
+        try:
+            # Far below the 60 s deadline: without the stall check they would wait for it.
+            events = await _collect(scenario.replies, {r.id for r in scenario.requests}, timeout=30)
+        finally:
+            os.kill(scenario.victim.pid, signal.SIGCONT)  # so that it can be killed and reaped
+    assert scenario.batcher.metrics.worker_stalls.labels("sim-victim")._value.get() >= 1  # noqa: SLF001
+    for request in scenario.requests:
+        mine = events[request.id]
+        final = mine[-1]
+        assert sum(1 for e in mine if e.terminal) == 1
+        assert final.kind is ReplyKind.FINAL, final
+        assert final.usage.completion_tokens == 100
+        assert final.text == "".join(e.text for e in mine if e.kind is ReplyKind.DELTA)
+        assert final.text == " ".join(f"tok{i}" for i in range(100))
