@@ -7,6 +7,7 @@ import re
 import threading
 from collections.abc import Sequence
 
+from services.guardian.detector_base import LoopingDetector
 from services.guardian.findings import Finding, TextKind
 
 __all__ = [
@@ -20,7 +21,7 @@ __all__ = [
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 
-class WordHarmDetector:
+class WordHarmDetector(LoopingDetector):
     """`harm.S9` (score 0.9) wherever `word` occurs; expensive, batched."""
 
     name = "word-harm"
@@ -33,10 +34,6 @@ class WordHarmDetector:
         self.calls: list[int] = []
         """Size of every detect_many call."""
         self._lock = threading.Lock()
-
-    @property
-    def detector_id(self) -> str:
-        return f"{self.name}@{self.version}"
 
     def detect(self, text: str, kind: TextKind) -> list[Finding]:
         at = text.find(self.word)
@@ -66,38 +63,27 @@ class FailingDetector:
         return []
 
 
-class EmailTestDetector:
-    """`pii.email` (0.95, placeholder `[EMAIL]`) for every `name@host.tld`; cheap, no detect_many."""
+class EmailTestDetector(LoopingDetector):
+    """`pii.email` (0.95, placeholder `[EMAIL]`) for every `name@host.tld`; cheap."""
 
     name = "test-email"
     version = "1"
     cost = "cheap"
 
-    @property
-    def detector_id(self) -> str:
-        return f"{self.name}@{self.version}"
-
     def detect(self, text: str, kind: TextKind) -> list[Finding]:
         return [Finding("pii.email", 0.95, self.detector_id, m.start(), m.end(), "[EMAIL]") for m in _EMAIL.finditer(text)]
 
 
-class PhraseTestDetector:
+class PhraseTestDetector(LoopingDetector):
     """`injection` (0.8) when a text says "ignore previous instructions"; cheap, batched."""
 
     name = "test-injection"
     version = "1"
     cost = "cheap"
 
-    @property
-    def detector_id(self) -> str:
-        return f"{self.name}@{self.version}"
-
     def detect(self, text: str, kind: TextKind) -> list[Finding]:
         at = text.lower().find("ignore previous instructions")
         return [] if at < 0 else [Finding("injection", 0.8, self.detector_id, at, at + 28)]
-
-    def detect_many(self, texts: Sequence[str], kind: TextKind) -> list[list[Finding]]:
-        return [self.detect(t, kind) for t in texts]
 
 
 def detectors_for_tests() -> list:
