@@ -449,6 +449,15 @@ def _infra(ctx: FaultContext, name: str) -> tuple[int, str]:
     raise RuntimeError(f"no embedded {name} (external infrastructure is not supported by the suite)")
 
 
+async def _start_replacement(ctx: FaultContext, start, host: str, port: int, name: str):
+    """A new infrastructure process on the same port (log in `<name>-restarted.log`), stopped with
+    the scenario. Started on a thread so the load's event loop keeps running while it comes up."""
+    with (ctx.log_dir / f"{name}-restarted.log").open("wb") as log:
+        proc = await asyncio.to_thread(start, host, port, stdout=log.fileno(), preexec_fn=die_with_parent())
+    ctx.extra_infra.append(proc)
+    return proc
+
+
 async def _restart_redis(ctx: FaultContext) -> None:
     pid, _ = _infra(ctx, "redis")
     settings = ctx.cluster.settings
@@ -456,13 +465,7 @@ async def _restart_redis(ctx: FaultContext) -> None:
     _signal(pid, signal.SIGKILL)
     ctx.note(f"SIGKILL redis-server (pid {pid})")
     await asyncio.sleep(ctx.config.redis_down_s)
-    log = (ctx.log_dir / "redis-restarted.log").open("wb")
-    proc = await asyncio.to_thread(
-        start_redis, settings.embedded_redis_host, settings.embedded_redis_port, stdout=log.fileno(),
-        preexec_fn=die_with_parent(),
-    )
-    log.close()
-    ctx.extra_infra.append(proc)
+    proc = await _start_replacement(ctx, start_redis, settings.embedded_redis_host, settings.embedded_redis_port, "redis")
     ctx.repaired_at = ctx.client.now()
     ctx.note(f"new redis-server (pid {proc.pid}, empty: no persistence) on the same port")
 
@@ -487,13 +490,7 @@ async def _restart_broker(ctx: FaultContext) -> None:
     _signal(pid, signal.SIGKILL)
     ctx.note(f"SIGKILL Tansu (pid {pid}): every topic, record and committed offset is gone")
     await asyncio.sleep(1.0)
-    log = (ctx.log_dir / "tansu-restarted.log").open("wb")
-    proc = await asyncio.to_thread(
-        start_tansu, settings.embedded_kafka_host, settings.embedded_kafka_port, stdout=log.fileno(),
-        preexec_fn=die_with_parent(),
-    )
-    log.close()
-    ctx.extra_infra.append(proc)
+    proc = await _start_replacement(ctx, start_tansu, settings.embedded_kafka_host, settings.embedded_kafka_port, "tansu")
     created = await asyncio.to_thread(create_cluster_topics, ctx.cluster.client_settings, 30.0)
     ctx.repaired_at = ctx.client.now()
     ctx.note(f"new empty Tansu (pid {proc.pid}); cluster topics re-created ({len(created)}); "
