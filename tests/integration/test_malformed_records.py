@@ -63,7 +63,8 @@ async def test_bad_records_on_every_topic_are_dead_lettered_and_the_cluster_goes
                     expected[(topic, kind)] = value
 
         # The cluster serves with the bad records in its topics. (This also wakes the gateway's
-        # reply router, which fetches slowly while no request of its own is in flight.)
+        # reply router: its partitions are paused while none of its requests is in flight, so it
+        # reads the bad records only now.)
         async with httpx.AsyncClient(timeout=60) as http:
             for name, service in cluster.services.items():
                 if service.spec.ready_url:
