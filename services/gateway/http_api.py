@@ -170,9 +170,7 @@ def build_http_app(
         priority = "unknown"
         with request_context(request_id):
             try:
-                tenant = getattr(request.state, "tenant", None) or await pipeline.authenticate(
-                    request.headers.get("authorization")
-                )
+                tenant = request.state.tenant  # set by `authenticated`, before the body was read
                 translated = translate(tenant.default_priority)
                 priority = translated.priority.value
                 call = await pipeline.submit(
