@@ -241,7 +241,7 @@ class GatewayService:
             log_level="warning",
             access_log=False,
             lifespan="off",
-            http="h11",
+            http=settings.gateway_http_parser,
             timeout_graceful_shutdown=settings.gateway_shutdown_grace_s,
         )
         server = uvicorn.Server(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -58,6 +59,11 @@ class GatewaySettings(ClusterSettings):
     gateway_require_workers: bool = True
     """Refuse requests with 503 while no worker is registered. False: accept them anyway and let
     them wait in Kafka (for clusters whose scaler starts workers on demand)."""
+
+    gateway_http_parser: Literal["httptools", "h11"] = "httptools"
+    """HTTP/1.1 implementation of the gateway's uvicorn server: `httptools` (C parser, the one
+    `uvicorn[standard]` uses; about a millisecond less per request on this machine) or `h11` (pure
+    Python, for platforms without a httptools wheel)."""
 
     gateway_shutdown_grace_s: float = Field(10.0, ge=0, le=600)
     """On shutdown, how long in-flight requests may take to finish before they are cut off."""
