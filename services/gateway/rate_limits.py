@@ -71,20 +71,22 @@ end
 return {1, 0, ''}
 """
 
-# KEYS: tokens bucket; ARGV: tokens_per_min, tokens to give back (negative: take more)
-_RECONCILE = """
-local per_min, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
-if per_min <= 0 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens')) or per_min
-tokens = math.min(per_min, tokens + delta)
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens))
-return 1
-"""
-
-# KEYS: concurrency counter; never below 0 (the TTL may have reset it meanwhile)
+# KEYS: concurrency counter, tokens bucket
+# ARGV: 1 if the request holds a concurrency slot else 0, tokens_per_min, tokens to give back
+# (negative: take more; 0: nothing to reconcile). One script, so the end of a request costs one
+# round trip. The counter never goes below 0 (its TTL may have reset it meanwhile); tokens are
+# only reconciled in a bucket that still exists (an expired one is full anyway).
 _RELEASE = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current > 0 then redis.call('DECR', KEYS[1]) end
+if tonumber(ARGV[1]) == 1 then
+  local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if current > 0 then redis.call('DECR', KEYS[1]) end
+end
+local per_min, delta = tonumber(ARGV[2]), tonumber(ARGV[3])
+if delta ~= 0 and per_min > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  local tokens = tonumber(redis.call('HGET', KEYS[2], 'tokens')) or per_min
+  tokens = math.min(per_min, tokens + delta)
+  redis.call('HSET', KEYS[2], 'tokens', tostring(tokens))
+end
 return 1
 """
 
@@ -121,7 +123,6 @@ class RateLimiter:
         self._prefix = prefix
         self._ttl = concurrency_ttl_s
         self._acquire = redis.register_script(_ACQUIRE)
-        self._reconcile = redis.register_script(_RECONCILE)
         self._release_script = redis.register_script(_RELEASE)
 
     def _keys(self, tenant: str) -> list[str]:
@@ -154,14 +155,17 @@ class RateLimiter:
         return TenantSlot(self, tenant, tokens if tenant.tokens_per_min else 0, tenant.max_concurrent > 0)
 
     async def _release(self, slot: TenantSlot, used_tokens: int | None) -> None:
-        requests_key, tokens_key, concurrent_key = self._keys(slot.tenant.name)
+        _requests_key, tokens_key, concurrent_key = self._keys(slot.tenant.name)
+        give_back = 0
+        if slot.tokens_taken and used_tokens is not None:
+            give_back = slot.tokens_taken - used_tokens
+        if not slot.holds_concurrency and give_back == 0:
+            return
         try:
-            if slot.holds_concurrency:
-                await self._release_script(keys=[concurrent_key])
-            if slot.tokens_taken and used_tokens is not None and used_tokens != slot.tokens_taken:
-                await self._reconcile(
-                    keys=[tokens_key], args=[slot.tenant.tokens_per_min, slot.tokens_taken - used_tokens]
-                )
+            await self._release_script(
+                keys=[concurrent_key, tokens_key],
+                args=[int(slot.holds_concurrency), slot.tenant.tokens_per_min, give_back],
+            )
         except (RedisError, OSError):
             # Safe: the concurrency counter's TTL frees the slot later; tokens refill by time.
             log.warning("could not release a tenant's rate-limit slot", exc_info=True, extra={"tenant": slot.tenant.name})
