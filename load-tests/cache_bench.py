@@ -17,7 +17,8 @@ stand-in for the batcher that answers every request with a fixed text (cache mis
 to store; their latency is not measured). Or point it at a
 running cluster with --url (the cluster's own answers are cached then).
 
-    .venv/bin/python load-tests/cache_bench.py [--exact 200] [--pairs 240] [--url http://127.0.0.1:8000]
+    .venv/bin/python load-tests/cache_bench.py [--exact 200] [--pairs 240] [--with-keys]
+    .venv/bin/python load-tests/cache_bench.py --url http://127.0.0.1:8000 [--api-key KEY]
 
 Bounded: at most --exact + 2 x (paraphrases + near misses) requests, each with a 60 s timeout.
 """
@@ -83,8 +84,11 @@ async def settle(service: Any) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run_bench(base_url: str, model: str, exact_n: int, pairs_n: int, service: Any) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+async def run_bench(
+    base_url: str, model: str, exact_n: int, pairs_n: int, service: Any, api_key: str | None = None
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, headers=headers) as http:
         # Warm-up: connection, model catalog, embedder.
         for i in range(5):
             await ask(http, body(f"warm up {i}", "warm", model))
@@ -232,13 +236,26 @@ async def embedded(args: argparse.Namespace) -> dict[str, Any]:
         "LGC_TOPIC_PARTITIONS": "1",
         "HF_HUB_OFFLINE": "1",
     }
+    api_key: str | None = None
+    if args.with_keys:
+        # A keyed tenant with every limit on, so each hit also pays for the key lookup and the
+        # Redis rate-limit script (limits far above what the benchmark sends: nothing is refused).
+        api_key = "lgc-bench-key-0001"
+        keys_file = state / "keys.json"
+        keys_file.write_text(json.dumps({api_key: {
+            "name": "bench", "requests_per_min": 10_000_000, "tokens_per_min": 1_000_000_000, "max_concurrent": 1000,
+        }}))
+        env["LGC_API_KEYS_FILE"] = str(keys_file)
+        settings = settings.model_copy(update={"api_keys_file": keys_file})
     if args.in_process:
         from services.gateway.service import GatewayService
 
         service = GatewayService(settings)
         await service.start()
         try:
-            return await run_bench(f"http://127.0.0.1:{service.http_port}", MODEL, args.exact, args.pairs, service)
+            return await run_bench(
+                f"http://127.0.0.1:{service.http_port}", MODEL, args.exact, args.pairs, service, api_key
+            )
         finally:
             await service.stop()
             responder.cancel()
@@ -251,7 +268,9 @@ async def embedded(args: argparse.Namespace) -> dict[str, Any]:
     gateway = subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env)
     try:
         await asyncio.to_thread(wait_for_port, "127.0.0.1", settings.gateway_http_port, 120.0, gateway)
-        return await run_bench(f"http://127.0.0.1:{settings.gateway_http_port}", MODEL, args.exact, args.pairs, None)
+        return await run_bench(
+            f"http://127.0.0.1:{settings.gateway_http_port}", MODEL, args.exact, args.pairs, None, api_key
+        )
     finally:
         gateway.terminate()
         await asyncio.to_thread(gateway.wait, 30)
@@ -273,14 +292,20 @@ async def main() -> None:
     parser.add_argument(
         "--in-process", action="store_true", help="run the gateway in this process (no process hops per request)"
     )
+    parser.add_argument(
+        "--with-keys", action="store_true",
+        help="embedded: require an API key whose tenant has request, token and concurrency limits (Redis script per request)",
+    )
+    parser.add_argument("--api-key", default=None, help="API key to send with --url")
     args = parser.parse_args()
     if args.url:
-        result = await run_bench(args.url, args.model, args.exact, args.pairs, None)
+        result = await run_bench(args.url, args.model, args.exact, args.pairs, None, args.api_key)
     else:
         result = await embedded(args)
     result["mode"] = "external" if args.url else (
         "embedded, gateway in-process, stand-in batcher" if args.in_process else "embedded, gateway process, stand-in batcher"
     )
+    result["keys_and_limits"] = bool(args.with_keys or args.api_key)
     result["load_average_1m"] = round(os.getloadavg()[0], 2)
     result["cpus"] = os.cpu_count()
     print(json.dumps(result, indent=2))
