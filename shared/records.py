@@ -199,6 +199,10 @@ class ErrorCode(StrEnum):
     WORKER_FAILED = "worker_failed"
     NO_WORKERS = "no_workers"
     INTERNAL = "internal"
+    CONTENT_FILTER = "content_filter"
+    """The guardian blocked the answer of a blocking-mode request (nothing of it was sent)."""
+    GUARDIAN_UNAVAILABLE = "guardian_unavailable"
+    """A blocking-mode answer could not be judged in time, so it was not sent (fail closed)."""
 
 
 class ErrorInfo(BaseModel):

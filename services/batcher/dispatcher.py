@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import grpc
 
+from services.batcher.answer_guard import AnswerGuard
 from services.batcher.metrics import BatcherMetrics
 from services.batcher.reply_publisher import ReplyPublisher
 from services.batcher.request_state import RequestState, prompt_text
@@ -89,10 +90,12 @@ class BatchDispatcher:
         publisher: ReplyPublisher,
         metrics: BatcherMetrics,
         on_finished: Callable[[RequestState], None],
+        guard: AnswerGuard,
     ) -> None:
         self._settings = settings
         self._pool = pool
         self._publisher = publisher
+        self._guard = guard
         self._metrics = metrics
         self._release = on_finished
         #: request id -> the worker running it, for cancellation.
@@ -275,7 +278,15 @@ class BatchDispatcher:
         if finished.reason == worker_pb2.FINISH_REASON_CANCELLED:
             await self._fail(state, ErrorCode.CANCELLED, f"cancelled: {state.cancelled or 'on the worker'}")
             return
-        await self._publisher.final(state, _FINISH.get(finished.reason, FinishReason.STOP))
+        reason = _FINISH.get(finished.reason, FinishReason.STOP)
+        if state.held:
+            judged = await self._guard.judge(state.request, state.text)
+            if judged.error is not None:
+                await self._fail(state, judged.error, judged.message, retryable=judged.retryable)
+                return
+            await self._publisher.final(state, reason, reply_text=judged.text)
+        else:
+            await self._publisher.final(state, reason)
         self._finish(state, "ok")
 
     async def _on_failed(self, state: RequestState, failed: worker_pb2.Failed) -> bool:

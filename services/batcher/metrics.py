@@ -35,6 +35,11 @@ class BatcherMetrics:
             ["worker"],
         )
         self.retries = m.counter("retries_total", "Requests sent to another worker after a failure.")
+        self.held_answers = m.counter(
+            "held_answers_total",
+            "Blocking-mode answers judged before leaving, by outcome (allow, flag, redact, block, unavailable).",
+            ["outcome"],
+        )
         self.deadlettered = m.counter("deadlettered_total", "Records sent to the dead-letter topic.", ["topic"])
         self.paused = m.gauge(
             "paused", "1 while a priority level's partitions are paused (credits or higher priority).", ["priority"]

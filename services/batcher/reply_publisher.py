@@ -40,7 +40,7 @@ class ReplyPublisher:
 
     async def delta(self, state: RequestState, text: str) -> None:
         """A piece of text for a streaming request (non-streaming ones only get the final event)."""
-        if not state.request.stream or not state.request.reply_to or not text:
+        if not state.request.stream or not state.request.reply_to or not text or state.held:
             return
         event = ReplyEvent(
             request_id=state.id,
@@ -55,8 +55,9 @@ class ReplyPublisher:
         # producer's buffer is full).
         await self._producer.send(state.request.reply_to, event.to_bytes(), key=state.id)
 
-    async def final(self, state: RequestState, reason: FinishReason) -> None:
-        """The request finished: the final event with the whole text, then the result."""
+    async def final(self, state: RequestState, reason: FinishReason, *, reply_text: str | None = None) -> None:
+        """The request finished: the final event with the whole text (or `reply_text`, a held
+        answer's redacted text), then the result (always with the generated text)."""
         usage = Usage(prompt_tokens=state.prompt_tokens, completion_tokens=state.tokens)
         sends = []
         if state.request.reply_to:
@@ -64,7 +65,7 @@ class ReplyPublisher:
                 request_id=state.id,
                 kind=ReplyKind.FINAL,
                 seq=state.next_seq(),
-                text=state.text,
+                text=state.text if reply_text is None else reply_text,
                 finish_reason=reason,
                 usage=usage,
                 worker_id=state.worker_id,

@@ -45,6 +45,8 @@ class RequestState:
     cancelled: str | None = None
     """Why it was cancelled, once it was."""
     done: bool = False
+    held: bool = False
+    """Blocking mode: no deltas leave; the final answer is judged first (answer_guard.py)."""
 
     @property
     def id(self) -> str:

@@ -32,6 +32,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from services.batcher.answer_guard import AnswerGuard
 from services.batcher.batch_former import PRIORITY_RANK, BatchFormer
 from services.batcher.dispatcher import BatchDispatcher
 from services.batcher.metrics import BatcherMetrics
@@ -41,7 +42,9 @@ from services.batcher.reply_publisher import ReplyPublisher
 from services.batcher.request_state import RequestState
 from services.batcher.settings import BatcherSettings
 from services.batcher.worker_pool import WorkerPool
+from shared.blocking_tenants import BlockingTenants
 from shared.deadletter import publish_dead_letter
+from shared.guardian_check import GuardianCheckClient
 from shared.kafka_clients import AdaptiveFetchWait, make_consumer, make_producer
 from shared.metrics import SnapshotPublisher
 from shared.ops_server import OpsServer
@@ -124,7 +127,13 @@ class BatcherService:
         self.redis = aioredis.from_url(settings.redis_url)
         self.registry = WorkerRegistry(self.redis, prefix=settings.topic_prefix)
         self.publisher = ReplyPublisher(self.producer, self.topics)
-        self.dispatcher = BatchDispatcher(settings, self.pool, self.publisher, self.metrics, self._finished)
+        self.guard = AnswerGuard(
+            BlockingTenants(self.redis, prefix=settings.topic_prefix),
+            GuardianCheckClient(settings.batcher_guardian_url, timeout_s=settings.batcher_guard_timeout_s),
+            refresh_s=settings.batcher_blocking_tenants_refresh_s,
+            on_judged=lambda outcome: self.metrics.held_answers.labels(outcome).inc(),
+        )
+        self.dispatcher = BatchDispatcher(settings, self.pool, self.publisher, self.metrics, self._finished, self.guard)
         self.ops = OpsServer(settings.batcher_host, settings.batcher_metrics_port, self.metrics.registry, self.ready)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -141,6 +150,8 @@ class BatcherService:
         self._fetch_wait = AdaptiveFetchWait.from_settings(self.consumer, self.settings)
         await self.cancel_consumer.start()
         await self._sync_workers()
+        # Before the first request is taken: a blocking tenant's answer must never slip out.
+        await self.guard.refresh()
         snapshots = SnapshotPublisher(self.producer, self.topics.metrics, self.snapshot, self.settings.metrics_interval_s)
         self._background = [
             asyncio.create_task(self._consume_loop(), name="consume"),
@@ -148,6 +159,7 @@ class BatcherService:
             asyncio.create_task(self._cancel_loop(), name="cancellations"),
             asyncio.create_task(self.registry.watch(self._sync_workers, self.settings.batcher_registry_refresh_s), name="registry"),
             asyncio.create_task(snapshots.run(), name="snapshots"),
+            asyncio.create_task(self.guard.refresh_forever(), name="blocking-tenants"),
         ]
         self._ready = True
         log.info("batcher started", extra={"group": self.settings.batcher_group_id, "workers": len(self.pool)})
@@ -170,7 +182,7 @@ class BatcherService:
         for task in self._background[1:]:
             task.cancel()
         await asyncio.gather(*self._background[1:], return_exceptions=True)
-        for closer in (self.consumer.stop, self.cancel_consumer.stop, self.producer.stop, self.pool.close, self.redis.aclose, self.ops.stop):
+        for closer in (self.consumer.stop, self.cancel_consumer.stop, self.producer.stop, self.pool.close, self.guard.aclose, self.redis.aclose, self.ops.stop):
             try:
                 await closer()
             except Exception:
@@ -368,7 +380,9 @@ class BatcherService:
             # partition back): the running one will answer; this copy is finished as a duplicate.
             self.tracker.finished(tp, record.offset)
             return None
-        state = RequestState(request=request, priority=priority, tp=tp, offset=record.offset)
+        state = RequestState(
+            request=request, priority=priority, tp=tp, offset=record.offset, held=self.guard.holds(request)
+        )
         self.states[request.id] = state
         self._inflight[priority] += 1
         state.cancelled = self._cancelled.pop(request.id, None)

@@ -91,3 +91,17 @@ class BatcherSettings(ClusterSettings):
     batcher_shutdown_grace_s: float = Field(30.0, ge=0, le=3_600)
     """On SIGTERM, how long in-flight requests may run to completion before the batcher exits
     (whatever is left is replayed by another batcher)."""
+
+    # ---- blocking guard mode (services/batcher/answer_guard.py) --------------------------------
+
+    batcher_guardian_url: str = Field("http://127.0.0.1:8090", pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2_048)
+    """The guardian's HTTP base URL: the answers of blocking-mode requests and tenants are judged
+    with its `POST /v1/guard/check` before they leave the batcher (`lgc up` sets it)."""
+
+    batcher_guard_timeout_s: float = Field(2.0, gt=0, le=60)
+    """Longest wait for the guardian's verdict on a held answer; without a verdict the request ends
+    with `guardian_unavailable` (fail closed: the answer is not sent)."""
+
+    batcher_blocking_tenants_refresh_s: float = Field(5.0, gt=0, le=300)
+    """How often the list of blocking-mode tenants is re-read from Redis (shared/blocking_tenants.py):
+    a tenant put in blocking mode is enforced by every batcher within this time."""

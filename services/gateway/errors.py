@@ -200,6 +200,10 @@ _REPLY_ERRORS: dict[ErrorCode, tuple[int, str, str, bool]] = {
     ErrorCode.WORKER_FAILED: (502, "server_error", "upstream_error", False),
     ErrorCode.NO_WORKERS: (503, "server_error", "no_workers", True),
     ErrorCode.INTERNAL: (502, "server_error", "upstream_error", False),
+    # Judged at the batcher (blocking mode enforced where answers leave it): same answers as the
+    # gateway's own blocking check gives.
+    ErrorCode.CONTENT_FILTER: (400, "invalid_request_error", "blocked", False),
+    ErrorCode.GUARDIAN_UNAVAILABLE: (503, "server_error", "guardian_unavailable", True),
 }
 
 

@@ -1,49 +1,21 @@
-"""The gateway's client of the guardian's synchronous check (`POST /v1/guard/check`).
-
-Used for tenants in blocking mode. Every failure — timeout, connection refused, a non-200 answer,
-a body that is not a GuardianVerdict — is a :class:`GuardianUnavailableError`, so the caller has
-one thing to decide on (fail closed or open).
-"""
+"""The gateway's client of the guardian's synchronous check: shared.guardian_check's client, with
+its one failure turned into the gateway's :class:`GuardianUnavailableError` (503, fail closed)."""
 
 from __future__ import annotations
 
-import logging
-
-import httpx
-from pydantic import ValidationError
-
+from shared.guardian_check import GuardianCheckClient, GuardianCheckError
 from shared.records import GuardianVerdict
 
 from services.gateway.errors import GuardianUnavailableError
 
 __all__ = ["GuardianClient"]
 
-log = logging.getLogger(__name__)
 
-
-class GuardianClient:
-    """Checks texts with the guardian, each call bounded by `timeout_s`."""
-
-    def __init__(self, base_url: str, *, timeout_s: float) -> None:
-        self._url = base_url.rstrip("/") + "/v1/guard/check"
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
+class GuardianClient(GuardianCheckClient):
+    """Checks texts with the guardian; every failure is a GuardianUnavailableError."""
 
     async def check(self, text: str, *, kind: str, tenant: str, request_id: str) -> GuardianVerdict:
-        """The guardian's verdict; GuardianUnavailableError when there is none in time."""
-        body = {"text": text, "kind": kind, "tenant": tenant, "request_id": request_id}
         try:
-            response = await self._client.post(self._url, json=body)
-        except httpx.HTTPError as exc:
-            raise GuardianUnavailableError(
-                f"The guardian could not judge the answer in time ({type(exc).__name__}); retry later."
-            ) from exc
-        if response.status_code != 200:
-            log.warning("the guardian refused a check", extra={"status": response.status_code, "body": response.text[:500]})
-            raise GuardianUnavailableError(f"The guardian answered {response.status_code}; retry later.")
-        try:
-            return GuardianVerdict.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise GuardianUnavailableError("The guardian answered with something that is not a verdict.") from exc
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+            return await super().check(text, kind=kind, tenant=tenant, request_id=request_id)
+        except GuardianCheckError as exc:
+            raise GuardianUnavailableError(str(exc)) from exc

@@ -17,8 +17,10 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from shared.blocking_tenants import BlockingTenants
 from shared.kafka_clients import make_producer
 from shared.metrics import SnapshotPublisher
+from shared.quiet_uvicorn import QuietUvicornServer
 from shared.records import GenerationResult
 from shared.topics import Topics, ensure_topics
 from shared.worker_registry import WorkerRegistry
@@ -70,6 +72,7 @@ class GatewayService:
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: GatewayGrpcServer | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._announce_task: asyncio.Task[None] | None = None
         self._serving = False
         self._lag_monitor: RequestLagMonitor | None = None
         self._semantic: SemanticCache | None = None
@@ -152,6 +155,15 @@ class GatewayService:
             open_tenant=RequestPipeline.open_tenant_of(settings),
         )
         await tenants.start()
+        blocking = tenants.blocking_tenants()
+        if blocking:
+            # The batchers hold and judge these tenants' answers however their requests arrive
+            # (shared/blocking_tenants.py); the first announcement is made before serving.
+            announcer = BlockingTenants(self._redis, prefix=settings.topic_prefix)
+            await announcer.announce(blocking)
+            self._announce_task = asyncio.create_task(
+                announcer.announce_forever(blocking), name="gateway-blocking-tenants"
+            )
         self._lag_monitor = RequestLagMonitor(
             settings, self.topics.all_requests, on_measure=self.metrics.request_lag.set
         )
@@ -244,7 +256,7 @@ class GatewayService:
             http=settings.gateway_http_parser,
             timeout_graceful_shutdown=settings.gateway_shutdown_grace_s,
         )
-        server = uvicorn.Server(config)
+        server = QuietUvicornServer(config)  # no 10-a-second timer while idle
         # The service's entry point owns SIGTERM/SIGINT; uvicorn must not take them over.
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         # Binding here makes a busy port fail start() at once and gives the real port for port 0.
@@ -275,10 +287,11 @@ class GatewayService:
         self._serving = False
         # Both APIs drain at once, so shutdown takes one grace period, not two.
         await asyncio.gather(self._stop_http(), self._stop_grpc())
-        if self._snapshot_task is not None:
-            self._snapshot_task.cancel()
-            await asyncio.gather(self._snapshot_task, return_exceptions=True)
-            self._snapshot_task = None
+        for task in (self._snapshot_task, self._announce_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._snapshot_task = self._announce_task = None
         if self._pipeline is not None:
             await self._pipeline.drain()
         if self._purger is not None:

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
+from shared.blocking_tenants import api_keys_hash
 from shared.records import GuardMode, Priority
 
 from services.gateway.errors import EngineUnavailableError, UnauthorizedError
@@ -109,7 +110,7 @@ def key_fingerprint(key: str) -> str:
 
 def redis_keys_hash(prefix: str) -> str:
     """The Redis hash holding API keys (field: key_hash, value: TenantSpec JSON)."""
-    return f"{prefix}:apikeys"
+    return api_keys_hash(prefix)
 
 
 def load_keys_file(path: Path) -> dict[str, TenantSpec]:
@@ -169,6 +170,14 @@ class TenantDirectory:
                 "API keys required",
                 extra={"file_keys": len(self._file_keys), "redis_keys": has_redis_keys},
             )
+
+    def blocking_tenants(self) -> frozenset[str]:
+        """The tenants this gateway knows to be in blocking guard mode (keys file, or the open
+        tenant in open mode); the batchers learn Redis-keyed ones from Redis themselves."""
+        if self.open:
+            blocking = self._open_tenant.guard_mode is GuardMode.BLOCKING
+            return frozenset({self._open_tenant.name}) if blocking else frozenset()
+        return frozenset(spec.name for spec in self._file_keys.values() if spec.guard_mode is GuardMode.BLOCKING)
 
     async def authenticate(self, authorization: str | None) -> Tenant:
         """The tenant of a request's `Authorization` value; UnauthorizedError when keys are

@@ -471,11 +471,12 @@ class EmbeddedCluster:
         env: dict[str, str] = {}
         if not preview:
             env = {**self._base_env(), "LGC_INSTANCE_ID": f"{kind}-0"}
-            if kind == "gateway" and s.start_guardian:
-                # Blocking-mode tenants are judged by this cluster's guardian, wherever its port
-                # is; an explicit LGC_GATEWAY_GUARDIAN_URL (environment or extra_env) still wins.
+            if kind in ("gateway", "batcher") and s.start_guardian:
+                # Blocking-mode answers are judged by this cluster's guardian, wherever its port
+                # is (the gateway's and the batchers' checks); an explicit LGC_*_GUARDIAN_URL
+                # (environment or extra_env) still wins.
                 guardian = f"http://{_connect_host(s.guardian_host)}:{s.guardian_http_port}"
-                env.setdefault("LGC_GATEWAY_GUARDIAN_URL", guardian)
+                env.setdefault(f"LGC_{kind.upper()}_GUARDIAN_URL", guardian)
         return [
             ServiceSpec(
                 name=kind,

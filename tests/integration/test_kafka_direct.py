@@ -8,6 +8,9 @@ import asyncio
 import time
 import uuid
 
+import redis.asyncio as aioredis
+
+from shared.blocking_tenants import BlockingTenants
 from shared.deadletter import dead_letter_from_headers
 from shared.kafka_clients import make_consumer, make_producer
 from shared.records import (
@@ -15,6 +18,7 @@ from shared.records import (
     GenerationParams,
     GenerationRequest,
     GenerationResult,
+    GuardMode,
     Priority,
     ReplyEvent,
     ReplyKind,
@@ -91,3 +95,44 @@ async def test_unparseable_request_record_is_dead_lettered(cluster) -> None:
     finally:
         await producer.stop()
         await dlq.stop()
+
+
+async def test_a_blocking_tenant_cannot_bypass_the_guardian_over_kafka(cluster) -> None:
+    """A producer that writes straight to a request topic for a blocking-mode tenant, claiming
+    `guard: async`, gets no token before the guardian's verdict: only one judged final event."""
+    settings = ClusterSettings(kafka_bootstrap=cluster.endpoints.kafka_bootstrap, topic_prefix="lgc")
+    topics = Topics.from_settings(settings)
+    tenant = f"guarded-{uuid.uuid4().hex[:8]}"
+    redis = aioredis.from_url(cluster.redis_url)
+    try:
+        # As a gateway with this tenant in its keys file announces it; the batcher re-reads the
+        # list every LGC_BATCHER_BLOCKING_TENANTS_REFRESH_S (5 s), so wait past one refresh.
+        await BlockingTenants(redis, prefix="lgc").announce({tenant})
+    finally:
+        await redis.aclose()
+    await asyncio.sleep(6)
+    reply_topic = f"lgc.replies.upstream-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(settings, [TopicSpec(reply_topic, 1, 1)])
+    replies = make_consumer(settings, reply_topic, client_id="upstream", group_id=None)
+    producer = make_producer(settings, client_id="upstream")
+    await replies.start()
+    await producer.start()
+    try:
+        request = GenerationRequest(
+            id=f"up-{uuid.uuid4().hex}",
+            model=MODEL,
+            messages=(ChatMessage(role="user", content="What is the capital of France?"),),
+            params=GenerationParams(max_new_tokens=12, temperature=0),
+            stream=True,
+            reply_to=reply_topic,
+            deadline=time.time() + 120,
+            tenant=tenant,
+            guard=GuardMode.ASYNC,
+        )
+        await producer.send_and_wait(topics.requests(Priority.NORMAL), request.to_bytes(), key=request.id)
+        event = await _next_for(replies, request.id, ReplyEvent.from_bytes)
+        # The first event is already terminal: no delta left before the guardian judged (allow).
+        assert event.kind is ReplyKind.FINAL and "Paris" in event.text
+    finally:
+        await producer.stop()
+        await replies.stop()

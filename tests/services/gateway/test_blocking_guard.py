@@ -5,80 +5,30 @@ small real detectors whose behaviour the test switches)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import grpc
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from services.gateway.service import GatewayService
 from services.gateway.tenants import Tenant, TenantSpec
-from services.guardian.api import create_app
-from services.guardian.evaluator import Evaluator
-from services.guardian.findings import Finding, TextKind
-from services.guardian.http_server import HttpServer
-from services.guardian.metrics import GuardianMetrics
-from services.guardian.sampling import LagSampler
-from services.guardian.verdict_pipeline import VerdictPipeline
+from shared.blocking_tenants import BlockingTenants
 from shared.launcher.infra import find_free_port
 from shared.protos import gateway_pb2, gateway_pb2_grpc
 from shared.records import GuardMode
+from tests.guardian_check_server import Guardian, serve_guardian_check
 from tests.services.gateway.conftest import ANSWER, FAKE_MODEL, FakeBatcher
 
 pytestmark = pytest.mark.usefixtures("registered_worker")
 
 
-@dataclass
-class SwitchableDetector:
-    """Finds `word` when switched on: `harm.S1` (0.99: block) or, with a placeholder, `pii.name` (redact)."""
-
-    word: str = "fake"
-    on: bool = False
-    placeholder: str | None = None
-    name: str = "switchable"
-    version: str = "1"
-    cost: str = "cheap"
-
-    @property
-    def detector_id(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def detect(self, text: str, kind: TextKind) -> list[Finding]:
-        at = text.find(self.word)
-        if not self.on or at < 0:
-            return []
-        category = "pii.name" if self.placeholder else "harm.S1"
-        return [Finding(category, 0.99, self.detector_id, at, at + len(self.word), self.placeholder)]
-
-    def detect_many(self, texts: Sequence[str], kind: TextKind) -> list[list[Finding]]:
-        return [self.detect(t, kind) for t in texts]
-
-
-@dataclass
-class Guardian:
-    url: str
-    blocker: SwitchableDetector
-    redactor: SwitchableDetector
-    metrics: GuardianMetrics
-
-
 @pytest.fixture
 async def guardian() -> AsyncIterator[Guardian]:
     """The guardian's check API on a free port (no verdict cache: the test switches detectors)."""
-    blocker = SwitchableDetector(word="fake", name="blocker")
-    redactor = SwitchableDetector(word="batcher", placeholder="[REDACTED]", name="redactor")
-    metrics = GuardianMetrics()
-    pipeline = VerdictPipeline(
-        Evaluator([blocker, redactor]), metrics, sampler=LagSampler(floor=1.0, lag_low=0, lag_high=1)
-    )
-    port = find_free_port()
-    server = HttpServer(create_app(pipeline, metrics, lambda: True), "127.0.0.1", port)
-    await server.start()
-    try:
-        yield Guardian(f"http://127.0.0.1:{port}", blocker, redactor, metrics)
-    finally:
-        await server.stop()
+    async with serve_guardian_check(block_word="fake", redact_word="batcher") as served:
+        yield served
 
 
 def http_for(service: GatewayService) -> httpx.AsyncClient:
@@ -229,3 +179,17 @@ def test_tenants_choose_their_guard_mode() -> None:
     assert TenantSpec(name="shop").guard_mode is GuardMode.ASYNC
     with pytest.raises(ValueError):
         TenantSpec.model_validate({"name": "x", "guard_mode": "sometimes"})
+
+
+async def test_the_gateway_announces_its_blocking_tenants_to_the_batchers(
+    start_gateway, guardian: Guardian
+) -> None:
+    """The open tenant in blocking mode is listed in Redis, where every batcher reads the tenants
+    whose answers it must hold (shared/blocking_tenants.py)."""
+    service = await _blocking_gateway(start_gateway, guardian)
+    redis = aioredis.from_url(service.settings.redis_url)
+    try:
+        listed = await BlockingTenants(redis, prefix=service.settings.topic_prefix).read()
+    finally:
+        await redis.aclose()
+    assert listed == {"default"}
