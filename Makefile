@@ -10,6 +10,10 @@
 #   make load-smoke       short smoke run of every load-test scenario on an embedded cluster
 #   make fault-suite      fault injection under load (kill -9, Redis restart, broker outage, hung
 #                         worker); JSON fault report in FAULT_OUT (ARGS="--backend transformers")
+#   make idle-cpu         CPU of an idle embedded cluster per process (target: < 3 % of one core in
+#                         all, < 1 % per worker); JSON in IDLE_OUT (ARGS="--backend transformers")
+#   make resilience       issue 7's whole proof: faults, bad input + security tests, idle CPU,
+#                         overload sweep; one JSON report in RESILIENCE_OUT (~15 min)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -20,7 +24,7 @@ ARGS   ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install up test protos schemas docs lock clean validate-deploy load-smoke fault-suite
+.PHONY: install up test protos schemas docs lock clean validate-deploy load-smoke fault-suite idle-cpu resilience
 
 install: $(STAMP)
 
@@ -76,6 +80,18 @@ load-smoke: install
 FAULT_OUT ?= load-tests/results/fault-report.json
 fault-suite: install
 	$(BIN)/python load-tests/fault_suite.py --out $(FAULT_OUT) $(ARGS)
+
+# Faults + bad input and security tests + idle CPU + overload sweep, one report (exit status 1 if
+# any part fails); load-tests/resilience_suite.py says what each part runs and checks.
+RESILIENCE_OUT ?= load-tests/results/resilience-report.json
+resilience: install
+	$(BIN)/python load-tests/resilience_suite.py --out $(RESILIENCE_OUT) $(ARGS)
+
+# Starts an idle embedded cluster, lets it settle, and samples every process's CPU time from /proc
+# over a window (about 2 minutes in all); exit status 1 if a target is missed.
+IDLE_OUT ?= load-tests/results/idle-cpu.json
+idle-cpu: install
+	$(BIN)/python load-tests/idle_cpu.py --out $(IDLE_OUT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -102,6 +102,11 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
             out[name] = t.user + t.system + t.children_user + t.children_system
         except psutil.Error:
             continue  # Safe: a process that ended has no CPU time to report.
+    if out:
+        # This process: the load-generating client (and the launcher's log copying), which shares
+        # the same cores as the cluster; its children are the services, counted above.
+        own = psutil.Process().cpu_times()
+        out["client"] = own.user + own.system
     return out
 
 
