@@ -119,7 +119,7 @@ class ManagedProcess:
                 self.popen.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 # Safe: it ignored SIGTERM for the whole grace period; SIGKILL cannot be ignored.
-                log.warning("process did not stop in time; killing it", extra={"process": self.name})
+                log.warning("process did not stop in time; killing it", extra={"managed_process": self.name})
         # Kill what is left of the group too (grandchildren), even if the leader already exited.
         _signal_group(self.popen, signal.SIGKILL)
         try:
