@@ -74,6 +74,10 @@ CLAIM_TESTS: dict[str, list[str]] = {
         "tests/services/gateway/test_rate_limits.py",
     ],
     "tenant isolation in caches and replies": [
+        "tests/services/gateway/test_response_cache.py::test_tenant_isolation",
+        "tests/services/gateway/test_exact_cache.py",
+        "tests/services/gateway/test_semantic_cache.py",
+        "tests/services/gateway/test_reply_router.py",
         "tests/integration/test_gateway_cache.py",
     ],
     "blocking guard mode: not bypassed through the gateway nor by producing to a request topic": [
