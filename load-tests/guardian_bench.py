@@ -25,8 +25,11 @@ Phases (each on fresh topics):
 4. **burst:** results arrive open-loop at `--base-fraction` of the full rate measured in phase 2,
    then twice that for `--burst-s`, then the base rate again; lag (records behind) and the sample
    rate of the expensive detectors are recorded every half second. The sampler's thresholds are
-   `--lag-low`/`--lag-high`. Reported: the largest lag, the lowest sample rate, the share of texts
-   that got the expensive detectors, and when the last result was judged vs. produced.
+   `--lag-low`/`--lag-high`. Reported: the largest lag (overall and during the burst), the lag at
+   the burst's end, when it was back under one batch (200), the lowest sample rate, the share of
+   texts that got the expensive detectors, when the last result was judged vs. produced, the load
+   average, and the timeline. `--base-fraction 1.0` starts from the full measured capacity (so the
+   burst is 2x what the guardian can judge with every detector).
 
 Usage:
 
@@ -271,6 +274,11 @@ async def _burst(kafka: str, redis: str, state: Path, full_rate: float, args: ar
         "max_lag_during_burst": max((s["lag"] for s in samples if args.base_s <= s["t"] <= burst_end), default=0),
         "min_sample_rate": min((s["sample_rate"] for s in samples if s["judged"]), default=1.0),
         "expensive_share": round(1 - (samples[-1]["expensive_skipped"] / total), 3) if samples else None,
+        "lag_at_burst_end": next((s["lag"] for s in samples if s["t"] >= burst_end), None),
+        # back to near zero: the first sample after the burst whose lag is under one batch
+        "lag_below_200_at_s": next((s["t"] for s in samples if s["t"] >= burst_end and s["lag"] < 200), None),
+        "final_lag": samples[-1]["lag"] if samples else None,
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "all_produced_at_s": round(produced_at, 1),
         "all_judged_at_s": round(drained_at, 1),
         "drained": not drained.get("timed_out", False),

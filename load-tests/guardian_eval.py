@@ -2,6 +2,15 @@
 
     .venv/bin/python load-tests/guardian_eval.py [--split eval|dev|all] [--out report.json]
                                                  [--limit N] [--tune] [--no-throughput]
+                                                 [--show-errors dev|eval|all|none]
+
+Splits: every record carries `split` = `dev` (about 40%, drawn per source and label with a fixed
+seed by the set's builder) or `eval` (the HELD-OUT test split). Thresholds and exemplars are
+tuned on dev only; the targets of issue 5 are judged on eval. A run scores the detectors once
+over the chosen records and reports `dev`, `eval` and `all` side by side (`splits`); the top-level
+scores and `targets` are those of `--split` (default `eval`). The list of misclassified texts is
+printed for dev only unless `--show-errors` says otherwise, so that fixing misses never looks at
+the held-out texts.
 
 Runs every detector `build_detectors(GuardianSettings())` enables (so `LGC_GUARDIAN_*` variables
 apply) over load-tests/data/guardian_eval/guardian_eval.jsonl, keeps findings scored at or above
@@ -12,8 +21,14 @@ apply) over load-tests/data/guardian_eval/guardian_eval.jsonl, keeps findings sc
   `harm` as detection (a text labelled with any category of the family vs any found), plus their
   category-level micro scores;
 * benign false-positive rate: the share of label-free texts in which each family found anything;
-* throughput: verdicts/s (texts through every detector, batched like the guardian does) with all
-  detectors and with the cheap ones only, with the targets of issue 5 and pass/fail beside each.
+* 95% bootstrap intervals of the injection+jailbreak and harm detection F1 and benign FPR per
+  split (`summary.<split>.intervals_95`): a few hundred texts leave a few points of play;
+* throughput: verdicts/s through the guardian's own `Evaluator.evaluate_batch` (batches of
+  `guardian_max_batch`, detectors concurrently on a pool of `guardian_detector_threads`, expensive
+  detectors cut into `guardian_expensive_slices` slices, torch at `guardian_torch_threads`) with
+  every detector and with the cheap ones only, with the targets of issue 5 and pass/fail beside
+  each, the load average before and after (the machine is shared), and the time per text of each
+  detector called alone (sequentially).
 
 `--tune` searches the semantic detector's thresholds on the DEV split only (never on eval) and
 prints the best ones with their dev scores. Bounded: one pass over the split per measurement
@@ -23,12 +38,14 @@ prints the best ones with their dev scores. Bounded: one pass over the split per
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.guardian.detector_catalog import build_detectors, load_detectors  # noqa: E402
+from services.guardian.evaluator import Evaluator  # noqa: E402
+from services.guardian.subjects import Subject  # noqa: E402
 from services.guardian.findings import Detector  # noqa: E402
 from services.guardian.semantic_detector import SemanticSafetyDetector  # noqa: E402
 from services.guardian.settings import GuardianSettings  # noqa: E402
@@ -121,26 +140,82 @@ def score(records: list[dict[str, Any]], found: list[set[str]]) -> dict[str, Any
     return {"per_category": per_category, "per_family": families, "benign_texts": len(benign), "benign_fpr": fpr}
 
 
-def throughput(detectors: Sequence[Detector], records: list[dict[str, Any]], min_s: float) -> dict[str, float]:
+def intervals(records: list[dict[str, Any]], found: list[set[str]], rounds: int = 1000) -> dict[str, Any]:
+    """95% bootstrap intervals (seeded; texts resampled with replacement) of the detection F1 and
+    the benign FPR of the two families with targets: how far the small set lets a number move."""
+    import numpy as np
+
+    rng = np.random.default_rng(20261123)
+    out: dict[str, Any] = {}
+    for fam in ("injection+jailbreak", "harm"):
+        has_l = np.array([any(family(c) == fam for c in r["labels"]) for r in records])
+        has_f = np.array([any(family(c) == fam for c in f) for f in found])
+        benign = np.array([not r["labels"] for r in records])
+        if not has_l.any() or not benign.any():
+            continue
+        f1s, fprs = [], []
+        for _ in range(rounds):
+            idx = rng.integers(0, len(records), len(records))
+            lab, hit, ben = has_l[idx], has_f[idx], benign[idx]
+            tp, fp, fn = (lab & hit).sum(), (hit & ~lab).sum(), (lab & ~hit).sum()
+            f1s.append(2 * tp / max(2 * tp + fp + fn, 1))
+            fprs.append((hit & ben).sum() / max(ben.sum(), 1))
+        out[fam] = {"f1": [round(float(np.percentile(f1s, q)), 3) for q in (2.5, 97.5)],
+                    "benign_fpr": [round(float(np.percentile(fprs, q)), 4) for q in (2.5, 97.5)]}  # fmt: skip
+    return out
+
+
+def sequential_cost(detectors: Sequence[Detector], records: list[dict[str, Any]]) -> dict[str, float]:
+    """Milliseconds per text of each detector called alone, in this thread (one pass)."""
     texts = [r["text"] for r in records]
-    done, started = 0, time.perf_counter()
-    per_detector = {d.detector_id: 0.0 for d in detectors}
-    while True:
+    out = {}
+    for d in detectors:
+        t0 = time.perf_counter()
         for start in range(0, len(texts), BATCH):
-            batch = texts[start : start + BATCH]
-            for d in detectors:
-                t0 = time.perf_counter()
-                d.detect_many(batch, "response")
-                per_detector[d.detector_id] += time.perf_counter() - t0
-            done += len(batch)
-        elapsed = time.perf_counter() - started
-        if elapsed >= min_s or not texts:
-            break
+            d.detect_many(texts[start : start + BATCH], "response")
+        out[d.detector_id] = round((time.perf_counter() - t0) / max(len(texts), 1) * 1000, 4)
+    return out
+
+
+def throughput(
+    settings: GuardianSettings, detectors: Sequence[Detector], records: list[dict[str, Any]], min_s: float
+) -> dict[str, Any]:
+    """Verdicts/s through `Evaluator.evaluate_batch` as the guardian runs it (no Kafka, no cache)."""
+    evaluator = Evaluator(
+        detectors, min_score=settings.guardian_min_score, expensive_slices=settings.guardian_expensive_slices
+    )
+    subjects = [Subject(f"r{i}", "t", r["kind"], r["text"]) for i, r in enumerate(records)]
+    batch = settings.guardian_max_batch
+    load_before = os.getloadavg()[0]
+    cpu = [0.0]
+
+    async def run() -> tuple[int, float]:
+        with ThreadPoolExecutor(settings.guardian_detector_threads) as pool:
+            await evaluator.evaluate_batch(subjects[:batch], [True] * len(subjects[:batch]), executor=pool)  # warm-up
+            done, started, cpu0 = 0, time.perf_counter(), time.process_time()
+            while True:
+                for start in range(0, len(subjects), batch):
+                    part = subjects[start : start + batch]
+                    await evaluator.evaluate_batch(part, [True] * len(part), executor=pool)
+                    done += len(part)
+                elapsed = time.perf_counter() - started
+                if elapsed >= min_s or not subjects:
+                    cpu[0] = time.process_time() - cpu0
+                    return done, elapsed
+
+    done, elapsed = asyncio.run(run())
     return {
         "verdicts_per_s": round(done / elapsed, 1) if elapsed else 0.0,
         "texts": done,
         "seconds": round(elapsed, 3),
-        "ms_per_text_by_detector": {k: round(v / max(done, 1) * 1000, 4) for k, v in per_detector.items()},
+        # CPU time of this process per verdict: less sensitive to other jobs on a shared machine
+        # than verdicts/s; 2 cores / this = the rate an idle 2-core machine could reach.
+        "cpu_ms_per_verdict": round(cpu[0] / max(done, 1) * 1000, 3),
+        "batch": batch,
+        "detector_threads": settings.guardian_detector_threads,
+        "expensive_slices": settings.guardian_expensive_slices,
+        "torch_threads": settings.guardian_torch_threads,
+        "load_avg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -164,37 +239,47 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def tune(settings: GuardianSettings, detectors: list[Detector]) -> dict[str, Any]:
+def tune(settings: GuardianSettings, detectors: list[Detector], max_fpr: float) -> dict[str, Any]:
     """Grid search of the semantic thresholds on the dev split (cheap detectors' findings included,
-    since the guardian unions them)."""
+    since the guardian unions them): the best sum of the two F1s with both benign FPRs at most
+    `max_fpr` on dev (stricter than the 3% target: dev FPR under-estimated eval FPR in every round
+    so far, 1.3% vs 4.4% in the first)."""
     records = load_records("dev", None)
     semantic = next(d for d in detectors if isinstance(d, SemanticSafetyDetector))
     others = [d for d in detectors if d is not semantic]
     base = run_detectors(others, records, settings.guardian_min_score)
     tables = semantic.label_similarities([r["text"] for r in records])
     labels = semantic._labels  # noqa: SLF001 - tuning reads the detector's label order
-    results = []
     grid = [round(0.30 + 0.02 * i, 2) for i in range(16)]
-    for inj, harm, margin in itertools.product(grid, grid, (0.0, 0.02, 0.04, 0.06, 0.08)):
-        found = []
-        for b, (_, table) in zip(base, tables, strict=True):
-            f = set(b)
-            benign = table[:, -1]
-            for j, label in enumerate(labels[:-1]):
-                th = inj if label in ("injection", "jailbreak") else harm
-                if ((table[:, j] >= th) & (table[:, j] - benign >= margin)).any():
-                    f.add(label)
-            found.append(f)
-        s = score(records, found)
-        fam, fpr = s["per_family"], s["benign_fpr"]
-        f_inj = fam.get("injection+jailbreak", {}).get("detection", {}).get("f1", 0.0)
-        f_harm = fam.get("harm", {}).get("detection", {}).get("f1", 0.0)
-        ok = fpr["injection+jailbreak"] <= 0.02 and fpr["harm"] <= 0.02
-        results.append((ok, f_inj + f_harm, inj, harm, margin, f_inj, f_harm, fpr["injection+jailbreak"], fpr["harm"]))
-    results.sort(key=lambda r: (r[0], r[1]), reverse=True)
-    keys = ("fpr_ok", "sum_f1", "injection_threshold", "harm_threshold", "margin", "f1_injection", "f1_harm",
-            "fpr_injection", "fpr_harm")
-    return {"split": "dev", "dev_texts": len(records), "best": [dict(zip(keys, r, strict=True)) for r in results[:5]]}
+    margins = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10)
+    out: dict[str, Any] = {"split": "dev", "dev_texts": len(records), "max_fpr": max_fpr}
+    # The two families are decided by different labels, so each gets its own (threshold, margin).
+    for fam_name, members in (("injection+jailbreak", ("injection", "jailbreak")), ("harm", None)):
+        cols = [j for j, label in enumerate(labels[:-1]) if (label in members if members else label.startswith("harm."))]
+        results = []
+        for th, margin in itertools.product(grid, margins):
+            found = []
+            for b, (_, table) in zip(base, tables, strict=True):
+                f = set(b)  # the other detectors' findings: the guardian unions them
+                benign = table[:, -1]
+                for j in cols:
+                    if ((table[:, j] >= th) & (table[:, j] - benign >= margin)).any():
+                        f.add(labels[j])
+                found.append(f)
+            sc = score(records, found)
+            f1 = sc["per_family"].get(fam_name, {}).get("detection", {}).get("f1", 0.0)
+            fpr = sc["benign_fpr"][fam_name]
+            # ties: the higher threshold and the larger margin (the more conservative setting)
+            results.append((fpr <= max_fpr, f1, th, margin, fpr))
+        results.sort(key=lambda r: (r[0], r[1], r[2], r[3]), reverse=True)
+        keys = ("fpr_ok", "f1", "threshold", "margin", "fpr")
+        # Chosen: among settings within 0.01 F1 of the best (about one dev text), the highest
+        # threshold, then the largest margin - dev is small, so the conservative one of near-ties.
+        ok = [r for r in results if r[0]]
+        tied = [r for r in ok if r[1] >= ok[0][1] - 0.01] if ok else results[:1]
+        out[fam_name] = {"chosen": dict(zip(keys, max(tied, key=lambda r: (r[2], r[3])), strict=True)),
+                         "best": [dict(zip(keys, r, strict=True)) for r in results[:5]]}  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -204,7 +289,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N records of the split")
     parser.add_argument("--tune", action="store_true", help="search semantic thresholds on the dev split")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--tune-max-fpr", type=float, default=0.01, help="benign FPR allowed on dev when tuning")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="least time per throughput run")
+    parser.add_argument("--show-errors", choices=("dev", "eval", "all", "none"), default="dev",
+                        help="whose misclassified texts to list (default dev: fix misses without reading the held-out split)")
     args = parser.parse_args()
 
     settings = GuardianSettings()
@@ -213,37 +301,61 @@ def main() -> None:
     load_detectors(detectors)
     load_s = time.perf_counter() - t0
     if args.tune:
-        print(json.dumps(tune(settings, detectors), indent=2))
+        print(json.dumps(tune(settings, detectors, args.tune_max_fpr), indent=2))
         return
 
-    records = load_records(args.split, args.limit)
+    records = load_records("all", None)
+    if args.limit:
+        records = [r for r in records if args.split == "all" or r["split"] == args.split][: args.limit]
     t0 = time.perf_counter()
-    found = run_detectors(detectors, records, settings.guardian_min_score)
+    found_all = run_detectors(detectors, records, settings.guardian_min_score)
+    accuracy_s = time.perf_counter() - t0
+    splits: dict[str, Any] = {}
+    for name in ("dev", "eval", "all"):
+        keep = [i for i, r in enumerate(records) if name == "all" or r["split"] == name]
+        if not keep:
+            continue
+        scored = score([records[i] for i in keep], [found_all[i] for i in keep])
+        splits[name] = {"texts": len(keep), **scored, "targets": targets(scored),
+                        "intervals_95": intervals([records[i] for i in keep], [found_all[i] for i in keep])}
+    chosen = [i for i, r in enumerate(records) if args.split == "all" or r["split"] == args.split]
+    sel_records = [records[i] for i in chosen]
+    found = [found_all[i] for i in chosen]
     result: dict[str, Any] = {
         "benchmark": "guardian_eval",
         "split": args.split,
-        "texts": len(records),
+        "split_note": "targets are judged on `eval` (held out); thresholds and exemplars are tuned on `dev` only",
+        "texts": len(sel_records),
         "detectors": [{"id": d.detector_id, "cost": d.cost} for d in detectors],
         "min_score": settings.guardian_min_score,
         "semantic_thresholds": next(
-            ({"injection": d.thresholds.injection, "harm": d.thresholds.harm, "margin": d.thresholds.margin}
+            ({"injection": d.thresholds.injection, "harm": d.thresholds.harm, "margin": d.thresholds.margin,
+              "harm_margin": d.thresholds.harm_margin}
              for d in detectors if isinstance(d, SemanticSafetyDetector)),
             None,
         ),
         "cpu_count": os.cpu_count(),
         "model_load_s": round(load_s, 2),
-        "accuracy_pass_s": round(time.perf_counter() - t0, 2),
-        **score(records, found),
+        "accuracy_pass_s": round(accuracy_s, 2),
+        **score(sel_records, found),
     }
     if not args.no_throughput:
-        result["throughput_all"] = throughput(detectors, records, 0.0)
+        result["throughput_all"] = throughput(settings, detectors, records, 0.0)
         cheap = [d for d in detectors if d.cost == "cheap"]
-        result["throughput_cheap"] = throughput(cheap, records, args.min_seconds)
+        result["throughput_cheap"] = throughput(settings, cheap, records, args.min_seconds)
+        result["ms_per_text_by_detector_sequential"] = sequential_cost(detectors, records)
     result["targets"] = targets(result)
+    result["summary"] = {
+        name: {k: v for k, v in split["targets"].items()}
+        | {"texts": split["texts"], "intervals_95": split["intervals_95"]}
+        for name, split in splits.items()
+    }
+    result["splits"] = {name: {k: v for k, v in split.items() if k != "targets"} for name, split in splits.items()}
+    result["errors_split"] = args.show_errors
     result["errors"] = [
-        {"text": r["text"][:160], "labels": r["labels"], "found": sorted(f)}
-        for r, f in zip(records, found, strict=True)
-        if set(r["labels"]) != f
+        {"text": r["text"][:160], "split": r["split"], "labels": r["labels"], "found": sorted(f)}
+        for r, f in zip(records, found_all, strict=True)
+        if set(r["labels"]) != f and args.show_errors in (r["split"], "all")
     ]
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.out:

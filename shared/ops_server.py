@@ -1,8 +1,8 @@
 """The small HTTP server every service without an HTTP API of its own runs for operators:
 ``/metrics`` (Prometheus), ``/health`` (the process is alive) and ``/ready`` (it can do its job).
 
-It runs inside the service's event loop (uvicorn's ``Server.serve``), so it costs no thread and
-wakes only when asked.
+It runs inside the service's event loop (uvicorn's ``Server.serve``), so it costs no thread, and
+without uvicorn's 10-a-second timer (shared/quiet_uvicorn.py) it wakes about once a second.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from shared.quiet_uvicorn import QuietUvicornServer
 
 __all__ = ["OpsServer", "add_ops_routes"]
 
@@ -43,7 +45,7 @@ class OpsServer:
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         add_ops_routes(app, registry, ready)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
+        self._server = QuietUvicornServer(config)
         # The service installs its own signal handlers; uvicorn (0.54: capture_signals) must not
         # take SIGTERM/SIGINT over while it serves.
         self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]

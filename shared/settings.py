@@ -80,6 +80,19 @@ class ClusterSettings(BaseSettings):
     kafka_idle_after_s: float = Field(2.0, ge=0, le=3_600)
     """Silence after which a latency-critical consumer switches to the idle fetch wait."""
 
+    kafka_deep_idle_fetch_max_wait_ms: int = Field(1_000, ge=0, le=60_000)
+    """Fetch wait of a latency-critical consumer (the batcher's request topics) after
+    `kafka_deep_idle_after_s` without a record, and of consumers off the serving path (the
+    guardian's results, the gateway's cache purge) after `kafka_idle_after_s`: an idle cluster then
+    asks the broker about once a second per consumer. On Tansu the first request after such a long
+    silence waits up to this long before a batcher sees it (on Apache Kafka a fetch wakes on data,
+    so nothing waits); the records after it are fast again. Set it equal to
+    `kafka_idle_fetch_max_wait_ms` to keep the idle wait shorter, at more CPU while idle."""
+
+    kafka_deep_idle_after_s: float = Field(30.0, ge=0, le=86_400)
+    """Silence after which a latency-critical consumer switches from the idle to the deep-idle
+    fetch wait (a cluster that has served nothing for this long is idle, not between requests)."""
+
     kafka_linger_ms: int = Field(0, ge=0, le=1_000)
     """Producer linger: 0 sends at once (latency first); raise it to batch for throughput."""
 

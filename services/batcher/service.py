@@ -113,12 +113,14 @@ class BatcherService:
         self._stopping = False
         self._ready = False
         self._paused = False
+        self._cancel_wait: AdaptiveFetchWait | None = None
         self.producer = make_producer(settings, client_id=f"batcher-{settings.instance_id}")
         self.consumer: AIOKafkaConsumer = make_consumer(
             settings, client_id=f"batcher-{settings.instance_id}", group_id=settings.batcher_group_id,
             max_poll_records=settings.batcher_max_inflight,
         )
-        # Cancellations tolerate a little latency; a longer wait keeps an idle batcher idle.
+        # Cancellations tolerate a little latency; a longer wait keeps an idle batcher idle (and
+        # longer still once it has held no request for a while: see _update_credit).
         cancel_settings = settings.model_copy(update={"kafka_fetch_max_wait_ms": settings.kafka_idle_fetch_max_wait_ms})
         self.cancel_consumer = make_consumer(
             cancel_settings, self.topics.cancellations, client_id=f"batcher-cancel-{settings.instance_id}",
@@ -149,6 +151,9 @@ class BatcherService:
         await self.consumer.start()
         self._fetch_wait = AdaptiveFetchWait.from_settings(self.consumer, self.settings)
         await self.cancel_consumer.start()
+        self._cancel_wait = AdaptiveFetchWait.off_serving_path(
+            self.cancel_consumer, self.settings, busy_ms=self.settings.kafka_idle_fetch_max_wait_ms
+        )
         await self._sync_workers()
         # Before the first request is taken: a blocking tenant's answer must never slip out.
         await self.guard.refresh()
@@ -208,6 +213,11 @@ class BatcherService:
         credits = self.credits()
         self.metrics.credits.set(credits)
         self.metrics.inflight.set(len(self.states))
+        if self._cancel_wait is not None:
+            # Cancellations matter only while requests are held: after `kafka_idle_after_s` with
+            # none, they are fetched with the deep-idle wait (a cancellation that comes then is
+            # still read within that wait and remembered for its request).
+            self._cancel_wait.polled(len(self.states))
         if credits > 0:
             self._wake.set()  # a credit freed up (or workers joined): re-plan
 

@@ -6,7 +6,9 @@ Qdrant, found through the request-id index `<prefix>:cache:byreq:<id>` (see exac
 gateway instance reads every verdict (a group-less consumer from the end of the topic), because each
 may hold semantic points of its own; deleting is idempotent, and the index is left to expire so
 that other instances still find it. Records that cannot be parsed are skipped with a warning (the
-guardian owns the topic; dead-lettering them from every gateway would multiply them).
+guardian owns the topic; dead-lettering them from every gateway would multiply them). The consumer
+fetches with `kafka_deep_idle_fetch_max_wait_ms` (1 s by default): on Tansu a purge can follow its
+verdict by up to that long.
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ class CachePurger:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # Purges may take a tenth of a second; the idle fetch wait keeps an idle gateway from
-        # asking the broker 200 times a second (Tansu answers a fetch only when its wait ends).
+        # Verdicts come after the answer was served (the guardian is asynchronous), so a purge may
+        # take up to a second more; the deep-idle fetch wait keeps an idle gateway from asking the
+        # broker many times a second (Tansu answers a fetch only when its wait ends, and each
+        # fetch costs it CPU).
         consumer_settings = self._settings.model_copy(
-            update={"kafka_fetch_max_wait_ms": self._settings.kafka_idle_fetch_max_wait_ms}
+            update={"kafka_fetch_max_wait_ms": self._settings.kafka_deep_idle_fetch_max_wait_ms}
         )
         self._consumer = make_consumer(
             consumer_settings,

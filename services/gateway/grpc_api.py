@@ -4,7 +4,9 @@
 Protobuf messages are turned into internal types at the edge (request_translation.translate_proto).
 The call's deadline becomes the request's deadline; a client that cancels has its request cancelled
 in the cluster. One interceptor is the error boundary: whatever a Gateway method raises becomes a
-gRPC status through errors.map_exception (bad input -> INVALID_ARGUMENT, never INTERNAL).
+gRPC status through errors.map_exception (bad input -> INVALID_ARGUMENT, never INTERNAL). It also
+parses the request message itself, so bytes that are not a GenerateRequest get INVALID_ARGUMENT
+too (grpcio's own parse failure would be UNKNOWN).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from shared.protos import gateway_pb2, gateway_pb2_grpc
 from shared.records import ReplyKind, Usage
 from shared.structured_logging import request_context
 
-from services.gateway.errors import ReplyError, grpc_status_for, map_exception, outcome_of
+from services.gateway.errors import InvalidRequestError, ReplyError, grpc_status_for, map_exception, outcome_of
 from services.gateway.request_pipeline import GenerationCall, RequestPipeline
 from services.gateway.request_translation import new_request_id, translate_proto
 
@@ -164,6 +166,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise
 
 
+def _parser(deserializer: Callable[[bytes], Any] | None) -> Callable[[Any], Any]:
+    """`deserializer` that raises InvalidRequestError for bytes that are not its message."""
+    if deserializer is None:
+        return lambda request: request
+
+    def parse(raw: Any) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            # Safe: whatever the protobuf runtime raises for these bytes (DecodeError, a
+            # UnicodeDecodeError in a string field, ...), the client sent something unreadable.
+            raise InvalidRequestError(
+                f"The request is not a valid {gateway_pb2.GenerateRequest.DESCRIPTOR.full_name} message "
+                f"({type(exc).__name__}: {exc})."
+            ) from exc
+
+    return parse
+
+
 class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
     """Turns any exception escaping a Gateway method into a gRPC status with a clear message."""
 
@@ -178,24 +199,30 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(_METHOD_PREFIX):
             return handler
+        # The request is parsed inside the guard (grpcio answers a message that does not parse
+        # with UNKNOWN "Unexpected <class DecodeError>..."): bytes that are not a GenerateRequest
+        # are a client's mistake, INVALID_ARGUMENT with what failed.
+        parse = _parser(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._guard_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._guard_unary(handler.unary_unary, parse),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._guard_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._guard_stream(handler.unary_stream, parse),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _guard_unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def _guard_unary(
+        self, behavior: Callable[..., Awaitable[Any]], parse: Callable[[Any], Any]
+    ) -> Callable[..., Awaitable[Any]]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await behavior(request, context)
+                return await behavior(parse(request), context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise  # a cancelled call, or a status already set: nothing to translate
             except Exception as exc:
@@ -204,12 +231,12 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
 
         return guarded
 
-    def _guard_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def _guard_stream(self, behavior: Callable[..., Any], parse: Callable[[Any], Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behavior):
 
             async def guarded_gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    async for message in behavior(request, context):
+                    async for message in behavior(parse(request), context):
                         yield message
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise  # a cancelled call, or a status already set: nothing to translate
@@ -221,7 +248,7 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> None:
             try:
-                await behavior(request, context)
+                await behavior(parse(request), context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise  # a cancelled call, or a status already set: nothing to translate
             except Exception as exc:

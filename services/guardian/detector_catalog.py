@@ -40,15 +40,16 @@ def build_detectors(settings: GuardianSettings) -> list[Detector]:
     if not policy.empty:
         detectors.append(policy)
     if settings.guardian_pii_ner_enabled:
-        detectors.append(PersonNameDetector())
+        detectors.append(PersonNameDetector(min_score=settings.guardian_min_score))
     if settings.guardian_semantic_enabled:
         detectors.append(
             SemanticSafetyDetector(
-                SentenceEncoder(int8=settings.guardian_semantic_int8),
+                SentenceEncoder(int8=settings.guardian_semantic_int8, torch_threads=settings.guardian_torch_threads),
                 thresholds=SemanticThresholds(
                     injection=settings.guardian_semantic_injection_threshold,
                     harm=settings.guardian_semantic_harm_threshold,
                     margin=settings.guardian_semantic_margin,
+                    harm_margin=settings.guardian_semantic_harm_margin,
                 )
             )
         )

@@ -7,6 +7,8 @@ import asyncio
 import uvicorn
 from fastapi import FastAPI
 
+from shared.quiet_uvicorn import QuietUvicornServer
+
 __all__ = ["HttpServer"]
 
 
@@ -15,7 +17,7 @@ class HttpServer:
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
+        self._server = QuietUvicornServer(config)  # no 10-a-second timer while idle
         # The service installs its own signal handlers; uvicorn must not take them over.
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.task: asyncio.Task[None] | None = None

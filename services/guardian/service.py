@@ -27,7 +27,7 @@ from services.guardian.verdict_consumer import VerdictConsumer
 from services.guardian.verdict_pipeline import VerdictPipeline
 from services.guardian.verdict_policy import ActionPolicy
 from shared.background_tasks import run_until_stopped
-from shared.kafka_clients import make_consumer, make_producer
+from shared.kafka_clients import AdaptiveFetchWait, make_consumer, make_producer
 from shared.metrics import SnapshotPublisher
 from shared.topics import Topics
 
@@ -52,7 +52,11 @@ def build_evaluator(settings: GuardianSettings, detectors: list[Detector] | None
         block_categories=frozenset(settings.guardian_block_categories),
         policy_action=settings.guardian_policy_action,
     )
-    return Evaluator(detectors if detectors is not None else build_detectors(settings), policy=policy)
+    return Evaluator(
+        detectors if detectors is not None else build_detectors(settings),
+        policy=policy,
+        expensive_slices=settings.guardian_expensive_slices,
+    )
 
 
 class GuardianService:
@@ -145,6 +149,9 @@ class GuardianService:
                     consumer_name=f"guardian:{self.settings.instance_id}",
                     max_batch=self.settings.guardian_max_batch,
                     retry_backoff_s=self.settings.guardian_retry_backoff_s,
+                    fetch_wait=AdaptiveFetchWait.off_serving_path(
+                        consumer, self.settings, busy_ms=self.settings.guardian_fetch_max_wait_ms
+                    ),
                 )
             )
         publisher = SnapshotPublisher(

@@ -26,8 +26,10 @@ class GuardianSettings(ClusterSettings):
     clusters that share a Kafka under different prefixes do not share a group."""
 
     guardian_fetch_max_wait_ms: int = Field(100, ge=0, le=60_000)
-    """Longest a fetch of results waits. Verdicts are asynchronous, so this is higher than the
-    cluster's latency-first default: an idle guardian then asks the broker 10 times a second, not 200."""
+    """Longest a fetch of results waits while results flow. Verdicts are asynchronous, so this is
+    higher than the cluster's latency-first default; after `kafka_idle_after_s` without a result
+    the wait grows to `kafka_deep_idle_fetch_max_wait_ms`, so an idle guardian asks the broker
+    about once a second."""
 
     guardian_max_batch: int = Field(200, ge=1, le=10_000)
     """Most results taken from Kafka at once (their verdicts are committed together)."""
@@ -56,6 +58,16 @@ class GuardianSettings(ClusterSettings):
     guardian_detector_threads: int = Field(4, ge=1, le=256)
     """Threads that run detectors (each detector's batch call is one task; detectors of a batch
     run at once). The event loop never runs detector code."""
+
+    guardian_expensive_slices: int = Field(2, ge=1, le=64)
+    """Each expensive detector's batch is cut into this many parallel slices (one detector-pool
+    task each), so a model detector fills every core without torch's intra-op thread barriers
+    (which stall whenever another process holds a core). About the number of cores."""
+
+    guardian_torch_threads: int = Field(1, ge=1, le=256)
+    """torch intra-op threads in the guardian process (the sentence encoder). 1: parallelism comes
+    from `guardian_expensive_slices` instead (the encoder alone: 7 instead of 12 ms per text on a
+    2-core machine that other jobs kept busy; end to end, within that machine's noise)."""
 
     guardian_cache_enabled: bool = True
     """Cache verdicts in Redis by content hash, so repeated content is not judged again."""
@@ -111,11 +123,14 @@ class GuardianSettings(ClusterSettings):
     guardian_semantic_injection_threshold: float = Field(0.44, ge=0.0, le=1.0)
     """Cosine similarity to injection/jailbreak exemplars from which a text is reported."""
 
-    guardian_semantic_harm_threshold: float = Field(0.46, ge=0.0, le=1.0)
+    guardian_semantic_harm_threshold: float = Field(0.48, ge=0.0, le=1.0)
     """Cosine similarity to harm exemplars from which a text is reported."""
 
-    guardian_semantic_margin: float = Field(0.04, ge=0.0, le=1.0)
-    """How much nearer a harmful exemplar must be than the nearest benign ones."""
+    guardian_semantic_margin: float = Field(0.06, ge=0.0, le=1.0)
+    """How much nearer an injection/jailbreak exemplar must be than the nearest benign ones."""
+
+    guardian_semantic_harm_margin: float = Field(0.08, ge=0.0, le=1.0)
+    """How much nearer a harm exemplar must be than the nearest benign ones."""
 
     guardian_policy_banned_terms: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = Field(
         (), max_length=10_000

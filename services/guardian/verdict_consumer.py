@@ -12,6 +12,11 @@ keep the last one per request id) but never skipped. A record that is not a vali
 `<prefix>.deadletter`; if the batch's evaluation fails (a detector bug), the batch is judged again
 text by text so that only the text it fails on is dead-lettered, never the whole batch.
 
+Verdicts are asynchronous, so while no results come the fetch wait grows to the cluster's
+deep-idle wait (`AdaptiveFetchWait.off_serving_path`): an idle guardian asks the broker about once
+a second; the first result after a silence is judged up to that much later, the rest at the busy
+wait (`guardian_fetch_max_wait_ms`).
+
 Lag (records behind, all assigned partitions) is the broker's high watermark from the last fetch
 minus the consumer's position, plus the batch in hand: no extra requests to the broker.
 """
@@ -30,6 +35,7 @@ from services.guardian.metrics import GuardianMetrics
 from services.guardian.subjects import Subject, SubjectParser
 from services.guardian.verdict_pipeline import VerdictPipeline
 from shared.deadletter import publish_dead_letter
+from shared.kafka_clients import AdaptiveFetchWait
 from shared.records import GuardianVerdict
 from shared.structured_logging import request_context
 from shared.topics import Topics
@@ -61,6 +67,7 @@ class VerdictConsumer:
         consumer_name: str,
         max_batch: int = 200,
         retry_backoff_s: float = 1.0,
+        fetch_wait: AdaptiveFetchWait | None = None,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -72,6 +79,7 @@ class VerdictConsumer:
         self._consumer_name = consumer_name
         self._max_batch = max_batch
         self._retry_backoff_s = retry_backoff_s
+        self._fetch_wait = fetch_wait
 
     async def run(self) -> None:
         """Consume until cancelled."""
@@ -79,6 +87,8 @@ class VerdictConsumer:
             # Blocks on the broker (a long poll), not a spin: returns when records arrive or
             # after the timeout with nothing.
             batches = await self._consumer.getmany(timeout_ms=1_000, max_records=self._max_batch)
+            if self._fetch_wait is not None:
+                self._fetch_wait.polled(sum(len(records) for records in batches.values()))
             if batches:
                 await self.process(await self._fill(batches))
 

@@ -45,9 +45,10 @@ class ScalerSettings(ClusterSettings):
     scaler_consumer_group: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", max_length=255)
     """Consumer group on the metrics topic; default `<topic_prefix>-scaler` (`lgc-scaler`)."""
 
-    scaler_fetch_max_wait_ms: int = Field(500, ge=0, le=60_000)
+    scaler_fetch_max_wait_ms: int = Field(1_000, ge=0, le=60_000)
     """Longest a fetch of snapshots waits. Snapshots come every few seconds and decisions every
-    `scaler_interval_s`, so latency does not matter here; a long wait keeps an idle scaler idle."""
+    `scaler_interval_s`, so latency does not matter here; a long wait keeps an idle scaler idle
+    (on Tansu every fetch costs the broker CPU, about once a second at this default)."""
 
     scaler_actuator: Literal["dry-run", "local", "docker", "kubernetes"] = "dry-run"
     """Who acts on decisions: `dry-run` (publish only), `local` (the embedded launcher starts and

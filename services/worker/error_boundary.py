@@ -1,6 +1,7 @@
 """The gRPC error boundary of the worker: one server interceptor around the Worker service.
 
-Invalid input (:class:`InvalidArgumentError`) becomes INVALID_ARGUMENT with its message; any other
+Invalid input (:class:`InvalidArgumentError`, and bytes that do not parse as the method's request
+message, which the interceptor parses itself) becomes INVALID_ARGUMENT with its message; any other
 unexpected exception becomes INTERNAL with a short message and is logged with the request ids, so
 a bug never surfaces as gRPC's bare UNKNOWN. Aborts and cancellations pass through untouched.
 Health and reflection are not wrapped (they are grpcio's own).
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 
 from services.worker.proto_convert import InvalidArgumentError
+from shared.protos import worker_pb2
 from shared.structured_logging import request_context
 
 __all__ = ["ErrorBoundaryInterceptor"]
@@ -23,6 +25,11 @@ __all__ = ["ErrorBoundaryInterceptor"]
 log = logging.getLogger(__name__)
 
 _SERVICE_PREFIX = "/lgc.worker.v1.Worker/"
+#: The message each Worker method takes, by method name (for the error message).
+_REQUEST_TYPES = {
+    name: method.input_type.full_name
+    for name, method in worker_pb2.DESCRIPTOR.services_by_name["Worker"].methods_by_name.items()
+}
 
 
 def _request_ids(request: Any) -> str:
@@ -58,24 +65,47 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(_SERVICE_PREFIX):
             return handler
+        # The request is parsed inside the wrapper: grpcio answers bytes that do not parse with
+        # UNKNOWN ("Unexpected <class DecodeError>..."); they are the caller's mistake.
+        parse = _parser(handler.request_deserializer, method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.unary_unary, method, parse),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.unary_stream, method, parse),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+def _parser(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[Any], Any]:
+    """`deserializer` raising InvalidArgumentError (naming the expected message) on bad bytes."""
+    if deserializer is None:
+        return lambda request: request
+    name = _REQUEST_TYPES.get(method.rsplit("/", 1)[-1], "request")
+
+    def parse(raw: Any) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            # Safe: whatever the protobuf runtime raises here (DecodeError, bad UTF-8 in a string
+            # field, ...), the bytes are not the message the method takes.
+            raise InvalidArgumentError(f"the request is not a valid {name} message ({type(exc).__name__}: {exc})") from exc
+
+    return parse
+
+
+def _wrap_unary(
+    behavior: Callable[..., Awaitable[Any]], method: str, parse: Callable[[Any], Any]
+) -> Callable[..., Awaitable[Any]]:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            request = parse(request)
             return await behavior(request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise  # Safe: the client went away, or the handler chose its status already.
@@ -86,8 +116,15 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return unary
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., AsyncIterator[Any]], method: str, parse: Callable[[Any], Any]
+) -> Callable[..., AsyncIterator[Any]]:
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            request = parse(request)
+        except InvalidArgumentError as exc:
+            # Safe: _translate ends the call with INVALID_ARGUMENT; no handler ran yet.
+            await _translate(exc, method, b"", context)
         responses = behavior(request, context)
         try:
             async for response in responses:

@@ -80,6 +80,19 @@ def test_the_command_prints_a_json_report_on_a_tiny_subset(
     assert report["throughput_cheap"]["verdicts_per_s"] > 0
     assert {"pii", "full_verdicts_per_s", "cheap_verdicts_per_s"} <= set(report["targets"])
     assert all(isinstance(t["pass"], bool) for t in report["targets"].values())
+    # dev, held-out eval and all are scored side by side; a --limit on dev leaves only dev (and all)
+    assert set(report["splits"]) == {"dev", "all"} and report["summary"]["dev"]["texts"] == 40
+    assert all(e["split"] == "dev" for e in report["errors"])  # only dev errors are listed by default
+    assert report["throughput_all"]["cpu_ms_per_verdict"] > 0
+
+
+def test_round_two_texts_keep_the_older_records_split() -> None:
+    rows = records()
+    r2 = [r for r in rows if r["source"].endswith("-r2")]
+    assert len(r2) >= 100 and {r["split"] for r in r2} == {"dev", "eval"}
+    benign_r2 = [r for r in r2 if not r["labels"]]
+    assert len(benign_r2) >= 60
+    assert sum(r["split"] == "eval" for r in rows) > sum(r["split"] == "dev" for r in rows)
 
 
 def test_the_command_refuses_an_unknown_split(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -64,3 +64,36 @@ async def test_adaptive_fetch_wait_slows_down_when_idle_and_speeds_up_on_records
         assert wait.current_ms == 5 and fetcher._fetch_max_wait_ms == 5  # noqa: SLF001
     finally:
         await consumer.stop()
+
+
+async def test_adaptive_fetch_wait_goes_deep_idle_after_a_long_silence(cluster_settings) -> None:
+    from shared.kafka_clients import AdaptiveFetchWait
+
+    topic = f"{cluster_settings.topic_prefix}.deep-idle"
+    await ensure_topics(cluster_settings, [TopicSpec(topic, 1, 1)])
+    consumer = make_consumer(cluster_settings, topic, client_id="t-deep-idle", group_id=None)
+    await consumer.start()
+    try:
+        wait = AdaptiveFetchWait(
+            consumer, busy_ms=5, idle_ms=100, idle_after_s=0.1, deep_idle_ms=900, deep_idle_after_s=0.3
+        )
+        fetcher = consumer._fetcher  # noqa: SLF001 - the attribute the class relies on must exist
+        await asyncio.sleep(0.15)
+        wait.polled(0)
+        assert wait.current_ms == 100 and fetcher._fetch_max_wait_ms == 100  # noqa: SLF001
+        await asyncio.sleep(0.2)
+        wait.polled(0)
+        assert wait.current_ms == 900 and fetcher._fetch_max_wait_ms == 900  # noqa: SLF001
+        wait.polled(1)  # the first record: straight back to the busy wait
+        assert wait.current_ms == 5 and fetcher._fetch_max_wait_ms == 5  # noqa: SLF001
+
+        from_settings = AdaptiveFetchWait.from_settings(consumer, cluster_settings)
+        assert (from_settings.idle_ms, from_settings.deep_idle_ms) == (
+            cluster_settings.kafka_idle_fetch_max_wait_ms,
+            cluster_settings.kafka_deep_idle_fetch_max_wait_ms,
+        )
+        background = AdaptiveFetchWait.off_serving_path(consumer, cluster_settings, busy_ms=100)
+        assert background.busy_ms == 100 and background.idle_ms == cluster_settings.kafka_deep_idle_fetch_max_wait_ms
+        assert background.idle_after_s == cluster_settings.kafka_idle_after_s
+    finally:
+        await consumer.stop()

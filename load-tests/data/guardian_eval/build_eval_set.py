@@ -317,6 +317,23 @@ def handwritten_records(rng: random.Random) -> list[dict]:
     return recs
 
 
+def round2_records() -> list[dict]:
+    """Round-2 texts (handwritten.py, *_R2): new sources, so the split of the older records is
+    unchanged; no random draws (a text that reads like an answer is a response)."""
+    recs = []
+    for text in hw.BENIGN_HARD_R2:
+        kind = "response" if text.startswith(("Sure,", "The ", "To reset", "Nitro", "In the film", "Hate")) else "prompt"
+        recs.append({"text": text, "kind": kind, "labels": [], "source": "benign-hard-negative-handwritten-r2"})
+    for code, texts in hw.HARM_R2.items():
+        for text in texts:
+            recs.append({"text": text, "kind": "prompt", "labels": [f"harm.{code}"], "source": "harm-handwritten-r2"})
+    for text in hw.INJECTION_R2:
+        recs.append({"text": text, "kind": "prompt", "labels": ["injection"], "source": "injection-handwritten-r2"})
+    for text in hw.JAILBREAK_R2:
+        recs.append({"text": text, "kind": "prompt", "labels": ["jailbreak"], "source": "jailbreak-handwritten-r2"})
+    return recs
+
+
 def add_name_labels(records: list[dict]) -> None:
     """Hand-written texts that mention real or fictional people also carry `pii.person`."""
     for r in records:
@@ -326,7 +343,7 @@ def add_name_labels(records: list[dict]) -> None:
 
 def main() -> None:
     rng = random.Random(SEED)
-    records = pii_records(rng) + secret_records(rng) + handwritten_records(rng)
+    records = pii_records(rng) + secret_records(rng) + handwritten_records(rng) + round2_records()
     add_name_labels(records)
     bank = {p.strip().lower() for phrases in EXEMPLARS.values() for p in phrases}
     seen: set[str] = set()

@@ -129,3 +129,40 @@ async def test_worker_dying_mid_stream_continues_on_another(harness: Harness) ->
     assert final.usage.completion_tokens == 60
     assert final.worker_id != victim.settings.instance_id
     assert [e.seq for e in events] == list(range(len(events)))
+
+
+async def _until(condition, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)  # test-side wait for the batcher's own tasks
+
+
+async def test_cancellations_are_fetched_slowly_while_no_request_is_held(harness: Harness) -> None:
+    settings, batcher = harness.settings, harness.batcher
+    wait = batcher._cancel_wait  # noqa: SLF001 - the cancellation consumer's fetch wait
+    assert wait is not None
+    deep, held = settings.kafka_deep_idle_fetch_max_wait_ms, settings.kafka_idle_fetch_max_wait_ms
+    await _until(lambda: wait.current_ms == deep)  # idle: about one fetch a second
+
+    # A cancellation that comes while the batcher is idle is still read (within the long wait)
+    # and remembered, so its request is cancelled when it is taken.
+    early = harness.request(stream=True, params=GenerationParams(max_new_tokens=2_000))
+    await harness.producer.send_and_wait(
+        harness.topics.cancellations, Cancel(request_id=early.id, reason="early").to_bytes(), key=early.id
+    )
+    await _until(lambda: early.id in batcher._cancelled)  # noqa: SLF001
+    await harness.send(early)
+    events = await harness.events_until_terminal(early.id, timeout=20)
+    assert events[-1].kind is ReplyKind.ERROR and events[-1].error.code is ErrorCode.CANCELLED
+
+    running = harness.request(stream=True, params=GenerationParams(max_new_tokens=2_000))
+    await harness.send(running)
+    first = ReplyEvent.from_bytes((await asyncio.wait_for(harness.replies.getone(), 20)).value)
+    assert first.request_id == running.id
+    assert wait.current_ms == held  # a request is held: cancellations are fetched quickly
+    await harness.producer.send_and_wait(
+        harness.topics.cancellations, Cancel(request_id=running.id, reason="test").to_bytes(), key=running.id
+    )
+    events = await harness.events_until_terminal(running.id, timeout=10)
+    assert events[-1].kind is ReplyKind.ERROR and events[-1].error.code is ErrorCode.CANCELLED
+    await _until(lambda: wait.current_ms == deep)  # nothing held again

@@ -116,6 +116,30 @@ async def test_invalid_input_is_invalid_argument(start_gateway, fake_batcher: Fa
     assert fake_batcher.requests == []
 
 
+async def test_bytes_that_are_not_a_generate_request_are_invalid_argument(
+    start_gateway, fake_batcher: FakeBatcher
+) -> None:
+    # grpcio's own parse failure would be UNKNOWN; the error boundary parses the message.
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        unary = channel.unary_unary("/lgc.gateway.v1.Gateway/Generate", request_serializer=None, response_deserializer=None)
+        stream = channel.unary_stream(
+            "/lgc.gateway.v1.Gateway/GenerateStream", request_serializer=None, response_deserializer=None
+        )
+        for raw in (b"\x0f\x01", b"\x1a\x05ab", b"\x1a\x02\xff\xfe"):
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await unary(raw, timeout=10)
+            assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT, raw
+            assert "not a valid lgc.gateway.v1.GenerateRequest message" in (failed.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                async for _ in stream(raw, timeout=10):
+                    pass
+            assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT, raw
+        answer = await gateway_pb2_grpc.GatewayStub(channel).Generate(gateway_pb2.GenerateRequest(prompt="x"), timeout=30)
+        assert answer.text == ANSWER
+    assert len(fake_batcher.requests) == 1
+
+
 async def test_reply_errors_become_statuses(start_gateway, fake_batcher: FakeBatcher) -> None:
     service = await start_gateway()
     async with channel_for(service) as channel:

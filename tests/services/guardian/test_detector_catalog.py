@@ -22,7 +22,7 @@ def test_defaults_enable_every_family_cheap_ones_first() -> None:
         "secrets@1",
         "injection-phrases@2",
         "pii-person-ner@1",
-        "semantic-safety@1",
+        "semantic-safety@2",
     ]
     assert [d.cost for d in detectors] == ["cheap", "cheap", "cheap", "expensive", "expensive"]
 
@@ -32,7 +32,7 @@ def test_each_flag_removes_its_detector() -> None:
     assert "pii-person-ner@1" not in ids(GuardianSettings(guardian_pii_ner_enabled=False))
     assert "secrets@1" not in ids(GuardianSettings(guardian_secrets_enabled=False))
     assert "injection-phrases@2" not in ids(GuardianSettings(guardian_injection_phrases_enabled=False))
-    assert "semantic-safety@1" not in ids(GuardianSettings(guardian_semantic_enabled=False))
+    assert "semantic-safety@2" not in ids(GuardianSettings(guardian_semantic_enabled=False))
 
 
 def test_cheap_only_configuration_loads_nothing_heavy() -> None:

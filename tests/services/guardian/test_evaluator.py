@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from services.guardian.evaluator import DetectorRunner, Evaluator
+from services.guardian.evaluator import MIN_SLICE, DetectorRunner, Evaluator, slices
 from services.guardian.findings import Finding
 from services.guardian.subjects import Subject
 from services.guardian.verdict_policy import ActionPolicy
@@ -143,3 +143,29 @@ def test_the_built_in_detectors_load_and_judge() -> None:
 def test_findings_keep_their_spans() -> None:
     evaluation = Evaluator(cheap()).evaluate("x jane@example.com", kind="response", request_id="r", tenant="t")
     assert evaluation.findings == (Finding("pii.email", 0.95, "test-email@1", 2, 18, "[EMAIL]"),)
+
+
+@pytest.mark.parametrize(
+    ("n", "parts", "sizes"),
+    [(0, 2, [0]), (5, 2, [5]), (15, 2, [15]), (16, 2, [8, 8]), (17, 2, [9, 8]), (100, 3, [34, 33, 33]), (40, 1, [40])],
+)
+def test_slices_are_contiguous_near_equal_and_not_too_small(n: int, parts: int, sizes: list[int]) -> None:
+    cut = slices(list(range(n)), parts)
+    assert [len(c) for c in cut] == sizes
+    assert [i for c in cut for i in c] == list(range(n))
+    assert all(len(c) >= MIN_SLICE for c in cut) or len(cut) == 1
+
+
+async def test_expensive_detectors_run_in_parallel_slices_with_the_same_verdicts() -> None:
+    subjects = [Subject(f"s{i}", "t", "response", "bomb" if i % 3 == 0 else f"fine {i}") for i in range(40)]
+    harm_one, sliced_harm = WordHarmDetector(), WordHarmDetector()
+    with ThreadPoolExecutor(4) as pool:
+        whole = await Evaluator([*cheap(), harm_one]).evaluate_batch(subjects, [True] * 40, executor=pool)
+        cut = await Evaluator([*cheap(), sliced_harm], expensive_slices=2).evaluate_batch(
+            subjects, [True] * 40, executor=pool
+        )
+    assert harm_one.calls == [40] and sorted(sliced_harm.calls) == [20, 20]
+    assert [e.verdict.action for e in whole] == [e.verdict.action for e in cut]
+    assert [e.verdict.request_id for e in cut] == [s.request_id for s in subjects]
+    with pytest.raises(ValueError, match="expensive_slices"):
+        Evaluator(cheap(), expensive_slices=0)

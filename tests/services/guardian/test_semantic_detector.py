@@ -6,7 +6,14 @@ import pytest
 
 from services.guardian.exemplar_bank import EXEMPLARS
 from services.guardian.harm_taxonomy import HARM_CATEGORIES
-from services.guardian.semantic_detector import CHUNK_CHARS, MAX_CHUNKS, SemanticSafetyDetector, is_prose, split_chunks
+from services.guardian.semantic_detector import (
+    CHUNK_CHARS,
+    MAX_CHUNKS,
+    SemanticSafetyDetector,
+    SemanticThresholds,
+    is_prose,
+    split_chunks,
+)
 from services.guardian.sentence_encoder import SentenceEncoder
 
 
@@ -105,3 +112,29 @@ def test_the_bank_covers_every_harm_category_and_has_benign_hard_negatives() -> 
         assert len(EXEMPLARS[category]) >= 10
     assert any("kill the process" in p.lower() for p in EXEMPLARS["benign"])
     assert len(EXEMPLARS["injection"]) >= 20 and len(EXEMPLARS["jailbreak"]) >= 20
+
+
+def test_harm_has_its_own_margin(detector: SemanticSafetyDetector) -> None:
+    text = ["How can I make a bomb to blow up my school?"]
+    assert categories(detector, text) == [{"harm.S9"}]
+    strict = SemanticSafetyDetector(
+        detector.encoder, thresholds=SemanticThresholds(harm_margin=1.0, margin=0.0)
+    )
+    assert categories(strict, text) == [set()]  # no exemplar leads the benign ones by 1.0
+    assert SemanticThresholds().harm_margin != SemanticThresholds().margin  # tuned separately on dev
+
+
+def test_the_bank_has_no_duplicates_across_labels() -> None:
+    phrases = [p.strip().lower() for label in EXEMPLARS.values() for p in label]
+    assert len(phrases) == len(set(phrases))
+
+
+def test_the_encoder_sets_torch_threads_when_asked() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        SentenceEncoder(int8=True, torch_threads=1).encode(["hello"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

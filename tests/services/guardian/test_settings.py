@@ -35,8 +35,19 @@ def test_lists_and_switches_come_from_the_environment(monkeypatch: pytest.Monkey
         ({"guardian_block_threshold": -0.1}, "guardian_block_threshold"),
         ({"guardian_detector_threads": 0}, "guardian_detector_threads"),
         ({"guardian_block_categories": [""]}, "guardian_block_categories"),
+        ({"guardian_expensive_slices": 0}, "guardian_expensive_slices"),
+        ({"guardian_torch_threads": 0}, "guardian_torch_threads"),
+        ({"guardian_semantic_harm_margin": 1.5}, "guardian_semantic_harm_margin"),
     ],
 )
 def test_bad_values_are_refused_with_their_name(values: dict, field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         GuardianSettings(**values)
+
+
+def test_throughput_and_semantic_defaults() -> None:
+    settings = GuardianSettings()
+    assert (settings.guardian_expensive_slices, settings.guardian_torch_threads) == (2, 1)
+    # chosen on the evaluation set's dev split (load-tests/guardian_eval.py --tune)
+    assert (settings.guardian_semantic_harm_threshold, settings.guardian_semantic_harm_margin) == (0.48, 0.08)
+    assert (settings.guardian_semantic_injection_threshold, settings.guardian_semantic_margin) == (0.44, 0.06)

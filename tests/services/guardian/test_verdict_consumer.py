@@ -19,7 +19,7 @@ from services.guardian.verdict_cache import VerdictCache
 from services.guardian.verdict_consumer import VerdictConsumer
 from services.guardian.verdict_pipeline import VerdictPipeline
 from shared.deadletter import dead_letter_from_headers
-from shared.kafka_clients import make_consumer, make_producer
+from shared.kafka_clients import AdaptiveFetchWait, make_consumer, make_producer
 from shared.records import GenerationRequest, GenerationResult, GuardianVerdict, GuardMode, Priority
 from shared.topics import Topics
 from tests.services.guardian.conftest import no_more_records, read_topic
@@ -45,7 +45,9 @@ def _pipeline(settings: GuardianSettings, redis: aioredis.Redis, metrics: Guardi
 
 
 @contextlib.asynccontextmanager
-async def _running(settings: GuardianSettings, redis: aioredis.Redis, producer=None, *, prompts: bool = False):
+async def _running(
+    settings: GuardianSettings, redis: aioredis.Redis, producer=None, *, prompts: bool = False, fetch_wait=None
+):
     """A VerdictConsumer in a task; yields (metrics, kafka consumer, task)."""
     topics = Topics.from_settings(settings)
     source_topics = topics.all_requests if prompts else (topics.results,)
@@ -61,6 +63,7 @@ async def _running(settings: GuardianSettings, redis: aioredis.Redis, producer=N
         consumer, producer, _pipeline(settings, redis, metrics), metrics, topics,
         parse=prompt_subject if prompts else response_subject, source="requests" if prompts else "results",
         consumer_name="guardian:test", retry_backoff_s=0.1,
+        fetch_wait=fetch_wait(consumer) if fetch_wait else None,
     )
     task = asyncio.create_task(loop.run())
     try:
@@ -205,3 +208,38 @@ async def test_prompts_are_judged_from_the_request_topics(
             await asyncio.sleep(0.05)
         assert metrics.records.labels("requests", "skipped")._value.get() == 1
         assert await no_more_records(guardian_settings, topics.verdicts, 1)
+
+
+class RecordingFetchWait(AdaptiveFetchWait):
+    """Remembers every wait it switched to."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.history: list[int] = []
+
+    def _set(self, wait_ms: int) -> None:
+        if wait_ms != self.current_ms:
+            self.history.append(wait_ms)
+        super()._set(wait_ms)
+
+
+async def test_fetch_wait_grows_while_no_results_come_and_shrinks_on_the_first(
+    guardian_settings: GuardianSettings, redis_client: aioredis.Redis
+) -> None:
+    waits: list[RecordingFetchWait] = []
+
+    def make_wait(consumer) -> RecordingFetchWait:
+        waits.append(RecordingFetchWait(consumer, busy_ms=20, idle_ms=700, idle_after_s=0.2))
+        return waits[-1]
+
+    topics = Topics.from_settings(guardian_settings)
+    async with _running(guardian_settings, redis_client, fetch_wait=make_wait):
+        (wait,) = waits
+        async with asyncio.timeout(10):
+            while not wait.history:  # idle: the long wait (polled about once a second)
+                await asyncio.sleep(0.05)
+        assert wait.history == [700]
+        await _produce(guardian_settings, topics.results, ("k", _result("r-wake", "Paris is in France.").to_bytes()))
+        (verdict,) = await read_topic(guardian_settings, topics.verdicts, 1)
+        assert verdict.key == b"r-wake"
+        assert wait.history[:2] == [700, 20]  # the result brought the quick fetches back

@@ -27,16 +27,21 @@ class BrokenServicer(worker_pb2_grpc.WorkerServicer):
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[worker_pb2_grpc.WorkerStub]:
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
     server = grpc.aio.server(interceptors=[ErrorBoundaryInterceptor()])
     worker_pb2_grpc.add_WorkerServicer_to_server(BrokenServicer(), server)
     port = server.add_insecure_port(f"127.0.0.1:{find_free_port()}")
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield worker_pb2_grpc.WorkerStub(channel)
+            yield channel
     finally:
         await server.stop(grace=None)
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> worker_pb2_grpc.WorkerStub:
+    return worker_pb2_grpc.WorkerStub(channel)
 
 
 async def test_unexpected_exception_becomes_internal(stub: worker_pb2_grpc.WorkerStub) -> None:
@@ -66,3 +71,21 @@ async def test_stream_failure_after_events_is_internal_and_logged_with_the_reque
     logged = [r for r in caplog.records if r.name == "services.worker.error_boundary"]
     assert logged and logged[0].exc_info is not None
     assert logged[0].request_ids == "req-42"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("raw", [b"\x0f\x01", b"\x0a\x05ab", b"\x0a\x02\xff\xfe"])
+async def test_bytes_that_are_not_the_request_message_are_invalid_argument(
+    channel: grpc.aio.Channel, raw: bytes
+) -> None:
+    # grpcio's own parse failure would be UNKNOWN; the boundary parses and names the message.
+    cancel = channel.unary_unary("/lgc.worker.v1.Worker/Cancel", request_serializer=None, response_deserializer=None)
+    generate = channel.unary_stream("/lgc.worker.v1.Worker/Generate", request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await cancel(raw)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid lgc.worker.v1.CancelRequest message" in (error.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        async for _event in generate(raw):
+            pass
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid lgc.worker.v1.GenerateRequest message" in (error.value.details() or "")
