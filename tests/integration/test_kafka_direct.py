@@ -37,6 +37,21 @@ async def _next_for(consumer, request_id: str, parse, timeout: float = 120):
             return value
 
 
+def _capital_question(reply_topic: str, *, tenant: str, guard: GuardMode = GuardMode.ASYNC) -> GenerationRequest:
+    """A streaming request as an upstream system produces it, answered on `reply_topic`."""
+    return GenerationRequest(
+        id=f"up-{uuid.uuid4().hex}",
+        model=MODEL,
+        messages=(ChatMessage(role="user", content="What is the capital of France?"),),
+        params=GenerationParams(max_new_tokens=12, temperature=0),
+        stream=True,
+        reply_to=reply_topic,
+        deadline=time.time() + 120,
+        tenant=tenant,
+        guard=guard,
+    )
+
+
 async def test_request_produced_to_kafka_is_answered_on_reply_to(cluster) -> None:
     settings = ClusterSettings(kafka_bootstrap=cluster.endpoints.kafka_bootstrap, topic_prefix="lgc")
     topics = Topics.from_settings(settings)
@@ -49,16 +64,7 @@ async def test_request_produced_to_kafka_is_answered_on_reply_to(cluster) -> Non
     await results.start()
     await producer.start()
     try:
-        request = GenerationRequest(
-            id=f"up-{uuid.uuid4().hex}",
-            model=MODEL,
-            messages=(ChatMessage(role="user", content="What is the capital of France?"),),
-            params=GenerationParams(max_new_tokens=12, temperature=0),
-            stream=True,
-            reply_to=reply_topic,
-            deadline=time.time() + 120,
-            tenant="upstream-system",
-        )
+        request = _capital_question(reply_topic, tenant="upstream-system")
         await producer.send_and_wait(topics.requests(Priority.NORMAL), request.to_bytes(), key=request.id)
         events = []
         while not events or not events[-1].terminal:
@@ -118,17 +124,7 @@ async def test_a_blocking_tenant_cannot_bypass_the_guardian_over_kafka(cluster) 
     await replies.start()
     await producer.start()
     try:
-        request = GenerationRequest(
-            id=f"up-{uuid.uuid4().hex}",
-            model=MODEL,
-            messages=(ChatMessage(role="user", content="What is the capital of France?"),),
-            params=GenerationParams(max_new_tokens=12, temperature=0),
-            stream=True,
-            reply_to=reply_topic,
-            deadline=time.time() + 120,
-            tenant=tenant,
-            guard=GuardMode.ASYNC,
-        )
+        request = _capital_question(reply_topic, tenant=tenant, guard=GuardMode.ASYNC)
         await producer.send_and_wait(topics.requests(Priority.NORMAL), request.to_bytes(), key=request.id)
         event = await _next_for(replies, request.id, ReplyEvent.from_bytes)
         # The first event is already terminal: no delta left before the guardian judged (allow).
