@@ -23,8 +23,11 @@ def build_engine(settings: WorkerSettings, observer: EngineObserver | None = Non
         return SimulatedEngine(settings, observer)
     if backend == "transformers":
         # Imported here: torch and transformers take seconds to import; simulated workers skip them.
-        from services.worker.transformers_engine import TransformersEngine
+        from services.worker.transformers_engine import TransformersEngine, plan_for
 
+        # Decided now, before the model loads: a precision the device cannot run is refused at
+        # start (UnsupportedPrecisionError) instead of failing in the first decode step.
+        plan_for(settings)
         return TransformersEngine(settings, observer)
     if importlib.util.find_spec("vllm") is None:
         raise BackendUnavailableError(

@@ -47,6 +47,15 @@ class WorkerSettings(ClusterSettings):
     """Weights and activations dtype; `auto` is bfloat16 on CPU (about 4x faster batched than
     float32 on AVX-512 BF16 CPUs) and float16 on CUDA."""
 
+    worker_quantization: Literal["none", "int8", "nf4"] = "none"
+    """`int8`: on CPU torch dynamic quantization of the Linear layers (float32 activations), on
+    CUDA bitsandbytes LLM.int8(); `nf4`: bitsandbytes 4-bit NF4 with double quantization (CUDA
+    only). A combination the device or installation cannot run is refused at start."""
+
+    worker_compile: bool = False
+    """Wrap the model's forward in `torch.compile(dynamic=True)`; the first requests of each new
+    shape pay the compilation (seconds to minutes). Needs a C++ compiler on CPU, triton on CUDA."""
+
     worker_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
 

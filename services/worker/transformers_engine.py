@@ -47,13 +47,20 @@ from services.worker.engine import (
     WorkItem,
     deliver_from_thread,
 )
+from services.worker.precision import (
+    PrecisionPlan,
+    UnsupportedPrecisionError,
+    finish_model,
+    load_options,
+    plan_precision,
+)
 from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.sampling import RowSampling, SamplingTable, make_generator, pick_next_tokens
 from services.worker.settings import WorkerSettings
 from services.worker.stop_strings import StopStringMatcher
 from shared.model_store import prepare_model, resolve_model
 
-__all__ = ["TransformersEngine", "pick_device", "pick_dtype"]
+__all__ = ["TransformersEngine", "pick_device", "plan_for"]
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +73,18 @@ def pick_device(setting: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(setting)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"LGC_WORKER_DEVICE={setting} but CUDA is not available on this machine")
+        raise UnsupportedPrecisionError(f"LGC_WORKER_DEVICE={setting} but CUDA is not available on this machine")
     return device
 
 
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 on CPU (much faster batched on BF16-capable CPUs), float16 on CUDA."""
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cpu" else torch.float16
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
+def plan_for(settings: WorkerSettings) -> PrecisionPlan:
+    """The precision plan of these settings on the device they pick; refuses what cannot run."""
+    return plan_precision(
+        pick_device(settings.worker_device),
+        settings.worker_dtype,
+        settings.worker_quantization,
+        settings.worker_compile,
+    )
 
 
 @dataclass(eq=False, slots=True)
@@ -136,20 +146,18 @@ class TransformersEngine(Engine):
 
         settings = self._settings
         source = prepare_model(resolve_model(settings.model), settings.state_dir)
-        device = pick_device(settings.worker_device)
-        dtype = pick_dtype(settings.worker_dtype, device)
+        plan = plan_for(settings)
+        device = plan.device
         self._threads = settings.worker_threads or len(os.sched_getaffinity(0))
         if device.type == "cpu":
             torch.set_num_threads(self._threads)
         log.info(
             "loading model",
-            extra={"model": source.served_name, "path": source.path, "device": str(device), "dtype": str(dtype)},
+            extra={"model": source.served_name, "path": source.path, "device": str(device), "dtype": plan.label},
         )
         started = time.monotonic()
         tokenizer = AutoTokenizer.from_pretrained(source.path)
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
-        model.to(device)
-        model.eval()
+        model = finish_model(AutoModelForCausalLM.from_pretrained(source.path, **load_options(plan)), plan)
         config = model.config.get_text_config()
         model_limit = getattr(config, "max_position_embeddings", None) or settings.worker_max_model_len
         max_model_len = min(settings.worker_max_model_len, model_limit)
@@ -159,7 +167,8 @@ class TransformersEngine(Engine):
                 extra={"configured": settings.worker_max_model_len, "model_limit": model_limit},
             )
         output = model.get_output_embeddings()
-        self._vocab_size = int(output.weight.shape[0]) if output is not None else int(config.vocab_size)
+        # `out_features`: a dynamically quantized head has no `weight` tensor, only a method.
+        self._vocab_size = int(output.out_features) if output is not None else int(config.vocab_size)
         self._eos_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else next(iter(self._eos_ids), 0))
@@ -173,7 +182,7 @@ class TransformersEngine(Engine):
             model=source.served_name,
             backend="transformers",
             device=str(device),
-            dtype=str(dtype).removeprefix("torch."),
+            dtype=plan.label,
             max_batch_size=settings.worker_max_batch_size,
             max_model_len=max_model_len,
             simulated=False,

@@ -134,3 +134,10 @@ def test_vllm_without_vllm_is_refused_clearly(cluster_settings: ClusterSettings)
     result = subprocess.run([sys.executable, "-m", "services.worker"], env=env, capture_output=True, timeout=60)
     assert result.returncode == 1
     assert b"LGC_WORKER_BACKEND=vllm needs vLLM" in result.stderr
+
+
+def test_a_precision_the_device_cannot_run_is_refused_at_start(cluster_settings: ClusterSettings) -> None:
+    env = worker_env(cluster_settings, LGC_WORKER_DEVICE="cpu", LGC_WORKER_QUANTIZATION="nf4")
+    result = subprocess.run([sys.executable, "-m", "services.worker"], env=env, capture_output=True, timeout=60)
+    assert result.returncode == 1
+    assert b"nf4 needs bitsandbytes on a CUDA device" in result.stderr
