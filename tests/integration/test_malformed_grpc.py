@@ -20,6 +20,7 @@ both. Afterwards no process has died and valid calls still succeed.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 
@@ -28,6 +29,7 @@ import pytest
 
 from shared.protos import gateway_pb2, worker_pb2
 from tests.integration.conftest import MODEL
+from tests.integration.gateway_requests import gateway_request
 
 _GATEWAY_GENERATE = "/lgc.gateway.v1.Gateway/Generate"
 _GATEWAY_STREAM = "/lgc.gateway.v1.Gateway/GenerateStream"
@@ -58,16 +60,8 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _gateway_request(**overrides) -> gateway_pb2.GenerateRequest:
-    fields = dict(
-        model=MODEL,
-        messages=[gateway_pb2.ChatMessage(role="user", content="Say hello.")],
-        max_tokens=4,
-        temperature=0,
-        has_temperature=True,
-    )
-    fields.update(overrides)
-    return gateway_pb2.GenerateRequest(**fields)
+# A short greedy request; the cases below replace single fields of it.
+_gateway_request = functools.partial(gateway_request, content="Say hello.", max_tokens=4)
 
 
 def _assert_clear_status(err: grpc.aio.AioRpcError, expected: set[grpc.StatusCode], case: str) -> None:
