@@ -1,8 +1,10 @@
 """The factories' clients work against the real Tansu broker: produce, consume, commit, resume."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.kafka_clients import make_consumer, make_producer
 from shared.topics import TopicSpec, ensure_topics
@@ -44,14 +46,23 @@ async def test_produce_consume_commit_and_resume(cluster_settings) -> None:
         await consumer.stop()
 
 
+@asynccontextmanager
+async def _started_consumer(cluster_settings, name: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started group-less consumer of a new one-partition topic `<prefix>.<name>`."""
+    topic = f"{cluster_settings.topic_prefix}.{name}"
+    await ensure_topics(cluster_settings, [TopicSpec(topic, 1, 1)])
+    consumer = make_consumer(cluster_settings, topic, client_id=f"t-{name}", group_id=None)
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
 async def test_adaptive_fetch_wait_slows_down_when_idle_and_speeds_up_on_records(cluster_settings) -> None:
     from shared.kafka_clients import AdaptiveFetchWait
 
-    topic = f"{cluster_settings.topic_prefix}.adaptive"
-    await ensure_topics(cluster_settings, [TopicSpec(topic, 1, 1)])
-    consumer = make_consumer(cluster_settings, topic, client_id="t-adaptive", group_id=None)
-    await consumer.start()
-    try:
+    async with _started_consumer(cluster_settings, "adaptive") as consumer:
         wait = AdaptiveFetchWait(consumer, busy_ms=5, idle_ms=150, idle_after_s=0.2)
         fetcher = consumer._fetcher  # noqa: SLF001 - the attribute the class relies on must exist
         assert fetcher._fetch_max_wait_ms == cluster_settings.kafka_fetch_max_wait_ms  # noqa: SLF001
@@ -62,18 +73,12 @@ async def test_adaptive_fetch_wait_slows_down_when_idle_and_speeds_up_on_records
         assert wait.current_ms == 150 and fetcher._fetch_max_wait_ms == 150  # noqa: SLF001
         wait.polled(3)
         assert wait.current_ms == 5 and fetcher._fetch_max_wait_ms == 5  # noqa: SLF001
-    finally:
-        await consumer.stop()
 
 
 async def test_adaptive_fetch_wait_goes_deep_idle_after_a_long_silence(cluster_settings) -> None:
     from shared.kafka_clients import AdaptiveFetchWait
 
-    topic = f"{cluster_settings.topic_prefix}.deep-idle"
-    await ensure_topics(cluster_settings, [TopicSpec(topic, 1, 1)])
-    consumer = make_consumer(cluster_settings, topic, client_id="t-deep-idle", group_id=None)
-    await consumer.start()
-    try:
+    async with _started_consumer(cluster_settings, "deep-idle") as consumer:
         wait = AdaptiveFetchWait(
             consumer, busy_ms=5, idle_ms=100, idle_after_s=0.1, deep_idle_ms=900, deep_idle_after_s=0.3
         )
@@ -95,5 +100,3 @@ async def test_adaptive_fetch_wait_goes_deep_idle_after_a_long_silence(cluster_s
         background = AdaptiveFetchWait.off_serving_path(consumer, cluster_settings, busy_ms=100)
         assert background.busy_ms == 100 and background.idle_ms == cluster_settings.kafka_deep_idle_fetch_max_wait_ms
         assert background.idle_after_s == cluster_settings.kafka_idle_after_s
-    finally:
-        await consumer.stop()
