@@ -4,13 +4,14 @@ gateway's and the batcher's blocking mode)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from services.guardian.api import create_app
+from services.guardian.detector_base import LoopingDetector
 from services.guardian.evaluator import Evaluator
-from services.guardian.findings import Finding, TextKind
+from services.guardian.findings import DetectorCost, Finding, TextKind
 from services.guardian.http_server import HttpServer
 from services.guardian.metrics import GuardianMetrics
 from services.guardian.sampling import LagSampler
@@ -21,7 +22,7 @@ __all__ = ["Guardian", "SwitchableDetector", "serve_guardian_check"]
 
 
 @dataclass
-class SwitchableDetector:
+class SwitchableDetector(LoopingDetector):
     """Finds `word` when switched on: `harm.S1` (0.99: block) or, with a placeholder, `pii.name` (redact)."""
 
     word: str = "fake"
@@ -29,11 +30,7 @@ class SwitchableDetector:
     placeholder: str | None = None
     name: str = "switchable"
     version: str = "1"
-    cost: str = "cheap"
-
-    @property
-    def detector_id(self) -> str:
-        return f"{self.name}@{self.version}"
+    cost: DetectorCost = "cheap"
 
     def detect(self, text: str, kind: TextKind) -> list[Finding]:
         at = text.find(self.word)
@@ -41,9 +38,6 @@ class SwitchableDetector:
             return []
         category = "pii.name" if self.placeholder else "harm.S1"
         return [Finding(category, 0.99, self.detector_id, at, at + len(self.word), self.placeholder)]
-
-    def detect_many(self, texts: Sequence[str], kind: TextKind) -> list[list[Finding]]:
-        return [self.detect(t, kind) for t in texts]
 
 
 @dataclass
