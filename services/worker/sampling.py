@@ -14,7 +14,11 @@ import torch
 
 from services.worker.engine import SamplingParams
 
-__all__ = ["RowSampling", "SamplingTable", "make_generator", "pick_next_tokens"]
+__all__ = ["CANDIDATES", "RowSampling", "SamplingTable", "filter_top_k_top_p", "make_generator", "pick_next_tokens"]
+
+#: Tokens ranked by `topk` before top-k/top-p filtering; the whole vocabulary is sorted only when
+#: a row's kept tokens may lie beyond them.
+CANDIDATES = 1024
 
 
 @dataclass(slots=True)
@@ -70,16 +74,63 @@ def pick_next_tokens(logits: torch.Tensor, table: SamplingTable, seen: torch.Ten
     scores = logits.index_select(0, table.sampled_index) / table.temperature[:, None]
     order: torch.Tensor | None = None
     if table.needs_filter:
-        scores, order = scores.sort(dim=-1, descending=True)
-        ranks = torch.arange(scores.shape[-1], device=scores.device)[None, :]
-        scores = scores.masked_fill(ranks >= table.top_k[:, None], float("-inf"))
-        probs = scores.softmax(dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (the first never goes).
-        beyond = (probs.cumsum(dim=-1) - probs) > table.top_p[:, None]
-        scores = scores.masked_fill(beyond, float("-inf"))
-    probs = scores.softmax(dim=-1)
-    for j, row in enumerate(table.sampled_rows):
-        pick = torch.multinomial(probs[j], 1, generator=table.rows[row].generator)
-        token = order[j, pick] if order is not None else pick
-        chosen[row] = token[0]
+        scores, order = filter_top_k_top_p(scores, table.top_k, table.top_p)
+    picks = _draw(scores.softmax(dim=-1), [table.rows[row].generator for row in table.sampled_rows])
+    if order is not None:
+        picks = order.gather(1, picks[:, None])[:, 0]
+    chosen[table.sampled_index] = picks
     return chosen
+
+
+def filter_top_k_top_p(
+    scores: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's scores ([rows, vocab]) ranked best first, with the tokens that top-k or top-p
+    drop set to -inf; returns (ranked scores, their token ids). The best token is never dropped.
+
+    Why not a plain sort: sorting a 49k vocabulary for 32 rows took about 90 ms on this CPU, most
+    of a decode step. The top `CANDIDATES` tokens come from one `topk` instead; they hold every
+    token the filters keep when a row's top_k is at most that many, or when the row has no top_k
+    and its candidates already carry more than top_p of the probability. Only when some row
+    fits neither (a flat distribution, a very high temperature) is the whole vocabulary sorted.
+    The tokens kept are the same either way.
+    """
+    vocab = scores.shape[-1]
+    k = min(vocab, CANDIDATES)
+    ranked, order = scores.topk(k, dim=-1)
+    ranked = _mask_ranks(ranked, top_k)
+    # top_p is a share of the whole (top-k filtered) distribution, so the candidates' probabilities
+    # are normalised by the whole vocabulary's sum unless top_k already cut it to the candidates.
+    within = top_k[:, None] <= k
+    log_total = torch.where(within, ranked.logsumexp(-1, keepdim=True), scores.logsumexp(-1, keepdim=True))
+    probs = (ranked - log_total).exp()
+    fits = within[:, 0] | ((top_k >= vocab) & (probs.sum(dim=-1) > top_p))
+    if not bool(fits.all()):
+        ranked, order = scores.sort(dim=-1, descending=True)
+        ranked = _mask_ranks(ranked, top_k)
+        probs = ranked.softmax(dim=-1)
+    # Drop a token when the tokens ranked above it already reach top_p (the first never goes).
+    beyond = (probs.cumsum(dim=-1) - probs) > top_p[:, None]
+    return ranked.masked_fill(beyond, float("-inf")), order
+
+
+def _mask_ranks(ranked: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    ranks = torch.arange(ranked.shape[-1], device=ranked.device)[None, :]
+    return ranked.masked_fill(ranks >= top_k[:, None], float("-inf"))
+
+
+def _draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """One token per row of `probs` ([rows, vocab]) by inverting the row's cumulative distribution
+    at a uniform number drawn from the row's own generator.
+
+    Why not ``torch.multinomial`` per row: over a 49k vocabulary it cost about 1.3 ms a row on
+    this CPU (42 ms of a 144 ms decode step at 32 rows); this is one batched cumsum and
+    searchsorted plus one scalar draw per row (a few ms in all). The draw still comes from the
+    row's generator alone, so a seeded sequence repeats itself whatever else shares the batch.
+    """
+    uniform = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generators])
+    cdf = probs.cumsum(dim=-1)
+    # Scaled by each row's total so that float rounding in the cumsum can never push the target
+    # past the last token; `right=True` skips zero-probability tokens (their cdf does not rise).
+    target = (uniform * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)

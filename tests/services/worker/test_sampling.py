@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 
 from services.worker.engine import SamplingParams
-from services.worker.sampling import RowSampling, SamplingTable, make_generator, pick_next_tokens
+from services.worker.sampling import (
+    CANDIDATES,
+    RowSampling,
+    SamplingTable,
+    filter_top_k_top_p,
+    make_generator,
+    pick_next_tokens,
+)
 
 CPU = torch.device("cpu")
 VOCAB = 50
@@ -80,3 +87,54 @@ def test_negative_logits_are_penalised_downwards() -> None:
     seen[0, 1] = True
     table = table_for(SamplingParams(repetition_penalty=2.0))  # -1.0 becomes -2.0 < -1.5
     assert pick_next_tokens(logits, table, seen).item() == 2
+
+
+def test_draws_follow_the_softmax_probabilities() -> None:
+    # Three tokens carry 50 / 30 / 20 % of the mass, the rest none (after top_k=3): the share of
+    # each in 4,000 draws must match, and a token outside the top 3 must never come up.
+    logits = torch.full((1, VOCAB), -30.0)
+    logits[0, 4], logits[0, 9], logits[0, 17] = torch.tensor([0.5, 0.3, 0.2]).log()
+    table = table_for(SamplingParams(temperature=1.0, top_k=3, seed=7))
+    draws = [pick_next_tokens(logits, table, None).item() for _ in range(4000)]
+    shares = {token: draws.count(token) / len(draws) for token in set(draws)}
+    assert set(shares) == {4, 9, 17}
+    for token, expected in ((4, 0.5), (9, 0.3), (17, 0.2)):
+        assert abs(shares[token] - expected) < 0.03, shares
+
+
+def test_rows_sample_independently_in_one_batch() -> None:
+    # Two sampled rows with opposite favourites: each row's draws follow its own logits.
+    logits = torch.zeros(2, VOCAB)
+    logits[0, 2] = 10.0
+    logits[1, 40] = 10.0
+    table = table_for(SamplingParams(temperature=1.0, seed=1), SamplingParams(temperature=1.0, seed=2))
+    picks = [pick_next_tokens(logits, table, None).tolist() for _ in range(50)]
+    assert sum(p == [2, 40] for p in picks) >= 45
+
+
+def _kept_by_full_sort(scores: torch.Tensor, top_k: int, top_p: float) -> set[int]:
+    """The reference: sort the whole vocabulary, cut at top_k, then at top_p (first always kept)."""
+    ranked, order = scores.sort(descending=True)
+    ranked[top_k:] = float("-inf")
+    probs = ranked.softmax(dim=-1)
+    keep = (probs.cumsum(dim=-1) - probs) <= top_p
+    keep &= ranked > float("-inf")
+    return set(order[keep].tolist())
+
+
+def test_candidate_filter_keeps_exactly_what_a_full_sort_keeps() -> None:
+    # A vocabulary larger than CANDIDATES, peaked rows (candidates suffice) and flat rows (the
+    # full sort fallback), with and without top_k: the kept token sets must equal the reference.
+    vocab = CANDIDATES * 4
+    generator = torch.Generator().manual_seed(3)
+    peaked = torch.randn(3, vocab, generator=generator) * 4
+    flat = torch.randn(2, vocab, generator=generator) * 0.01
+    scores = torch.cat([peaked, flat])
+    settings = [(vocab, 0.9), (40, 0.95), (vocab, 0.5), (vocab, 0.9), (2000, 0.99)]
+    top_k = torch.tensor([k for k, _ in settings])
+    top_p = torch.tensor([p for _, p in settings])
+    ranked, order = filter_top_k_top_p(scores, top_k, top_p)
+    for row, (k, p) in enumerate(settings):
+        kept = set(order[row][ranked[row] > float("-inf")].tolist())
+        assert kept == _kept_by_full_sort(scores[row].clone(), k, p), row
+        assert kept  # the best token is always kept
