@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from services.worker.engine_factory import BackendUnavailableError
+from services.worker.openmp_policy import apply_omp_wait_policy
 from services.worker.service import serve
 from services.worker.settings import WorkerSettings
 from shared.model_store import ModelNotFoundError
@@ -28,6 +29,7 @@ def main() -> int:
         print(f"invalid worker settings:\n{exc}", file=sys.stderr)
         return 2
     configure_logging("worker", settings.instance_id, level=settings.log_level, fmt=settings.log_format)
+    apply_omp_wait_policy(settings)  # before the engine imports torch
     try:
         asyncio.run(serve(settings))
     except (BackendUnavailableError, ModelNotFoundError) as exc:
