@@ -1,0 +1,596 @@
+"""The worker against its peers on the same machine and prompts; prints JSON and draws a PNG.
+
+    .venv/bin/python load-tests/worker_peer_bench.py [--out DIR] [--systems a,b,...]
+        [--streams 32] [--requests 64] [--max-tokens 64] [--temperature 0.7]
+        [--sweep 1,8,32,128,256] [--vllm-python /path/to/venv-with-vllm/bin/python]
+
+Systems (`--systems`, default all), each sent the same `--requests` streaming chat completions,
+`--streams` at a time (closed loop: a stream that ends starts the next request), `--max-tokens`
+each, at `--temperature` (top_p 1), prompts from one fixed list of distinct prompts:
+
+* `cluster-transformers`: the whole embedded cluster (`lgc up`: Tansu, Redis, gateway, batcher,
+  guardian, one worker; the scaler off) through the gateway's HTTP API, the default backend
+  (bfloat16 on CPU); caches bypassed with `Cache-Control: no-cache, no-store`;
+* `cluster-transformers-int8`: the same with `LGC_WORKER_QUANTIZATION=int8` (CPU dynamic int8);
+* `cluster-simulated`: the same with the simulated backend (NO MODEL: tokens at
+  `LGC_SIMULATED_TOKENS_PER_S` per sequence), which measures the pipeline alone; labelled so;
+* `cluster-vllm`: the cluster with `LGC_WORKER_BACKEND=vllm`, every service run by
+  `--vllm-python` (skipped without it);
+* `sequential-generate`: the seed's approach: one `model.generate` after another in this process
+  (bfloat16), over `--sequential-requests` requests that all arrive at once, so a request's TTFT
+  includes its wait behind the earlier ones, as a client would see it;
+* `transformers-serve`: `transformers serve --continuous-batching` (`--tserve-dtype`, default
+  float32, its faster dtype on this CPU per ../shared/FACTS.md);
+* `vllm-serve`: `vllm serve` (bfloat16) from `--vllm-python`'s environment (skipped without it).
+
+A peer that is not installed is reported as `skipped` with the reason, never estimated.
+
+Measured at the client for every system alike: output tokens/s over the run (completion tokens from
+the stream's usage chunk; a server that sends none has its text re-tokenized with the model's
+tokenizer, said in `token_count`), TTFT (request sent -> first content chunk) and inter-token
+latency (gaps between content chunks) p50/p99, errors. For the cluster systems also the CPU
+seconds of every cluster process per 1,000 output tokens.
+
+`--sweep` runs the first cluster system of `--sweep-system` (default `cluster-transformers`) at
+each concurrency (max(concurrency, 4) requests each): throughput must not collapse when streams far
+outnumber cores (issue 8, item 7). Writes `DIR/worker_peer_bench.json` and `DIR/worker_peer_bench.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from shared.launcher.cluster import ClusterConfig, EmbeddedCluster  # noqa: E402
+from shared.launcher.output import FileSink  # noqa: E402
+from shared.launcher.ports import free_port_settings  # noqa: E402
+from shared.model_store import prepare_model, resolve_model  # noqa: E402
+from shared.settings import default_state_dir  # noqa: E402
+
+SYSTEMS = (
+    "cluster-transformers",
+    "cluster-transformers-int8",
+    "cluster-simulated",
+    "cluster-vllm",
+    "sequential-generate",
+    "transformers-serve",
+    "vllm-serve",
+)
+#: What each system is, for the report and the chart.
+LABELS = {
+    "cluster-transformers": "cluster, transformers bf16",
+    "cluster-transformers-int8": "cluster, transformers int8",
+    "cluster-simulated": "cluster, SIMULATED (no model)",
+    "cluster-vllm": "cluster, vllm backend",
+    "sequential-generate": "sequential generate (seed)",
+    "transformers-serve": "transformers serve --cb",
+    "vllm-serve": "vllm serve",
+}
+TOPICS = (
+    "a lighthouse keeper", "a lost kitten", "the first day of school", "a storm at sea", "a robot gardener",
+    "an old bicycle", "a city at night", "a mountain village", "a forgotten letter", "a jazz musician",
+    "a desert caravan", "a small bakery", "a haunted library", "a winter market", "a river journey",
+    "a chess tournament", "a beekeeper", "a space station", "a train station farewell", "a rainy afternoon",
+    "a treasure map", "a fox in the snow", "an island festival", "a clockmaker", "a summer thunderstorm",
+    "a coral reef", "a retired astronaut", "a street painter", "a midnight train", "an apple orchard",
+    "a paper boat", "a violin maker",
+)
+STYLES = ("Write a short story about {}.", "Describe {} in a few vivid sentences.")
+PROMPTS = [style.format(topic) for style in STYLES for topic in TOPICS]
+NO_CACHE = {"Cache-Control": "no-cache, no-store"}
+
+
+@dataclass
+class Outcome:
+    """One request as the client saw it."""
+
+    ok: bool = False
+    error: str | None = None
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    gaps_s: list[float] = field(default_factory=list)
+    text: str = ""
+    usage_tokens: int | None = None
+
+
+@dataclass
+class Target:
+    """Where a system answers OpenAI-compatible requests."""
+
+    url: str
+    model: str
+    headers: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    """Processes whose CPU time the run is charged (empty: not measured)."""
+    notes: list[str] = field(default_factory=list)
+
+
+class Skipped(Exception):
+    """A system that cannot run here; the message says why."""
+
+
+# ------------------------------------------------------------------------------------------ client
+
+
+async def _stream_one(client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> Outcome:
+    outcome = Outcome()
+    start = time.perf_counter()
+    last: float | None = None
+    parts: list[str] = []
+    try:
+        async with client.stream(
+            "POST", f"{target.url}/v1/chat/completions", json=body, headers=target.headers
+        ) as response:
+            if response.status_code != 200:
+                await response.aread()
+                outcome.error = f"http_{response.status_code}: {response.text[:200]}"
+                return outcome
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("error"):
+                    outcome.error = f"stream_error: {json.dumps(chunk['error'])[:200]}"
+                if chunk.get("usage"):
+                    outcome.usage_tokens = chunk["usage"].get("completion_tokens")
+                for choice in chunk.get("choices") or []:
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        now = time.perf_counter()
+                        parts.append(content)
+                        if outcome.ttft_s is None:
+                            outcome.ttft_s = now - start
+                        elif last is not None:
+                            outcome.gaps_s.append(now - last)
+                        last = now
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        # Counted, not raised: a benchmark reports failures instead of stopping at the first.
+        outcome.error = f"{type(exc).__name__}: {exc}"
+        return outcome
+    outcome.text = "".join(parts)
+    outcome.ok = outcome.error is None
+    outcome.e2e_s = time.perf_counter() - start
+    return outcome
+
+
+async def run_load(
+    target: Target, *, requests: int, streams: int, max_tokens: int, temperature: float, timeout_s: float
+) -> tuple[list[Outcome], float]:
+    """`requests` streaming chat completions, `streams` at a time; returns outcomes and wall time."""
+    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(requests):
+        queue.put_nowait(index)
+    outcomes: list[Outcome] = []
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+
+        async def stream() -> None:
+            while not queue.empty():
+                index = queue.get_nowait()
+                body = {
+                    "model": target.model,
+                    "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
+                    "max_tokens": max_tokens,
+                    "temperature": temperature,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+                outcomes.append(await _stream_one(client, target, body))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(stream() for _ in range(streams)))
+        return outcomes, time.perf_counter() - start
+
+
+def _ms(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000, 1)
+
+
+def summarise(outcomes: list[Outcome], elapsed_s: float, tokenizer: Any) -> dict[str, Any]:
+    """Throughput and latency percentiles of one run."""
+    ok = [o for o in outcomes if o.ok]
+    with_usage = all(o.usage_tokens is not None for o in ok)
+    tokens = sum(
+        o.usage_tokens if with_usage else len(tokenizer(o.text, add_special_tokens=False)["input_ids"])  # type: ignore[misc]
+        for o in ok
+    )
+    errors: dict[str, int] = {}
+    for o in outcomes:
+        if not o.ok:
+            key = (o.error or "unknown").split(":")[0]
+            errors[key] = errors.get(key, 0) + 1
+    gaps = [g for o in ok for g in o.gaps_s]
+    return {
+        "requests": len(outcomes),
+        "ok": len(ok),
+        "errors": errors,
+        "first_error": next((o.error for o in outcomes if not o.ok), None),
+        "elapsed_s": round(elapsed_s, 2),
+        "output_tokens": tokens,
+        "token_count": "usage" if with_usage else "re-tokenized",
+        "output_tokens_per_s": round(tokens / elapsed_s, 1) if elapsed_s else None,
+        "requests_per_s": round(len(ok) / elapsed_s, 2) if elapsed_s else None,
+        "ttft_ms": {"p50": _ms([o.ttft_s for o in ok if o.ttft_s is not None], 50),
+                    "p99": _ms([o.ttft_s for o in ok if o.ttft_s is not None], 99)},
+        "itl_ms": {"p50": _ms(gaps, 50), "p99": _ms(gaps, 99)},
+        "e2e_ms": {"p50": _ms([o.e2e_s for o in ok if o.e2e_s is not None], 50)},
+        "mean_tokens_per_request": round(tokens / len(ok), 1) if ok else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------- systems
+
+
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time so far of each process and its threads (utime + stime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError):  # a process that already exited is simply not charged
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds[name] = (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
+@contextlib.contextmanager
+def cluster(backend: str, out: Path, *, extra_env: dict[str, str] | None = None, python: str | None = None) -> Iterator[Target]:
+    """An embedded cluster on free ports with one worker of `backend`; its log goes to `out`."""
+    state = Path(tempfile.mkdtemp(prefix="lgc-peer-bench-"))
+    models = default_state_dir() / "models"  # reuse the converted model (the conversion takes ~30 s)
+    models.mkdir(parents=True, exist_ok=True)
+    (state / "models").symlink_to(models, target_is_directory=True)
+    settings = free_port_settings(
+        workers=1, worker_backend=backend, state_dir=state, start_scaler=False, log_format="text", log_level="WARNING"
+    )
+    sink = FileSink(out)
+    config = ClusterConfig(settings=settings, log_sink=sink, extra_env=extra_env or {}, python=python or sys.executable)
+    try:
+        with EmbeddedCluster(config) as running:
+            model = httpx.get(f"{running.http_url}/v1/models", timeout=30).json()["data"][0]["id"]
+            yield Target(running.http_url, model, dict(NO_CACHE), dict(running.pids), [f"log: {out}"])
+    finally:
+        sink.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def http_server(command: list[str], port: int, log: Path, env: dict[str, str], ready_path: str, timeout_s: float) -> Iterator[int]:
+    """A peer server subprocess, until `ready_path` answers 200; stopped (SIGINT, then SIGKILL) after."""
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if proc.poll() is not None:
+                    raise Skipped(f"{command[0]} exited with {proc.returncode} before it was ready (log: {log})")
+                with contextlib.suppress(httpx.HTTPError):  # not listening yet
+                    if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise Skipped(f"{command[0]} was not ready within {timeout_s:.0f} s (log: {log})")
+                time.sleep(1)
+            yield proc.pid
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def model_dir() -> Path:
+    """The converted SmolLM2 safetensors folder every system loads."""
+    return Path(prepare_model(resolve_model("smollm2"), default_state_dir()).path)
+
+
+@contextlib.contextmanager
+def transformers_serve(out: Path, dtype: str) -> Iterator[Target]:
+    cli = Path(sys.executable).with_name("transformers")
+    if not cli.exists():
+        raise Skipped("the `transformers` command is not installed next to this Python")
+    port = _free_port()
+    path = str(model_dir())
+    command = [str(cli), "serve", "--continuous-batching", "--dtype", dtype, "--device", "cpu",
+               "--host", "127.0.0.1", "--port", str(port), path]
+    with http_server(command, port, out, dict(os.environ), "/health", 300) as pid:
+        yield Target(f"http://127.0.0.1:{port}", path, {}, {"server": pid}, [f"dtype {dtype}", f"log: {out}"])
+
+
+def _vllm_env(python: str | None) -> tuple[Path, dict[str, str]]:
+    if not python:
+        raise Skipped("vLLM is not installed here; pass --vllm-python (see load-tests/install_vllm_cpu.sh)")
+    probe = subprocess.run([python, "-c", "import vllm, sys; print(vllm.__version__)"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise Skipped(f"{python} cannot import vllm: {probe.stderr.strip()[-300:]}")
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+    return Path(python), env
+
+
+@contextlib.contextmanager
+def vllm_serve(out: Path, python: str | None) -> Iterator[Target]:
+    interpreter, env = _vllm_env(python)
+    from services.worker.vllm_model_folder import vllm_ready_folder
+
+    folder = str(vllm_ready_folder(model_dir(), default_state_dir()))
+    port = _free_port()
+    command = [str(interpreter), "-m", "vllm.entrypoints.cli.main", "serve", folder, "--dtype", "bfloat16",
+               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048"]
+    with http_server(command, port, out, env, "/health", 600) as pid:
+        yield Target(f"http://127.0.0.1:{port}", folder, {}, {"server": pid}, ["dtype bfloat16", f"log: {out}"])
+
+
+async def sequential_generate(requests: int, max_tokens: int, temperature: float) -> dict[str, Any]:
+    """One `generate` after another; every request arrives at 0 and waits for those before it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    path = model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+
+    class Clock(BaseStreamer):
+        """Times every token `generate` emits (its first call carries the prompt)."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.calls = 0
+
+        def put(self, value: Any) -> None:
+            self.calls += 1
+            if self.calls > 1:
+                self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    outcomes: list[Outcome] = []
+    arrived = time.perf_counter()
+    for index in range(requests):
+        messages = [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        clock = Clock()
+        with torch.inference_mode():
+            output = await asyncio.to_thread(
+                model.generate, **ids, max_new_tokens=max_tokens, do_sample=temperature > 0,
+                temperature=temperature or None, top_p=1.0, streamer=clock, pad_token_id=tokenizer.eos_token_id,
+            )
+        new = output[0, ids["input_ids"].shape[1]:]
+        times = clock.times
+        outcomes.append(Outcome(
+            ok=True, ttft_s=times[0] - arrived if times else None, e2e_s=time.perf_counter() - arrived,
+            gaps_s=[b - a for a, b in zip(times, times[1:])], usage_tokens=int(new.shape[0]),
+        ))
+    result = summarise(outcomes, time.perf_counter() - arrived, tokenizer)
+    result["notes"] = [f"{requests} requests arriving together, served one after another in this process "
+                       "(bfloat16); TTFT includes the wait behind earlier requests"]
+    return result
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+def _measured(target: Target, run: Callable[[], tuple[list[Outcome], float]], tokenizer: Any) -> dict[str, Any]:
+    before = _cpu_seconds(target.pids)
+    outcomes, elapsed = run()
+    after = _cpu_seconds(target.pids)
+    result = summarise(outcomes, elapsed, tokenizer)
+    if target.pids:
+        cpu = {name: round(after[name] - before.get(name, 0.0), 2) for name in after}
+        result["cpu_s"] = cpu
+        total = sum(cpu.values())
+        result["cpu_s_per_1k_tokens"] = round(total / result["output_tokens"] * 1000, 2) if result["output_tokens"] else None
+    result["notes"] = target.notes
+    return result
+
+
+def _system(name: str, args: argparse.Namespace, out: Path) -> contextlib.AbstractContextManager[Target]:
+    log = out / f"{name}.log"
+    if name == "cluster-transformers":
+        return cluster("transformers", log)
+    if name == "cluster-transformers-int8":
+        return cluster("transformers", log, extra_env={"LGC_WORKER_QUANTIZATION": "int8", "LGC_WORKER_DTYPE": "float32"})
+    if name == "cluster-simulated":
+        return cluster("simulated", log)
+    if name == "cluster-vllm":
+        interpreter, _ = _vllm_env(args.vllm_python)
+        env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "4",
+               "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
+        return cluster("vllm", log, extra_env=env, python=str(interpreter))
+    if name == "transformers-serve":
+        return transformers_serve(log, args.tserve_dtype)
+    if name == "vllm-serve":
+        return vllm_serve(log, args.vllm_python)
+    raise ValueError(name)
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    load = dict(requests=args.requests, streams=args.streams, max_tokens=args.max_tokens,
+                temperature=args.temperature, timeout_s=args.timeout)
+    report: dict[str, Any] = {
+        "setup": {**load, "prompts": len(PROMPTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
+                  "model": "SmolLM2-135M-Instruct", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "systems": {},
+    }
+    for name in args.systems:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            if name == "sequential-generate":
+                result = asyncio.run(sequential_generate(args.sequential_requests, args.max_tokens, args.temperature))
+            else:
+                with _system(name, args, out) as target:
+                    asyncio.run(run_load(target, **{**load, "requests": min(args.streams, 4)}))  # warm-up
+                    result = _measured(target, lambda: asyncio.run(run_load(target, **load)), tokenizer)
+                    if name == args.sweep_system and args.sweep:
+                        report["sweep"] = _sweep(target, args, tokenizer)
+        except Skipped as exc:
+            result = {"skipped": str(exc)}
+        result = {"label": LABELS[name], "simulated": name == "cluster-simulated", **result,
+                  "wall_s": round(time.monotonic() - started, 1), "loadavg_after": os.getloadavg()}
+        report["systems"][name] = result
+        print(f"[bench] {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    report["comparison"] = _comparison(report["systems"])
+    return report
+
+
+def _sweep(target: Target, args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
+    levels = {}
+    for streams in args.sweep:
+        load = dict(requests=max(streams, 4), streams=streams, max_tokens=args.max_tokens,
+                    temperature=args.temperature, timeout_s=args.timeout)
+        print(f"[bench]   sweep {streams} streams ...", file=sys.stderr, flush=True)
+        levels[str(streams)] = _measured(target, lambda load=load: asyncio.run(run_load(target, **load)), tokenizer)
+    return {"system": args.sweep_system, "levels": levels}
+
+
+def _comparison(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, from what was measured (None where a side was skipped)."""
+
+    def rate(name: str) -> float | None:
+        return (systems.get(name) or {}).get("output_tokens_per_s")
+
+    def ttft(name: str) -> float | None:
+        return ((systems.get(name) or {}).get("ttft_ms") or {}).get("p50")
+
+    real = [n for n in systems if n.startswith("cluster-") and n != "cluster-simulated" and rate(n)]
+    best = max(real, key=lambda n: rate(n) or 0.0, default=None)
+    result: dict[str, Any] = {"best_cluster_system": best}
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a and b else None
+
+    result["best_cluster_vs_vllm_serve_tokens"] = ratio(rate(best) if best else None, rate("vllm-serve"))
+    result["best_cluster_ttft_p50_ms"] = ttft(best) if best else None
+    result["vllm_serve_ttft_p50_ms"] = ttft("vllm-serve")
+    result["transformers_backend_vs_sequential"] = ratio(rate("cluster-transformers"), rate("sequential-generate"))
+    result["transformers_backend_vs_transformers_serve"] = ratio(rate("cluster-transformers"), rate("transformers-serve"))
+    result["targets"] = {
+        "best cluster >= vllm serve tokens/s, TTFT p50 no higher": "best_cluster_vs_vllm_serve_tokens >= 1",
+        "transformers backend >= 10x sequential": "transformers_backend_vs_sequential >= 10",
+        "transformers backend >= 1.5x transformers serve": "transformers_backend_vs_transformers_serve >= 1.5",
+    }
+    return result
+
+
+def write_chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ran = {n: r for n, r in report["systems"].items() if "output_tokens_per_s" in r}
+    sweep = (report.get("sweep") or {}).get("levels") or {}
+    fig, axes = plt.subplots(1, 3 if sweep else 2, figsize=(18 if sweep else 12, 5.5))
+    names = list(ran)
+    labels = [ran[n]["label"] for n in names]
+    colours = ["#bbbbbb" if ran[n]["simulated"] else "#4477aa" if n.startswith("cluster") else "#ee7733" for n in names]
+    axes[0].barh(labels, [ran[n]["output_tokens_per_s"] for n in names], color=colours)
+    axes[0].set_xlabel("output tokens/s")
+    setup = report["setup"]
+    axes[0].set_title(f"{setup['streams']} streams x {setup['max_tokens']} tokens, {setup['cpus']} CPUs")
+    for n in names:
+        if ran[n]["simulated"]:
+            axes[0].annotate("simulated: no model", (ran[n]["output_tokens_per_s"], LABELS[n]), fontsize=8)
+    p50 = [(ran[n]["ttft_ms"]["p50"] or 0) / 1000 for n in names]
+    p99 = [(ran[n]["ttft_ms"]["p99"] or 0) / 1000 for n in names]
+    ys = range(len(names))
+    axes[1].barh([y + 0.2 for y in ys], p50, height=0.4, label="TTFT p50")
+    axes[1].barh([y - 0.2 for y in ys], p99, height=0.4, label="TTFT p99")
+    axes[1].set_yticks(list(ys), labels)
+    axes[1].set_xlabel("time to first token, s (sequential: includes the queue)")
+    axes[1].legend()
+    if sweep:
+        levels = sorted(sweep, key=int)
+        ax = axes[2]
+        ax.plot([int(c) for c in levels], [sweep[c]["output_tokens_per_s"] for c in levels], "o-", label="tokens/s")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent streams")
+        ax.set_ylabel("output tokens/s")
+        twin = ax.twinx()
+        twin.plot([int(c) for c in levels], [sweep[c]["itl_ms"]["p50"] or 0 for c in levels], "s--", color="#cc3311",
+                  label="ITL p50 (ms)")
+        twin.set_ylabel("inter-token p50 (ms)")
+        ax.set_title(f"sweep: {report['sweep']['system']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "load-tests" / "out" / "peer-bench")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
+    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--sequential-requests", type=int, default=8)
+    parser.add_argument("--sweep", default="1,8,32,128,256", help="concurrencies; empty: no sweep")
+    parser.add_argument("--sweep-system", default="cluster-transformers")
+    parser.add_argument("--tserve-dtype", default="float32")
+    parser.add_argument(
+        "--peer-omp-wait-policy", choices=("passive", "active", "inherit"), default="passive",
+        help="OMP_WAIT_POLICY for every system (the cluster's worker uses passive by default); inherit: leave it",
+    )
+    parser.add_argument("--vllm-python", default=None, help="a Python with vLLM (vllm-cpu here) installed")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
+    args = parser.parse_args()
+    args.systems = [s for s in args.systems.split(",") if s]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems: {sorted(unknown)}")
+    args.sweep = [int(c) for c in args.sweep.split(",") if c]
+    if args.peer_omp_wait_policy != "inherit":
+        # Before torch loads here (sequential-generate) and inherited by every server started: the
+        # peers get the same OpenMP waiting as the cluster's worker, so the comparison is of engines.
+        os.environ["OMP_WAIT_POLICY"] = args.peer_omp_wait_policy.upper()
+    report = bench(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "worker_peer_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_chart(report, args.out / "worker_peer_bench.png")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
