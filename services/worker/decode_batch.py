@@ -89,6 +89,10 @@ class DecodeBatch:
         batch = cls(out.past_key_values, mask, mask.sum(-1), seen)
         return batch, out.logits[:, -1, :].float()
 
+    def cache_nbytes(self) -> int:
+        """Bytes held by the key and value tensors of every layer."""
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers if layer.keys is not None)
+
     def step(self, model: Any) -> torch.Tensor:
         """Feed `next_tokens` to every row; returns the new logits ([rows, vocab], float32)."""
         assert self.next_tokens is not None, "pick tokens before stepping"

@@ -214,6 +214,9 @@ class EngineObserver(Protocol):
     def tokens(self, count: int) -> None:
         """`count` more output tokens were generated."""
 
+    def kv_cache(self, tokens: int, nbytes: int) -> None:
+        """The KV cache now holds `tokens` token slots (padding included) in `nbytes` bytes."""
+
 
 class NullObserver:
     """Observes nothing."""
@@ -225,6 +228,9 @@ class NullObserver:
         pass
 
     def tokens(self, count: int) -> None:
+        pass
+
+    def kv_cache(self, tokens: int, nbytes: int) -> None:
         pass
 
 

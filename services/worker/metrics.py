@@ -57,6 +57,10 @@ class WorkerMetrics:
         self._running = factory.gauge("running_sequences", "Sequences generating now.", labels)
         self._waiting = factory.gauge("waiting_sequences", "Sequences accepted, not yet generating.", labels)
         self._capacity = factory.gauge("capacity_sequences", "Most sequences generated at once.", labels)
+        self._kv_tokens = factory.gauge(
+            "kv_cache_tokens", "Token slots held in the KV cache (rows x length, left padding included).", labels
+        )
+        self._kv_bytes = factory.gauge("kv_cache_bytes", "Bytes of the KV cache's key and value tensors.", labels)
         self._draining = factory.gauge("draining", "1 while finishing in-flight work before stopping.", labels)
         self._info = factory.gauge(
             "info", "Always 1; the labels describe the worker.", (*labels, "simulated", "device", "dtype")
@@ -69,6 +73,7 @@ class WorkerMetrics:
         self._load: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self._draining_now: Callable[[], bool] = lambda: False
         self._engine_info: EngineInfo | None = None
+        self._kv_now = (0, 0)
 
     def bind(self, info: EngineInfo, load: Callable[[], tuple[int, int]], draining: Callable[[], bool]) -> None:
         """Attach the loaded engine: labels, capacity, and live (running, waiting) and draining."""
@@ -95,6 +100,11 @@ class WorkerMetrics:
         self._output_tokens.labels(*self._labels).inc(count)
         with self._lock:
             self._tokens += count
+
+    def kv_cache(self, tokens: int, nbytes: int) -> None:
+        self._kv_tokens.labels(*self._labels).set(tokens)
+        self._kv_bytes.labels(*self._labels).set(nbytes)
+        self._kv_now = (tokens, nbytes)
 
     # outcomes (event loop) --------------------------------------------------------------------
 
@@ -136,6 +146,8 @@ class WorkerMetrics:
             "finished_per_s": (finished - finished_then) / elapsed,
             "failed_per_s": (failed - failed_then) / elapsed,
             "draining": 1.0 if self._draining_now() else 0.0,
+            "kv_cache_tokens": float(self._kv_now[0]),
+            "kv_cache_bytes": float(self._kv_now[1]),
         }
         labels = {"model": self._labels[0], "backend": self._labels[1], "address": address}
         labels["simulated"] = "true" if info is not None and info.simulated else "false"

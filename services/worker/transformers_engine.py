@@ -302,6 +302,7 @@ class TransformersEngine(Engine):
             events = []
             self._decode_step(events)
             self._deliver(events)
+        self._report_cache()
 
     def _admit(self, handle: SequenceHandle, events: _Events) -> None:
         try:
@@ -424,6 +425,14 @@ class TransformersEngine(Engine):
         self._observer.tokens(len(self._rows))
         self._keep_rows(self._accept_tokens(self._rows, picked, events))
 
+    def _report_cache(self) -> None:
+        """Tell the observer how much KV cache the running batch holds (after every turn)."""
+        batch = self._batch
+        if batch is None:
+            self._observer.kv_cache(0, 0)
+        else:
+            self._observer.kv_cache(batch.size * batch.length, batch.cache_nbytes())
+
     def _accept_tokens(self, seqs: list[_Sequence], tokens: list[int], events: _Events) -> list[int]:
         """Process one new token per sequence; returns the indices of those still running."""
         return [i for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)) if self._accept(seq, token, events)]
@@ -481,6 +490,7 @@ class TransformersEngine(Engine):
         seqs = [*self._prefilling, *self._rows, *self._admitted]
         self._prefilling, self._rows, self._batch, self._table = [], [], None, None
         self._admitted.clear()
+        self._report_cache()
         handles = [s.handle for s in seqs]
         if include_inbox:
             with self._cond:

@@ -55,3 +55,16 @@ def test_snapshot_rates_cover_the_time_since_the_last_one() -> None:
     assert snapshot.values["draining"] == 1.0
     assert snapshot.labels == {"model": "m1", "backend": "transformers", "address": "h:1", "simulated": "false"}
     assert metrics.snapshot("h:1").values["tokens_per_s"] == 0.0
+
+
+def test_kv_cache_usage_in_gauges_and_snapshot() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry, "w1")
+    metrics.bind(INFO, lambda: (2, 0), lambda: False)
+    metrics.kv_cache(120, 120 * 4096)
+    assert sample(registry, "lgc_worker_kv_cache_tokens") == 120
+    assert sample(registry, "lgc_worker_kv_cache_bytes") == 120 * 4096
+    values = metrics.snapshot("127.0.0.1:1").values
+    assert (values["kv_cache_tokens"], values["kv_cache_bytes"]) == (120, 120 * 4096)
+    metrics.kv_cache(0, 0)
+    assert sample(registry, "lgc_worker_kv_cache_bytes") == 0

@@ -14,6 +14,7 @@ from services.worker.engine import (
     ChatTurn,
     FailureCode,
     FinishReason,
+    NullObserver,
     SamplingParams,
     SequenceFailed,
     SequenceFinished,
@@ -256,3 +257,45 @@ async def test_a_model_failure_fails_the_batch_and_the_engine_goes_on(engine: Tr
     assert "simulated device failure" in failed.end.message
     after = await run_item(engine, greedy("1, 2, 3,", max_new_tokens=3, request_id="fine"))
     assert isinstance(after.end, SequenceFinished) and after.end.completion_tokens == 3
+
+
+class CacheRecorder(NullObserver):
+    """Keeps every KV cache report (called from the engine thread)."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int]] = []
+
+    def kv_cache(self, tokens: int, nbytes: int) -> None:
+        self.reports.append((tokens, nbytes))
+
+
+async def test_kv_cache_usage_is_reported_and_freed_on_cancel(model_state_dir: Path) -> None:
+    recorder = CacheRecorder()
+    settings = WorkerSettings(state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256)
+    engine = TransformersEngine(settings, recorder)
+    await engine.start()
+    try:
+        config = engine.model.config
+        per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * (
+            config.hidden_size // config.num_attention_heads
+        ) * 4  # keys and values of every layer, float32
+        queue: asyncio.Queue = asyncio.Queue()
+        long_item = WorkItem("long", prompt=PROMPTS[1], params=SamplingParams(max_new_tokens=200))
+        handle = engine.submit(long_item, queue.put_nowait)
+        short = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="short"))
+        assert isinstance(short.end, SequenceFinished)
+        held = [r for r in recorder.reports if r[0] > 0]
+        assert held and all(nbytes == tokens * per_token for tokens, nbytes in held)
+        assert max(tokens for tokens, _ in held) >= 2 * len(PROMPTS[1].split())  # two rows at once
+        assert engine.cancel(handle)
+        event = await asyncio.wait_for(queue.get(), 30)
+        while not isinstance(event, SequenceFinished):
+            event = await asyncio.wait_for(queue.get(), 30)
+        assert event.reason is FinishReason.CANCELLED
+        for _ in range(50):  # the report follows the event within the same engine turn
+            if recorder.reports[-1] == (0, 0):
+                break
+            await asyncio.sleep(0.02)
+        assert recorder.reports[-1] == (0, 0)
+    finally:
+        await engine.stop()
