@@ -68,10 +68,14 @@ def pick_next_tokens(logits: torch.Tensor, table: SamplingTable, seen: torch.Ten
         penalty = table.penalty[:, None]
         penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
         logits = torch.where(seen, penalised, logits)
-    chosen = logits.argmax(dim=-1)
     if not table.sampled_rows:
-        return chosen
-    scores = logits.index_select(0, table.sampled_index) / table.temperature[:, None]
+        return logits.argmax(dim=-1)
+    # The arg-max over the whole vocabulary only where a row is greedy (it costs as much as a
+    # softmax); index_select gives a fresh tensor, so the temperature is divided in place.
+    chosen = logits.argmax(dim=-1) if len(table.sampled_rows) < len(table.rows) else logits.new_zeros(
+        logits.shape[0], dtype=torch.long
+    )
+    scores = logits.index_select(0, table.sampled_index).div_(table.temperature[:, None])
     order: torch.Tensor | None = None
     if table.needs_filter:
         scores, order = filter_top_k_top_p(scores, table.top_k, table.top_p)
