@@ -100,6 +100,23 @@ class BatchDispatcher:
         self._release = on_finished
         #: request id -> the worker running it, for cancellation.
         self.running_on: dict[str, WorkerHandle] = {}
+        self._background: set[asyncio.Task[int]] = set()
+
+    async def cancel_on_worker(self, request_id: str) -> int:
+        """Tell the worker running `request_id` to stop it; returns how many items it cancelled
+        (0: not running anywhere, the worker does not have it (yet), or it could not be told)."""
+        worker = self.running_on.get(request_id)
+        if worker is None:
+            return 0
+        try:
+            reply = await worker.stub.Cancel(worker_pb2.CancelRequest(request_ids=[request_id]), timeout=5)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            # Safe: if the worker cannot be told, the request still ends when the worker finishes
+            # it or its stream breaks; it is marked cancelled, so it is answered as cancelled, and
+            # the next text it sends triggers another try (_on_delta).
+            log.warning("could not forward a cancellation to the worker", exc_info=True)
+            return 0
+        return int(reply.cancelled)
 
     async def run(self, batch: list[RequestState]) -> None:
         """Run `batch` (same model and sampling parameters) until each request has ended."""
@@ -265,6 +282,16 @@ class BatchDispatcher:
         self._metrics.worker_outstanding_tokens.labels(worker.worker_id).set(worker.outstanding_tokens)
 
     async def _on_delta(self, state: RequestState, delta: worker_pb2.TokenDelta) -> None:
+        if state.cancelled:
+            # Text after the cancellation: the Cancel reached the worker before the item did (it
+            # was still on its way in the Generate call) or was lost. The item is there now, so
+            # tell it once more, off this stream's loop; no more text leaves for this request.
+            if not state.cancel_resent:
+                state.cancel_resent = True
+                task = asyncio.create_task(self.cancel_on_worker(state.id), name=f"cancel-{state.id}")
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            return
         if state.first_token_at is None and (delta.tokens or delta.text):
             state.first_token_at = time.time()
             if state.dispatched_at is not None:
@@ -275,7 +302,8 @@ class BatchDispatcher:
 
     async def _on_finished(self, state: RequestState, finished: worker_pb2.Finished) -> None:
         state.prompt_tokens = finished.prompt_tokens or state.prompt_tokens
-        if finished.reason == worker_pb2.FINISH_REASON_CANCELLED:
+        if finished.reason == worker_pb2.FINISH_REASON_CANCELLED or state.cancelled:
+            # A request cancelled while its last tokens were on the way ends as cancelled too.
             await self._fail(state, ErrorCode.CANCELLED, f"cancelled: {state.cancelled or 'on the worker'}")
             return
         reason = _FINISH.get(finished.reason, FinishReason.STOP)

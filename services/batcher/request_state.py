@@ -44,6 +44,8 @@ class RequestState:
     model: str | None = None
     cancelled: str | None = None
     """Why it was cancelled, once it was."""
+    cancel_resent: bool = False
+    """The cancellation was told to the worker again because text still came after it."""
     done: bool = False
     held: bool = False
     """Blocking mode: no deltas leave; the final answer is judged first (answer_guard.py)."""

@@ -48,7 +48,6 @@ from shared.guardian_check import GuardianCheckClient
 from shared.kafka_clients import AdaptiveFetchWait, make_consumer, make_producer
 from shared.metrics import SnapshotPublisher
 from shared.ops_server import OpsServer
-from shared.protos import worker_pb2
 from shared.records import Cancel, GenerationRequest, MetricsSnapshot, Priority
 from shared.structured_logging import request_context
 from shared.topics import Topics, ensure_topics
@@ -473,13 +472,7 @@ class BatcherService:
         worker = self.dispatcher.running_on.get(request_id)
         with request_context(request_id):
             log.info("cancelling", extra={"reason": reason, "worker": worker.worker_id if worker else None})
-        if worker is not None:
-            try:
-                await worker.stub.Cancel(worker_pb2.CancelRequest(request_ids=[request_id]), timeout=5)
-            except Exception:
-                # Safe: if the worker cannot be told, the request still ends when the worker
-                # finishes it or its stream breaks; it is marked cancelled and answered as such.
-                log.warning("could not forward a cancellation to the worker", exc_info=True)
+            await self.dispatcher.cancel_on_worker(request_id)
 
     # -- workers and metrics ------------------------------------------------------------------
 

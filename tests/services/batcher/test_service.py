@@ -113,6 +113,22 @@ async def test_cancellation_stops_a_running_request(harness: Harness) -> None:
     assert sum(1 for e in events if e.kind is ReplyKind.DELTA) < 1_999
 
 
+async def test_a_cancellation_the_worker_missed_is_told_again_at_the_next_delta(harness: Harness) -> None:
+    # The race: a Cancel that reaches the worker before the item it names (still on its way in
+    # the Generate call) cancels nothing there. Here the request is marked cancelled in the
+    # batcher without the worker being told at all: the next delta must make the batcher tell it,
+    # and the request must end as cancelled long before its 2,000 tokens.
+    request = harness.request(stream=True, params=GenerationParams(max_new_tokens=2_000))
+    await harness.send(request)
+    first = ReplyEvent.from_bytes((await asyncio.wait_for(harness.replies.getone(), 20)).value)
+    assert first.request_id == request.id and first.kind is ReplyKind.DELTA
+    harness.batcher.states[request.id].cancelled = "missed by the worker"
+    events = await harness.events_until_terminal(request.id, timeout=10)
+    assert events[-1].kind is ReplyKind.ERROR and events[-1].error.code is ErrorCode.CANCELLED
+    assert sum(1 for e in events if e.kind is ReplyKind.DELTA) <= 2  # at most what was in flight
+    assert harness.batcher.states.get(request.id) is None or harness.batcher.states[request.id].cancel_resent
+
+
 async def test_worker_dying_mid_stream_continues_on_another(harness: Harness) -> None:
     request = harness.request(stream=True, params=GenerationParams(max_new_tokens=60))
     await harness.send(request)
