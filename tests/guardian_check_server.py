@@ -4,6 +4,7 @@ gateway's and the batcher's blocking mode)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,8 +32,12 @@ class SwitchableDetector(LoopingDetector):
     name: str = "switchable"
     version: str = "1"
     cost: DetectorCost = "cheap"
+    delay_s: float = 0.0
+    """Seconds each check takes (a slow guardian); the guardian runs detectors on its own threads."""
 
     def detect(self, text: str, kind: TextKind) -> list[Finding]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         at = text.find(self.word)
         if not self.on or at < 0:
             return []

@@ -205,9 +205,10 @@ class BatchDispatcher:
         self._metrics.worker_requests.labels(worker.worker_id).inc(len(batch))
         call = worker.stub.Generate(request, timeout=timeout)
         watchdog = StreamWatchdog(call, lambda: self._answers(worker), stall_s=self._settings.batcher_stream_stall_s)
+        judging: list[asyncio.Task[None]] = []
         try:
             async with watchdog:
-                await self._read(call, watchdog, by_id, ended, retry)
+                await self._read(call, watchdog, by_id, ended, retry, judging)
         except grpc.aio.AioRpcError as exc:
             # Safe: the stream broke (worker died, network, timeout); every request it had not
             # ended is retried below on another worker, continuing after the delivered text.
@@ -236,6 +237,11 @@ class BatchDispatcher:
             self._worker_gauges(worker)
             for state in batch:
                 self.running_on.pop(state.id, None)
+        try:
+            await asyncio.gather(*judging)  # held answers whose verdicts are still coming
+        finally:
+            for task in judging:  # only when this task is cancelled (the batcher stops): replayed
+                task.cancel()
         retry += [s for s in batch if s.id not in ended and not s.done]
         if retry:
             self._metrics.retries.inc(len(retry))
@@ -258,8 +264,11 @@ class BatchDispatcher:
         by_id: dict[str, RequestState],
         ended: set[str],
         retry: list[RequestState],
+        judging: list[asyncio.Task[None]],
     ) -> None:
-        """Turn the call's events into replies until the stream ends."""
+        """Turn the call's events into replies until the stream ends. A held answer (blocking
+        mode) is judged on a task of its own (`judging`), so that the guardian's verdict never
+        holds up the other requests of the stream."""
         async for event in call:
             watchdog.saw_event()
             state = by_id.get(event.request_id)
@@ -271,7 +280,10 @@ class BatchDispatcher:
                     await self._on_delta(state, event.delta)
                 elif kind == "finished":
                     ended.add(state.id)
-                    await self._on_finished(state, event.finished)
+                    if state.held and not state.cancelled:
+                        judging.append(asyncio.create_task(self._on_finished(state, event.finished)))
+                    else:
+                        await self._on_finished(state, event.finished)
                 elif kind == "failed":
                     ended.add(state.id)
                     if not await self._on_failed(state, event.failed):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,9 +15,9 @@ import redis.asyncio as aioredis
 
 from shared.blocking_tenants import BlockingTenants, api_keys_hash
 from shared.launcher.infra import find_free_port
-from shared.records import ErrorCode, GuardMode, ReplyKind
+from shared.records import ErrorCode, GenerationParams, GuardMode, ReplyEvent, ReplyKind
 from tests.guardian_check_server import Guardian, serve_guardian_check
-from tests.services.batcher.harness import Harness, start_harness
+from tests.services.batcher.harness import Harness, WorkerSpec, start_harness
 
 #: The simulated workers answer `tok0 tok1 ... tok7` to 8-token requests.
 BLOCK_WORD, REDACT_WORD = "tok3", "tok5"
@@ -134,3 +135,36 @@ async def test_a_tenant_put_in_blocking_mode_later_is_held_after_a_refresh(
         await harness.send(request)
         events = await harness.events_until_terminal(request.id)
     assert [e.kind for e in events] == [ReplyKind.FINAL]
+
+
+async def test_a_slow_verdict_does_not_hold_up_its_batch_mates(
+    cluster_settings, guardian: Guardian, blocking_tenants: BlockingTenants
+) -> None:
+    # One worker and a long batch wait put both requests in one batch (one Generate stream): a
+    # short held answer, judged for 2 s, and a longer streaming one of another tenant, which must
+    # keep streaming and end while the verdict is still coming.
+    guardian.blocker.delay_s = 2.0
+    async with start_harness(
+        cluster_settings, [WorkerSpec()], batcher_guardian_url=guardian.url, batcher_max_wait_ms=300,
+        batcher_guard_timeout_s=10,
+    ) as harness:
+        held = harness.request(stream=True, tenant="keyed")
+        free = harness.request(stream=True, tenant="relaxed", params=GenerationParams(max_new_tokens=60))
+        await harness.send(held)
+        await harness.send(free)
+        arrivals: dict[str, list[tuple[float, ReplyEvent]]] = {held.id: [], free.id: []}
+        async with asyncio.timeout(30):
+            while not all(events and events[-1][1].terminal for events in arrivals.values()):
+                event = ReplyEvent.from_bytes((await harness.replies.getone()).value)
+                if event.request_id in arrivals:
+                    arrivals[event.request_id].append((time.monotonic(), event))
+        registry = harness.batcher.metrics.registry
+        batches = (registry.get_sample_value("lgc_batcher_batch_size_sum"), registry.get_sample_value("lgc_batcher_batch_size_count"))
+        assert batches == (2, 1), "the two requests were not batched together"
+    held_end, held_final = arrivals[held.id][-1]
+    free_end, free_final = arrivals[free.id][-1]
+    assert held_final.kind is ReplyKind.FINAL and free_final.kind is ReplyKind.FINAL
+    assert free_final.usage.completion_tokens == 60
+    assert free_end < held_end - 1.0, "the free stream waited for the held answer's verdict"
+    gaps = [b[0] - a[0] for a, b in zip(arrivals[free.id], arrivals[free.id][1:])]
+    assert max(gaps) < 1.0
