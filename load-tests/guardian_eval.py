@@ -30,8 +30,10 @@ apply) over load-tests/data/guardian_eval/guardian_eval.jsonl, keeps findings sc
   each, the load average before and after (the machine is shared), and the time per text of each
   detector called alone (sequentially).
 
-`--tune` searches the semantic detector's thresholds on the DEV split only (never on eval) and
-prints the best ones with their dev scores. Bounded: one pass over the split per measurement
+`--tune` searches the semantic detector's injection/jailbreak thresholds on the DEV split only
+(never on eval) and prints the best ones with their dev scores. The harm decision (similarity
+floor, margin, harm head weight) is chosen by `services/guardian/harm_head_training.py`, which
+trains the harm head and cross-validates on dev. Bounded: one pass over the split per measurement
 (cheap-only throughput repeats the texts for at least 2 s).
 """
 
@@ -240,7 +242,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def tune(settings: GuardianSettings, detectors: list[Detector], max_fpr: float) -> dict[str, Any]:
-    """Grid search of the semantic thresholds on the dev split (cheap detectors' findings included,
+    """Grid search of the semantic injection/jailbreak thresholds on the dev split (cheap detectors' findings included,
     since the guardian unions them): the best sum of the two F1s with both benign FPRs at most
     `max_fpr` on dev (stricter than the 3% target: dev FPR under-estimated eval FPR in every round
     so far, 1.3% vs 4.4% in the first)."""
@@ -253,8 +255,9 @@ def tune(settings: GuardianSettings, detectors: list[Detector], max_fpr: float) 
     grid = [round(0.30 + 0.02 * i, 2) for i in range(16)]
     margins = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10)
     out: dict[str, Any] = {"split": "dev", "dev_texts": len(records), "max_fpr": max_fpr}
-    # The two families are decided by different labels, so each gets its own (threshold, margin).
-    for fam_name, members in (("injection+jailbreak", ("injection", "jailbreak")), ("harm", None)):
+    # Harm is decided with the trained harm head; its decision is chosen where the head is trained.
+    out["harm"] = "chosen by services/guardian/harm_head_training.py (cross-validated on dev)"
+    for fam_name, members in (("injection+jailbreak", ("injection", "jailbreak")),):
         cols = [j for j, label in enumerate(labels[:-1]) if (label in members if members else label.startswith("harm."))]
         results = []
         for th, margin in itertools.product(grid, margins):
@@ -330,7 +333,7 @@ def main() -> None:
         "min_score": settings.guardian_min_score,
         "semantic_thresholds": next(
             ({"injection": d.thresholds.injection, "harm": d.thresholds.harm, "margin": d.thresholds.margin,
-              "harm_margin": d.thresholds.harm_margin}
+              "harm_margin": d.thresholds.harm_margin, "harm_head_weight": d.thresholds.harm_head_weight}
              for d in detectors if isinstance(d, SemanticSafetyDetector)),
             None,
         ),

@@ -6,7 +6,7 @@
 | `pii-person-ner` | expensive | `pii.person` | `guardian_pii_ner_enabled` |
 | `secrets` | cheap | `secret.*` | `guardian_secrets_enabled` (+ `guardian_secrets_high_entropy`) |
 | `injection-phrases` | cheap | `injection` `jailbreak` | `guardian_injection_phrases_enabled` |
-| `semantic-safety` | expensive | `injection` `jailbreak` `harm.S1`...`harm.S14` | `guardian_semantic_enabled` (+ `guardian_semantic_int8`, thresholds) |
+| `semantic-safety` | expensive | `injection` `jailbreak` `harm.S1`...`harm.S14` | `guardian_semantic_enabled` (+ `guardian_semantic_int8`, thresholds, harm head weight) |
 | `policy` | cheap | `policy.banned_term` `policy.<rule>` | present when terms or patterns are configured |
 
 Building is cheap: models load on first use (or when the caller calls `load_detectors`).
@@ -50,7 +50,8 @@ def build_detectors(settings: GuardianSettings) -> list[Detector]:
                     harm=settings.guardian_semantic_harm_threshold,
                     margin=settings.guardian_semantic_margin,
                     harm_margin=settings.guardian_semantic_harm_margin,
-                )
+                    harm_head_weight=settings.guardian_semantic_harm_head_weight,
+                ),
             )
         )
     return detectors

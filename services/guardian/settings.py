@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from services.guardian.policy_detector import compile_policy_pattern
+from services.guardian.semantic_detector import HARM_FLOOR, HARM_HEAD_WEIGHT, HARM_MARGIN
 from shared.settings import ClusterSettings
 
 __all__ = ["GuardianSettings"]
@@ -123,14 +124,23 @@ class GuardianSettings(ClusterSettings):
     guardian_semantic_injection_threshold: float = Field(0.44, ge=0.0, le=1.0)
     """Cosine similarity to injection/jailbreak exemplars from which a text is reported."""
 
-    guardian_semantic_harm_threshold: float = Field(0.48, ge=0.0, le=1.0)
-    """Cosine similarity to harm exemplars from which a text is reported."""
+    guardian_semantic_harm_threshold: float = Field(HARM_FLOOR, ge=0.0, le=1.0)
+    """Cosine similarity to harm exemplars below which a text is never reported as harm."""
 
     guardian_semantic_margin: float = Field(0.06, ge=0.0, le=1.0)
     """How much nearer an injection/jailbreak exemplar must be than the nearest benign ones."""
 
-    guardian_semantic_harm_margin: float = Field(0.08, ge=0.0, le=1.0)
-    """How much nearer a harm exemplar must be than the nearest benign ones."""
+    guardian_semantic_harm_margin: float = Field(HARM_MARGIN, ge=0.0, le=3.0)
+    """Least (similarity to the harm exemplar - similarity to the nearest benign ones +
+    `guardian_semantic_harm_head_weight` x the harm head's probability) for a harm finding.
+    Default (with the threshold and weight): chosen by `services/guardian/harm_head_training.py`,
+    cross-validated on the dev split and the project's extra training texts."""
+
+    guardian_semantic_harm_head_weight: float = Field(HARM_HEAD_WEIGHT, ge=0.0, le=2.0)
+    """Weight of the trained harm head's probability (`harm_head.npz`: a logistic regression over
+    the text's words and its MiniLM vector) in the harm decision. 0 decides by the exemplars alone
+    and never reads the weights file (the exemplar-only values of the previous release: threshold
+    0.48, margin 0.08)."""
 
     guardian_policy_banned_terms: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = Field(
         (), max_length=10_000

@@ -22,7 +22,7 @@ def test_defaults_enable_every_family_cheap_ones_first() -> None:
         "secrets@1",
         "injection-phrases@2",
         "pii-person-ner@1",
-        "semantic-safety@2",
+        "semantic-safety@3",
     ]
     assert [d.cost for d in detectors] == ["cheap", "cheap", "cheap", "expensive", "expensive"]
 
@@ -32,7 +32,7 @@ def test_each_flag_removes_its_detector() -> None:
     assert "pii-person-ner@1" not in ids(GuardianSettings(guardian_pii_ner_enabled=False))
     assert "secrets@1" not in ids(GuardianSettings(guardian_secrets_enabled=False))
     assert "injection-phrases@2" not in ids(GuardianSettings(guardian_injection_phrases_enabled=False))
-    assert "semantic-safety@2" not in ids(GuardianSettings(guardian_semantic_enabled=False))
+    assert "semantic-safety@3" not in ids(GuardianSettings(guardian_semantic_enabled=False))
 
 
 def test_cheap_only_configuration_loads_nothing_heavy() -> None:
@@ -51,10 +51,15 @@ def test_policy_detector_appears_when_configured() -> None:
 
 def test_semantic_thresholds_come_from_settings() -> None:
     settings = GuardianSettings(
-        guardian_semantic_injection_threshold=0.7, guardian_semantic_harm_threshold=0.6, guardian_semantic_margin=0.1
+        guardian_semantic_injection_threshold=0.7,
+        guardian_semantic_harm_threshold=0.6,
+        guardian_semantic_margin=0.1,
+        guardian_semantic_harm_margin=0.9,
+        guardian_semantic_harm_head_weight=1.5,
     )
     [semantic] = [d for d in build_detectors(settings) if isinstance(d, SemanticSafetyDetector)]
     assert (semantic.thresholds.injection, semantic.thresholds.harm, semantic.thresholds.margin) == (0.7, 0.6, 0.1)
+    assert (semantic.thresholds.harm_margin, semantic.thresholds.harm_head_weight) == (0.9, 1.5)
     assert semantic.encoder.int8  # the default; thresholds were tuned on int8 vectors
     fp32 = GuardianSettings(guardian_semantic_int8=False)
     [semantic] = [d for d in build_detectors(fp32) if isinstance(d, SemanticSafetyDetector)]
