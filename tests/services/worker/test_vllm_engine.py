@@ -1,0 +1,358 @@
+"""The vllm backend's own logic, without vLLM: the model folder vLLM is given, the mapping of
+settings and sampling parameters to vLLM's, cumulative text to deltas, finish reasons, and the
+engine's refusals before it has started. The engine against the real vLLM is exercised by the
+tests at the end, which run only where vLLM is installed (load-tests/install_vllm_cpu.sh) and
+are reported as skipped, never as passed, elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from services.worker.engine import (
+    ChatTurn,
+    FailureCode,
+    FinishReason,
+    SamplingParams,
+    SequenceFailed,
+    SequenceFinished,
+    WorkItem,
+)
+from services.worker.settings import WorkerSettings
+from services.worker.vllm_engine import (
+    CPU_KV_CACHE_GB_DEFAULT,
+    CumulativeOutput,
+    VllmEngine,
+    engine_options,
+    finish_reason_of,
+    kv_cache_footprint,
+    needs_clean_config,
+    sampling_options,
+    settings_refusal,
+    vllm_model_folder,
+)
+from shared.model_store import prepare_model, resolve_model
+from tests.services.worker.engine_runs import run_item
+
+GGUF_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "max_position_embeddings": 8192,
+    "quantization_config": {"quant_method": "gguf"},
+}
+
+
+def model_folder(root: Path, config: dict[str, object]) -> Path:
+    folder = root / "SmolLM2-135M-Instruct-abc"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+# ------------------------------------------------------------------ the model folder
+
+
+def test_only_a_gguf_quantization_config_needs_cleaning() -> None:
+    assert needs_clean_config(GGUF_CONFIG)
+    assert needs_clean_config({"quantization_config": {"quant_method": "GGUF"}})
+    assert not needs_clean_config({"architectures": ["LlamaForCausalLM"]})
+    assert not needs_clean_config({"quantization_config": {"quant_method": "gptq", "bits": 4}})
+
+
+def test_a_clean_folder_is_used_as_it_is(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path / "src", {"architectures": ["LlamaForCausalLM"]})
+    assert vllm_model_folder(folder, tmp_path / "state") == folder
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_gguf_config_is_served_through_a_linked_folder_with_a_clean_config(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path / "src", GGUF_CONFIG)
+    served = vllm_model_folder(folder, tmp_path / "state")
+
+    assert served.parent == tmp_path / "state" / "models"
+    assert served.name.startswith("SmolLM2-135M-Instruct-abc-vllm-")
+    config = json.loads((served / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config == {k: v for k, v in GGUF_CONFIG.items() if k != "quantization_config"}
+    # The weights are linked, not copied; the original folder is untouched.
+    assert (served / "model.safetensors").is_symlink()
+    assert (served / "model.safetensors").resolve() == (folder / "model.safetensors").resolve()
+    assert (served / "tokenizer.json").read_text() == "{}"
+    assert "quantization_config" in json.loads((folder / "config.json").read_text())
+    assert not [p for p in served.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_the_linked_folder_is_made_once_and_follows_the_config(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path / "src", GGUF_CONFIG)
+    first = vllm_model_folder(folder, tmp_path / "state")
+    made_at = (first / "config.json").stat().st_mtime_ns
+    assert vllm_model_folder(folder, tmp_path / "state") == first
+    assert (first / "config.json").stat().st_mtime_ns == made_at
+
+    (folder / "config.json").write_text(json.dumps({**GGUF_CONFIG, "max_position_embeddings": 4096}))
+    second = vllm_model_folder(folder, tmp_path / "state")
+    assert second != first
+    assert json.loads((second / "config.json").read_text())["max_position_embeddings"] == 4096
+
+
+# ------------------------------------------------------------------ settings and sampling
+
+
+def test_sampling_options_map_every_parameter() -> None:
+    params = SamplingParams(
+        max_new_tokens=64, temperature=0.7, top_p=0.9, top_k=40, stop=("\n\n", "END"), seed=7, repetition_penalty=1.2
+    )
+    assert sampling_options(params, budget=50) == {
+        "n": 1,
+        "max_tokens": 50,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "repetition_penalty": 1.2,
+        "stop": ["\n\n", "END"],
+        "include_stop_str_in_output": False,
+        "skip_special_tokens": True,
+        "seed": 7,
+    }
+
+
+def test_sampling_options_greedy_and_without_seed() -> None:
+    options = sampling_options(SamplingParams(max_new_tokens=8), budget=8)
+    # temperature 0 is greedy and top_k 0 disables in vLLM as in ours; no seed: vLLM draws one.
+    assert (options["temperature"], options["top_k"], options["top_p"]) == (0.0, 0, 1.0)
+    assert "seed" not in options
+    assert options["stop"] == []
+
+
+def test_finish_reasons() -> None:
+    assert finish_reason_of("stop") is FinishReason.STOP
+    assert finish_reason_of("repetition") is FinishReason.STOP
+    assert finish_reason_of("length") is FinishReason.LENGTH
+    for other in ("abort", "error", None):
+        assert finish_reason_of(other) is None
+
+
+def test_settings_vllm_cannot_honour_are_refused() -> None:
+    assert settings_refusal(WorkerSettings(worker_backend="vllm"), "cpu") is None
+    assert settings_refusal(WorkerSettings(worker_backend="vllm", worker_device="cuda:1"), "cuda") is None
+    int8 = settings_refusal(WorkerSettings(worker_backend="vllm", worker_quantization="int8"), "cpu")
+    assert int8 is not None and "LGC_WORKER_QUANTIZATION=int8 is for the transformers backend" in int8
+    cuda = settings_refusal(WorkerSettings(worker_backend="vllm", worker_device="cuda"), "cpu")
+    assert cuda is not None and "runs on cpu" in cuda
+    fp16 = settings_refusal(WorkerSettings(worker_backend="vllm", worker_dtype="float16"), "cpu")
+    assert fp16 is not None and "float16" in fp16
+
+
+def test_engine_options_on_cpu() -> None:
+    settings = WorkerSettings(worker_backend="vllm", worker_max_batch_size=32, worker_max_prefill_tokens=8192)
+    options = engine_options(settings, "cpu", Path("/models/m"), "m", 2048)
+    assert options["model"] == options["tokenizer"] == "/models/m"
+    assert (options["served_model_name"], options["dtype"], options["max_model_len"]) == ("m", "auto", 2048)
+    assert (options["max_num_seqs"], options["max_num_batched_tokens"]) == (32, 8192)
+    # vLLM's own CPU default would ask for 90% of the machine's memory.
+    assert options["kv_cache_memory_bytes"] == int(CPU_KV_CACHE_GB_DEFAULT * 1024**3)
+
+
+def test_engine_options_on_cuda_and_explicit_values() -> None:
+    settings = WorkerSettings(worker_backend="vllm", worker_dtype="float16", worker_vllm_gpu_memory_utilization=0.5)
+    options = engine_options(settings, "cuda", Path("/m"), "m", 1024)
+    assert options["dtype"] == "float16" and options["gpu_memory_utilization"] == 0.5
+    assert "kv_cache_memory_bytes" not in options
+    sized = WorkerSettings(worker_backend="vllm", worker_vllm_kv_cache_gb=1.5, worker_max_prefill_tokens=64)
+    options = engine_options(sized, "cuda", Path("/m"), "m", 1024)
+    assert options["kv_cache_memory_bytes"] == int(1.5 * 1024**3)
+    # At least one whole prompt per step.
+    assert options["max_num_batched_tokens"] == 1024
+
+
+def test_kv_cache_footprint_counts_whole_blocks() -> None:
+    # 100 blocks of 16 token slots, 3 KiB per token.
+    assert kv_cache_footprint(0.0, 100, 16, 3072) == (0, 0)
+    assert kv_cache_footprint(0.25, 100, 16, 3072) == (400, 400 * 3072)
+    assert kv_cache_footprint(1.5, 100, 16, 3072) == (1600, 1600 * 3072)
+
+
+# ------------------------------------------------------------------ cumulative text to deltas
+
+
+def test_cumulative_outputs_become_deltas() -> None:
+    output = CumulativeOutput()
+    assert output.advance(" Paris", 1) == (" Paris", 1)
+    assert output.advance(" Paris is", 2) == (" is", 1)
+    assert output.advance(" Paris is the", 4) == (" the", 2)
+    assert output.tokens == 4
+
+
+def test_tokens_whose_text_is_held_back_come_with_the_next_text() -> None:
+    output = CumulativeOutput()
+    assert output.advance("a", 1) == ("a", 1)
+    # vLLM holds text back (a possible stop string, half a character): no delta yet.
+    assert output.advance("a", 2) == ("", 0)
+    assert output.advance("a", 3) == ("", 0)
+    assert output.advance("abc", 4) == ("bc", 3)
+    assert output.tokens == 4
+
+
+def test_text_already_sent_is_never_sent_again() -> None:
+    output = CumulativeOutput()
+    output.advance("hello wor", 3)
+    assert output.advance("hello wxrld", 4) == ("ld", 1)
+    assert output.advance("short", 5) == ("", 0)
+
+
+# ------------------------------------------------------------------ the engine before it starts
+
+
+async def test_items_before_start_are_refused_as_overloaded() -> None:
+    engine = VllmEngine(WorkerSettings(worker_backend="vllm"))
+    result = await run_item(engine, WorkItem("r1", prompt="hi"))
+    assert isinstance(result.end, SequenceFailed)
+    assert (result.end.code, result.end.message) == (FailureCode.OVERLOADED, "the model is still loading")
+    assert (engine.running, engine.waiting, engine.active()) == (0, 0, [])
+    with pytest.raises(RuntimeError, match="not loaded"):
+        _ = engine.info
+    await engine.stop()  # nothing started: nothing to release
+
+
+# ------------------------------------------------------------------ against the real vLLM
+
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed here")
+
+
+@needs_vllm
+def test_sampling_options_are_accepted_by_vllm() -> None:
+    from vllm import SamplingParams as VllmSamplingParams
+
+    params = SamplingParams(max_new_tokens=9, temperature=0.5, top_p=0.8, top_k=5, stop=("x",), seed=3)
+    converted = VllmSamplingParams(**sampling_options(params, budget=9))
+    assert (converted.max_tokens, converted.top_k, converted.seed, converted.stop) == (9, 5, 3, ["x"])
+    greedy = VllmSamplingParams(**sampling_options(SamplingParams(), budget=4))
+    assert greedy.temperature == 0.0
+
+
+def folder_with_gguf_config(model_state_dir: Path, root: Path) -> Path:
+    """SmolLM2's converted folder as older conversions left it: a GGUF quantization_config."""
+    converted = Path(prepare_model(resolve_model("smollm2"), model_state_dir).path)
+    folder = root / "SmolLM2-gguf-config"
+    folder.mkdir()
+    for entry in converted.iterdir():
+        if entry.name != "config.json":
+            (folder / entry.name).symlink_to(entry.resolve())
+    config = json.loads((converted / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "gguf"}}))
+    return folder
+
+
+class RecordingObserver:
+    """Keeps what the engine reports."""
+
+    def __init__(self) -> None:
+        self.ttfts: list[float] = []
+        self.steps: list[tuple[int, float]] = []
+        self.token_count = 0
+        self.kv: list[tuple[int, int]] = []
+
+    def first_token(self, ttft_s: float) -> None:
+        self.ttfts.append(ttft_s)
+
+    def decode_step(self, batch_size: int, duration_s: float) -> None:
+        self.steps.append((batch_size, duration_s))
+
+    def tokens(self, count: int) -> None:
+        self.token_count += count
+
+    def kv_cache(self, tokens: int, nbytes: int) -> None:
+        self.kv.append((tokens, nbytes))
+
+
+@needs_vllm
+@pytest.mark.timeout(900)
+async def test_real_vllm_generates_cancels_and_expires(model_state_dir: Path, tmp_path: Path) -> None:
+    # The folder vLLM would refuse as it is: this also proves the cleaned folder works.
+    folder = folder_with_gguf_config(model_state_dir, tmp_path)
+    observer = RecordingObserver()
+    engine = VllmEngine(
+        WorkerSettings(
+            worker_backend="vllm",
+            model=str(folder),
+            state_dir=tmp_path / "state",
+            worker_max_batch_size=8,
+            worker_max_model_len=256,
+            worker_vllm_kv_cache_gb=1,
+        ),
+        observer,
+    )
+    await engine.start()
+    try:
+        await _exercise(engine)
+    finally:
+        await engine.stop()
+    assert observer.ttfts and observer.steps and observer.token_count > 0
+    # SmolLM2: 30 layers x 3 KV heads x 64 dims x 2 (K and V) x 2 bytes (bfloat16) per token.
+    in_use = [kv for kv in observer.kv if kv[0] > 0]
+    assert in_use and all(nbytes == tokens * 30 * 3 * 64 * 2 * 2 for tokens, nbytes in in_use)
+    assert observer.kv[-1] == (0, 0)
+
+
+async def _exercise(engine: VllmEngine) -> None:
+    assert (engine.info.backend, engine.info.simulated, engine.info.max_model_len) == ("vllm", False, 256)
+    assert engine.info.model == "SmolLM2-gguf-config"
+
+    chat = WorkItem(
+        "chat", messages=(ChatTurn("user", "What is the capital of France?"),), params=SamplingParams(max_new_tokens=8)
+    )
+    result = await run_item(engine, chat)
+    assert isinstance(result.end, SequenceFinished), result.end
+    assert "Paris" in result.text and result.end.prompt_tokens > 20
+    assert sum(d.tokens for d in result.deltas) <= result.end.completion_tokens <= 8
+
+    counting = await run_item(engine, WorkItem("len", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=5)))
+    assert isinstance(counting.end, SequenceFinished)
+    assert (counting.end.reason, counting.end.completion_tokens) == (FinishReason.LENGTH, 5)
+    assert counting.text.startswith(" 5, 6")
+
+    stopped = await run_item(
+        engine, WorkItem("stop", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=20, stop=(" 7",)))
+    )
+    assert isinstance(stopped.end, SequenceFinished) and stopped.end.reason is FinishReason.STOP
+    assert stopped.text == " 5, 6,"
+
+    # The continuation counts against max_new_tokens and is not sent again.
+    continued = await run_item(
+        engine,
+        WorkItem(
+            "cont",
+            prompt="1, 2, 3, 4,",
+            continuation=" 5, 6,",
+            continuation_tokens=4,
+            params=SamplingParams(max_new_tokens=6),
+        ),
+    )
+    assert isinstance(continued.end, SequenceFinished) and continued.end.completion_tokens == 2
+    assert continued.text.startswith(" 7")
+
+    too_long = await run_item(engine, WorkItem("long", prompt="word " * 300, params=SamplingParams(max_new_tokens=8)))
+    assert isinstance(too_long.end, SequenceFailed) and too_long.end.code is FailureCode.INVALID_REQUEST
+
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    cancelled = WorkItem("cancel", prompt="Once upon a time", params=SamplingParams(max_new_tokens=200))
+    handle = engine.submit(cancelled, queue.put_nowait)
+    await queue.get()  # the first delta
+    assert engine.cancel(handle)
+    events = [await queue.get()]
+    while not isinstance(events[-1], (SequenceFinished, SequenceFailed)):
+        events.append(await queue.get())
+    assert isinstance(events[-1], SequenceFinished) and events[-1].reason is FinishReason.CANCELLED
+
+    expiring = WorkItem(
+        "deadline", prompt="Once upon a time", params=SamplingParams(max_new_tokens=200), deadline_unix=time.time() + 0.5
+    )
+    expired = await run_item(engine, expiring)
+    assert isinstance(expired.end, SequenceFailed) and expired.end.code is FailureCode.DEADLINE_EXCEEDED
+    assert (engine.running, engine.waiting, engine.active()) == (0, 0, [])
