@@ -94,7 +94,10 @@ def finish_model(model: Any, plan: PrecisionPlan) -> Any:
     if plan.device.type == "cpu" and plan.quantization == "int8":
         # Dynamic quantization: int8 weights, activations quantized per call. It replaces the
         # Linear modules (the tied LM head included) in place and keeps the model's interface.
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        # Weights per output channel: with one scale per tensor, SmolLM2's greedy text drifted
+        # further from float32 (teacher-forced top-1 agreement 38 % against 45 %, bfloat16 93 %).
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, inplace=True)
     if plan.compile:
         model.forward = torch.compile(model.forward, dynamic=True)
     return model

@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from services.worker.engine import SamplingParams, SequenceFinished, WorkItem
 from services.worker.engine_factory import BackendUnavailableError, build_engine
 from services.worker.precision import UnsupportedPrecisionError, load_options, plan_precision
 from services.worker.settings import WorkerSettings
 from services.worker.transformers_engine import TransformersEngine
+from shared.model_store import prepare_model, resolve_model
 from tests.services.worker.engine_runs import run_item
+
+
+def model_dir(state_dir: Path) -> Path:
+    return Path(prepare_model(resolve_model("smollm2"), state_dir).path)
 
 CPU = torch.device("cpu")
 
@@ -75,6 +81,20 @@ async def test_int8_on_cpu_generates_with_the_real_model(model_state_dir: Path) 
             engine, WorkItem("q", prompt="The capital of France is", params=SamplingParams(max_new_tokens=6))
         )
         assert isinstance(result.end, SequenceFinished) and result.end.completion_tokens == 6
-        assert "Paris" in result.text
+        assert result.text.strip()
+        # Quality, teacher-forced over a known text, since int8 greedy text drifts from float32's
+        # (how far depends on the CPU's int8 kernels, so no exact words are asserted): the int8
+        # model's top token must be among float32's top 5 at most positions (measured: 71 %; a
+        # broken quantization scores near 0).
+        reference = AutoModelForCausalLM.from_pretrained(model_dir(model_state_dir), dtype=torch.float32).eval()
+        text = (
+            "The capital of France is Paris. It is known for the Eiffel Tower, the Louvre museum and its "
+            "cafes. Every year millions of tourists visit the city to enjoy its art, food and history."
+        )
+        ids = engine.tokenizer(text, return_tensors="pt")
+        with torch.inference_mode():
+            expected = reference(**ids).logits[0].topk(5, dim=-1).indices
+            got = engine.model(**ids).logits[0].argmax(dim=-1)
+        assert (got[:, None] == expected).any(dim=-1).float().mean().item() >= 0.6
     finally:
         engine.close()
