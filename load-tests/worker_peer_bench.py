@@ -343,9 +343,11 @@ def _vllm_env(python: str | None) -> tuple[Path, dict[str, str]]:
 @contextlib.contextmanager
 def vllm_serve(out: Path, python: str | None) -> Iterator[Target]:
     interpreter, env = _vllm_env(python)
-    from services.worker.vllm_model_folder import vllm_ready_folder
+    # The converted folder's config still names GGUF quantization, which vLLM refuses; the worker's
+    # vllm backend hands it a sibling folder with a cleaned config.json, and so does this peer.
+    from services.worker.vllm_engine import vllm_model_folder
 
-    folder = str(vllm_ready_folder(model_dir(), default_state_dir()))
+    folder = str(vllm_model_folder(model_dir(), default_state_dir()))
     port = _free_port()
     command = [str(interpreter), "-m", "vllm.entrypoints.cli.main", "serve", folder, "--dtype", "bfloat16",
                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048"]
