@@ -14,8 +14,8 @@ each, at `--temperature` (top_p 1), prompts from one fixed list of distinct prom
 * `cluster-transformers-int8`: the same with `LGC_WORKER_QUANTIZATION=int8` (CPU dynamic int8);
 * `cluster-simulated`: the same with the simulated backend (NO MODEL: tokens at
   `LGC_SIMULATED_TOKENS_PER_S` per sequence), which measures the pipeline alone; labelled so;
-* `cluster-vllm`: the cluster with `LGC_WORKER_BACKEND=vllm`, every service run by
-  `--vllm-python` (skipped without it);
+* `cluster-vllm`: the cluster with `LGC_WORKER_BACKEND=vllm`, the worker run by `--vllm-python`
+  (vLLM cannot share the project's environment; skipped without it);
 * `sequential-generate`: the seed's approach: one `model.generate` after another in this process
   (bfloat16), over `--sequential-requests` requests that all arrive at once, so a request's TTFT
   includes its wait behind the earlier ones, as a client would see it;
@@ -257,8 +257,11 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def cluster(backend: str, out: Path, *, extra_env: dict[str, str] | None = None, python: str | None = None) -> Iterator[Target]:
-    """An embedded cluster on free ports with one worker of `backend`; its log goes to `out`."""
+def cluster(
+    backend: str, out: Path, *, extra_env: dict[str, str] | None = None, worker_python: str | None = None
+) -> Iterator[Target]:
+    """An embedded cluster on free ports with one worker of `backend` (run by `worker_python`, the
+    other services by this Python); its log goes to `out`."""
     state = Path(tempfile.mkdtemp(prefix="lgc-peer-bench-"))
     models = default_state_dir() / "models"  # reuse the converted model (the conversion takes ~30 s)
     models.mkdir(parents=True, exist_ok=True)
@@ -267,7 +270,8 @@ def cluster(backend: str, out: Path, *, extra_env: dict[str, str] | None = None,
         workers=1, worker_backend=backend, state_dir=state, start_scaler=False, log_format="text", log_level="WARNING"
     )
     sink = FileSink(out)
-    config = ClusterConfig(settings=settings, log_sink=sink, extra_env=extra_env or {}, python=python or sys.executable)
+    commands = {"worker": [worker_python, "-m", "services.worker"]} if worker_python else {}
+    config = ClusterConfig(settings=settings, log_sink=sink, extra_env=extra_env or {}, commands=commands)
     try:
         with EmbeddedCluster(config) as running:
             model = httpx.get(f"{running.http_url}/v1/models", timeout=30).json()["data"][0]["id"]
@@ -432,7 +436,7 @@ def _system(name: str, args: argparse.Namespace, out: Path) -> contextlib.Abstra
         interpreter, _ = _vllm_env(args.vllm_python)
         env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "4",
                "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
-        return cluster("vllm", log, extra_env=env, python=str(interpreter))
+        return cluster("vllm", log, extra_env=env, worker_python=str(interpreter))
     if name == "transformers-serve":
         return transformers_serve(log, args.tserve_dtype)
     if name == "vllm-serve":
