@@ -15,10 +15,8 @@ import logging
 import time
 
 from services.worker.engine import (
-    Engine,
     EngineInfo,
     EngineObserver,
-    EventSink,
     FailureCode,
     FinishReason,
     NullObserver,
@@ -28,6 +26,7 @@ from services.worker.engine import (
     TextDelta,
     WorkItem,
 )
+from services.worker.sequence_tasks import SequenceAbort, SequenceProgress, TaskPerSequenceEngine
 from services.worker.settings import WorkerSettings
 from services.worker.stop_strings import StopStringMatcher
 
@@ -50,26 +49,15 @@ def _count_words(item: WorkItem) -> int:
     return max(1, words + len(item.continuation.split()))
 
 
-class _Abort(Exception):
-    """Raised inside a sequence's task to end it with a given event."""
-
-    def __init__(self, event: SequenceFinished | SequenceFailed) -> None:
-        super().__init__(event)
-        self.event = event
-
-
-class SimulatedEngine(Engine):
+class SimulatedEngine(TaskPerSequenceEngine):
     """Fake generation on asyncio timers."""
 
     def __init__(self, settings: WorkerSettings, observer: EngineObserver | None = None) -> None:
+        super().__init__()
         self._settings = settings
         self._observer: EngineObserver = observer or NullObserver()
         self._slots: asyncio.Semaphore | None = None
-        self._tasks: dict[int, tuple[SequenceHandle, asyncio.Task[None]]] = {}
-        self._running = 0
-        self._waiting = 0
         self._started = False
-        self._stopping = False
         self._info = EngineInfo(
             model=SIMULATED_MODEL_NAME,
             backend="simulated",
@@ -84,14 +72,6 @@ class SimulatedEngine(Engine):
     def info(self) -> EngineInfo:
         return self._info
 
-    @property
-    def running(self) -> int:
-        return self._running
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self._settings.worker_max_batch_size)
         self._started = True
@@ -104,68 +84,20 @@ class SimulatedEngine(Engine):
         )
 
     async def stop(self) -> None:
-        self._stopping = True
-        self.abort_all(FailureCode.OVERLOADED, "the worker is shutting down")
-        tasks = [task for _, task in self._tasks.values()]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop_sequences()
 
-    def submit(self, item: WorkItem, sink: EventSink) -> SequenceHandle:
-        loop = asyncio.get_running_loop()
-        handle = SequenceHandle(item, sink, loop)
-        if not self._started or self._stopping:
-            handle.ended = True
-            reason = "the worker is shutting down" if self._stopping else "the worker is still starting"
-            loop.call_soon(sink, SequenceFailed(item.request_id, FailureCode.OVERLOADED, reason))
-            return handle
-        task = loop.create_task(self._generate(handle), name=f"simulated-{item.request_id}")
-        self._tasks[handle.key] = (handle, task)
-        return handle
+    def _not_ready(self) -> str | None:
+        return None if self._started else "the worker is still starting"
 
-    def cancel(self, handle: SequenceHandle) -> bool:
-        entry = self._tasks.get(handle.key)
-        if entry is None or handle.ended or handle.cancelled:
-            return False
-        handle.cancelled = True
-        entry[1].cancel()
-        return True
+    def _new_progress(self, item: WorkItem) -> SequenceProgress:
+        return SequenceProgress(prompt_tokens=_count_words(item))
 
-    def active(self) -> list[SequenceHandle]:
-        return [handle for handle, _ in self._tasks.values()]
-
-    def _wake(self) -> None:
-        for handle, task in self._tasks.values():
-            if handle.abort is not None:
-                task.cancel()
-
-    async def _generate(self, handle: SequenceHandle) -> None:
-        item = handle.item
-        state = _Progress(prompt_tokens=_count_words(item))
-        try:
-            event = await self._run(handle, state)
-        except asyncio.CancelledError:
-            # Safe: a cancel here is always ours (cancel() or abort_all()); it ends the sequence.
-            event = handle.abort or SequenceFinished(
-                item.request_id,
-                FinishReason.CANCELLED,
-                state.prompt_tokens,
-                state.generated,
-                state.ttft_ms,
-                handle.elapsed_ms(),
-            )
-        except _Abort as abort:
-            event = abort.event
-        finally:
-            self._tasks.pop(handle.key, None)
-        handle.ended = True
-        handle.sink(event)
-
-    async def _run(self, handle: SequenceHandle, state: _Progress) -> SequenceFinished:
+    async def _sequence(self, handle: SequenceHandle, state: SequenceProgress) -> SequenceFinished:
         item = handle.item
         settings = self._settings
         budget = item.remaining_tokens
         if state.prompt_tokens + budget > settings.worker_max_model_len:
-            raise _Abort(
+            raise SequenceAbort(
                 SequenceFailed(
                     item.request_id,
                     FailureCode.INVALID_REQUEST,
@@ -174,7 +106,7 @@ class SimulatedEngine(Engine):
                 )
             )
         if budget == 0:
-            return self._finished(handle, state, FinishReason.LENGTH)
+            return state.finished(handle, FinishReason.LENGTH)
         assert self._slots is not None
         self._waiting += 1
         try:
@@ -188,7 +120,7 @@ class SimulatedEngine(Engine):
             self._running -= 1
             self._slots.release()
 
-    async def _emit_tokens(self, handle: SequenceHandle, state: _Progress, budget: int) -> SequenceFinished:
+    async def _emit_tokens(self, handle: SequenceHandle, state: SequenceProgress, budget: int) -> SequenceFinished:
         item = handle.item
         settings = self._settings
         gap = 1.0 / settings.simulated_tokens_per_s
@@ -211,12 +143,12 @@ class SimulatedEngine(Engine):
                 state.reported = state.generated
             if last:
                 reason = FinishReason.STOP if stops.stopped else FinishReason.LENGTH
-                return self._finished(handle, state, reason)
+                return state.finished(handle, reason)
             await self._before_deadline(handle, state, asyncio.sleep(gap))
             self._observer.decode_step(self._running, time.monotonic() - token_at)
 
     async def _before_deadline(
-        self, handle: SequenceHandle, state: _Progress, waiting: object, *, check_flags: bool = True
+        self, handle: SequenceHandle, state: SequenceProgress, waiting: object, *, check_flags: bool = True
     ) -> None:
         """Await `waiting`, but fail the sequence if its deadline comes first. `check_flags=False`
         when `waiting` acquires a slot: the caller must release it before stopping."""
@@ -228,7 +160,7 @@ class SimulatedEngine(Engine):
                 await asyncio.wait_for(waiting, timeout=max(0.0, deadline - time.time()))  # type: ignore[arg-type]
             except TimeoutError:
                 # Safe: the deadline passed; the sequence ends with DEADLINE_EXCEEDED right here.
-                raise _Abort(
+                raise SequenceAbort(
                     SequenceFailed(
                         handle.request_id,
                         FailureCode.DEADLINE_EXCEEDED,
@@ -238,21 +170,3 @@ class SimulatedEngine(Engine):
         if check_flags and (handle.cancelled or handle.abort is not None):
             # wait_for (Python 3.11) can swallow a cancellation that races with completion.
             raise asyncio.CancelledError
-
-    @staticmethod
-    def _finished(handle: SequenceHandle, state: _Progress, reason: FinishReason) -> SequenceFinished:
-        return SequenceFinished(
-            handle.request_id, reason, state.prompt_tokens, state.generated, state.ttft_ms, handle.elapsed_ms()
-        )
-
-
-class _Progress:
-    """Counters of one simulated sequence."""
-
-    __slots__ = ("generated", "prompt_tokens", "reported", "ttft_ms")
-
-    def __init__(self, prompt_tokens: int) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.generated = 0
-        self.reported = 0
-        self.ttft_ms = 0.0

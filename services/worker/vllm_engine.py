@@ -30,15 +30,12 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.worker.engine import (
-    Engine,
     EngineInfo,
     EngineObserver,
-    EventSink,
     FailureCode,
     FinishReason,
     NullObserver,
@@ -50,6 +47,7 @@ from services.worker.engine import (
     WorkItem,
 )
 from services.worker.prompt_encoding import PromptEncoder, PromptError
+from services.worker.sequence_tasks import SequenceAbort, SequenceProgress, TaskPerSequenceEngine
 from services.worker.settings import WorkerSettings
 from shared.model_store import prepare_model, resolve_model
 
@@ -305,54 +303,24 @@ def _kv_cache_reporter(observer: EngineObserver) -> Any:
     return KvCacheReporter
 
 
-class _Abort(Exception):
-    """Raised inside a sequence's task to end it with a given event."""
-
-    def __init__(self, event: SequenceFinished | SequenceFailed) -> None:
-        super().__init__(event)
-        self.event = event
-
-
-@dataclass(eq=False, slots=True)
-class _Progress:
-    """What one sequence has done so far (event loop only)."""
-
-    prompt_tokens: int = 0
-    generated: int = 0
-    ttft_ms: float = 0.0
-    started: bool = False
-    """Its first token came (it counts as running, not waiting)."""
-
-
-class VllmEngine(Engine):
+class VllmEngine(TaskPerSequenceEngine):
     """vLLM's AsyncLLM driven from the worker's event loop, one task per sequence."""
 
     def __init__(self, settings: WorkerSettings, observer: EngineObserver | None = None) -> None:
+        super().__init__()
         self._settings = settings
         self._observer: EngineObserver = observer or NullObserver()
-        self._tasks: dict[int, tuple[SequenceHandle, asyncio.Task[None]]] = {}
-        self._running = 0
-        self._waiting = 0
         self._llm: Any = None
         self._vllm_sampling_params: Any = None
         self._client_errors: tuple[type[BaseException], ...] = ()
         self._encoder: PromptEncoder | None = None
         self._info: EngineInfo | None = None
-        self._stopping = False
 
     @property
     def info(self) -> EngineInfo:
         if self._info is None:
             raise RuntimeError("the model is not loaded yet")
         return self._info
-
-    @property
-    def running(self) -> int:
-        return self._running
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -408,11 +376,7 @@ class VllmEngine(Engine):
         log.info("vLLM ready", extra={"model": source.served_name, "seconds": round(time.monotonic() - started, 1)})
 
     async def stop(self) -> None:
-        self._stopping = True
-        self.abort_all(FailureCode.OVERLOADED, "the worker is shutting down")
-        tasks = [task for _, task in self._tasks.values()]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop_sequences()
         llm, self._llm = self._llm, None
         if llm is None:
             return
@@ -431,71 +395,23 @@ class VllmEngine(Engine):
 
     # ---------------------------------------------------------------- requests
 
-    def submit(self, item: WorkItem, sink: EventSink) -> SequenceHandle:
-        loop = asyncio.get_running_loop()
-        handle = SequenceHandle(item, sink, loop)
-        if self._llm is None or self._stopping:
-            handle.ended = True
-            reason = "the worker is shutting down" if self._stopping else "the model is still loading"
-            loop.call_soon(sink, SequenceFailed(item.request_id, FailureCode.OVERLOADED, reason))
-            return handle
-        progress = _Progress()
-        self._waiting += 1
-        task = loop.create_task(self._generate(handle, progress), name=f"vllm-{item.request_id}")
-        self._tasks[handle.key] = (handle, task)
-        return handle
+    def _not_ready(self) -> str | None:
+        return None if self._llm is not None else "the model is still loading"
 
-    def cancel(self, handle: SequenceHandle) -> bool:
-        entry = self._tasks.get(handle.key)
-        if entry is None or handle.ended or handle.cancelled:
-            return False
-        handle.cancelled = True
-        entry[1].cancel()
-        return True
+    def _new_progress(self, item: WorkItem) -> SequenceProgress:
+        self._waiting += 1  # until its first token (_count_tokens)
+        return SequenceProgress()
 
-    def active(self) -> list[SequenceHandle]:
-        return [handle for handle, _ in self._tasks.values()]
+    def _sequence_ended(self, progress: SequenceProgress) -> None:
+        if not self._tasks:
+            # vLLM reports usage only while it steps; with nothing left its blocks are free.
+            self._observer.kv_cache(0, 0)
+        if progress.started:
+            self._running -= 1
+        else:
+            self._waiting -= 1
 
-    def _wake(self) -> None:
-        for handle, task in self._tasks.values():
-            if handle.abort is not None:
-                task.cancel()
-
-    async def _generate(self, handle: SequenceHandle, progress: _Progress) -> None:
-        item = handle.item
-        try:
-            event = await self._before_deadline(handle, progress)
-        except asyncio.CancelledError:
-            # Safe: a cancel here is always ours (cancel(), abort_all() or stop()); it ends the
-            # sequence, and vLLM's generate() aborted the request on its way out.
-            event = handle.abort or SequenceFinished(
-                item.request_id,
-                FinishReason.CANCELLED,
-                progress.prompt_tokens,
-                progress.generated,
-                progress.ttft_ms,
-                handle.elapsed_ms(),
-            )
-        except _Abort as abort:
-            event = abort.event
-        except Exception as exc:
-            # Safe: only this sequence is affected; it fails with INTERNAL (the batcher retries it
-            # elsewhere) and the others go on. A dead engine core fails every sequence this way.
-            log.exception("vLLM failed a sequence", extra={"request_id": item.request_id})
-            event = SequenceFailed(item.request_id, FailureCode.INTERNAL, f"vLLM failed: {type(exc).__name__}: {exc}")
-        finally:
-            self._tasks.pop(handle.key, None)
-            if not self._tasks:
-                # vLLM reports usage only while it steps; with nothing left its blocks are free.
-                self._observer.kv_cache(0, 0)
-            if progress.started:
-                self._running -= 1
-            else:
-                self._waiting -= 1
-        handle.ended = True
-        handle.sink(event)
-
-    async def _before_deadline(self, handle: SequenceHandle, progress: _Progress) -> SequenceFinished:
+    async def _sequence(self, handle: SequenceHandle, progress: SequenceProgress) -> SequenceFinished:
         deadline = handle.item.deadline_unix
         if deadline is None:
             return await self._run(handle, progress)
@@ -506,7 +422,7 @@ class VllmEngine(Engine):
                 return await self._run(handle, progress)
         except TimeoutError:
             # Safe: the deadline passed; the sequence ends with DEADLINE_EXCEEDED right here.
-            raise _Abort(
+            raise SequenceAbort(
                 SequenceFailed(
                     handle.request_id,
                     FailureCode.DEADLINE_EXCEEDED,
@@ -514,22 +430,22 @@ class VllmEngine(Engine):
                 )
             ) from None
 
-    async def _run(self, handle: SequenceHandle, progress: _Progress) -> SequenceFinished:
+    async def _run(self, handle: SequenceHandle, progress: SequenceProgress) -> SequenceFinished:
         item = handle.item
         assert self._encoder is not None
         try:
             # In a thread: the chat template and the tokenizer are CPU work.
             encoded = await asyncio.to_thread(self._encoder.encode, item)
         except PromptError as exc:
-            raise _Abort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
+            raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
         progress.prompt_tokens = len(encoded.ids)
         if encoded.budget == 0:
             # The continuation already used up max_new_tokens: nothing left to generate.
-            return self._finished(handle, progress, FinishReason.LENGTH)
+            return progress.finished(handle, FinishReason.LENGTH)
         try:
             params = self._vllm_sampling_params(**sampling_options(item.params, encoded.budget))
         except self._client_errors as exc:
-            raise _Abort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
+            raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
         # Unique per submission: vLLM refuses a request id that is still running, and a retried
         # item may come back to this worker under the same id.
         request_id = f"{item.request_id}#{handle.key}"
@@ -551,12 +467,12 @@ class VllmEngine(Engine):
                 if result.finished:
                     finished, finish_reason = True, completion.finish_reason
         except self._client_errors as exc:
-            raise _Abort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
+            raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
         if not finished:
-            raise _Abort(SequenceFailed(item.request_id, FailureCode.INTERNAL, "vLLM ended the stream without finishing"))
+            raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INTERNAL, "vLLM ended the stream without finishing"))
         return self._ended(handle, progress, finish_reason)
 
-    def _count_tokens(self, handle: SequenceHandle, progress: _Progress, new_tokens: int, last_at: float) -> None:
+    def _count_tokens(self, handle: SequenceHandle, progress: SequenceProgress, new_tokens: int, last_at: float) -> None:
         if new_tokens <= 0:
             return
         progress.generated += new_tokens
@@ -572,16 +488,10 @@ class VllmEngine(Engine):
             observer.decode_step(self._running, (time.monotonic() - last_at) / new_tokens)
         observer.tokens(new_tokens)
 
-    def _ended(self, handle: SequenceHandle, progress: _Progress, vllm_reason: str | None) -> SequenceFinished:
+    def _ended(self, handle: SequenceHandle, progress: SequenceProgress, vllm_reason: str | None) -> SequenceFinished:
         reason = finish_reason_of(vllm_reason)
         if reason is None:
-            raise _Abort(
+            raise SequenceAbort(
                 SequenceFailed(handle.request_id, FailureCode.INTERNAL, f"vLLM ended the sequence with {vllm_reason!r}")
             )
-        return self._finished(handle, progress, reason)
-
-    @staticmethod
-    def _finished(handle: SequenceHandle, progress: _Progress, reason: FinishReason) -> SequenceFinished:
-        return SequenceFinished(
-            handle.request_id, reason, progress.prompt_tokens, progress.generated, progress.ttft_ms, handle.elapsed_ms()
-        )
+        return progress.finished(handle, reason)
