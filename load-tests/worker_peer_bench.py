@@ -267,11 +267,11 @@ def cluster(
     models.mkdir(parents=True, exist_ok=True)
     (state / "models").symlink_to(models, target_is_directory=True)
     settings = free_port_settings(
-        workers=1, worker_backend=backend, state_dir=state, start_scaler=False, log_format="text", log_level="WARNING"
+        workers=1, worker_backend=backend, worker_python=worker_python, state_dir=state, start_scaler=False,
+        log_format="text", log_level="WARNING",
     )
     sink = FileSink(out)
-    commands = {"worker": [worker_python, "-m", "services.worker"]} if worker_python else {}
-    config = ClusterConfig(settings=settings, log_sink=sink, extra_env=extra_env or {}, commands=commands)
+    config = ClusterConfig(settings=settings, log_sink=sink, extra_env=extra_env or {})
     try:
         with EmbeddedCluster(config) as running:
             model = httpx.get(f"{running.http_url}/v1/models", timeout=30).json()["data"][0]["id"]

@@ -1,6 +1,6 @@
 """The `lgc` command.
 
-    lgc up [--workers N] [--worker-backend transformers|vllm|simulated] [--model PATH_OR_ID]
+    lgc up [--workers N] [--worker-backend transformers|vllm|simulated] [--worker-python PATH] [--model PATH_OR_ID]
            [--log-format text|json] [--log-level LEVEL] [--state-dir DIR] [--no-guardian] [--no-scaler]
     lgc topics create [--timeout S]
     lgc version
@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("transformers", "vllm", "simulated"),
         help="worker backend (LGC_WORKER_BACKEND, default transformers)",
     )
+    up.add_argument(
+        "--worker-python",
+        help="Python that runs the workers, e.g. a separate environment with vLLM (LGC_WORKER_PYTHON, default this one)",
+    )
     up.add_argument("--model", help="model name, local path or id (LGC_MODEL, default smollm2)")
     up.add_argument("--log-format", choices=("text", "json"), help="service log format (LGC_LOG_FORMAT, default text)")
     up.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="LGC_LOG_LEVEL (default INFO)")
@@ -81,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> LauncherSettings:
         for field, value in (
             ("workers", args.workers),
             ("worker_backend", args.worker_backend),
+            ("worker_python", args.worker_python),
             ("model", args.model),
             ("log_format", args.log_format),
             ("log_level", args.log_level),

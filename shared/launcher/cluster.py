@@ -505,7 +505,7 @@ class EmbeddedCluster:
         return ServiceSpec(
             name=name,
             kind="worker",
-            argv=command_for("worker", self.config.python, self.config.commands),
+            argv=command_for("worker", s.worker_python or self.config.python, self.config.commands),
             env={
                 **self._base_env(),
                 "LGC_INSTANCE_ID": name,

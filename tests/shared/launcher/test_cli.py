@@ -24,6 +24,8 @@ def test_up_options_become_settings() -> None:
     s = _settings("--workers", "3", "--worker-backend", "simulated", "--model", "/models/x", "--no-guardian")
     assert (s.workers, s.worker_backend, s.model) == (3, "simulated", "/models/x")
     assert s.start_guardian is False and s.start_scaler is True
+    assert s.worker_python is None
+    assert _settings("--worker-python", "/venvs/vllm/bin/python").worker_python == "/venvs/vllm/bin/python"
 
 
 def test_up_logs_text_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:

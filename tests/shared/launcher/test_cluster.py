@@ -176,6 +176,26 @@ def test_add_and_stop_worker(tmp_path, lines, assert_all_gone) -> None:
     assert_all_gone(pids)
 
 
+def test_workers_run_under_the_worker_python(tmp_path, lines, assert_all_gone) -> None:
+    # The "interpreter" is a script that records how it was called and then runs the fake worker:
+    # the workers (and only they) must be started as `<worker_python> -m services.worker`.
+    calls = tmp_path / "calls.txt"
+    worker_command = " ".join(fake_commands()["worker"])
+    interpreter = tmp_path / "other-python"
+    interpreter.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {worker_command}\n')
+    interpreter.chmod(0o755)
+    commands = {kind: argv for kind, argv in fake_commands().items() if kind != "worker"}
+    with _cluster(
+        tmp_path, lines, commands=commands, workers=2, start_guardian=False, start_scaler=False,
+        worker_python=str(interpreter),
+    ) as cluster:
+        assert set(cluster.worker_targets) == {"worker-0", "worker-1"}
+        assert all(httpx.get(s.spec.ready_url).status_code == 200 for n, s in cluster.services.items() if n.startswith("worker"))
+        pids = cluster.pids
+    assert calls.read_text().splitlines() == ["-m services.worker", "-m services.worker"]
+    assert_all_gone(pids)
+
+
 def test_a_bad_command_is_a_start_error(tmp_path, lines, assert_all_gone) -> None:
     cluster = _cluster(tmp_path, lines, commands={**fake_commands(), "scaler": ["/nonexistent/lgc-scaler"]})
     with pytest.raises(ClusterStartError, match="nonexistent"):
