@@ -41,12 +41,13 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
+from process_cpu import TICKS_PER_S, stat_ticks  # noqa: E402
+from process_cpu import descendants as descendants_of  # noqa: E402
 from shared.launcher.cluster import ClusterConfig, EmbeddedCluster  # noqa: E402
 from shared.launcher.output import FileSink  # noqa: E402
 from shared.launcher.ports import free_port_settings  # noqa: E402
 from shared.settings import default_state_dir  # noqa: E402
 
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -58,13 +59,6 @@ class TaskSample:
     switches: int
 
 
-def _stat_ticks(path: Path) -> int:
-    """utime + stime (fields 14 and 15) of a /proc stat file, in clock ticks."""
-    text = path.read_text()
-    fields = text[text.rindex(")") + 2 :].split()  # the command name may contain spaces
-    return int(fields[11]) + int(fields[12])
-
-
 def _switches(path: Path) -> int:
     total = 0
     for line in path.read_text().splitlines():
@@ -73,31 +67,14 @@ def _switches(path: Path) -> int:
     return total
 
 
-def _children(pid: int) -> list[int]:
-    """Every descendant of `pid` (a service may start helpers of its own)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                kids = (task / "children").read_text().split()
-            except OSError:
-                continue  # Safe: a thread that ended has no children to report.
-            for kid in map(int, kids):
-                found.append(kid)
-                todo.append(kid)
-    return found
-
-
 def _sample_process(pid: int, *, descendants: bool) -> dict[str, TaskSample]:
     """Per-thread samples of `pid` (and its descendants), keyed `pid/tid`."""
     out: dict[str, TaskSample] = {}
-    for proc in [pid, *(_children(pid) if descendants else [])]:
+    for proc in [pid, *(descendants_of(pid) if descendants else [])]:
         for task in Path(f"/proc/{proc}/task").glob("*"):
             try:
                 name = (task / "comm").read_text().strip()
-                out[f"{proc}/{task.name}"] = TaskSample(name, _stat_ticks(task / "stat"), _switches(task / "status"))
+                out[f"{proc}/{task.name}"] = TaskSample(name, stat_ticks(task / "stat"), _switches(task / "status"))
             except (OSError, ValueError):
                 continue  # Safe: a thread that ended during the read used no more CPU.
     return out
@@ -108,7 +85,7 @@ def _loadavg() -> list[float]:
 
 
 def _percent(ticks: int, seconds: float) -> float:
-    return round(100.0 * ticks / _TICKS_PER_S / seconds, 2)
+    return round(100.0 * ticks / TICKS_PER_S / seconds, 2)
 
 
 def measure(pids: dict[str, int], window_s: float, top_threads: int) -> dict:

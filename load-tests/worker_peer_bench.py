@@ -28,8 +28,8 @@ A peer that is not installed is reported as `skipped` with the reason, never est
 Measured at the client for every system alike: output tokens/s over the run (completion tokens from
 the stream's usage chunk; a server that sends none has its text re-tokenized with the model's
 tokenizer, said in `token_count`), TTFT (request sent -> first content chunk) and inter-token
-latency (gaps between content chunks) p50/p99, errors. For the cluster systems also the CPU
-seconds of every cluster process per 1,000 output tokens.
+latency (gaps between content chunks) p50/p99, errors; and the CPU seconds per 1,000 output tokens
+of every server process with its descendants (vLLM's engine core runs in a child process).
 
 `--sweep` runs the first cluster system of `--sweep-system` (default `cluster-transformers`) at
 each concurrency (max(concurrency, 4) requests each): throughput must not collapse when streams far
@@ -62,6 +62,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
+from process_cpu import tree_cpu_seconds  # noqa: E402
 from shared.launcher.cluster import ClusterConfig, EmbeddedCluster  # noqa: E402
 from shared.launcher.output import FileSink  # noqa: E402
 from shared.launcher.ports import free_port_settings  # noqa: E402
@@ -245,17 +246,6 @@ def summarise(outcomes: list[Outcome], elapsed_s: float, tokenizer: Any) -> dict
 # ---------------------------------------------------------------------------------------- systems
 
 
-def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU time so far of each process and its threads (utime + stime)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    seconds = {}
-    for name, pid in pids.items():
-        with contextlib.suppress(OSError):  # a process that already exited is simply not charged
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            seconds[name] = (int(fields[11]) + int(fields[12])) / tick
-    return seconds
-
-
 @contextlib.contextmanager
 def cluster(
     backend: str, out: Path, *, extra_env: dict[str, str] | None = None, worker_python: str | None = None
@@ -411,9 +401,9 @@ async def sequential_generate(requests: int, max_tokens: int, temperature: float
 
 
 def _measured(target: Target, run: Callable[[], tuple[list[Outcome], float]], tokenizer: Any) -> dict[str, Any]:
-    before = _cpu_seconds(target.pids)
+    before = {name: tree_cpu_seconds(pid) for name, pid in target.pids.items()}
     outcomes, elapsed = run()
-    after = _cpu_seconds(target.pids)
+    after = {name: tree_cpu_seconds(pid) for name, pid in target.pids.items()}
     result = summarise(outcomes, elapsed, tokenizer)
     if target.pids:
         cpu = {name: round(after[name] - before.get(name, 0.0), 2) for name in after}
