@@ -19,11 +19,13 @@ newcomers wait until the running batch has finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +56,7 @@ from services.worker.precision import (
     load_options,
     plan_precision,
 )
+from services.worker.packed_linear import prepack_linears
 from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.sampling import RowSampling, SamplingTable, make_generator, pick_next_tokens
 from services.worker.settings import WorkerSettings
@@ -148,7 +151,9 @@ class TransformersEngine(Engine):
         source = prepare_model(resolve_model(settings.model), settings.state_dir)
         plan = plan_for(settings)
         device = plan.device
-        self._threads = settings.worker_threads or len(os.sched_getaffinity(0))
+        usable = len(os.sched_getaffinity(0))
+        self._threads = settings.worker_threads or usable
+        self._prefill_threads = settings.worker_prefill_threads or usable
         if device.type == "cpu":
             torch.set_num_threads(self._threads)
         log.info(
@@ -158,6 +163,10 @@ class TransformersEngine(Engine):
         started = time.monotonic()
         tokenizer = AutoTokenizer.from_pretrained(source.path)
         model = finish_model(AutoModelForCausalLM.from_pretrained(source.path, **load_options(plan)), plan)
+        if settings.worker_prepack_weights and not settings.worker_compile:
+            # Not with torch.compile: the compiled forward was traced over the plain layers.
+            packed = prepack_linears(model)
+            log.info("linear weights prepacked for oneDNN", extra={"layers": packed})
         config = model.config.get_text_config()
         model_limit = getattr(config, "max_position_embeddings", None) or settings.worker_max_model_len
         max_model_len = min(settings.worker_max_model_len, model_limit)
@@ -391,9 +400,10 @@ class TransformersEngine(Engine):
             chosen.append(self._admitted.popleft())
             longest = wider
         self._prefilling = chosen
-        batch, logits = DecodeBatch.prefill(
-            self.model, [s.prompt_ids for s in chosen], self._pad_id, self._vocab_size, self._device
-        )
+        with self._prefill_thread_count():
+            batch, logits = DecodeBatch.prefill(
+                self.model, [s.prompt_ids for s in chosen], self._pad_id, self._vocab_size, self._device
+            )
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
         tokens = pick_next_tokens(logits, table, batch.seen)
         batch.record_tokens(tokens)
@@ -411,6 +421,19 @@ class TransformersEngine(Engine):
             self._batch.absorb(batch)
             self._rows = self._rows + joining
         self._table = None
+
+    @contextlib.contextmanager
+    def _prefill_thread_count(self) -> Iterator[None]:
+        """torch's thread count for a prefill: large matrix products gain from every core, while a
+        decode step's many small ones lose more to waiting at OpenMP barriers (worker README)."""
+        if self._device.type != "cpu" or self._prefill_threads == self._threads:
+            yield
+            return
+        torch.set_num_threads(self._prefill_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self._threads)
 
     def _decode_step(self, events: _Events) -> None:
         assert self._batch is not None

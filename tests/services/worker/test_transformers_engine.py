@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from services.worker.engine import (
     ChatTurn,
@@ -297,5 +298,39 @@ async def test_kv_cache_usage_is_reported_and_freed_on_cancel(model_state_dir: P
                 break
             await asyncio.sleep(0.02)
         assert recorder.reports[-1] == (0, 0)
+    finally:
+        await engine.stop()
+
+
+class _ThreadCountRecorder:
+    """The real model, recording torch's thread count and the number of positions of every call."""
+
+    def __init__(self, model: object) -> None:
+        self._model = model
+        self.calls: list[tuple[int, int]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._model, name)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls.append((torch.get_num_threads(), int(kwargs["input_ids"].shape[1])))  # type: ignore[union-attr]
+        return self._model(*args, **kwargs)
+
+
+async def test_prefill_and_decode_run_with_their_own_thread_counts(model_state_dir: Path) -> None:
+    settings = WorkerSettings(
+        state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256,
+        worker_threads=1, worker_prefill_threads=2,
+    )
+    engine = TransformersEngine(settings)
+    await engine.start()
+    try:
+        recorder = _ThreadCountRecorder(engine.model)
+        engine.model = recorder
+        result = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4))
+        assert isinstance(result.end, SequenceFinished) and result.end.completion_tokens == 4
+        prefill, *decode = recorder.calls
+        assert prefill == (2, len(engine.tokenizer(PROMPTS[0])["input_ids"]))
+        assert decode and all(call == (1, 1) for call in decode)
     finally:
         await engine.stop()
