@@ -4,6 +4,7 @@ Generate converts the items at the edge, submits them, and streams every item's 
 stream until each has ended with exactly one Finished or Failed. Items it cannot take (draining,
 not loaded, full, wrong model, invalid) fail on the stream at once, so the batcher can retry them
 elsewhere. When the client cancels the RPC (or it breaks), every item still running is cancelled.
+Deltas are joined per `worker_stream_interval` (services/worker/delta_coalescing.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from services.worker.delta_coalescing import DeltaCoalescer
 from services.worker.engine import (
     Engine,
     EngineEvent,
@@ -120,12 +122,20 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     outcome = SequenceFailed("", FailureCode.OVERLOADED, "the worker's queue is full")
                 events.put_nowait(SequenceFailed(item.request_id, outcome.code, outcome.message))
             pending = set(ids)
+            coalescer = DeltaCoalescer(self._settings.worker_stream_interval)
             while pending:
                 event = await events.get()
-                if not isinstance(event, TextDelta):
-                    pending.discard(event.request_id)
-                    self._metrics.ended(event)
-                    _log_end(event)
+                if isinstance(event, TextDelta):
+                    ready = coalescer.add(event)
+                    if ready is not None:
+                        yield event_to_proto(ready)
+                    continue
+                held = coalescer.flush(event.request_id)
+                if held is not None:
+                    yield event_to_proto(held)
+                pending.discard(event.request_id)
+                self._metrics.ended(event)
+                _log_end(event)
                 yield event_to_proto(event)
         finally:
             # Reached with items pending when the client cancelled the RPC or the stream broke.

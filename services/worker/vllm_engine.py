@@ -245,6 +245,10 @@ def engine_options(
         "disable_log_stats": True,
         "trust_remote_code": False,
     }
+    if settings.worker_stream_interval > 1:
+        # vLLM then skips its own per-token output work too (the servicer joins deltas either way);
+        # passed only when set, since older vLLM releases have no such argument.
+        options["stream_interval"] = settings.worker_stream_interval
     kv_cache_gb = settings.worker_vllm_kv_cache_gb
     if kv_cache_gb is None and platform_device == "cpu":
         kv_cache_gb = CPU_KV_CACHE_GB_DEFAULT

@@ -199,6 +199,23 @@ async def test_full_worker_refuses_the_overflow(cluster_settings: ClusterSetting
         await service.stop()
 
 
+async def test_stream_interval_joins_deltas_and_keeps_text_and_counts(cluster_settings: ClusterSettings) -> None:
+    service = WorkerService(worker_settings(cluster_settings, worker_stream_interval=3))
+    await service.start()
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            grouped = by_request(await collect(stub.Generate(worker_pb2.GenerateRequest(items=[item("a", 8), item("b", 1)]))))
+        deltas = [e.delta for e in grouped["a"] if e.WhichOneof("event") == "delta"]
+        assert [d.tokens for d in deltas] == [1, 3, 3, 1]  # first at once, then 3 by 3, the rest before the end
+        assert "".join(d.text for d in deltas) == " ".join(f"tok{i}" for i in range(8))
+        assert grouped["a"][-1].finished.completion_tokens == 8
+        assert [e.WhichOneof("event") for e in grouped["b"]] == ["delta", "finished"]
+    finally:
+        await service.drain(timeout_s=1)
+        await service.stop()
+
+
 async def test_while_loading_generate_is_overloaded_and_info_unavailable(cluster_settings: ClusterSettings) -> None:
     settings = worker_settings(cluster_settings)
     service = WorkerService(settings)

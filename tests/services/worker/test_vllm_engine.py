@@ -157,6 +157,9 @@ def test_engine_options_on_cpu() -> None:
     assert (options["max_num_seqs"], options["max_num_batched_tokens"]) == (32, 8192)
     # vLLM's own CPU default would ask for 90% of the machine's memory.
     assert options["kv_cache_memory_bytes"] == int(CPU_KV_CACHE_GB_DEFAULT * 1024**3)
+    assert "stream_interval" not in options  # vLLM's own default, and older releases lack it
+    joined = WorkerSettings(worker_backend="vllm", worker_stream_interval=4)
+    assert engine_options(joined, "cpu", Path("/m"), "m", 2048)["stream_interval"] == 4
 
 
 def test_engine_options_on_cuda_and_explicit_values() -> None:

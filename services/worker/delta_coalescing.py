@@ -1,0 +1,59 @@
+"""Joins a sequence's text deltas into fewer, larger ones before they leave the worker.
+
+Every delta the worker streams costs work in every service after it: a gRPC message to the
+batcher, a Kafka record to the broker, a record the gateway parses and an SSE chunk it writes. On
+a few shared cores that per-token work competes with the model for CPU. With a stream interval of
+N, a sequence's first delta still goes at once (time to first token is unchanged), then its text
+goes out once N more tokens have been generated, and whatever is left goes just before its end:
+the same rule as vLLM's `--stream-interval`. N = 1 sends every delta as it comes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.worker.engine import TextDelta
+
+__all__ = ["DeltaCoalescer"]
+
+
+@dataclass(slots=True)
+class _Held:
+    text: str = ""
+    tokens: int = 0
+    sent_any: bool = False
+
+
+class DeltaCoalescer:
+    """Per-request buffers of text not yet sent (one coalescer per Generate stream)."""
+
+    def __init__(self, interval: int) -> None:
+        if interval < 1:
+            raise ValueError("the stream interval is at least 1 token")
+        self._interval = interval
+        self._held: dict[str, _Held] = {}
+
+    def add(self, delta: TextDelta) -> TextDelta | None:
+        """Take a delta; returns what to send now (None: held for later)."""
+        if self._interval == 1:
+            return delta
+        held = self._held.setdefault(delta.request_id, _Held())
+        held.text += delta.text
+        held.tokens += delta.tokens
+        # Never an empty delta (text may lag tokens by a partial character): the tokens wait
+        # with the text they belong to.
+        if held.text and (not held.sent_any or held.tokens >= self._interval):
+            return self._release(delta.request_id, held)
+        return None
+
+    def flush(self, request_id: str) -> TextDelta | None:
+        """The request ends: what it still holds, to send before its end (None: nothing)."""
+        held = self._held.pop(request_id, None)
+        if held is None or not held.text:
+            return None
+        return TextDelta(request_id, held.text, held.tokens)
+
+    def _release(self, request_id: str, held: _Held) -> TextDelta:
+        delta = TextDelta(request_id, held.text, held.tokens)
+        held.text, held.tokens, held.sent_any = "", 0, True
+        return delta

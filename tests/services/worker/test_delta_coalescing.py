@@ -1,0 +1,58 @@
+"""Joining deltas: first text at once, then every N tokens, the rest before the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.worker.delta_coalescing import DeltaCoalescer
+from services.worker.engine import TextDelta
+
+
+def feed(coalescer: DeltaCoalescer, deltas: list[TextDelta]) -> list[TextDelta | None]:
+    return [coalescer.add(d) for d in deltas]
+
+
+def test_interval_one_passes_every_delta_through() -> None:
+    coalescer = DeltaCoalescer(1)
+    deltas = [TextDelta("a", f"t{i}", 1) for i in range(4)]
+    assert feed(coalescer, deltas) == deltas
+    assert coalescer.flush("a") is None
+
+
+def test_first_delta_at_once_then_every_n_tokens_then_the_rest() -> None:
+    coalescer = DeltaCoalescer(3)
+    sent = feed(coalescer, [TextDelta("a", f"t{i} ", 1) for i in range(8)])
+    assert sent[0] == TextDelta("a", "t0 ", 1)
+    assert sent[1:3] == [None, None]
+    assert sent[3] == TextDelta("a", "t1 t2 t3 ", 3)
+    assert sent[4:6] == [None, None]
+    assert sent[6] == TextDelta("a", "t4 t5 t6 ", 3)
+    assert sent[7] is None
+    assert coalescer.flush("a") == TextDelta("a", "t7 ", 1)
+    assert coalescer.flush("a") is None  # nothing is sent twice
+
+
+def test_requests_are_held_apart() -> None:
+    coalescer = DeltaCoalescer(2)
+    assert coalescer.add(TextDelta("a", "a0", 1)) == TextDelta("a", "a0", 1)
+    assert coalescer.add(TextDelta("b", "b0", 1)) == TextDelta("b", "b0", 1)
+    assert coalescer.add(TextDelta("a", "a1", 1)) is None
+    assert coalescer.add(TextDelta("b", "b1", 1)) is None
+    assert coalescer.add(TextDelta("a", "a2", 1)) == TextDelta("a", "a1a2", 2)
+    assert coalescer.flush("b") == TextDelta("b", "b1", 1)
+    assert coalescer.flush("a") is None
+
+
+def test_tokens_without_text_wait_for_their_text() -> None:
+    """A partial character: tokens arrive before the text they make; no empty delta is sent."""
+    coalescer = DeltaCoalescer(2)
+    assert coalescer.add(TextDelta("a", "", 1)) is None  # not even the first
+    assert coalescer.add(TextDelta("a", "é", 1)) == TextDelta("a", "é", 2)
+    assert coalescer.add(TextDelta("a", "", 1)) is None
+    assert coalescer.add(TextDelta("a", "", 1)) is None
+    assert coalescer.add(TextDelta("a", "x", 1)) == TextDelta("a", "x", 3)
+
+
+def test_an_interval_below_one_is_refused() -> None:
+    with pytest.raises(ValueError):
+        DeltaCoalescer(0)
