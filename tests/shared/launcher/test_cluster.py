@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from shared.launcher.cluster import ClusterConfig, ClusterStartError, EmbeddedCluster
+from shared.launcher.cluster import ClusterConfig, ClusterStartError, EmbeddedCluster, embedded_worker_threads
 from shared.launcher.ports import free_port_settings
 from shared.topics import Topics
 from tests.shared.launcher.conftest import fake_commands, list_topics, process_gone
@@ -163,6 +163,7 @@ def test_add_and_stop_worker(tmp_path, lines, assert_all_gone) -> None:
     with _cluster(tmp_path, lines, workers=1, start_guardian=False, start_scaler=False) as cluster:
         added = cluster.add_worker()
         assert added.name == "worker-1"
+        assert added.spec.env["LGC_WORKER_THREADS"] == str(embedded_worker_threads())
         assert httpx.get(added.spec.ready_url).status_code == 200
         assert set(cluster.worker_targets) == {"worker-0", "worker-1"}
         first = cluster.services["worker-0"].pid
@@ -174,6 +175,21 @@ def test_add_and_stop_worker(tmp_path, lines, assert_all_gone) -> None:
             cluster.stop_worker("gateway")
         pids = cluster.pids
     assert_all_gone(pids)
+
+
+def test_embedded_workers_leave_one_core_to_the_other_services() -> None:
+    assert [embedded_worker_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+
+
+def test_an_explicit_worker_thread_count_wins(tmp_path, lines) -> None:
+    config = ClusterConfig(
+        settings=free_port_settings(state_dir=tmp_path / "state"),
+        log_sink=lines.append,
+        commands=fake_commands(),
+        extra_env={"LGC_WORKER_THREADS": "7"},
+    )
+    spec = EmbeddedCluster(config)._worker_spec(0)  # the spec only: nothing is started
+    assert spec.env["LGC_WORKER_THREADS"] == "7"
 
 
 def test_workers_run_under_the_worker_python(tmp_path, lines, assert_all_gone) -> None:
