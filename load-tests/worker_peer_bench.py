@@ -2,7 +2,7 @@
 
     .venv/bin/python load-tests/worker_peer_bench.py [--out DIR] [--systems a,b,...]
         [--streams 32] [--requests 64] [--max-tokens 64] [--temperature 0.7]
-        [--sweep 1,8,32,128,256] [--vllm-python /path/to/venv-with-vllm/bin/python]
+        [--sweep 1,8,32,128,256] [--stream-interval 1] [--vllm-python /path/to/venv-with-vllm/bin/python]
 
 Systems (`--systems`, default all), each sent the same `--requests` streaming chat completions,
 `--streams` at a time (closed loop: a stream that ends starts the next request), `--max-tokens`
@@ -19,17 +19,23 @@ each, at `--temperature` (top_p 1), prompts from one fixed list of distinct prom
 * `sequential-generate`: the seed's approach: one `model.generate` after another in this process
   (bfloat16), over `--sequential-requests` requests that all arrive at once, so a request's TTFT
   includes its wait behind the earlier ones, as a client would see it;
-* `transformers-serve`: `transformers serve --continuous-batching` (`--tserve-dtype`, default
-  float32, its faster dtype on this CPU per ../shared/FACTS.md);
+* `transformers-serve`: `transformers serve --continuous-batching`, once per dtype of
+  `--tserve-dtypes` (default bfloat16 and float32: which is faster depends on the CPU), reported
+  with its best one and the others under `dtype_runs`;
 * `vllm-serve`: `vllm serve` (bfloat16) from `--vllm-python`'s environment (skipped without it).
 
 A peer that is not installed is reported as `skipped` with the reason, never estimated.
 
 Measured at the client for every system alike: output tokens/s over the run (completion tokens from
 the stream's usage chunk; a server that sends none has its text re-tokenized with the model's
-tokenizer, said in `token_count`), TTFT (request sent -> first content chunk) and inter-token
-latency (gaps between content chunks) p50/p99, errors; and the CPU seconds per 1,000 output tokens
+tokenizer, said in `token_count`), TTFT (request sent -> first content chunk), inter-token
+latency (gaps between content chunks) and time per output token after the first (per request:
+(end - first chunk) / (tokens - 1), comparable across `--stream-interval`s) p50/p99, errors; and the CPU seconds per 1,000 output tokens
 of every server process with its descendants (vLLM's engine core runs in a child process).
+
+`--repeats N` (default 3) measures every system N times after one warm-up and reports the run with
+the median output tokens/s, all N under `runs` (this machine's run-to-run noise is about ±15 %);
+`sequential-generate` runs once (it takes about a minute).
 
 `--sweep` runs the first cluster system of `--sweep-system` (default `cluster-transformers`) at
 each concurrency (max(concurrency, 4) requests each): throughput must not collapse when streams far
@@ -215,16 +221,22 @@ def summarise(outcomes: list[Outcome], elapsed_s: float, tokenizer: Any) -> dict
     """Throughput and latency percentiles of one run."""
     ok = [o for o in outcomes if o.ok]
     with_usage = all(o.usage_tokens is not None for o in ok)
-    tokens = sum(
+    counts = [
         o.usage_tokens if with_usage else len(tokenizer(o.text, add_special_tokens=False)["input_ids"])  # type: ignore[misc]
         for o in ok
-    )
+    ]
+    tokens = sum(counts)
     errors: dict[str, int] = {}
     for o in outcomes:
         if not o.ok:
             key = (o.error or "unknown").split(":")[0]
             errors[key] = errors.get(key, 0) + 1
     gaps = [g for o in ok for g in o.gaps_s]
+    tpots = [
+        (o.e2e_s - o.ttft_s) / (count - 1)
+        for o, count in zip(ok, counts, strict=True)
+        if o.e2e_s is not None and o.ttft_s is not None and count > 1
+    ]
     return {
         "requests": len(outcomes),
         "ok": len(ok),
@@ -238,6 +250,9 @@ def summarise(outcomes: list[Outcome], elapsed_s: float, tokenizer: Any) -> dict
         "ttft_ms": {"p50": _ms([o.ttft_s for o in ok if o.ttft_s is not None], 50),
                     "p99": _ms([o.ttft_s for o in ok if o.ttft_s is not None], 99)},
         "itl_ms": {"p50": _ms(gaps, 50), "p99": _ms(gaps, 99)},
+        # Time per output token after the first, per request: unlike the gaps between chunks, the
+        # same measure whether a server streams each token or several per chunk.
+        "tpot_ms": {"p50": _ms(tpots, 50), "p99": _ms(tpots, 99)},
         "e2e_ms": {"p50": _ms([o.e2e_s for o in ok if o.e2e_s is not None], 50)},
         "mean_tokens_per_request": round(tokens / len(ok), 1) if ok else None,
     }
@@ -335,7 +350,7 @@ def _vllm_env(python: str | None) -> tuple[Path, dict[str, str]]:
 
 
 @contextlib.contextmanager
-def vllm_serve(out: Path, python: str | None) -> Iterator[Target]:
+def vllm_serve(out: Path, python: str | None, stream_interval: int) -> Iterator[Target]:
     interpreter, env = _vllm_env(python)
     # The converted folder's config still names GGUF quantization, which vLLM refuses; the worker's
     # vllm backend hands it a sibling folder with a cleaned config.json, and so does this peer.
@@ -345,8 +360,11 @@ def vllm_serve(out: Path, python: str | None) -> Iterator[Target]:
     port = _free_port()
     command = [str(interpreter), "-m", "vllm.entrypoints.cli.main", "serve", folder, "--dtype", "bfloat16",
                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048"]
+    if stream_interval > 1:
+        command += ["--stream-interval", str(stream_interval)]
     with http_server(command, port, out, env, "/health", 600) as pid:
-        yield Target(f"http://127.0.0.1:{port}", folder, {}, {"server": pid}, ["dtype bfloat16", f"log: {out}"])
+        notes = ["dtype bfloat16", f"stream interval {stream_interval}", f"log: {out}"]
+        yield Target(f"http://127.0.0.1:{port}", folder, {}, {"server": pid}, notes)
 
 
 async def sequential_generate(requests: int, max_tokens: int, temperature: float) -> dict[str, Any]:
@@ -416,21 +434,23 @@ def _measured(target: Target, run: Callable[[], tuple[list[Outcome], float]], to
 
 def _system(name: str, args: argparse.Namespace, out: Path) -> contextlib.AbstractContextManager[Target]:
     log = out / f"{name}.log"
+    joined = {"LGC_WORKER_STREAM_INTERVAL": str(args.stream_interval)}
     if name == "cluster-transformers":
-        return cluster("transformers", log)
+        return cluster("transformers", log, extra_env=joined)
     if name == "cluster-transformers-int8":
-        return cluster("transformers", log, extra_env={"LGC_WORKER_QUANTIZATION": "int8", "LGC_WORKER_DTYPE": "float32"})
+        return cluster("transformers", log, extra_env={**joined, "LGC_WORKER_QUANTIZATION": "int8", "LGC_WORKER_DTYPE": "float32"})
     if name == "cluster-simulated":
-        return cluster("simulated", log)
+        return cluster("simulated", log, extra_env=joined)
     if name == "cluster-vllm":
         interpreter, _ = _vllm_env(args.vllm_python)
-        env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "4",
+        env = {**joined, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "4",
                "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
         return cluster("vllm", log, extra_env=env, worker_python=str(interpreter))
-    if name == "transformers-serve":
-        return transformers_serve(log, args.tserve_dtype)
+    if name.startswith("transformers-serve:"):
+        dtype = name.split(":", 1)[1]
+        return transformers_serve(out / f"transformers-serve-{dtype}.log", dtype)
     if name == "vllm-serve":
-        return vllm_serve(log, args.vllm_python)
+        return vllm_serve(log, args.vllm_python, args.stream_interval)
     raise ValueError(name)
 
 
@@ -443,7 +463,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     load = dict(requests=args.requests, streams=args.streams, max_tokens=args.max_tokens,
                 temperature=args.temperature, timeout_s=args.timeout)
     report: dict[str, Any] = {
-        "setup": {**load, "prompts": len(PROMPTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
+        "setup": {**load, "stream_interval": args.stream_interval, "prompts": len(PROMPTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
                   "model": "SmolLM2-135M-Instruct", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "systems": {},
     }
@@ -453,12 +473,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         try:
             if name == "sequential-generate":
                 result = asyncio.run(sequential_generate(args.sequential_requests, args.max_tokens, args.temperature))
+            elif name == "transformers-serve":
+                result = _best_dtype(args, out, load, tokenizer)
             else:
-                with _system(name, args, out) as target:
-                    asyncio.run(run_load(target, **{**load, "requests": min(args.streams, 4)}))  # warm-up
-                    result = _measured(target, lambda: asyncio.run(run_load(target, **load)), tokenizer)
-                    if name == args.sweep_system and args.sweep:
-                        report["sweep"] = _sweep(target, args, tokenizer)
+                result = _measure_system(name, args, out, load, tokenizer, report)
         except Skipped as exc:
             result = {"skipped": str(exc)}
         result = {"label": LABELS[name], "simulated": name == "cluster-simulated", **result,
@@ -467,6 +485,44 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[bench] {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
     report["comparison"] = _comparison(report["systems"])
     return report
+
+
+def _measure_system(
+    name: str, args: argparse.Namespace, out: Path, load: dict[str, Any], tokenizer: Any, report: dict[str, Any]
+) -> dict[str, Any]:
+    """Start a system, warm it up, measure it `--repeats` times (the median run is the result),
+    and run the sweep on it when it is the sweep system."""
+    with _system(name, args, out) as target:
+        asyncio.run(run_load(target, **{**load, "requests": min(args.streams, 4)}))  # warm-up
+        runs = [_measured(target, lambda: asyncio.run(run_load(target, **load)), tokenizer) for _ in range(args.repeats)]
+        if name == args.sweep_system and args.sweep:
+            report["sweep"] = _sweep(target, args, tokenizer)
+    return median_run(runs)
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median output tokens/s (the lower middle one of an even count), with a
+    summary of every run under `runs`."""
+    ordered = sorted(runs, key=lambda r: r.get("output_tokens_per_s") or 0.0)
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs"] = [
+        {"output_tokens_per_s": r.get("output_tokens_per_s"), "ttft_p50_ms": r["ttft_ms"]["p50"],
+         "tpot_p50_ms": r["tpot_ms"]["p50"], "ok": r["ok"]}
+        for r in runs
+    ]
+    return chosen
+
+
+def _best_dtype(args: argparse.Namespace, out: Path, load: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """transformers serve in each of `--tserve-dtypes`; the fastest median, the others summarised."""
+    results = {
+        dtype: _measure_system(f"transformers-serve:{dtype}", args, out, load, tokenizer, {})
+        for dtype in args.tserve_dtypes
+    }
+    best = max(results, key=lambda d: results[d].get("output_tokens_per_s") or 0.0)
+    chosen = dict(results[best])
+    chosen["dtype_runs"] = {d: r.get("output_tokens_per_s") for d, r in results.items()}
+    return chosen
 
 
 def _sweep(target: Target, args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
@@ -569,10 +625,16 @@ def main() -> int:
     parser.add_argument("--sequential-requests", type=int, default=8)
     parser.add_argument("--sweep", default="1,8,32,128,256", help="concurrencies; empty: no sweep")
     parser.add_argument("--sweep-system", default="cluster-transformers")
-    parser.add_argument("--tserve-dtype", default="float32")
+    parser.add_argument("--tserve-dtypes", default="bfloat16,float32", help="dtypes tried for transformers serve")
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per system; the median is reported")
     parser.add_argument(
         "--peer-omp-wait-policy", choices=("passive", "active", "inherit"), default="passive",
         help="OMP_WAIT_POLICY for every system (the cluster's worker uses passive by default); inherit: leave it",
+    )
+    parser.add_argument(
+        "--stream-interval", type=int, default=1,
+        help="tokens per streamed chunk for the cluster (LGC_WORKER_STREAM_INTERVAL) and vllm serve "
+        "(--stream-interval); transformers serve has no such option and streams every token",
     )
     parser.add_argument("--vllm-python", default=None, help="a Python with vLLM (vllm-cpu here) installed")
     parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
@@ -582,6 +644,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
     args.sweep = [int(c) for c in args.sweep.split(",") if c]
+    args.tserve_dtypes = [d for d in args.tserve_dtypes.split(",") if d]
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.peer_omp_wait_policy != "inherit":
         # Before torch loads here (sequential-generate) and inherited by every server started: the
         # peers get the same OpenMP waiting as the cluster's worker, so the comparison is of engines.
