@@ -16,7 +16,7 @@ from services.worker.grpc_servicer import WorkerServicer
 from services.worker.service import WORKER_SERVICE_NAME, WorkerService
 from shared.protos import worker_pb2, worker_pb2_grpc
 from shared.settings import ClusterSettings
-from tests.services.worker.service_fixtures import worker_settings
+from tests.services.worker.service_fixtures import serving, worker_settings
 
 
 @pytest.fixture
@@ -185,35 +185,21 @@ async def test_transformers_backend_over_grpc(cluster_settings: ClusterSettings,
 
 
 async def test_full_worker_refuses_the_overflow(cluster_settings: ClusterSettings) -> None:
-    service = WorkerService(worker_settings(cluster_settings, worker_max_batch_size=2, worker_max_waiting=1))
-    await service.start()
-    try:
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            stub = worker_pb2_grpc.WorkerStub(channel)
-            grouped = by_request(await collect(stub.Generate(worker_pb2.GenerateRequest(items=[item(f"o{k}", 2) for k in range(5)]))))
-        ends = {rid: events[-1].WhichOneof("event") for rid, events in grouped.items()}
-        assert sorted(ends.values()) == ["failed", "failed", "finished", "finished", "finished"]
-        assert all(grouped[rid][-1].failed.code == worker_pb2.FAILURE_CODE_OVERLOADED for rid, e in ends.items() if e == "failed")
-    finally:
-        await service.drain(timeout_s=1)
-        await service.stop()
+    async with serving(worker_settings(cluster_settings, worker_max_batch_size=2, worker_max_waiting=1)) as (_, stub):
+        grouped = by_request(await collect(stub.Generate(worker_pb2.GenerateRequest(items=[item(f"o{k}", 2) for k in range(5)]))))
+    ends = {rid: events[-1].WhichOneof("event") for rid, events in grouped.items()}
+    assert sorted(ends.values()) == ["failed", "failed", "finished", "finished", "finished"]
+    assert all(grouped[rid][-1].failed.code == worker_pb2.FAILURE_CODE_OVERLOADED for rid, e in ends.items() if e == "failed")
 
 
 async def test_stream_interval_joins_deltas_and_keeps_text_and_counts(cluster_settings: ClusterSettings) -> None:
-    service = WorkerService(worker_settings(cluster_settings, worker_stream_interval=3))
-    await service.start()
-    try:
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            stub = worker_pb2_grpc.WorkerStub(channel)
-            grouped = by_request(await collect(stub.Generate(worker_pb2.GenerateRequest(items=[item("a", 8), item("b", 1)]))))
-        deltas = [e.delta for e in grouped["a"] if e.WhichOneof("event") == "delta"]
-        assert [d.tokens for d in deltas] == [1, 3, 3, 1]  # first at once, then 3 by 3, the rest before the end
-        assert "".join(d.text for d in deltas) == " ".join(f"tok{i}" for i in range(8))
-        assert grouped["a"][-1].finished.completion_tokens == 8
-        assert [e.WhichOneof("event") for e in grouped["b"]] == ["delta", "finished"]
-    finally:
-        await service.drain(timeout_s=1)
-        await service.stop()
+    async with serving(worker_settings(cluster_settings, worker_stream_interval=3)) as (_, stub):
+        grouped = by_request(await collect(stub.Generate(worker_pb2.GenerateRequest(items=[item("a", 8), item("b", 1)]))))
+    deltas = [e.delta for e in grouped["a"] if e.WhichOneof("event") == "delta"]
+    assert [d.tokens for d in deltas] == [1, 3, 3, 1]  # first at once, then 3 by 3, the rest before the end
+    assert "".join(d.text for d in deltas) == " ".join(f"tok{i}" for i in range(8))
+    assert grouped["a"][-1].finished.completion_tokens == 8
+    assert [e.WhichOneof("event") for e in grouped["b"]] == ["delta", "finished"]
 
 
 async def test_while_loading_generate_is_overloaded_and_info_unavailable(cluster_settings: ClusterSettings) -> None:
