@@ -497,10 +497,10 @@ def _measure_system(
         runs = [_measured(target, lambda: asyncio.run(run_load(target, **load)), tokenizer) for _ in range(args.repeats)]
         if name == args.sweep_system and args.sweep:
             report["sweep"] = _sweep(target, args, tokenizer)
-    return median_run(runs)
+    return _median_run(runs)
 
 
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median output tokens/s (the lower middle one of an even count), with a
     summary of every run under `runs`."""
     ordered = sorted(runs, key=lambda r: r.get("output_tokens_per_s") or 0.0)

@@ -511,7 +511,7 @@ class EmbeddedCluster:
         }
         # The embedded cluster's services share this machine's cores: the model gets all but one
         # of them unless LGC_WORKER_THREADS says otherwise, so that the broker, gateway and batcher
-        # never wait for a core the model's threads hold (see the worker README, "Threads").
+        # never wait for a core the model's threads hold (see the worker README, "CPU threads").
         env.setdefault("LGC_WORKER_THREADS", str(embedded_worker_threads()))
         return ServiceSpec(
             name=name,
@@ -618,9 +618,10 @@ class EmbeddedCluster:
 def embedded_worker_threads(cores: int | None = None) -> int:
     """torch threads of an embedded worker: every core this process may use but one, at least one.
 
-    Measured on 2 cores (SmolLM2-135M bf16, 32 streams x 64 tokens through the whole cluster):
-    one thread gave 180 and 209 output tokens/s, two threads 156 and 164; the second core is worth
-    more to the broker, gateway and batcher than to the model's matrix products.
+    Measured on 2 cores (SmolLM2-135M bf16, packed weights, 32 streams x 64 tokens through the whole
+    cluster, two runs each): one decode thread gave 163 and 184 output tokens/s, two threads 112 and
+    145; the second core is worth more to the broker, gateway and batcher than to the model's
+    small matrix products.
     """
     usable = cores if cores is not None else len(os.sched_getaffinity(0))
     return max(1, usable - 1)
