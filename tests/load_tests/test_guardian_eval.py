@@ -100,3 +100,18 @@ def test_the_command_refuses_an_unknown_split(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(SystemExit) as exc:
         load_script().main()
     assert exc.value.code == 2
+
+
+def test_every_detector_meets_the_quality_targets_on_the_held_out_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 5's quality targets, checked by `make test` (throughput stays in the benchmark): PII
+    recall >= 0.98 at precision >= 0.95; injection/jailbreak and harm F1 >= 0.85 with benign FPR
+    <= 3 %, on the eval split with every detector, as `load-tests/guardian_eval.py` reports them."""
+    argv = [str(SCRIPT), "--split", "eval", "--no-throughput", "--show-errors", "none", "--out", str(tmp_path / "r.json")]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_script().main()
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "eval"
+    quality = {name: report["targets"][name] for name in ("pii", "injection+jailbreak", "harm")}
+    assert all(t["pass"] for t in quality.values()), quality
