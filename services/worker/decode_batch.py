@@ -8,6 +8,9 @@ Continuous batching: newcomers are prefilled on their own (left-padded among the
 their KV cache is merged into the running batch by left-padding the shorter of the two caches to the
 longer one along the sequence axis. Rows that finish are removed with an index select, and columns
 that have become padding in every row are trimmed off the left.
+
+With a `LlamaDecoder` (models it supports), the cache after the prefill moves into a `KVSlab` and
+decode steps run through the decoder instead of the model's generic forward (see `llama_decode`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from services.worker.llama_decode import KVSlab, LlamaDecoder
 
 __all__ = ["DecodeBatch", "supports_joining"]
 
@@ -35,12 +40,15 @@ class DecodeBatch:
 
     def __init__(
         self,
-        cache: DynamicCache,
+        cache: DynamicCache | KVSlab,
         mask: torch.Tensor,
         positions: torch.Tensor,
         seen: torch.Tensor,
+        decoder: LlamaDecoder | None = None,
     ) -> None:
         self.cache = cache
+        """A transformers cache, or a slab when `decoder` runs the decode steps."""
+        self.decoder = decoder
         self.mask = mask
         """[rows, length] 1 over real tokens, 0 over left padding."""
         self.positions = positions
@@ -60,10 +68,16 @@ class DecodeBatch:
 
     @classmethod
     def prefill(
-        cls, model: Any, prompts: Sequence[Sequence[int]], pad_id: int, vocab_size: int, device: torch.device
+        cls,
+        model: Any,
+        prompts: Sequence[Sequence[int]],
+        pad_id: int,
+        vocab_size: int,
+        device: torch.device,
+        decoder: LlamaDecoder | None = None,
     ) -> tuple[DecodeBatch, torch.Tensor]:
         """Run the prompts through the model; returns the batch and each row's last logits
-        ([rows, vocab], float32)."""
+        ([rows, vocab], float32). With `decoder`, later steps run through it over a slab."""
         longest = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
@@ -86,11 +100,14 @@ class DecodeBatch:
         real_ids = torch.where(mask.bool(), ids, ids[:, -1:].expand_as(ids)).clamp(max=vocab_size - 1)
         seen = torch.zeros((len(prompts), vocab_size), dtype=torch.bool, device=device)
         seen.scatter_(1, real_ids, True)
-        batch = cls(out.past_key_values, mask, mask.sum(-1), seen)
+        cache = out.past_key_values if decoder is None else KVSlab.from_cache(out.past_key_values)
+        batch = cls(cache, mask, mask.sum(-1), seen, decoder)
         return batch, out.logits[:, -1, :].float()
 
     def cache_nbytes(self) -> int:
-        """Bytes held by the key and value tensors of every layer."""
+        """Bytes held by the key and value tensors of every layer (a slab's free columns included)."""
+        if isinstance(self.cache, KVSlab):
+            return self.cache.nbytes()
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers if layer.keys is not None)
 
     def step(self, model: Any) -> torch.Tensor:
@@ -98,16 +115,21 @@ class DecodeBatch:
         assert self.next_tokens is not None, "pick tokens before stepping"
         ones = torch.ones((self.size, 1), dtype=self.mask.dtype, device=self.mask.device)
         self.mask = torch.cat([self.mask, ones], dim=1)
-        out = model(
-            input_ids=self.next_tokens[:, None],
-            attention_mask=self.mask,
-            position_ids=self.positions[:, None],
-            past_key_values=self.cache,
-            use_cache=True,
-        )
+        if isinstance(self.cache, KVSlab):
+            assert self.decoder is not None
+            logits = self.decoder.step(self.cache, self.next_tokens, self.mask, self.positions)
+        else:
+            out = model(
+                input_ids=self.next_tokens[:, None],
+                attention_mask=self.mask,
+                position_ids=self.positions[:, None],
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1, :].float()
         self.positions = self.positions + 1
         self.next_tokens = None
-        return out.logits[:, -1, :].float()
+        return logits
 
     def record_tokens(self, tokens: torch.Tensor) -> None:
         """Remember the picked tokens: fed at the next step, and seen for the penalty."""
@@ -121,9 +143,12 @@ class DecodeBatch:
         real_columns = mask.any(dim=0).nonzero()
         start = int(real_columns[0]) if real_columns.numel() else mask.shape[1]
         self.mask = mask[:, start:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+        if isinstance(self.cache, KVSlab):
+            self.cache.keep(index, start)
+        else:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
+                layer.values = layer.values.index_select(0, index)[:, :, start:, :]
         self.positions = self.positions.index_select(0, index)
         self.seen = self.seen.index_select(0, index)
         if self.next_tokens is not None:
@@ -133,9 +158,14 @@ class DecodeBatch:
         """Append `other`'s rows after this batch's rows (both must have picked their tokens)."""
         assert self.next_tokens is not None and other.next_tokens is not None
         length = max(self.length, other.length)
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)], dim=0)
-            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)], dim=0)
+        if isinstance(self.cache, KVSlab):
+            assert isinstance(other.cache, KVSlab), "both batches must keep their cache the same way"
+            self.cache.absorb(other.cache)
+        else:
+            assert isinstance(other.cache, DynamicCache), "both batches must keep their cache the same way"
+            for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+                mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)], dim=0)
+                mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)], dim=0)
         self.mask = torch.cat(
             [F.pad(self.mask, (length - self.length, 0)), F.pad(other.mask, (length - other.length, 0))], dim=0
         )

@@ -56,6 +56,7 @@ from services.worker.precision import (
     load_options,
     plan_precision,
 )
+from services.worker.llama_decode import LlamaDecoder
 from services.worker.packed_linear import prepack_linears
 from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.sampling import RowSampling, SamplingTable, make_generator, pick_next_tokens
@@ -125,6 +126,7 @@ class TransformersEngine(Engine):
         self._info: EngineInfo | None = None
         self.model: Any = None
         self.tokenizer: Any = None
+        self._decoder: LlamaDecoder | None = None
 
     # ---------------------------------------------------------------- lifecycle (event loop side)
 
@@ -167,6 +169,10 @@ class TransformersEngine(Engine):
             # Not with torch.compile: the compiled forward was traced over the plain layers.
             packed = prepack_linears(model)
             log.info("linear weights prepacked for oneDNN", extra={"layers": packed})
+        if settings.worker_llama_decode and device.type == "cpu" and LlamaDecoder.supports(model):
+            # CPU only: the step is measured there; on CUDA transformers' kernels are not the bottleneck.
+            self._decoder = LlamaDecoder(model)
+        log.info("decode steps", extra={"path": "llama_decode" if self._decoder else "transformers forward"})
         config = model.config.get_text_config()
         model_limit = getattr(config, "max_position_embeddings", None) or settings.worker_max_model_len
         max_model_len = min(settings.worker_max_model_len, model_limit)
@@ -402,7 +408,12 @@ class TransformersEngine(Engine):
         self._prefilling = chosen
         with self._prefill_thread_count():
             batch, logits = DecodeBatch.prefill(
-                self.model, [s.prompt_ids for s in chosen], self._pad_id, self._vocab_size, self._device
+                self.model,
+                [s.prompt_ids for s in chosen],
+                self._pad_id,
+                self._vocab_size,
+                self._device,
+                self._decoder,
             )
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
         tokens = pick_next_tokens(logits, table, batch.seen)

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from services.worker.engine import (
     TextDelta,
     WorkItem,
 )
+from services.worker.llama_decode import MIN_ROOM
 from services.worker.settings import WorkerSettings
 from services.worker.transformers_engine import TransformersEngine
 from tests.services.worker.engine_runs import run_item
@@ -286,7 +288,12 @@ async def test_kv_cache_usage_is_reported_and_freed_on_cancel(model_state_dir: P
         short = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="short"))
         assert isinstance(short.end, SequenceFinished)
         held = [r for r in recorder.reports if r[0] > 0]
-        assert held and all(nbytes == tokens * per_token for tokens, nbytes in held)
+        # A slab (llama_decode) also holds free columns: up to MIN_ROOM per row (two rows here)
+        # plus half the used width after it grows.
+        assert held and all(
+            nbytes % per_token == 0 and tokens * per_token <= nbytes <= (tokens * 3 // 2 + 2 * MIN_ROOM) * per_token
+            for tokens, nbytes in held
+        )
         assert max(tokens for tokens, _ in held) >= 2 * len(PROMPTS[1].split())  # two rows at once
         assert engine.cancel(handle)
         event = await asyncio.wait_for(queue.get(), 30)
@@ -317,16 +324,27 @@ class _ThreadCountRecorder:
         return self._model(*args, **kwargs)
 
 
-async def test_prefill_and_decode_run_with_their_own_thread_counts(model_state_dir: Path) -> None:
+@pytest.mark.parametrize("llama_decode", [False, True])
+async def test_prefill_and_decode_run_with_their_own_thread_counts(model_state_dir: Path, llama_decode: bool) -> None:
     settings = WorkerSettings(
         state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256,
-        worker_threads=1, worker_prefill_threads=2,
+        worker_threads=1, worker_prefill_threads=2, worker_llama_decode=llama_decode,
     )
     engine = TransformersEngine(settings)
     await engine.start()
     try:
         recorder = _ThreadCountRecorder(engine.model)
         engine.model = recorder
+        decoder = engine._decoder
+        assert (decoder is not None) == llama_decode
+        if decoder is not None:  # decode steps go through the decoder, not the model's forward
+            step = decoder.step
+
+            def recording_step(*args: Any) -> torch.Tensor:
+                recorder.calls.append((torch.get_num_threads(), 1))
+                return step(*args)
+
+            decoder.step = recording_step  # type: ignore[method-assign]
         result = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4))
         assert isinstance(result.end, SequenceFinished) and result.end.completion_tokens == 4
         prefill, *decode = recorder.calls
