@@ -416,7 +416,7 @@ class TransformersEngine(Engine):
                 self._decoder,
             )
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
-        tokens = pick_next_tokens(logits, table, batch.seen)
+        tokens = pick_next_tokens(logits, table, batch.seen, in_place=True)
         batch.record_tokens(tokens)
         self._observer.tokens(len(chosen))
         keep = self._accept_tokens(chosen, tokens.tolist(), events)
@@ -452,7 +452,7 @@ class TransformersEngine(Engine):
             self._table = SamplingTable([s.sampling for s in self._rows], self._vocab_size, self._device)
         started = time.monotonic()
         logits = self._batch.step(self.model)
-        tokens = pick_next_tokens(logits, self._table, self._batch.seen)
+        tokens = pick_next_tokens(logits, self._table, self._batch.seen, in_place=True)
         self._batch.record_tokens(tokens)
         picked = tokens.tolist()
         self._observer.decode_step(len(self._rows), time.monotonic() - started)

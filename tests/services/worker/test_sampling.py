@@ -138,3 +138,17 @@ def test_candidate_filter_keeps_exactly_what_a_full_sort_keeps() -> None:
         kept = set(order[row][ranked[row] > float("-inf")].tolist())
         assert kept == _kept_by_full_sort(scores[row].clone(), k, p), row
         assert kept  # the best token is always kept
+
+
+def test_in_place_draws_the_same_tokens_and_only_then_overwrites() -> None:
+    """The engine lets sampling overwrite its logits; the tokens must not change for it."""
+    params = [SamplingParams(temperature=0.7, seed=7), SamplingParams(temperature=1.3, seed=8)]
+    logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(3))
+    kept = logits.clone()
+    copied_table, in_place_table = table_for(*params), table_for(*params)
+    for _ in range(20):
+        expected = pick_next_tokens(logits, copied_table, None)
+        assert torch.equal(logits, kept)  # untouched by default
+        scratch = logits.clone()
+        assert torch.equal(pick_next_tokens(scratch, in_place_table, None, in_place=True), expected)
+    assert not torch.equal(scratch, kept)
