@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-__all__ = ["KVSlab", "LlamaDecoder"]
+__all__ = ["MIN_ROOM", "KVSlab", "LlamaDecoder"]
 
 #: Free columns a slab is given beyond what it holds when it is made or grows (at least).
 MIN_ROOM = 64
@@ -39,8 +39,9 @@ class KVSlab:
     """Every layer's keys (transposed) and values for the rows of a batch, with room for more columns.
 
     Columns `[0, length)` hold the batch's tokens (left padding included, masked by the batch);
-    columns from `length` to the capacity are free. Free and padding columns are zero, never read
-    uninitialised memory (a NaN there would survive a zero attention weight).
+    columns from `length` to the capacity are free. Free columns and the padding `absorb` adds are
+    zero, and a prefill's padding holds its pad tokens' keys: never uninitialised memory, because
+    a NaN there would survive a zero attention weight.
     """
 
     def __init__(self, keys_t: list[torch.Tensor], values: list[torch.Tensor], length: int) -> None:

@@ -68,7 +68,8 @@ class WorkerSettings(ClusterSettings):
     attention over a preallocated KV cache instead of transformers' generic forward, which copies
     the whole cache at every step (`services/worker/llama_decode.py`). Measured on 2 cores,
     SmolLM2-135M bf16, one thread, 32 rows: 44.8 ms per step against 50.6 ms at ~90 columns, 57.6
-    against 84.2 ms at ~250. Other models, and `false`, keep the transformers forward."""
+    against 84.2 ms at ~250. Other models, `worker_compile`, and `false` keep the transformers
+    forward."""
 
     worker_omp_wait_policy: Literal["passive", "active", "inherit"] = "passive"
     """How torch's OpenMP threads wait between parallel regions on CPU (`OMP_WAIT_POLICY`, set by

@@ -169,8 +169,14 @@ class TransformersEngine(Engine):
             # Not with torch.compile: the compiled forward was traced over the plain layers.
             packed = prepack_linears(model)
             log.info("linear weights prepacked for oneDNN", extra={"layers": packed})
-        if settings.worker_llama_decode and device.type == "cpu" and LlamaDecoder.supports(model):
-            # CPU only: the step is measured there; on CUDA transformers' kernels are not the bottleneck.
+        if (
+            settings.worker_llama_decode
+            and not settings.worker_compile
+            and device.type == "cpu"
+            and LlamaDecoder.supports(model)
+        ):
+            # CPU only: measured there, not on CUDA. Not with torch.compile, which compiles the
+            # forward this step would bypass.
             self._decoder = LlamaDecoder(model)
         log.info("decode steps", extra={"path": "llama_decode" if self._decoder else "transformers forward"})
         config = model.config.get_text_config()

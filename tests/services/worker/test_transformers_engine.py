@@ -352,3 +352,15 @@ async def test_prefill_and_decode_run_with_their_own_thread_counts(model_state_d
         assert decode and all(call == (1, 1) for call in decode)
     finally:
         await engine.stop()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [({}, True), ({"worker_llama_decode": False}, False), ({"worker_compile": True}, False)],
+)
+def test_llama_decode_is_chosen_unless_turned_off_or_compiling(
+    model_state_dir: Path, overrides: dict[str, bool], expected: bool
+) -> None:
+    engine = TransformersEngine(WorkerSettings(state_dir=model_state_dir, worker_max_model_len=256, **overrides))
+    engine.load()  # torch.compile compiles at the first call, so loading stays quick
+    assert (engine._decoder is not None) is expected
