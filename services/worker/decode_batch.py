@@ -9,8 +9,8 @@ their KV cache is merged into the running batch by left-padding the shorter of t
 longer one along the sequence axis. Rows that finish are removed with an index select, and columns
 that have become padding in every row are trimmed off the left.
 
-With a `LlamaDecoder` (models it supports), the cache after the prefill moves into a `KVSlab` and
-decode steps run through the decoder instead of the model's generic forward (see `llama_decode`).
+With a `LlamaDecoder` (models it supports), prefills and decode steps run through it instead of the
+model's generic forward, and the cache is a `KVSlab` (see `llama_decode`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class DecodeBatch:
         decoder: LlamaDecoder | None = None,
     ) -> tuple[DecodeBatch, torch.Tensor]:
         """Run the prompts through the model; returns the batch and each row's last logits
-        ([rows, vocab], float32). With `decoder`, later steps run through it over a slab."""
+        ([rows, vocab], float32). With `decoder`, the prompts and every later step run through it
+        over a slab."""
         longest = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
@@ -86,23 +87,25 @@ class DecodeBatch:
             mask[row, longest - len(prompt) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        cache: DynamicCache | KVSlab
+        if decoder is not None:
+            cache, logits = decoder.prefill(ids, mask, positions)
+        else:
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=DynamicCache(config=model.config),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
         # Padding columns repeat the row's last real token, so the scatter marks real tokens only
         # (the pad id may also be a real token of the prompt, e.g. an end-of-turn marker).
         real_ids = torch.where(mask.bool(), ids, ids[:, -1:].expand_as(ids)).clamp(max=vocab_size - 1)
         seen = torch.zeros((len(prompts), vocab_size), dtype=torch.bool, device=device)
         seen.scatter_(1, real_ids, True)
-        cache = out.past_key_values if decoder is None else KVSlab.from_cache(out.past_key_values)
-        batch = cls(cache, mask, mask.sum(-1), seen, decoder)
-        return batch, out.logits[:, -1, :].float()
+        return cls(cache, mask, mask.sum(-1), seen, decoder), logits
 
     def cache_nbytes(self) -> int:
         """Bytes held by the key and value tensors of every layer (a slab's free columns included)."""

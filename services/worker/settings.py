@@ -64,12 +64,12 @@ class WorkerSettings(ClusterSettings):
     Checked against `F.linear` at load; without oneDNN it leaves the layers plain."""
 
     worker_llama_decode: bool = True
-    """CPU, Llama-architecture models (SmolLM2 included): run decode steps with the worker's own
-    attention over a preallocated KV cache instead of transformers' generic forward, which copies
-    the whole cache at every step (`services/worker/llama_decode.py`). Measured on 2 cores,
-    SmolLM2-135M bf16, one thread, 32 rows: 44.8 ms per step against 50.6 ms at ~90 columns, 57.6
-    against 84.2 ms at ~250. Other models, `worker_compile`, and `false` keep the transformers
-    forward."""
+    """CPU, Llama-architecture models (SmolLM2 included): run prefills and decode steps through
+    the worker's own loop (`services/worker/llama_decode.py`): KV cache in a preallocated slab
+    instead of transformers' cache, which copies itself at every step; attention as two batched
+    matrix products; q/k/v and gate/up projections fused. Measured on 2 cores, SmolLM2-135M bf16,
+    one thread, 32 rows: 42.1 ms per step against 50.6 ms for transformers' forward at ~90
+    columns. Other models, `worker_compile`, and `false` keep the transformers forward."""
 
     worker_omp_wait_policy: Literal["passive", "active", "inherit"] = "passive"
     """How torch's OpenMP threads wait between parallel regions on CPU (`OMP_WAIT_POLICY`, set by

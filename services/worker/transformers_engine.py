@@ -165,10 +165,6 @@ class TransformersEngine(Engine):
         started = time.monotonic()
         tokenizer = AutoTokenizer.from_pretrained(source.path)
         model = finish_model(AutoModelForCausalLM.from_pretrained(source.path, **load_options(plan)), plan)
-        if settings.worker_prepack_weights and not settings.worker_compile:
-            # Not with torch.compile: the compiled forward was traced over the plain layers.
-            packed = prepack_linears(model)
-            log.info("linear weights prepacked for oneDNN", extra={"layers": packed})
         if (
             settings.worker_llama_decode
             and not settings.worker_compile
@@ -176,9 +172,13 @@ class TransformersEngine(Engine):
             and LlamaDecoder.supports(model)
         ):
             # CPU only: measured there, not on CUDA. Not with torch.compile, which compiles the
-            # forward this step would bypass.
+            # forward this would bypass. Before packing: the decoder fuses plain linears.
             self._decoder = LlamaDecoder(model)
-        log.info("decode steps", extra={"path": "llama_decode" if self._decoder else "transformers forward"})
+        log.info("model steps", extra={"path": "llama_decode" if self._decoder else "transformers forward"})
+        if settings.worker_prepack_weights and not settings.worker_compile:
+            # Not with torch.compile: the compiled forward was traced over the plain layers.
+            packed = prepack_linears(model)
+            log.info("linear weights prepacked for oneDNN", extra={"layers": packed})
         config = model.config.get_text_config()
         model_limit = getattr(config, "max_position_embeddings", None) or settings.worker_max_model_len
         max_model_len = min(settings.worker_max_model_len, model_limit)

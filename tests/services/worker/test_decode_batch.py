@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.worker.decode_batch import DecodeBatch, supports_joining
-from services.worker.llama_decode import KVSlab, LlamaDecoder
+from services.worker.llama_decode import FusedAway, KVSlab, LlamaDecoder
 from shared.model_store import prepare_model, resolve_model
 
 CPU = torch.device("cpu")
@@ -19,14 +19,24 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def model_and_tokenizer(model_state_dir: Path):
     path = prepare_model(resolve_model("smollm2"), model_state_dir).path
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return load_model(model_state_dir), AutoTokenizer.from_pretrained(path)
+
+
+def load_model(model_state_dir: Path):
+    path = prepare_model(resolve_model("smollm2"), model_state_dir).path
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def llama_decoder(model_state_dir: Path) -> LlamaDecoder:
+    """The Llama decoder over a model of its own (it fuses that model's projections)."""
+    return LlamaDecoder(load_model(model_state_dir))
 
 
 @pytest.fixture(params=["transformers", "llama_decode"])
-def decoder(request, model_and_tokenizer) -> LlamaDecoder | None:
-    """The two ways a decode step runs: transformers' forward, or the Llama decoder."""
-    return None if request.param == "transformers" else LlamaDecoder(model_and_tokenizer[0])
+def decoder(request, llama_decoder: LlamaDecoder) -> LlamaDecoder | None:
+    """The two ways prompts and steps run: transformers' forward, or the Llama decoder."""
+    return None if request.param == "transformers" else llama_decoder
 
 
 def prefill(
@@ -109,14 +119,20 @@ def test_join_and_leave_keep_each_row_identical_to_alone(model_and_tokenizer, de
     assert rows[2] == alone[2][:7]
 
 
-def test_llama_decoder_gives_the_logits_of_the_transformers_forward(model_and_tokenizer) -> None:
-    """Same prompts, same tokens fed: the decoder's logits match transformers' (float32), over
-    left-padded rows and past the slab's first growth."""
+def test_llama_decoder_gives_the_logits_of_the_transformers_forward(model_and_tokenizer, llama_decoder) -> None:
+    """Same prompts, same tokens fed: the decoder's logits match transformers' (float32), from the
+    prefill of left-padded rows on and past the slab's first growth."""
     model, tokenizer = model_and_tokenizer
     prompts = ["Hi", "A much longer prompt than the other one, with a few more words"]
     plain, plain_logits = prefill(model, tokenizer, prompts)
-    slabbed, slab_logits = prefill(model, tokenizer, prompts, LlamaDecoder(model))
+    slabbed, slab_logits = prefill(model, tokenizer, prompts, llama_decoder)
     assert isinstance(slabbed.cache, KVSlab)
+    assert torch.allclose(slab_logits, plain_logits, atol=2e-3, rtol=1e-4)
+    real = slabbed.mask.bool()  # padding columns hold whatever each forward made of the pad token
+    for layer, theirs in zip(slabbed.cache.keys_t, plain.cache.layers, strict=True):
+        mine = layer[..., : slabbed.length].transpose(2, 3)
+        for row in range(len(prompts)):
+            assert torch.allclose(mine[row][:, real[row]], theirs.keys[row][:, real[row]], atol=1e-4)
     first_capacity = slabbed.cache.capacity
     steps = first_capacity - slabbed.length + 3  # the slab must grow once
     with torch.inference_mode():
@@ -130,11 +146,10 @@ def test_llama_decoder_gives_the_logits_of_the_transformers_forward(model_and_to
     assert slabbed.cache.length == slabbed.length == plain.length
 
 
-def test_slab_keeps_free_and_padding_columns_zero(model_and_tokenizer) -> None:
+def test_slab_keeps_free_and_padding_columns_zero(model_and_tokenizer, llama_decoder) -> None:
     model, tokenizer = model_and_tokenizer
-    decoder = LlamaDecoder(model)
-    short, _ = prefill(model, tokenizer, ["Hi"], decoder)
-    long, _ = prefill(model, tokenizer, ["A much longer prompt than the other one"], decoder)
+    short, _ = prefill(model, tokenizer, ["Hi"], llama_decoder)
+    long, _ = prefill(model, tokenizer, ["A much longer prompt than the other one"], llama_decoder)
     short_slab, long_slab = short.cache, long.cache
     assert isinstance(short_slab, KVSlab) and isinstance(long_slab, KVSlab)
     pad = long_slab.length - short_slab.length
@@ -151,6 +166,18 @@ def test_slab_keeps_free_and_padding_columns_zero(model_and_tokenizer) -> None:
     assert short_slab.rows == 1 and short_slab.length == long_slab.length - pad
     for keys_t, before in zip(short_slab.keys_t, original, strict=True):
         assert torch.equal(keys_t[..., : short_slab.length], before)
+
+
+def test_decoder_fuses_plain_projections_and_the_model_forward_says_so(llama_decoder) -> None:
+    model = llama_decoder._model
+    assert llama_decoder.fused
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert attn.qkv_proj.out_features == attn.o_proj.in_features + 2 * model.config.num_key_value_heads * (
+        model.config.hidden_size // model.config.num_attention_heads
+    )
+    assert isinstance(attn.q_proj, FusedAway) and isinstance(mlp.up_proj, FusedAway)
+    with pytest.raises(RuntimeError, match="fused into qkv_proj"):
+        model(input_ids=torch.tensor([[1, 2]]))
 
 
 def test_decoder_refuses_other_architectures() -> None:

@@ -231,30 +231,22 @@ def test_default_dtype_on_cpu_is_bfloat16(model_state_dir: Path) -> None:
     assert engine.info.max_model_len == 2048
 
 
-class _FailingOnce:
-    """Fault injection: the real model, except that its next forward pass raises."""
+def _fail_next_forward(model: Any) -> None:
+    """Fault injection: the model's next forward pass raises (at its token embedding, which the
+    transformers forward and the Llama decoder both call first)."""
+    embed = model.get_input_embeddings()
+    real = embed.forward
 
-    def __init__(self, model: object) -> None:
-        self._model = model
-        self.failed = False
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        embed.forward = real
+        raise RuntimeError("simulated device failure")
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._model, name)
-
-    def __call__(self, *args: object, **kwargs: object) -> object:
-        if not self.failed:
-            self.failed = True
-            raise RuntimeError("simulated device failure")
-        return self._model(*args, **kwargs)
+    embed.forward = failing_once
 
 
 async def test_a_model_failure_fails_the_batch_and_the_engine_goes_on(engine: TransformersEngine) -> None:
-    real = engine.model
-    engine.model = _FailingOnce(real)
-    try:
-        failed = await run_item(engine, greedy("1, 2, 3,", request_id="doomed"))
-    finally:
-        engine.model = real
+    _fail_next_forward(engine.model)
+    failed = await run_item(engine, greedy("1, 2, 3,", request_id="doomed"))
     assert isinstance(failed.end, SequenceFailed)
     assert failed.end.code is FailureCode.INTERNAL
     assert "simulated device failure" in failed.end.message
@@ -337,13 +329,18 @@ async def test_prefill_and_decode_run_with_their_own_thread_counts(model_state_d
         engine.model = recorder
         decoder = engine._decoder
         assert (decoder is not None) == llama_decode
-        if decoder is not None:  # decode steps go through the decoder, not the model's forward
-            step = decoder.step
+        if decoder is not None:  # prompts and steps go through the decoder, not the model's forward
+            prefill, step = decoder.prefill, decoder.step
+
+            def recording_prefill(ids: torch.Tensor, *args: Any) -> Any:
+                recorder.calls.append((torch.get_num_threads(), int(ids.shape[1])))
+                return prefill(ids, *args)
 
             def recording_step(*args: Any) -> torch.Tensor:
                 recorder.calls.append((torch.get_num_threads(), 1))
                 return step(*args)
 
+            decoder.prefill = recording_prefill  # type: ignore[method-assign]
             decoder.step = recording_step  # type: ignore[method-assign]
         result = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4))
         assert isinstance(result.end, SequenceFinished) and result.end.completion_tokens == 4
