@@ -9,23 +9,24 @@ their KV cache is merged into the running batch by left-padding the shorter of t
 longer one along the sequence axis. Rows that finish are removed with an index select, and columns
 that have become padding in every row are trimmed off the left.
 
-With a `LlamaDecoder` (models it supports), prefills and decode steps run through it instead of the
-model's generic forward, and the cache is a `KVSlab` (see `llama_decode`).
+What runs the model is a `ModelSteps`: `TransformersForward` (the model's own forward over a
+transformers cache) or, for the models it supports, a `LlamaDecoder` over a `KVSlab` (see
+`llama_decode`); the batch calls its cache's `keep` and `absorb` whichever it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from services.worker.llama_decode import KVSlab, LlamaDecoder
+from services.worker.llama_decode import LlamaDecoder
 
-__all__ = ["DecodeBatch", "supports_joining"]
+__all__ = ["DecodeBatch", "KVCache", "ModelSteps", "TransformersForward", "TransformersKV", "supports_joining"]
 
 
 def supports_joining(model: Any) -> bool:
@@ -35,20 +36,97 @@ def supports_joining(model: Any) -> bool:
     return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
+class KVCache(Protocol):
+    """A batch's keys and values, as `DecodeBatch` uses them (`TransformersKV` or `KVSlab`)."""
+
+    def nbytes(self) -> int: ...
+
+    def keep(self, index: torch.Tensor, start: int) -> None:
+        """Keep the rows of `index` (in that order) and drop the first `start` columns."""
+
+    def absorb(self, other: Any) -> None:
+        """Append `other`'s rows (same type) after these, both left-padded to the longer length."""
+
+
+class ModelSteps(Protocol):
+    """What runs the model for a batch (`TransformersForward` or `LlamaDecoder`)."""
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """Left-padded prompts into a new cache; returns it and each row's last float32 logits."""
+
+    def step(self, cache: Any, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (`mask` already covers it); returns the next float32 logits."""
+
+
+class TransformersKV:
+    """A transformers `DynamicCache` with the `KVCache` operations."""
+
+    def __init__(self, dynamic: DynamicCache) -> None:
+        self.dynamic = dynamic
+
+    def nbytes(self) -> int:
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.dynamic.layers if layer.keys is not None)
+
+    def keep(self, index: torch.Tensor, start: int) -> None:
+        for layer in self.dynamic.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+
+    def absorb(self, other: TransformersKV) -> None:
+        mine_layers, their_layers = self.dynamic.layers, other.dynamic.layers
+        length = max(mine_layers[0].keys.shape[2], their_layers[0].keys.shape[2])
+        for mine, theirs in zip(mine_layers, their_layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)], dim=0)
+            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)], dim=0)
+
+
+class TransformersForward:
+    """The model's own forward over a `TransformersKV`: any causal LM transformers loads."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def prefill(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[TransformersKV, torch.Tensor]:
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=DynamicCache(config=self.model.config),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return TransformersKV(out.past_key_values), out.logits[:, -1, :].float()
+
+    def step(
+        self, cache: TransformersKV, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=positions[:, None],
+            past_key_values=cache.dynamic,
+            use_cache=True,
+        )
+        return out.logits[:, -1, :].float()
+
+
 class DecodeBatch:
     """KV cache, attention mask, positions and pending tokens of the rows generating together."""
 
     def __init__(
         self,
-        cache: DynamicCache | KVSlab,
+        cache: KVCache,
         mask: torch.Tensor,
         positions: torch.Tensor,
         seen: torch.Tensor,
-        decoder: LlamaDecoder | None = None,
+        steps: ModelSteps,
     ) -> None:
         self.cache = cache
-        """A transformers cache, or a slab when `decoder` runs the decode steps."""
-        self.decoder = decoder
+        """The keys and values, of the kind `steps` makes."""
+        self.steps = steps
+        """What runs the model for this batch."""
         self.mask = mask
         """[rows, length] 1 over real tokens, 0 over left padding."""
         self.positions = positions
@@ -87,49 +165,25 @@ class DecodeBatch:
             mask[row, longest - len(prompt) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache: DynamicCache | KVSlab
-        if decoder is not None:
-            cache, logits = decoder.prefill(ids, mask, positions)
-        else:
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=DynamicCache(config=model.config),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        steps: ModelSteps = decoder if decoder is not None else TransformersForward(model)
+        cache, logits = steps.prefill(ids, mask, positions)
         # Padding columns repeat the row's last real token, so the scatter marks real tokens only
         # (the pad id may also be a real token of the prompt, e.g. an end-of-turn marker).
         real_ids = torch.where(mask.bool(), ids, ids[:, -1:].expand_as(ids)).clamp(max=vocab_size - 1)
         seen = torch.zeros((len(prompts), vocab_size), dtype=torch.bool, device=device)
         seen.scatter_(1, real_ids, True)
-        return cls(cache, mask, mask.sum(-1), seen, decoder), logits
+        return cls(cache, mask, mask.sum(-1), seen, steps), logits
 
     def cache_nbytes(self) -> int:
         """Bytes held by the key and value tensors of every layer (a slab's free columns included)."""
-        if isinstance(self.cache, KVSlab):
-            return self.cache.nbytes()
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers if layer.keys is not None)
+        return self.cache.nbytes()
 
-    def step(self, model: Any) -> torch.Tensor:
+    def step(self) -> torch.Tensor:
         """Feed `next_tokens` to every row; returns the new logits ([rows, vocab], float32)."""
         assert self.next_tokens is not None, "pick tokens before stepping"
         ones = torch.ones((self.size, 1), dtype=self.mask.dtype, device=self.mask.device)
         self.mask = torch.cat([self.mask, ones], dim=1)
-        if isinstance(self.cache, KVSlab):
-            assert self.decoder is not None
-            logits = self.decoder.step(self.cache, self.next_tokens, self.mask, self.positions)
-        else:
-            out = model(
-                input_ids=self.next_tokens[:, None],
-                attention_mask=self.mask,
-                position_ids=self.positions[:, None],
-                past_key_values=self.cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1, :].float()
+        logits = self.steps.step(self.cache, self.next_tokens, self.mask, self.positions)
         self.positions = self.positions + 1
         self.next_tokens = None
         return logits
@@ -146,12 +200,7 @@ class DecodeBatch:
         real_columns = mask.any(dim=0).nonzero()
         start = int(real_columns[0]) if real_columns.numel() else mask.shape[1]
         self.mask = mask[:, start:]
-        if isinstance(self.cache, KVSlab):
-            self.cache.keep(index, start)
-        else:
-            for layer in self.cache.layers:
-                layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
-                layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+        self.cache.keep(index, start)
         self.positions = self.positions.index_select(0, index)
         self.seen = self.seen.index_select(0, index)
         if self.next_tokens is not None:
@@ -161,14 +210,8 @@ class DecodeBatch:
         """Append `other`'s rows after this batch's rows (both must have picked their tokens)."""
         assert self.next_tokens is not None and other.next_tokens is not None
         length = max(self.length, other.length)
-        if isinstance(self.cache, KVSlab):
-            assert isinstance(other.cache, KVSlab), "both batches must keep their cache the same way"
-            self.cache.absorb(other.cache)
-        else:
-            assert isinstance(other.cache, DynamicCache), "both batches must keep their cache the same way"
-            for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-                mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)], dim=0)
-                mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)], dim=0)
+        assert type(self.cache) is type(other.cache), "both batches must keep their cache the same way"
+        self.cache.absorb(other.cache)
         self.mask = torch.cat(
             [F.pad(self.mask, (length - self.length, 0)), F.pad(other.mask, (length - other.length, 0))], dim=0
         )

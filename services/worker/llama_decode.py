@@ -83,7 +83,8 @@ class KVSlab:
         length = max(self.length, other.length)
         capacity = length + MIN_ROOM
         keys_t, values = [], []
-        for mine_k, theirs_k, mine_v, theirs_v in zip(self.keys_t, other.keys_t, self.values, other.values, strict=True):
+        layers = zip(self.keys_t, other.keys_t, self.values, other.values, strict=True)
+        for mine_k, theirs_k, mine_v, theirs_v in layers:
             rows, heads, dim, _ = mine_k.shape
             total = rows + theirs_k.shape[0]
             k = mine_k.new_zeros((total, heads, dim, capacity))

@@ -80,13 +80,13 @@ def pick_next_tokens(
         in_place = True  # a fresh tensor now
     if not table.sampled_rows:
         return logits.argmax(dim=-1)
-    every_row = len(table.sampled_rows) == len(table.rows)
     # The arg-max over the whole vocabulary only where a row is greedy (it costs as much as a
     # softmax); index_select gives a fresh tensor, so the temperature is divided in place.
-    chosen = logits.new_zeros(logits.shape[0], dtype=torch.long) if every_row else logits.argmax(dim=-1)
-    if every_row:
+    if len(table.sampled_rows) == len(table.rows):
+        chosen = logits.new_zeros(logits.shape[0], dtype=torch.long)
         scores = logits if in_place else logits.clone()
     else:
+        chosen = logits.argmax(dim=-1)
         scores = logits.index_select(0, table.sampled_index)
     scores.div_(table.temperature[:, None])
     order: torch.Tensor | None = None

@@ -457,7 +457,7 @@ class TransformersEngine(Engine):
         if self._table is None:
             self._table = SamplingTable([s.sampling for s in self._rows], self._vocab_size, self._device)
         started = time.monotonic()
-        logits = self._batch.step(self.model)
+        logits = self._batch.step()
         tokens = pick_next_tokens(logits, self._table, self._batch.seen, in_place=True)
         self._batch.record_tokens(tokens)
         picked = tokens.tolist()

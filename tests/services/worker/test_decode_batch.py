@@ -48,7 +48,7 @@ def prefill(
         return DecodeBatch.prefill(model, ids, tokenizer.pad_token_id, vocab, CPU, decoder)
 
 
-def greedy_steps(model, batch: DecodeBatch, logits: torch.Tensor, steps: int, rows: list[list[int]]) -> torch.Tensor:
+def greedy_steps(batch: DecodeBatch, logits: torch.Tensor, steps: int, rows: list[list[int]]) -> torch.Tensor:
     """Pick, record and feed `steps` greedy tokens per row; returns the logits after the last."""
     with torch.inference_mode():
         for _ in range(steps):
@@ -56,7 +56,7 @@ def greedy_steps(model, batch: DecodeBatch, logits: torch.Tensor, steps: int, ro
             batch.record_tokens(tokens)
             for row, token in enumerate(tokens.tolist()):
                 rows[row].append(token)
-            logits = batch.step(model)
+            logits = batch.step()
     return logits
 
 
@@ -83,13 +83,13 @@ def test_join_and_leave_keep_each_row_identical_to_alone(model_and_tokenizer, de
     for p in prompts:
         batch, logits = prefill(model, tokenizer, [p], decoder)
         tokens: list[list[int]] = [[]]
-        greedy_steps(model, batch, logits, 7, tokens)
+        greedy_steps(batch, logits, 7, tokens)
         alone.append(tokens[0])
 
     rows: list[list[int]] = [[], [], []]
     # Row 0 runs 3 steps alone, then rows 1 and 2 join its batch.
     running, logits = prefill(model, tokenizer, prompts[:1], decoder)
-    logits = greedy_steps(model, running, logits, 3, rows)
+    logits = greedy_steps(running, logits, 3, rows)
     newcomers, new_logits = prefill(model, tokenizer, prompts[1:], decoder)
     with torch.inference_mode():
         pending = logits.argmax(-1)
@@ -101,8 +101,8 @@ def test_join_and_leave_keep_each_row_identical_to_alone(model_and_tokenizer, de
         rows[2].append(int(first[1]))
         running.absorb(newcomers)
         assert running.size == 3
-        logits = running.step(model)
-    logits = greedy_steps(model, running, logits, 2, rows)
+        logits = running.step()
+    logits = greedy_steps(running, logits, 2, rows)
     # Row 0 leaves; the columns only it used are trimmed away.
     width = running.length
     with torch.inference_mode():
@@ -112,8 +112,8 @@ def test_join_and_leave_keep_each_row_identical_to_alone(model_and_tokenizer, de
             rows[r].append(t)
         running.keep([1, 2])
         assert running.length < width and running.size == 2
-        logits = running.step(model)
-    greedy_steps(model, running, logits, 3, rows[1:])
+        logits = running.step()
+    greedy_steps(running, logits, 3, rows[1:])
     assert rows[0] == alone[0][:7]
     assert rows[1] == alone[1][:7]
     assert rows[2] == alone[2][:7]
@@ -129,7 +129,7 @@ def test_llama_decoder_gives_the_logits_of_the_transformers_forward(model_and_to
     assert isinstance(slabbed.cache, KVSlab)
     assert torch.allclose(slab_logits, plain_logits, atol=2e-3, rtol=1e-4)
     real = slabbed.mask.bool()  # padding columns hold whatever each forward made of the pad token
-    for layer, theirs in zip(slabbed.cache.keys_t, plain.cache.layers, strict=True):
+    for layer, theirs in zip(slabbed.cache.keys_t, plain.cache.dynamic.layers, strict=True):
         mine = layer[..., : slabbed.length].transpose(2, 3)
         for row in range(len(prompts)):
             assert torch.allclose(mine[row][:, real[row]], theirs.keys[row][:, real[row]], atol=1e-4)
@@ -140,7 +140,7 @@ def test_llama_decoder_gives_the_logits_of_the_transformers_forward(model_and_to
             tokens = plain_logits.argmax(-1)
             plain.record_tokens(tokens)
             slabbed.record_tokens(tokens)
-            plain_logits, slab_logits = plain.step(model), slabbed.step(model)
+            plain_logits, slab_logits = plain.step(), slabbed.step()
             assert torch.allclose(slab_logits, plain_logits, atol=2e-3, rtol=1e-4)
     assert slabbed.cache.capacity > first_capacity
     assert slabbed.cache.length == slabbed.length == plain.length
