@@ -7,6 +7,7 @@ import signal
 
 from services.batcher.service import BatcherService
 from services.batcher.settings import BatcherSettings
+from shared import event_loop
 from shared.structured_logging import configure_logging
 
 
@@ -26,7 +27,7 @@ async def _serve(settings: BatcherSettings) -> None:
 def main() -> None:
     settings = BatcherSettings()
     configure_logging("batcher", settings.instance_id, level=settings.log_level, fmt=settings.log_format)
-    asyncio.run(_serve(settings))
+    event_loop.run(_serve(settings), loop=settings.event_loop)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from shared import event_loop
 from shared.structured_logging import configure_logging
 
 from services.gateway.service import serve
@@ -28,7 +29,7 @@ def main() -> None:
     settings = GatewaySettings()
     configure_logging("gateway", settings.instance_id, level=settings.log_level, fmt=settings.log_format)
     try:
-        asyncio.run(_main(settings))
+        event_loop.run(_main(settings), loop=settings.event_loop)
     except Exception:
         # Safe: the process is ending; the cause is logged and the exit code says it failed.
         log.exception("the gateway failed")

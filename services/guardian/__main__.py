@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from services.guardian.service import GuardianService
 from services.guardian.settings import GuardianSettings
+from shared import event_loop
 from shared.structured_logging import configure_logging
 
 log = logging.getLogger("services.guardian")
@@ -38,7 +39,7 @@ def main() -> int:
         return 2
     configure_logging("guardian", settings.instance_id, level=settings.log_level, fmt=settings.log_format)
     try:
-        asyncio.run(_run(settings))
+        event_loop.run(_run(settings), loop=settings.event_loop)
     except Exception:
         # Safe: logged with its cause; the non-zero exit tells the supervisor (lgc up, compose,
         # Kubernetes) to report or restart it.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -13,6 +12,7 @@ from services.worker.engine_factory import BackendUnavailableError
 from services.worker.openmp_policy import apply_omp_wait_policy
 from services.worker.service import serve
 from services.worker.settings import WorkerSettings
+from shared import event_loop
 from shared.model_store import ModelNotFoundError
 from shared.structured_logging import configure_logging
 
@@ -31,7 +31,7 @@ def main() -> int:
     configure_logging("worker", settings.instance_id, level=settings.log_level, fmt=settings.log_format)
     apply_omp_wait_policy(settings)  # before the engine imports torch
     try:
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings), loop=settings.event_loop)
     except (BackendUnavailableError, ModelNotFoundError) as exc:
         log.error("cannot start the worker: %s", exc)
         return 1
