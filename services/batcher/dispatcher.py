@@ -205,10 +205,10 @@ class BatchDispatcher:
         self._metrics.worker_requests.labels(worker.worker_id).inc(len(batch))
         call = worker.stub.Generate(request, timeout=timeout)
         watchdog = StreamWatchdog(call, lambda: self._answers(worker), stall_s=self._settings.batcher_stream_stall_s)
-        judging: list[asyncio.Task[None]] = []
+        ending: list[asyncio.Task[None]] = []
         try:
             async with watchdog:
-                await self._read(call, watchdog, by_id, ended, retry, judging)
+                await self._read(call, watchdog, by_id, ended, retry, ending)
         except grpc.aio.AioRpcError as exc:
             # Safe: the stream broke (worker died, network, timeout); every request it had not
             # ended is retried below on another worker, continuing after the delivered text.
@@ -238,9 +238,9 @@ class BatchDispatcher:
             for state in batch:
                 self.running_on.pop(state.id, None)
         try:
-            await asyncio.gather(*judging)  # held answers whose verdicts are still coming
+            await asyncio.gather(*ending)  # finals still being published (or judged)
         finally:
-            for task in judging:  # only when this task is cancelled (the batcher stops): replayed
+            for task in ending:  # only when this task is cancelled (the batcher stops): replayed
                 task.cancel()
         retry += [s for s in batch if s.id not in ended and not s.done]
         if retry:
@@ -264,11 +264,12 @@ class BatchDispatcher:
         by_id: dict[str, RequestState],
         ended: set[str],
         retry: list[RequestState],
-        judging: list[asyncio.Task[None]],
+        ending: list[asyncio.Task[None]],
     ) -> None:
-        """Turn the call's events into replies until the stream ends. A held answer (blocking
-        mode) is judged on a task of its own (`judging`), so that the guardian's verdict never
-        holds up the other requests of the stream."""
+        """Turn the call's events into replies until the stream ends. Each finished request is
+        ended (judged first, if held in blocking mode, then published) on a task of its own
+        (`ending`), so that neither the broker's acknowledgements nor the guardian's verdict hold
+        up the other requests of the stream."""
         async for event in call:
             watchdog.saw_event()
             state = by_id.get(event.request_id)
@@ -280,10 +281,12 @@ class BatchDispatcher:
                     await self._on_delta(state, event.delta)
                 elif kind == "finished":
                     ended.add(state.id)
-                    if state.held and not state.cancelled:
-                        judging.append(asyncio.create_task(self._on_finished(state, event.finished)))
-                    else:
-                        await self._on_finished(state, event.finished)
+                    # On a task of its own: the final reply and the result are awaited until the
+                    # broker has them (only then may the offset move), and awaited here, one
+                    # request after another, every later request of the stream waited for this
+                    # one's round trips (and a held answer for its verdict). The request's deltas
+                    # are already in the producer's queue, so its final still comes after them.
+                    ending.append(asyncio.create_task(self._on_finished(state, event.finished)))
                 elif kind == "failed":
                     ended.add(state.id)
                     if not await self._on_failed(state, event.failed):

@@ -20,7 +20,7 @@ from shared.records import (
     ReplyEvent,
     ReplyKind,
 )
-from tests.services.batcher.harness import Harness, start_harness
+from tests.services.batcher.harness import Harness, WorkerSpec, start_harness
 
 
 @pytest.fixture
@@ -145,6 +145,38 @@ async def test_worker_dying_mid_stream_continues_on_another(harness: Harness) ->
     assert final.usage.completion_tokens == 60
     assert final.worker_id != victim.settings.instance_id
     assert [e.seq for e in events] == list(range(len(events)))
+
+
+async def test_a_final_waiting_for_the_broker_does_not_hold_up_its_batch(cluster_settings) -> None:
+    # One worker and a long wait for batches to fill, so the requests share one Generate stream.
+    async with start_harness(cluster_settings, [WorkerSpec(capacity=8)], batcher_max_wait_ms=500) as harness:
+        publisher = harness.batcher.publisher
+        real_final = publisher.final
+        entered: list[str] = []
+        another_entered = asyncio.Event()
+        overlapped: list[bool] = []
+
+        async def slow_final(state, reason, **kw) -> None:
+            entered.append(state.id)
+            if len(entered) == 1:
+                # The broker is slow to acknowledge the first final of the stream: the others
+                # must not wait for it (they did when finals were awaited one after another).
+                try:
+                    await asyncio.wait_for(another_entered.wait(), 3)
+                    overlapped.append(True)
+                except TimeoutError:
+                    overlapped.append(False)
+            else:
+                another_entered.set()
+            await real_final(state, reason, **kw)
+
+        publisher.final = slow_final  # type: ignore[method-assign]
+        requests = [harness.request(params=GenerationParams(max_new_tokens=4)) for _ in range(4)]
+        await asyncio.gather(*(harness.send(r) for r in requests))
+        finals = await harness.terminals({r.id for r in requests})
+        assert all(e.kind is ReplyKind.FINAL for e in finals.values())
+        assert len({e.worker_id for e in finals.values()}) == 1
+        assert overlapped == [True]
 
 
 async def _until(condition, timeout: float = 10) -> None:
