@@ -42,10 +42,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from shared import event_loop  # noqa: E402 - after the repository is on the path
 
 
 def _pct(values: list[float], p: float) -> float | None:
@@ -90,6 +92,16 @@ def _cluster(
             yield cluster.http_url, dict(cluster.pids)
 
 
+def _http_client(timeout_s: float) -> aiohttp.ClientSession:
+    """The load generator's HTTP client: aiohttp, with no cap on connections (each simulated
+    client keeps one). httpx was used before; its own CPU per request grew with the number of
+    open connections (13 ms at 256 concurrent clients, more than the whole cluster spent), so the
+    benchmark measured its client, not the cluster."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=timeout_s)
+    )
+
+
 def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     try:
         import psutil
@@ -124,7 +136,7 @@ def _body(max_tokens: int, *, stream: bool = False, priority: str | None = None,
 
 
 async def _closed_loop(
-    client: httpx.AsyncClient, url: str, concurrency: int, seconds: float, max_requests: int, max_tokens: int
+    client: aiohttp.ClientSession, url: str, concurrency: int, seconds: float, max_requests: int, max_tokens: int
 ) -> dict:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
@@ -137,15 +149,16 @@ async def _closed_loop(
             issued += 1
             start = time.perf_counter()
             try:
-                response = await client.post(f"{url}/v1/chat/completions", json=_body(max_tokens, n=issued))
-            except httpx.HTTPError as exc:
+                async with client.post(f"{url}/v1/chat/completions", json=_body(max_tokens, n=issued)) as response:
+                    await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 # Counted, not raised: the benchmark reports failures instead of stopping.
                 errors[type(exc).__name__] += 1
                 continue
-            if response.status_code == 200:
+            if response.status == 200:
                 latencies.append(time.perf_counter() - start)
             else:
-                errors[str(response.status_code)] += 1
+                errors[str(response.status)] += 1
 
     began = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(concurrency)))
@@ -162,8 +175,7 @@ async def _throughput(args: argparse.Namespace) -> dict:
     }
     levels = []
     with _cluster(args.url, args.workers, env, args.log_dir / "throughput.log") as (url, pids):
-        limits = httpx.Limits(max_connections=max(args.concurrency) + 16, max_keepalive_connections=max(args.concurrency) + 16)
-        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        async with _http_client(120) as client:
             await _closed_loop(client, url, 4, 2.0, 200, args.max_tokens)  # warm-up (connections, JIT-less paths)
             for c in args.concurrency:
                 cpu0 = _cpu_seconds(pids)
@@ -268,7 +280,7 @@ async def _direct(args: argparse.Namespace) -> dict:
 
 
 async def _probe_ttft(
-    client: httpx.AsyncClient, url: str, seconds: float, rps: float, max_tokens: int, errors: Counter | None = None
+    client: aiohttp.ClientSession, url: str, seconds: float, rps: float, max_tokens: int, errors: Counter | None = None
 ) -> list[float]:
     ttfts: list[float] = []
     errors = Counter() if errors is None else errors
@@ -276,18 +288,19 @@ async def _probe_ttft(
     async def one(n: int) -> None:
         start = time.perf_counter()
         try:
-            async with client.stream(
-                "POST", f"{url}/v1/chat/completions", json=_body(max_tokens, stream=True, priority="high", n=n)
+            async with client.post(
+                f"{url}/v1/chat/completions", json=_body(max_tokens, stream=True, priority="high", n=n)
             ) as response:
-                if response.status_code != 200:
-                    errors[str(response.status_code)] += 1
+                if response.status != 200:
+                    errors[str(response.status)] += 1
                     return
-                async for line in response.aiter_lines():
+                async for raw in response.content:
+                    line = raw.decode()
                     if line.startswith("data: ") and '"content"' in line and '"content":""' not in line.replace(" ", ""):
                         ttfts.append(time.perf_counter() - start)
                         return
                 errors["no content"] += 1
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             errors[type(exc).__name__] += 1  # Safe: a failed probe has no TTFT; counted instead
 
     tasks = []
@@ -301,14 +314,15 @@ async def _probe_ttft(
     return ttfts
 
 
-async def _open_loop_low(client: httpx.AsyncClient, url: str, rps: float, max_tokens: int, stop: asyncio.Event, stats: Counter) -> None:
+async def _open_loop_low(client: aiohttp.ClientSession, url: str, rps: float, max_tokens: int, stop: asyncio.Event, stats: Counter) -> None:
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(n: int) -> None:
         try:
-            r = await client.post(f"{url}/v1/chat/completions", json=_body(max_tokens, priority="low", n=n))
-            stats[str(r.status_code)] += 1
-        except httpx.HTTPError as exc:
+            async with client.post(f"{url}/v1/chat/completions", json=_body(max_tokens, priority="low", n=n)) as r:
+                await r.read()
+                stats[str(r.status)] += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
             stats[type(exc).__name__] += 1  # Safe: counted; overload may refuse or time out
 
     n = 0
@@ -335,8 +349,7 @@ async def _isolation(args: argparse.Namespace) -> dict:
         "LGC_WORKER_MAX_BATCH_SIZE": str(args.iso_batch),
     }
     with _cluster(args.url, args.iso_workers, env, args.log_dir / "isolation.log") as (url, _pids):
-        limits = httpx.Limits(max_connections=4096, max_keepalive_connections=256)
-        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        async with _http_client(300) as client:
             await _probe_ttft(client, url, 1.0, args.probe_rps, args.iso_max_tokens)  # warm-up
             unloaded_errors: Counter[str] = Counter()
             loaded_errors: Counter[str] = Counter()
@@ -392,12 +405,14 @@ def main() -> None:
     args.log_dir.mkdir(parents=True, exist_ok=True)
     phases = set(args.phases.split(","))
     out: dict = {"note": "simulated workers; numbers measured at the HTTP client on this machine"}
+    # The client runs on uvloop too: it shares the cluster's cores, so its own cost per request
+    # is cost the cluster does not get.
     if "throughput" in phases:
-        out["throughput"] = asyncio.run(_throughput(args))
+        out["throughput"] = event_loop.run(_throughput(args), loop="uvloop")
     if "direct" in phases and not args.url:
-        out["direct"] = asyncio.run(_direct(args))
+        out["direct"] = event_loop.run(_direct(args), loop="uvloop")
     if "isolation" in phases:
-        out["isolation"] = asyncio.run(_isolation(args))
+        out["isolation"] = event_loop.run(_isolation(args), loop="uvloop")
     print(json.dumps(out, indent=2))
 
 
