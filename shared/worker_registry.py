@@ -49,6 +49,9 @@ class WorkerInfo(BaseModel):
     """Longest prompt + generation in tokens."""
     updated_at: float = Field(default_factory=time.time)
     """Time of the last heartbeat."""
+    batched_events: bool = False
+    """Serves `GenerateBatched` (several events per stream message); batchers call `Generate` on
+    workers that do not say so (those of an earlier version)."""
 
 
 class WorkerRegistry:

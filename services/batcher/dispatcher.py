@@ -1,6 +1,7 @@
 """Runs one micro-batch on the worker fleet until every request in it has ended.
 
-Steps for a batch: (1) pick a worker by policy; (2) open one Generate stream for all its requests;
+Steps for a batch: (1) pick a worker by policy; (2) open one stream for all its requests
+(GenerateBatched, or Generate on a worker of an earlier version);
 (3) turn each event into a reply (deltas, final, error); (4) requests that the worker could not
 finish (it died, its stream broke, it was overloaded, or it hangs: a stream silent for
 `batcher_stream_stall_s` whose worker does not answer a probe, see stream_watchdog.py) go to another
@@ -203,12 +204,14 @@ class BatchDispatcher:
         self._metrics.batch_size.observe(len(batch))
         self._metrics.worker_batches.labels(worker.worker_id).inc()
         self._metrics.worker_requests.labels(worker.worker_id).inc(len(batch))
-        call = worker.stub.Generate(request, timeout=timeout)
+        # Several events per message where the worker serves it (fewer messages, same events).
+        batched = worker.info.batched_events
+        call = (worker.stub.GenerateBatched if batched else worker.stub.Generate)(request, timeout=timeout)
         watchdog = StreamWatchdog(call, lambda: self._answers(worker), stall_s=self._settings.batcher_stream_stall_s)
         ending: list[asyncio.Task[None]] = []
         try:
             async with watchdog:
-                await self._read(call, watchdog, by_id, ended, retry, ending)
+                await self._read(call, batched, watchdog, by_id, ended, retry, ending)
         except grpc.aio.AioRpcError as exc:
             # Safe: the stream broke (worker died, network, timeout); every request it had not
             # ended is retried below on another worker, continuing after the delivered text.
@@ -260,37 +263,41 @@ class BatchDispatcher:
     async def _read(
         self,
         call: grpc.aio.UnaryStreamCall,
+        batched: bool,
         watchdog: StreamWatchdog,
         by_id: dict[str, RequestState],
         ended: set[str],
         retry: list[RequestState],
         ending: list[asyncio.Task[None]],
     ) -> None:
-        """Turn the call's events into replies until the stream ends. Each finished request is
-        ended (judged first, if held in blocking mode, then published) on a task of its own
-        (`ending`), so that neither the broker's acknowledgements nor the guardian's verdict hold
-        up the other requests of the stream."""
-        async for event in call:
+        """Turn the call's events (`batched`: GenerateEvents messages, else one GenerateEvent per
+        message) into replies until the stream ends. Each finished request is ended (judged first,
+        if held in blocking mode, then published) on a task of its own (`ending`), so that neither
+        the broker's acknowledgements nor the guardian's verdict hold up the other requests of the
+        stream."""
+        async for message in call:
             watchdog.saw_event()
-            state = by_id.get(event.request_id)
-            if state is None or event.request_id in ended:
-                continue  # Safe: an event for an id not in this batch, or after its end.
-            with request_context(state.id):
-                kind = event.WhichOneof("event")
-                if kind == "delta":
-                    await self._on_delta(state, event.delta)
-                elif kind == "finished":
-                    ended.add(state.id)
-                    # On a task of its own: the final reply and the result are awaited until the
-                    # broker has them (only then may the offset move), and awaited here, one
-                    # request after another, every later request of the stream waited for this
-                    # one's round trips (and a held answer for its verdict). The request's deltas
-                    # are already in the producer's queue, so its final still comes after them.
-                    ending.append(asyncio.create_task(self._on_finished(state, event.finished)))
-                elif kind == "failed":
-                    ended.add(state.id)
-                    if not await self._on_failed(state, event.failed):
-                        retry.append(state)
+            for event in message.events if batched else (message,):
+                state = by_id.get(event.request_id)
+                if state is None or event.request_id in ended:
+                    continue  # Safe: an event for an id not in this batch, or after its end.
+                with request_context(state.id):
+                    kind = event.WhichOneof("event")
+                    if kind == "delta":
+                        await self._on_delta(state, event.delta)
+                    elif kind == "finished":
+                        ended.add(state.id)
+                        # On a task of its own: the final reply and the result are awaited until
+                        # the broker has them (only then may the offset move), and awaited here,
+                        # one request after another, every later request of the stream waited for
+                        # this one's round trips (and a held answer for its verdict). The
+                        # request's deltas are already in the producer's queue, so its final
+                        # still comes after them.
+                        ending.append(asyncio.create_task(self._on_finished(state, event.finished)))
+                    elif kind == "failed":
+                        ended.add(state.id)
+                        if not await self._on_failed(state, event.failed):
+                            retry.append(state)
 
     def _worker_gauges(self, worker: WorkerHandle) -> None:
         self._metrics.worker_outstanding.labels(worker.worker_id).set(worker.outstanding_requests)

@@ -1,15 +1,18 @@
 """The Worker gRPC service (shared/protos/worker.proto): a thin layer over an Engine.
 
 Generate converts the items at the edge, submits them, and streams every item's events on one
-stream until each has ended with exactly one Finished or Failed. Items it cannot take (draining,
-not loaded, full, wrong model, invalid) fail on the stream at once, so the batcher can retry them
-elsewhere. When the client cancels the RPC (or it breaks), every item still running is cancelled.
-Deltas are joined per `worker_stream_interval` (services/worker/delta_coalescing.py).
+stream until each has ended with exactly one Finished or Failed. GenerateBatched does the same with
+the events that are ready together (the rest of an engine step) in one stream message: per message,
+gRPC costs both ends the same whatever it carries. Items it cannot take (draining, not loaded,
+full, wrong model, invalid) fail on the stream at once, so the batcher can retry them elsewhere.
+When the client cancels the RPC (or it breaks), every item still running is cancelled. Deltas are
+joined per `worker_stream_interval` (services/worker/delta_coalescing.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    """Serves Generate, Cancel and Info for one engine."""
+    """Serves Generate, GenerateBatched, Cancel and Info for one engine."""
 
     def __init__(
         self,
@@ -97,6 +100,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateEvent]:
+        # aclosing: when this stream ends early, the items' cleanup runs now, not at collection.
+        async with contextlib.aclosing(self._event_batches(request)) as batches:
+            async for ready in batches:
+                for event in ready:
+                    yield event
+
+    async def GenerateBatched(
+        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateEvents]:
+        async with contextlib.aclosing(self._event_batches(request)) as batches:
+            async for ready in batches:
+                yield worker_pb2.GenerateEvents(events=ready)
+
+    async def _event_batches(self, request: worker_pb2.GenerateRequest) -> AsyncIterator[list[worker_pb2.GenerateEvent]]:
+        """The call's events, as lists of those that were ready together (never empty)."""
         ids = [item.request_id for item in request.items]
         if not ids:
             raise InvalidArgumentError("GenerateRequest has no items")
@@ -124,19 +142,27 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             pending = set(ids)
             coalescer = DeltaCoalescer(self._settings.worker_stream_interval)
             while pending:
+                ready: list[worker_pb2.GenerateEvent] = []
                 event = await events.get()
-                if isinstance(event, TextDelta):
-                    ready = coalescer.add(event)
-                    if ready is not None:
-                        yield event_to_proto(ready)
-                    continue
-                held = coalescer.flush(event.request_id)
-                if held is not None:
-                    yield event_to_proto(held)
-                pending.discard(event.request_id)
-                self._metrics.ended(event)
-                _log_end(event)
-                yield event_to_proto(event)
+                while True:
+                    if isinstance(event, TextDelta):
+                        joined = coalescer.add(event)
+                        if joined is not None:
+                            ready.append(event_to_proto(joined))
+                    else:
+                        held = coalescer.flush(event.request_id)
+                        if held is not None:
+                            ready.append(event_to_proto(held))
+                        pending.discard(event.request_id)
+                        self._metrics.ended(event)
+                        _log_end(event)
+                        ready.append(event_to_proto(event))
+                    # Everything else the engine has put by now (the rest of its step) goes too.
+                    if events.empty():
+                        break
+                    event = events.get_nowait()
+                if ready:
+                    yield ready
         finally:
             # Reached with items pending when the client cancelled the RPC or the stream broke.
             for handle in handles:

@@ -172,6 +172,7 @@ class WorkerService:
             simulated=info.simulated,
             draining=self.draining,
             max_model_len=info.max_model_len,
+            batched_events=True,
         )
 
     # ------------------------------------------------------------------------------ shutdown

@@ -49,6 +49,11 @@ class WorkerStub:
                 request_serializer=shared_dot_protos_dot_worker__pb2.InfoRequest.SerializeToString,
                 response_deserializer=shared_dot_protos_dot_worker__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.GenerateBatched = channel.unary_stream(
+                '/lgc.worker.v1.Worker/GenerateBatched',
+                request_serializer=shared_dot_protos_dot_worker__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=shared_dot_protos_dot_worker__pb2.GenerateEvents.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -77,6 +82,17 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateBatched(self, request, context):
+        """Generate, with every event that is ready at once in one stream message (typically one decode
+        step of every request of the batch) instead of one message per request and token: each
+        message costs the worker and the batcher the same whatever it carries. Same events, same
+        order, same guarantees as Generate. A worker that serves it says so in the registry
+        (`batched_events`); batchers use Generate with workers that do not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +110,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=shared_dot_protos_dot_worker__pb2.InfoRequest.FromString,
                     response_serializer=shared_dot_protos_dot_worker__pb2.InfoResponse.SerializeToString,
+            ),
+            'GenerateBatched': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateBatched,
+                    request_deserializer=shared_dot_protos_dot_worker__pb2.GenerateRequest.FromString,
+                    response_serializer=shared_dot_protos_dot_worker__pb2.GenerateEvents.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +198,33 @@ class Worker:
             '/lgc.worker.v1.Worker/Info',
             shared_dot_protos_dot_worker__pb2.InfoRequest.SerializeToString,
             shared_dot_protos_dot_worker__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateBatched(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lgc.worker.v1.Worker/GenerateBatched',
+            shared_dot_protos_dot_worker__pb2.GenerateRequest.SerializeToString,
+            shared_dot_protos_dot_worker__pb2.GenerateEvents.FromString,
             options,
             channel_credentials,
             insecure,

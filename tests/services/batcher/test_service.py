@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import TopicPartition
 
+from services.worker.service import WorkerService
 from shared.deadletter import dead_letter_from_headers
 from shared.records import (
     Cancel,
@@ -177,6 +178,50 @@ async def test_a_final_waiting_for_the_broker_does_not_hold_up_its_batch(cluster
         assert all(e.kind is ReplyKind.FINAL for e in finals.values())
         assert len({e.worker_id for e in finals.values()}) == 1
         assert overlapped == [True]
+
+
+def _count_calls(harness: Harness) -> dict[str, int]:
+    """Counts the Generate and GenerateBatched calls the batcher makes (on the workers it has)."""
+    calls = {"Generate": 0, "GenerateBatched": 0}
+    for handle in harness.batcher.pool.workers:
+        for name in calls:
+            real = getattr(handle.stub, name)
+
+            def counting(*args, _real=real, _name=name, **kwargs):
+                calls[_name] += 1
+                return _real(*args, **kwargs)
+
+            setattr(handle.stub, name, counting)
+    return calls
+
+
+async def test_workers_get_several_events_per_message(harness: Harness) -> None:
+    calls = _count_calls(harness)
+    assert all(w.info.batched_events for w in harness.batcher.pool.workers)
+    requests = [harness.request(stream=True) for _ in range(3)]
+    await asyncio.gather(*(harness.send(r) for r in requests))
+    finals = await harness.terminals({r.id for r in requests})
+    assert all(e.kind is ReplyKind.FINAL and e.usage.completion_tokens == 8 for e in finals.values())
+    assert calls["GenerateBatched"] >= 1 and calls["Generate"] == 0
+
+
+async def test_a_worker_of_an_earlier_version_is_called_with_generate(
+    cluster_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_info = WorkerService.worker_info
+    # An earlier worker's registry entry has no `batched_events` (the field's default).
+    monkeypatch.setattr(
+        WorkerService, "worker_info", lambda self: real_info(self).model_copy(update={"batched_events": False})
+    )
+    async with start_harness(cluster_settings) as harness:
+        calls = _count_calls(harness)
+        assert harness.batcher.pool.workers and not any(w.info.batched_events for w in harness.batcher.pool.workers)
+        request = harness.request(stream=True)
+        await harness.send(request)
+        events = await harness.events_until_terminal(request.id)
+        assert events[-1].kind is ReplyKind.FINAL and events[-1].usage.completion_tokens == 8
+        assert events[-1].text == "".join(e.text for e in events[:-1])
+        assert calls == {"Generate": 1, "GenerateBatched": 0}
 
 
 async def _until(condition, timeout: float = 10) -> None:

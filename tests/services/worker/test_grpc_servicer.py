@@ -74,6 +74,25 @@ async def test_generate_streams_every_item_and_ends_each_once(stub: worker_pb2_g
     assert order.index("b") < len(order) - order[::-1].index("a") - 1
 
 
+async def test_generate_batched_carries_the_same_events_in_fewer_messages(stub: worker_pb2_grpc.WorkerStub) -> None:
+    lengths = {"a": 3, "b": 6, "c": 6, "d": 9}
+    request = worker_pb2.GenerateRequest(items=[item(rid, n) for rid, n in lengths.items()])
+    messages = await collect(stub.GenerateBatched(request))
+    assert all(isinstance(m, worker_pb2.GenerateEvents) and m.events for m in messages)
+    events = [e for m in messages for e in m.events]
+    grouped = by_request(events)
+    assert set(grouped) == set(lengths)
+    for rid, expected in lengths.items():
+        kinds = [e.WhichOneof("event") for e in grouped[rid]]
+        assert kinds.count("finished") == 1 and kinds[-1] == "finished" and "failed" not in kinds
+        assert grouped[rid][-1].finished.completion_tokens == expected
+        text = "".join(e.delta.text for e in grouped[rid] if e.WhichOneof("event") == "delta")
+        assert text == " ".join(f"tok{i}" for i in range(expected))
+    # The four sequences step together, so one message carries several requests' events.
+    assert len(messages) < len(events)
+    assert max(len({e.request_id for e in m.events}) for m in messages) > 1
+
+
 async def test_invalid_item_fails_alone(stub: worker_pb2_grpc.WorkerStub) -> None:
     bad = worker_pb2.WorkItem(request_id="bad", prompt="x", params=worker_pb2.SamplingParams(max_new_tokens=0))
     grouped = by_request(await collect(stub.Generate(worker_pb2.GenerateRequest(items=[bad, item("good", 2)]))))
@@ -82,13 +101,14 @@ async def test_invalid_item_fails_alone(stub: worker_pb2_grpc.WorkerStub) -> Non
     assert grouped["good"][-1].finished.completion_tokens == 2
 
 
-async def test_malformed_call_is_invalid_argument(stub: worker_pb2_grpc.WorkerStub) -> None:
+@pytest.mark.parametrize("method", ["Generate", "GenerateBatched"])
+async def test_malformed_call_is_invalid_argument(stub: worker_pb2_grpc.WorkerStub, method: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as empty:
-        await collect(stub.Generate(worker_pb2.GenerateRequest()))
+        await collect(getattr(stub, method)(worker_pb2.GenerateRequest()))
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "no items" in (empty.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as duplicate:
-        await collect(stub.Generate(worker_pb2.GenerateRequest(items=[item("x"), item("x")])))
+        await collect(getattr(stub, method)(worker_pb2.GenerateRequest(items=[item("x"), item("x")])))
     assert duplicate.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -118,10 +138,11 @@ async def test_cancel_rpc_stops_named_items(service: WorkerService, stub: worker
     assert grouped["keep"][-1].finished.reason == worker_pb2.FINISH_REASON_LENGTH
 
 
+@pytest.mark.parametrize("method", ["Generate", "GenerateBatched"])
 async def test_client_cancelling_the_rpc_cancels_its_items(
-    service: WorkerService, stub: worker_pb2_grpc.WorkerStub
+    service: WorkerService, stub: worker_pb2_grpc.WorkerStub, method: str
 ) -> None:
-    call = stub.Generate(worker_pb2.GenerateRequest(items=[item("x1", 1000), item("x2", 1000)]))
+    call = getattr(stub, method)(worker_pb2.GenerateRequest(items=[item("x1", 1000), item("x2", 1000)]))
     await call.read()
     assert service.engine.running == 2
     call.cancel()
