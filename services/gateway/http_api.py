@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
@@ -192,7 +192,8 @@ def build_http_app(
                     final = await _until_disconnect(request, call.final())
                     await call.close("ok")
                     body = whole(request_id, call.created, call.model, final)
-                    return JSONResponse(body.model_dump(mode="json"), headers=headers)
+                    # Serialized by pydantic in one step (model_dump + json.dumps did it twice).
+                    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
                 first = await _until_disconnect(request, call.next_event())
                 if first.kind is ReplyKind.ERROR:
                     assert first.error is not None
