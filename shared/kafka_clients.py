@@ -5,12 +5,16 @@ Measured limits of the embedded Tansu broker (DESIGN.md §2) decide the defaults
 * The idempotent producer is refused (InitProducerId fails), so it is off. ``acks="all"`` still
   makes a send wait for the in-sync replicas; duplicates after a retry are dropped by consumers by
   request id and sequence number, which every consumer here does anyway.
-* A fetch waits the full ``fetch_max_wait_ms`` even when data arrives, so consumers use the small
-  ``LGC_KAFKA_FETCH_MAX_WAIT_MS`` (5 ms default) to keep a hop at a few milliseconds. Each fetch
-  costs the broker CPU, so an idle consumer must not keep that pace: :class:`AdaptiveFetchWait`
-  lengthens the wait while no records come (the first record after a long silence may then wait
-  up to ``LGC_KAFKA_DEEP_IDLE_FETCH_MAX_WAIT_MS``; see the class), and consumers that nobody waits
-  on pause their partitions while idle.
+* A waiting fetch usually ends when data arrives, but not always: some records miss the
+  wake-up and wait for the rest of ``fetch_max_wait_ms`` (load-tests/fetch_wakeup.py, 500 ms
+  wait: over one partition 0-1 of 30 records did, the rest came in 2-4 ms; over 12 partitions
+  with irregular gaps 12 of 30 did, as requests on the batcher's 18 partitions may). So
+  consumers on the serving path use the small ``LGC_KAFKA_FETCH_MAX_WAIT_MS`` (5 ms default),
+  which bounds what a missed wake-up costs a hop. Each fetch costs the broker CPU, so an idle
+  consumer must not keep that pace: :class:`AdaptiveFetchWait` lengthens the wait while no records
+  come (a record that misses the wake-up after a long silence may then wait up to
+  ``LGC_KAFKA_DEEP_IDLE_FETCH_MAX_WAIT_MS``; see the class), and consumers that nobody waits on
+  pause their partitions while idle.
 * Offsets are always committed by hand (``enable_auto_commit=False``): each service decides when a
   record is done, which is the whole point of "no request is lost".
 
@@ -90,8 +94,9 @@ def _encode_key(key: str | bytes | None) -> bytes | None:
 class AdaptiveFetchWait:
     """Short fetch waits while records flow, longer ones the longer a consumer hears nothing.
 
-    On Tansu a fetch always waits its full `fetch_max_wait_ms`, so a consumer that must react in
-    milliseconds would otherwise ask the broker 200 times a second forever, costing both processes
+    On Tansu a record can miss a waiting fetch's wake-up and wait for the rest of
+    `fetch_max_wait_ms` (see the module docstring), so a consumer that must react in milliseconds
+    keeps that wait short; with a constant short wait it would ask the broker 200 times a second forever, costing both processes
     CPU while the cluster is idle (measured: one fetch of the batcher's 18 request partitions costs
     Tansu about 3 ms of CPU, so 10 fetches a second are 3 % of a core). The consumer's loop
     reports what each poll returned, and the wait follows the silence since the last record:

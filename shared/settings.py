@@ -69,8 +69,9 @@ class ClusterSettings(BaseSettings):
     """Replication factor for topics this cluster creates (1 for the embedded broker)."""
 
     kafka_fetch_max_wait_ms: int = Field(5, ge=0, le=60_000)
-    """Longest a fetch waits for data. Tansu waits the full time even when data arrives, so the
-    embedded default is low; on Apache Kafka a fetch wakes on data and this may be raised."""
+    """Longest a fetch waits for data. On Tansu a record can miss a waiting fetch's wake-up and
+    wait out the rest of it (load-tests/fetch_wakeup.py), so the embedded default is low; on
+    Apache Kafka this may be raised."""
 
     kafka_idle_fetch_max_wait_ms: int = Field(100, ge=0, le=60_000)
     """Fetch wait of a latency-critical consumer that has seen no record for
@@ -85,8 +86,8 @@ class ClusterSettings(BaseSettings):
     `kafka_deep_idle_after_s` without a record, and of consumers off the serving path (the
     guardian's results, the gateway's cache purge) after `kafka_idle_after_s`: an idle cluster then
     asks the broker about once a second per consumer. On Tansu the first request after such a long
-    silence waits up to this long before a batcher sees it (on Apache Kafka a fetch wakes on data,
-    so nothing waits); the records after it are fast again. Set it equal to
+    silence usually wakes the waiting fetch, but may wait up to this long when it misses the
+    wake-up (load-tests/fetch_wakeup.py); the records after it are fast again. Set it equal to
     `kafka_idle_fetch_max_wait_ms` to keep the idle wait shorter, at more CPU while idle."""
 
     kafka_deep_idle_after_s: float = Field(30.0, ge=0, le=86_400)
