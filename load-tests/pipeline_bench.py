@@ -4,7 +4,7 @@ workers (no model), and how well high priority is isolated from low-priority ove
 Prints one JSON object. Not a test: numbers depend on the machine (see services/batcher/README.md
 for recorded runs and the targets of issue 3).
 
-Two phases, each on its own embedded cluster (`EmbeddedCluster`, simulated workers, caches,
+Three phases, each on its own embedded cluster (`EmbeddedCluster`, simulated workers, caches,
 guardian and scaler off so that only the serving path runs) unless `--url` names a running one:
 
 1. **throughput / added latency:** zero-compute workers (`--sim-tokens-per-s` 1e6, TTFT 0) and a
@@ -24,7 +24,7 @@ guardian and scaler off so that only the serving path runs) unless `--url` names
 
 Usage:
 
-    .venv/bin/python load-tests/pipeline_bench.py                       # both phases, ~2 min
+    .venv/bin/python load-tests/pipeline_bench.py                       # all phases, ~3 min
     .venv/bin/python load-tests/pipeline_bench.py --phases throughput --concurrency 1,16,256
     .venv/bin/python load-tests/pipeline_bench.py --url http://127.0.0.1:8000 --phases throughput
 """
