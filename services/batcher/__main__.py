@@ -8,6 +8,7 @@ import signal
 from services.batcher.service import BatcherService
 from services.batcher.settings import BatcherSettings
 from shared import event_loop
+from shared.startup_heap import freeze_startup_heap
 from shared.structured_logging import configure_logging
 
 
@@ -18,6 +19,7 @@ async def _serve(settings: BatcherSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     service = BatcherService(settings)
     await service.start()
+    freeze_startup_heap()
     try:
         await stop.wait()
     finally:

@@ -22,6 +22,7 @@ from shared.kafka_clients import make_producer
 from shared.metrics import SnapshotPublisher
 from shared.quiet_uvicorn import QuietUvicornServer
 from shared.records import GenerationResult
+from shared.startup_heap import freeze_startup_heap
 from shared.topics import Topics, ensure_topics
 from shared.worker_registry import WorkerRegistry
 
@@ -339,6 +340,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     """Run a gateway until `stop` is set, then shut it down gracefully."""
     service = GatewayService(settings)
     await service.start()
+    freeze_startup_heap()
     try:
         await stop.wait()
     finally:

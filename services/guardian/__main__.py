@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from services.guardian.service import GuardianService
 from services.guardian.settings import GuardianSettings
 from shared import event_loop
+from shared.startup_heap import freeze_startup_heap
 from shared.structured_logging import configure_logging
 
 log = logging.getLogger("services.guardian")
@@ -25,6 +26,7 @@ async def _run(settings: GuardianSettings) -> None:
     service = GuardianService(settings)
     try:
         await service.start()
+        freeze_startup_heap()
         await service.serve(stop)
     finally:
         await service.stop()

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from services.scaler.service import ScalerService
 from services.scaler.settings import ScalerSettings
 from shared import event_loop
+from shared.startup_heap import freeze_startup_heap
 from shared.structured_logging import configure_logging
 
 log = logging.getLogger("services.scaler")
@@ -25,6 +26,7 @@ async def _run(settings: ScalerSettings) -> None:
     service = ScalerService(settings)
     try:
         await service.start()
+        freeze_startup_heap()
         await service.serve(stop)
     finally:
         await service.stop()

@@ -34,6 +34,7 @@ from services.worker.settings import WorkerSettings
 from services.worker.snapshot_publishing import publish_snapshots
 from shared.ops_server import OpsServer
 from shared.protos import worker_pb2, worker_pb2_grpc
+from shared.startup_heap import freeze_startup_heap
 from shared.worker_registry import WorkerInfo
 
 __all__ = ["WORKER_SERVICE_NAME", "WorkerService", "serve"]
@@ -257,6 +258,7 @@ async def serve(settings: WorkerSettings) -> None:
             # The cancellation was ours (a signal during start-up): stop cleanly below.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         else:
+            freeze_startup_heap()
             await stop_requested.wait()
             await service.drain()
     finally:
