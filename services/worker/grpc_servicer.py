@@ -113,7 +113,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             async for ready in batches:
                 yield worker_pb2.GenerateEvents(events=ready)
 
-    async def _event_batches(self, request: worker_pb2.GenerateRequest) -> AsyncIterator[list[worker_pb2.GenerateEvent]]:
+    async def _event_batches(
+        self, request: worker_pb2.GenerateRequest
+    ) -> AsyncIterator[list[worker_pb2.GenerateEvent]]:
         """The call's events, as lists of those that were ready together (never empty)."""
         ids = [item.request_id for item in request.items]
         if not ids:
