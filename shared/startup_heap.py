@@ -8,6 +8,13 @@ waited that long (the tail of load-tests/pipeline_bench.py's priority-isolation 
 `gc.freeze()` moves every object alive into a permanent generation that collections skip;
 objects made later are collected as before. CPython's documentation recommends the same for
 servers that fork workers after loading.
+
+The youngest generation is then collected every `YOUNG_THRESHOLD` allocations instead of 700: a
+request's objects live for milliseconds to seconds, and at 700 many of those still in flight were
+promoted to the old generations, which then needed full collections over a backlog of waiting
+requests (72-137 ms each in the gateway, under a 3x overload, even after the freeze). Measured in
+the isolation phase (2 alternating rounds): high-priority TTFT p99 39 / 37 ms against 101 / 117 ms
+with the freeze alone, and no loss of throughput.
 """
 
 from __future__ import annotations
@@ -15,17 +22,24 @@ from __future__ import annotations
 import gc
 import logging
 
-__all__ = ["freeze_startup_heap"]
+__all__ = ["OLDER_THRESHOLDS", "YOUNG_THRESHOLD", "freeze_startup_heap"]
+
+#: Allocations (minus deallocations) between collections of the youngest generation (CPython: 700).
+YOUNG_THRESHOLD = 50_000
+#: Collections of a generation between collections of the next one (CPython: 10, 10).
+OLDER_THRESHOLDS = (20, 20)
 
 log = logging.getLogger(__name__)
 
 
 def freeze_startup_heap() -> int:
-    """Collect start-up garbage, then freeze what is alive; returns how many objects are frozen.
-    Call it once a service has started (its models, apps and clients exist)."""
+    """Collect start-up garbage, freeze what is alive and set the thresholds above; returns how
+    many objects are frozen. Call it once a service has started (its models, apps and clients
+    exist)."""
     # The garbage first: a frozen object is never collected, even after it becomes garbage.
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
     frozen = gc.get_freeze_count()
     log.info("start-up objects frozen out of garbage collection", extra={"objects": frozen})
     return frozen

@@ -1,12 +1,12 @@
-"""shared/startup_heap.py: what is alive at start-up leaves the collector's generations; later
-objects are still collected."""
+"""shared/startup_heap.py: what is alive at start-up leaves the collector's generations, later
+objects are still collected, and the thresholds are set."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 
-from shared.startup_heap import freeze_startup_heap
+from shared.startup_heap import OLDER_THRESHOLDS, YOUNG_THRESHOLD, freeze_startup_heap
 
 
 class _Node:
@@ -16,9 +16,11 @@ class _Node:
 
 def test_start_up_objects_are_frozen_and_later_garbage_is_still_collected() -> None:
     kept = _Node()
+    thresholds = gc.get_threshold()
     try:
         frozen = freeze_startup_heap()
         assert frozen == gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
         assert all(not any(o is kept for o in gc.get_objects(generation)) for generation in range(3))
 
         later = _Node()
@@ -28,3 +30,4 @@ def test_start_up_objects_are_frozen_and_later_garbage_is_still_collected() -> N
         assert ref() is None  # made after the freeze: collected as before
     finally:
         gc.unfreeze()  # the rest of the test session keeps the ordinary collector
+        gc.set_threshold(*thresholds)
