@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402 - after th
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from shared.launcher.infra import find_free_port, start_tansu  # noqa: E402
-
-
-def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))], 2)
 
 
 _GAPS_S = {"spaced": lambda n: 0.05, "back_to_back": lambda n: 0.0, "irregular": lambda n: 0.037 * (n % 5)}
@@ -67,9 +63,10 @@ async def _measure(bootstrap: str, topic: str, wait_ms: int, records: int, patte
     finally:
         await consumer.stop()
         await producer.stop()
+    cuts = statistics.quantiles(latencies, n=10, method="inclusive")  # deciles
     return {
-        "p50_ms": _pct(latencies, 50),
-        "p90_ms": _pct(latencies, 90),
+        "p50_ms": round(cuts[4], 2),
+        "p90_ms": round(cuts[8], 2),
         "max_ms": round(max(latencies), 2),
         "missed_wakeups": sum(1 for x in latencies if x > wait_ms / 3),
         "records": records,
