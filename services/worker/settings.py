@@ -45,8 +45,9 @@ class WorkerSettings(ClusterSettings):
     that the batcher sends them to another worker instead of queueing here without bound."""
 
     worker_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights and activations dtype; `auto` is bfloat16 on CPU (about 4x faster batched than
-    float32 on AVX-512 BF16 CPUs) and float16 on CUDA."""
+    """Weights and activations dtype; `auto` is float16 on CUDA, and on CPU bfloat16 where the CPU
+    has bfloat16 instructions (AVX-512 BF16 or AMX: about 4x faster batched than float32) and
+    float32 where it has not (AVX2 only: bfloat16 ran 2.7x slower than float32 there)."""
 
     worker_quantization: Literal["none", "int8", "nf4"] = "none"
     """`int8`: on CPU torch dynamic quantization of the Linear layers (float32 activations), on

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from services.worker.engine import SamplingParams, SequenceFinished, WorkItem
+from services.worker import precision
 from services.worker.engine_factory import BackendUnavailableError, build_engine
 from services.worker.precision import UnsupportedPrecisionError, load_options, plan_precision
 from services.worker.settings import WorkerSettings
@@ -27,7 +28,7 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize(
     ("dtype", "quantization", "expected_dtype", "label"),
     [
-        ("auto", "none", torch.bfloat16, "bfloat16"),
+        ("bfloat16", "none", torch.bfloat16, "bfloat16"),
         ("float32", "none", torch.float32, "float32"),
         ("auto", "int8", torch.float32, "int8"),
         ("float32", "int8", torch.float32, "int8"),
@@ -38,6 +39,26 @@ def test_cpu_plans(dtype: str, quantization: str, expected_dtype: torch.dtype, l
     assert (plan.dtype, plan.quantization, plan.label) == (expected_dtype, quantization, label)
     # No bitsandbytes config on CPU: int8 is applied after loading, by torch.
     assert load_options(plan) == {"dtype": expected_dtype}
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_on_cpu_is_bfloat16_only_where_the_cpu_computes_it(
+    monkeypatch: pytest.MonkeyPatch, native: bool, expected: torch.dtype
+) -> None:
+    monkeypatch.setattr(precision, "cpu_computes_bfloat16", lambda: native)
+    plan = plan_precision(CPU, "auto", "none", compile=False)
+    assert (plan.dtype, plan.label) == (expected, str(expected).removeprefix("torch."))
+    # An explicit choice is kept either way.
+    assert plan_precision(CPU, "bfloat16", "none", compile=False).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU flags from /proc/cpuinfo (Linux)")
+def test_the_bfloat16_check_agrees_with_the_cpu_flags() -> None:
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    assert precision.cpu_computes_bfloat16() == bool({"avx512_bf16", "amx_tile"} & flags)
 
 
 @pytest.mark.parametrize(
