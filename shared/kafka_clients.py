@@ -5,16 +5,18 @@ Measured limits of the embedded Tansu broker (DESIGN.md §2) decide the defaults
 * The idempotent producer is refused (InitProducerId fails), so it is off. ``acks="all"`` still
   makes a send wait for the in-sync replicas; duplicates after a retry are dropped by consumers by
   request id and sequence number, which every consumer here does anyway.
-* A waiting fetch usually ends when data arrives, but not always: some records miss the
-  wake-up and wait for the rest of ``fetch_max_wait_ms`` (load-tests/fetch_wakeup.py, 500 ms
-  wait: over one partition 0-1 of 30 records did, the rest came in 2-4 ms; over 12 partitions
-  with irregular gaps 12 of 30 did, as requests on the batcher's 18 partitions may). So
-  consumers on the serving path use the small ``LGC_KAFKA_FETCH_MAX_WAIT_MS`` (5 ms default),
-  which bounds what a missed wake-up costs a hop. Each fetch costs the broker CPU, so an idle
-  consumer must not keep that pace: :class:`AdaptiveFetchWait` lengthens the wait while no records
-  come (a record that misses the wake-up after a long silence may then wait up to
-  ``LGC_KAFKA_DEEP_IDLE_FETCH_MAX_WAIT_MS``; see the class), and consumers that nobody waits on
-  pause their partitions while idle.
+* Tansu does not wake a waiting fetch when data arrives. It reads its storage when the fetch
+  comes in and then again after half the wait, three quarters of it, and so on, answering at the
+  first read that finds data or when the wait is over (load-tests/tansu_fetch_schedule.py: with
+  a 100 ms wait, a record produced 5 ms after the fetch is answered at 54 ms, one produced at
+  55 ms at 80 ms). So a record waits for the broker's next read of a waiting fetch, on average
+  about a sixth of ``fetch_max_wait_ms``, and consumers on the serving path use the small
+  ``LGC_KAFKA_FETCH_MAX_WAIT_MS`` (5 ms default). Each fetch costs both sides CPU (one idle
+  consumer of 18 partitions fetching with a 5 ms wait: about half a core between the broker and
+  the client), so an idle consumer must not keep that pace: :class:`AdaptiveFetchWait` lengthens
+  the wait while no records come (a record that arrives after a long silence then waits up to
+  half of ``LGC_KAFKA_DEEP_IDLE_FETCH_MAX_WAIT_MS``; see the class), and consumers that nobody
+  waits on pause their partitions while idle.
 * Offsets are always committed by hand (``enable_auto_commit=False``): each service decides when a
   record is done, which is the whole point of "no request is lost".
 
@@ -94,11 +96,12 @@ def _encode_key(key: str | bytes | None) -> bytes | None:
 class AdaptiveFetchWait:
     """Short fetch waits while records flow, longer ones the longer a consumer hears nothing.
 
-    On Tansu a record can miss a waiting fetch's wake-up and wait for the rest of
+    On Tansu a record waits for the broker's next read of the waiting fetch, up to half of
     `fetch_max_wait_ms` (see the module docstring), so a consumer that must react in milliseconds
-    keeps that wait short; with a constant short wait it would ask the broker 200 times a second forever, costing both processes
-    CPU while the cluster is idle (measured: one fetch of the batcher's 18 request partitions costs
-    Tansu about 3 ms of CPU, so 10 fetches a second are 3 % of a core). The consumer's loop
+    keeps that wait short; with a constant short wait it would ask the broker about 150 times a
+    second forever, costing both processes CPU while the cluster is idle (measured: a fetch of 18
+    partitions, as the batcher's request topics had at 6 partitions each, cost Tansu about 3 ms
+    of CPU, so 10 fetches a second were 3 % of a core). The consumer's loop
     reports what each poll returned, and the wait follows the silence since the last record:
 
     * records within `idle_after_s`: `busy_ms` (latency first);
@@ -107,8 +110,9 @@ class AdaptiveFetchWait:
       waits up to this long before the consumer sees it).
 
     The first record brings the wait straight back to `busy_ms`, so a steady stream of records
-    never sees the longer waits. On Apache Kafka a fetch returns as soon as data arrives, so the
-    longer waits cost no latency there at all.
+    never sees the longer waits; the first record after a silence waits for the broker's next read
+    of the long fetch then in flight (up to half its wait). On Apache Kafka a fetch returns as soon
+    as data arrives, so the longer waits cost no latency there at all.
 
     aiokafka reads the wait from its fetcher for every new fetch request, and offers no public
     setter, so this sets the fetcher's attribute (aiokafka is pinned; a test checks it exists).

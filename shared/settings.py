@@ -59,8 +59,12 @@ class ClusterSettings(BaseSettings):
     topic_prefix: str = Field("lgc", pattern=r"^[A-Za-z0-9_-]+$", max_length=64)
     """Prefix of every topic name (`<prefix>.requests.high`, ...)."""
 
-    request_topic_partitions: int = Field(6, ge=1, le=10_000)
-    """Partitions of each request topic; bounds how many batchers share one priority level."""
+    request_topic_partitions: int = Field(2, ge=1, le=10_000)
+    """Partitions of each request topic; bounds how many batchers share one priority level (the
+    compose file runs 2 batchers, the Kubernetes config sets 12). Not more by default because on
+    Tansu every fetch reads each partition it names: 6 per level made the batcher's idle fetches
+    cost the broker twice as much, and requests at low load 1-2 ms slower
+    (services/batcher/README.md). A topic keeps the partitions it was created with."""
 
     topic_partitions: int = Field(3, ge=1, le=10_000)
     """Partitions of the shared non-request topics (results, metrics, verdicts, ...)."""
@@ -69,14 +73,16 @@ class ClusterSettings(BaseSettings):
     """Replication factor for topics this cluster creates (1 for the embedded broker)."""
 
     kafka_fetch_max_wait_ms: int = Field(5, ge=0, le=60_000)
-    """Longest a fetch waits for data. On Tansu a record can miss a waiting fetch's wake-up and
-    wait out the rest of it (load-tests/fetch_wakeup.py), so the embedded default is low; on
-    Apache Kafka this may be raised."""
+    """Longest a fetch waits for data. Tansu does not wake a waiting fetch on new data: it reads
+    its storage again after half the wait, three quarters, ... (load-tests/tansu_fetch_schedule.py),
+    so a record waits for the next read, and the embedded default is low; on Apache Kafka this
+    may be raised."""
 
     kafka_idle_fetch_max_wait_ms: int = Field(100, ge=0, le=60_000)
     """Fetch wait of a latency-critical consumer that has seen no record for
-    `kafka_idle_after_s`: an idle consumer then asks the broker 10 times a second instead of 200.
-    The first record after a quiet spell waits up to this long; then fetches are fast again."""
+    `kafka_idle_after_s`: an idle consumer then asks the broker 10 times a second instead of ~150.
+    On Tansu the first record after a quiet spell waits up to half this long; then fetches are
+    fast again."""
 
     kafka_idle_after_s: float = Field(2.0, ge=0, le=3_600)
     """Silence after which a latency-critical consumer switches to the idle fetch wait."""
@@ -86,8 +92,8 @@ class ClusterSettings(BaseSettings):
     `kafka_deep_idle_after_s` without a record, and of consumers off the serving path (the
     guardian's results, the gateway's cache purge) after `kafka_idle_after_s`: an idle cluster then
     asks the broker about once a second per consumer. On Tansu the first request after such a long
-    silence usually wakes the waiting fetch, but may wait up to this long when it misses the
-    wake-up (load-tests/fetch_wakeup.py); the records after it are fast again. Set it equal to
+    silence waits for the broker's next read of the fetch in flight, up to half this wait
+    (load-tests/tansu_fetch_schedule.py); the records after it are fast again. Set it equal to
     `kafka_idle_fetch_max_wait_ms` to keep the idle wait shorter, at more CPU while idle."""
 
     kafka_deep_idle_after_s: float = Field(30.0, ge=0, le=86_400)
