@@ -10,19 +10,21 @@ each, at `--temperature` (top_p 1), prompts from one fixed list of distinct prom
 
 * `cluster-transformers`: the whole embedded cluster (`lgc up`: Tansu, Redis, gateway, batcher,
   guardian, one worker; the scaler off) through the gateway's HTTP API, the default backend
-  (bfloat16 on CPU); caches bypassed with `Cache-Control: no-cache, no-store`;
+  (dtype `auto`: bfloat16 on CPUs with bfloat16 instructions, float32 on the others; the
+  report's `setup.cpu_dtype_auto` says which); caches bypassed with `Cache-Control: no-cache, no-store`;
 * `cluster-transformers-int8`: the same with `LGC_WORKER_QUANTIZATION=int8` (CPU dynamic int8);
 * `cluster-simulated`: the same with the simulated backend (NO MODEL: tokens at
   `LGC_SIMULATED_TOKENS_PER_S` per sequence), which measures the pipeline alone; labelled so;
 * `cluster-vllm`: the cluster with `LGC_WORKER_BACKEND=vllm`, the worker run by `--vllm-python`
   (vLLM cannot share the project's environment; skipped without it);
 * `sequential-generate`: the seed's approach: one `model.generate` after another in this process
-  (bfloat16), over `--sequential-requests` requests that all arrive at once, so a request's TTFT
+  (in the dtype `auto` takes on this CPU), over `--sequential-requests` requests that all arrive at once, so a request's TTFT
   includes its wait behind the earlier ones, as a client would see it;
 * `transformers-serve`: `transformers serve --continuous-batching`, once per dtype of
   `--tserve-dtypes` (default bfloat16 and float32: which is faster depends on the CPU), reported
   with its best one and the others under `dtype_runs`;
-* `vllm-serve`: `vllm serve` (bfloat16) from `--vllm-python`'s environment (skipped without it).
+* `vllm-serve`: `vllm serve` from `--vllm-python`'s environment (skipped without it), once per
+  dtype of `--vllm-dtypes` (default bfloat16 and float32), reported with its best one.
 
 A peer that is not installed is reported as `skipped` with the reason, never estimated.
 
@@ -86,7 +88,7 @@ SYSTEMS = (
 )
 #: What each system is, for the report and the chart.
 LABELS = {
-    "cluster-transformers": "cluster, transformers bf16",
+    "cluster-transformers": "cluster, transformers (dtype auto)",
     "cluster-transformers-int8": "cluster, transformers int8",
     "cluster-simulated": "cluster, SIMULATED (no model)",
     "cluster-vllm": "cluster, vllm backend",
@@ -324,6 +326,13 @@ def model_dir() -> Path:
     return Path(prepare_model(resolve_model("smollm2"), default_state_dir()).path)
 
 
+def cpu_dtype() -> str:
+    """The dtype the worker's `auto` takes on this CPU (services/worker/precision.py)."""
+    from services.worker.precision import cpu_computes_bfloat16
+
+    return "bfloat16" if cpu_computes_bfloat16() else "float32"
+
+
 @contextlib.contextmanager
 def transformers_serve(out: Path, dtype: str) -> Iterator[Target]:
     cli = Path(sys.executable).with_name("transformers")
@@ -350,7 +359,7 @@ def _vllm_env(python: str | None) -> tuple[Path, dict[str, str]]:
 
 
 @contextlib.contextmanager
-def vllm_serve(out: Path, python: str | None, stream_interval: int) -> Iterator[Target]:
+def vllm_serve(out: Path, python: str | None, stream_interval: int, dtype: str) -> Iterator[Target]:
     interpreter, env = _vllm_env(python)
     # The converted folder's config still names GGUF quantization, which vLLM refuses; the worker's
     # vllm backend hands it a sibling folder with a cleaned config.json, and so does this peer.
@@ -358,12 +367,12 @@ def vllm_serve(out: Path, python: str | None, stream_interval: int) -> Iterator[
 
     folder = str(vllm_model_folder(model_dir(), default_state_dir()))
     port = _free_port()
-    command = [str(interpreter), "-m", "vllm.entrypoints.cli.main", "serve", folder, "--dtype", "bfloat16",
+    command = [str(interpreter), "-m", "vllm.entrypoints.cli.main", "serve", folder, "--dtype", dtype,
                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048"]
     if stream_interval > 1:
         command += ["--stream-interval", str(stream_interval)]
     with http_server(command, port, out, env, "/health", 600) as pid:
-        notes = ["dtype bfloat16", f"stream interval {stream_interval}", f"log: {out}"]
+        notes = [f"dtype {dtype}", f"stream interval {stream_interval}", f"log: {out}"]
         yield Target(f"http://127.0.0.1:{port}", folder, {}, {"server": pid}, notes)
 
 
@@ -375,7 +384,8 @@ async def sequential_generate(requests: int, max_tokens: int, temperature: float
 
     path = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    dtype = cpu_dtype()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
 
     class Clock(BaseStreamer):
         """Times every token `generate` emits (its first call carries the prompt)."""
@@ -411,7 +421,7 @@ async def sequential_generate(requests: int, max_tokens: int, temperature: float
         ))
     result = summarise(outcomes, time.perf_counter() - arrived, tokenizer)
     result["notes"] = [f"{requests} requests arriving together, served one after another in this process "
-                       "(bfloat16); TTFT includes the wait behind earlier requests"]
+                       f"({dtype}, as the worker's dtype auto on this CPU); TTFT includes the wait behind earlier requests"]
     return result
 
 
@@ -449,8 +459,9 @@ def _system(name: str, args: argparse.Namespace, out: Path) -> contextlib.Abstra
     if name.startswith("transformers-serve:"):
         dtype = name.split(":", 1)[1]
         return transformers_serve(out / f"transformers-serve-{dtype}.log", dtype)
-    if name == "vllm-serve":
-        return vllm_serve(log, args.vllm_python, args.stream_interval)
+    if name.startswith("vllm-serve:"):
+        dtype = name.split(":", 1)[1]
+        return vllm_serve(out / f"vllm-serve-{dtype}.log", args.vllm_python, args.stream_interval, dtype)
     raise ValueError(name)
 
 
@@ -463,7 +474,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     load = dict(requests=args.requests, streams=args.streams, max_tokens=args.max_tokens,
                 temperature=args.temperature, timeout_s=args.timeout)
     report: dict[str, Any] = {
-        "setup": {**load, "stream_interval": args.stream_interval, "prompts": len(PROMPTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
+        "setup": {**load, "stream_interval": args.stream_interval, "prompts": len(PROMPTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(), "cpu_dtype_auto": cpu_dtype(), "loadavg_before": os.getloadavg(),
                   "model": "SmolLM2-135M-Instruct", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "systems": {},
     }
@@ -473,8 +484,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         try:
             if name == "sequential-generate":
                 result = asyncio.run(sequential_generate(args.sequential_requests, args.max_tokens, args.temperature))
-            elif name == "transformers-serve":
-                result = _best_dtype(args, out, load, tokenizer)
+            elif name in ("transformers-serve", "vllm-serve"):
+                dtypes = args.tserve_dtypes if name == "transformers-serve" else args.vllm_dtypes
+                result = _best_dtype(name, dtypes, args, out, load, tokenizer)
             else:
                 result = _measure_system(name, args, out, load, tokenizer, report)
         except Skipped as exc:
@@ -513,12 +525,21 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
-def _best_dtype(args: argparse.Namespace, out: Path, load: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
-    """transformers serve in each of `--tserve-dtypes`; the fastest median, the others summarised."""
-    results = {
-        dtype: _measure_system(f"transformers-serve:{dtype}", args, out, load, tokenizer, {})
-        for dtype in args.tserve_dtypes
-    }
+def _best_dtype(
+    name: str, dtypes: list[str], args: argparse.Namespace, out: Path, load: dict[str, Any], tokenizer: Any
+) -> dict[str, Any]:
+    """A peer server (`transformers-serve` or `vllm-serve`) in each of `dtypes`; the fastest
+    median, the others summarised (which dtype is fastest depends on the CPU)."""
+    results = {}
+    for dtype in dtypes:
+        try:
+            results[dtype] = _measure_system(f"{name}:{dtype}", args, out, load, tokenizer, {})
+        except Skipped:
+            raise  # not installed: no dtype can run
+        except Exception as exc:  # noqa: BLE001 - a dtype this server refuses here is reported, not fatal
+            results[dtype] = {"failed": f"{type(exc).__name__}: {str(exc)[-300:]}"}
+    if not any("output_tokens_per_s" in r for r in results.values()):
+        raise Skipped(f"{name} ran in none of {dtypes}: " + "; ".join(f"{d}: {r.get('failed')}" for d, r in results.items()))
     best = max(results, key=lambda d: results[d].get("output_tokens_per_s") or 0.0)
     chosen = dict(results[best])
     chosen["dtype_runs"] = {d: r.get("output_tokens_per_s") for d, r in results.items()}
@@ -626,6 +647,7 @@ def main() -> int:
     parser.add_argument("--sweep", default="1,8,32,128,256", help="concurrencies; empty: no sweep")
     parser.add_argument("--sweep-system", default="cluster-transformers")
     parser.add_argument("--tserve-dtypes", default="bfloat16,float32", help="dtypes tried for transformers serve")
+    parser.add_argument("--vllm-dtypes", default="bfloat16,float32", help="dtypes tried for vllm serve")
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per system; the median is reported")
     parser.add_argument(
         "--peer-omp-wait-policy", choices=("passive", "active", "inherit"), default="passive",
@@ -645,6 +667,7 @@ def main() -> int:
         parser.error(f"unknown systems: {sorted(unknown)}")
     args.sweep = [int(c) for c in args.sweep.split(",") if c]
     args.tserve_dtypes = [d for d in args.tserve_dtypes.split(",") if d]
+    args.vllm_dtypes = [d for d in args.vllm_dtypes.split(",") if d]
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.peer_omp_wait_policy != "inherit":
