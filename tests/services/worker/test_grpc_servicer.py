@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.worker.grpc_servicer import WorkerServicer
+from services.worker.precision import cpu_computes_bfloat16
 from services.worker.service import WORKER_SERVICE_NAME, WorkerService
 from shared.protos import worker_pb2, worker_pb2_grpc
 from shared.settings import ClusterSettings
@@ -188,7 +189,7 @@ async def test_transformers_backend_over_grpc(cluster_settings: ClusterSettings,
             stub = worker_pb2_grpc.WorkerStub(channel)
             info = await stub.Info(worker_pb2.InfoRequest())
             assert (info.model, info.backend, info.dtype, info.simulated) == (
-                "SmolLM2-135M-Instruct", "transformers", "bfloat16", False,
+                "SmolLM2-135M-Instruct", "transformers", "bfloat16" if cpu_computes_bfloat16() else "float32", False,
             )
             question = worker_pb2.WorkItem(
                 request_id="q",

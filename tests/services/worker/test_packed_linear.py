@@ -16,7 +16,19 @@ from services.worker.transformers_engine import TransformersEngine
 from tests.services.worker.engine_runs import run_item
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+#: oneDNN packs bfloat16 weights only on CPUs with AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; on
+#: others (AVX2 only) `prepack_linears` finds out by probing and leaves the linears plain.
+BFLOAT16 = pytest.param(
+    torch.bfloat16,
+    marks=pytest.mark.skipif(
+        not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+        reason="this CPU has no oneDNN bfloat16 kernels (needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)",
+    ),
+    id="bfloat16",
+)
+
+
+@pytest.mark.parametrize("dtype", [BFLOAT16, pytest.param(torch.float32, id="float32")])
 @pytest.mark.parametrize("bias", [True, False])
 def test_packed_linear_matches_linear(dtype: torch.dtype, bias: bool) -> None:
     torch.manual_seed(1)
@@ -47,10 +59,11 @@ class _Block(nn.Module):
         return self.head(self.special(self.inner(x)))
 
 
-def test_prepack_replaces_plain_linears_only_and_keeps_outputs() -> None:
+@pytest.mark.parametrize("dtype", [BFLOAT16, pytest.param(torch.float32, id="float32")])
+def test_prepack_replaces_plain_linears_only_and_keeps_outputs(dtype: torch.dtype) -> None:
     torch.manual_seed(2)
-    model = _Block().to(torch.bfloat16)
-    x = torch.randn(4, 16, dtype=torch.bfloat16)
+    model = _Block().to(dtype)
+    x = torch.randn(4, 16, dtype=dtype)
     with torch.no_grad():
         before = model(x)
         replaced = prepack_linears(model)
@@ -60,6 +73,13 @@ def test_prepack_replaces_plain_linears_only_and_keeps_outputs() -> None:
     assert isinstance(model.head, PackedLinear)
     assert type(model.special) is _Block._Special  # a subclass keeps its own forward
     torch.testing.assert_close(after, before)
+
+
+@pytest.mark.skipif(torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU packs bfloat16; nothing to refuse")
+def test_bfloat16_linears_stay_plain_where_the_cpu_cannot_pack_them() -> None:
+    model = _Block().to(torch.bfloat16)
+    assert prepack_linears(model) == 0  # the probe's failure is caught: no crash at start
+    assert type(model.head) is nn.Linear
 
 
 def test_prepack_leaves_unpackable_dtypes_alone() -> None:
