@@ -62,9 +62,10 @@ class ClusterSettings(BaseSettings):
     request_topic_partitions: int = Field(2, ge=1, le=10_000)
     """Partitions of each request topic; bounds how many batchers share one priority level (the
     compose file runs 2 batchers, the Kubernetes config sets 12). Not more by default because on
-    Tansu every fetch reads each partition it names: 6 per level made the batcher's idle fetches
-    cost the broker twice as much, and requests at low load 1-2 ms slower
-    (services/batcher/README.md). A topic keeps the partitions it was created with."""
+    Tansu every fetch reads each partition it names (one consumer fetching every 5 ms: 18.6 % of a
+    core for the broker over 18 partitions, 12.0 % over 3; load-tests/README.md), and with 6 per
+    level requests at low load were 1-2 ms slower (services/batcher/README.md). A topic keeps the
+    partitions it was created with."""
 
     topic_partitions: int = Field(3, ge=1, le=10_000)
     """Partitions of the shared non-request topics (results, metrics, verdicts, ...)."""
