@@ -99,7 +99,7 @@ class WorkerSettings(ClusterSettings):
 
     worker_threads: int | None = Field(None, ge=1, le=1024)
     """torch intra-op threads of decode steps; unset: every core this process may use (`lgc up`
-    gives its workers one core less, see the worker README, "CPU threads")."""
+    gives its workers one core less when they run bfloat16, see the worker README, "CPU threads")."""
 
     worker_prefill_threads: int | None = Field(None, ge=1, le=1024)
     """torch intra-op threads while prefilling newcomers; unset: every core this process may use.
