@@ -3,9 +3,13 @@ nearest exemplars; writes `harm_head.npz`. Seeded:
 
     .venv/bin/python -m services.guardian.harm_head_training [--out PATH] [--skip-overlap-check]
 
-(about a minute on one core; prints the chosen decision and its cross-validated scores; the
-int8 encoder's vectors can differ in the last bits between CPUs, so another machine may give
-slightly different coefficients). Training data, and only this (never the evaluation set's
+(about a minute on one core; prints the chosen decision and its cross-validated scores). The
+int8 encoder's vectors depend on the CPU's quantized kernels (fbgemm on AVX-512/AVX2, oneDNN,
+QNNPACK): on another CPU the same script gives coefficients up to about 0.5 apart (measured with
+the oneDNN and QNNPACK engines: 0.34-0.82; the head's probabilities moved by p99 0.03-0.08, the
+logistic regression being ill-conditioned in its correlated features, not its predictions).
+So the weights file also holds the SHA-256 of the training vectors (`vectors_sha256`): where
+this CPU's encoder reproduces them bit for bit, the weights must be reproduced exactly. Training data, and only this (never the evaluation set's
 held-out `eval` split):
 * the exemplar bank (`exemplar_bank.EXEMPLARS`: `harm.*` phrases are harm, benign, injection and
   jailbreak phrases are not);
@@ -57,7 +61,8 @@ from services.guardian.harm_head import HARM_HEAD_PATH, HarmHeadDecision
 from services.guardian.harm_training_texts import BENIGN_TEXTS, HARMFUL_TEXTS
 from services.guardian.semantic_detector import is_prose, split_chunks
 
-__all__ = ["HEAD_C", "TrainingCorpus", "FittedHead", "GridPoint", "build_corpus", "fit_head", "probabilities", "main"]
+__all__ = ["HEAD_C", "TrainingCorpus", "FittedHead", "GridPoint", "build_corpus", "fit_head", "probabilities",
+           "vectors_sha256", "main"]
 
 EVAL_SET = Path(__file__).resolve().parents[2] / "load-tests" / "data" / "guardian_eval" / "guardian_eval.jsonl"
 #: Inverse regularisation strength (dev cross-validation was flat between 10 and 100).
@@ -306,7 +311,15 @@ def check_overlap(path: Path = EVAL_SET) -> float:
     return float(worst.max())
 
 
-def save(path: Path, head: FittedHead, decision: HarmHeadDecision, corpus_sha256: str) -> None:
+def vectors_sha256(vectors: np.ndarray) -> str:
+    """Fingerprint of the training vectors as float32 bytes: equal only where the encoder's
+    kernels gave bit-identical results (same quantized engine and instruction set)."""
+    return hashlib.sha256(np.ascontiguousarray(vectors, dtype=np.float32).tobytes()).hexdigest()
+
+
+def save(
+    path: Path, head: FittedHead, decision: HarmHeadDecision, corpus_sha256: str, vectors_fingerprint: str
+) -> None:
     np.savez_compressed(
         path,
         vocabulary=head.vocabulary,
@@ -316,6 +329,7 @@ def save(path: Path, head: FittedHead, decision: HarmHeadDecision, corpus_sha256
         intercept=np.float64(head.intercept),
         decision=np.asarray([decision.similarity_floor, decision.margin, decision.weight], dtype=np.float64),
         corpus_sha256=np.asarray(corpus_sha256),
+        vectors_sha256=np.asarray(vectors_fingerprint),
     )
 
 
@@ -333,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     oof = [out_of_fold_probabilities(corpus, vectors, seed) for seed in SEEDS]
     decision, scores = choose_decision(grid_scores(corpus, *exemplar_features(corpus), oof))
     head = fit_head(corpus.texts, corpus.harm, vectors)
-    save(args.out, head, decision, corpus.sha256())
+    save(args.out, head, decision, corpus.sha256(), vectors_sha256(vectors))
     report |= {
         "out": str(args.out),
         "training_texts": len(corpus.texts),
@@ -343,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "weight": decision.weight},  # fmt: skip
         **scores,
         "corpus_sha256": corpus.sha256(),
+        "vectors_sha256": vectors_sha256(vectors),
     }
     print(json.dumps(report, indent=2))
 
