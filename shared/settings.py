@@ -101,6 +101,29 @@ class ClusterSettings(BaseSettings):
     """Silence after which a latency-critical consumer switches from the idle to the deep-idle
     fetch wait (a cluster that has served nothing for this long is idle, not between requests)."""
 
+    kafka_doorbell: bool = False
+    """Producers on the serving path announce each acknowledged record's offset over Redis
+    pub/sub and the latency-critical consumers (the batcher's request topics, the gateway's
+    replies) keep caught-up partitions paused until a ring, instead of keeping a short fetch in
+    flight (shared/doorbell.py): on Tansu, which does not wake a waiting fetch, that saves a hop
+    the wait for the broker's next read. Records nobody announced (upstream producers that do
+    not ring) are still read: see the safety fetch below. Off by default: one request at a time
+    it took 4.7-4.8 ms through the gateway instead of 6.6-7.4, but at 4-16 clients it cost
+    10-25 % of the requests/s (rings, pauses and resumes), and with a real model the 2 ms do not
+    show (services/batcher/README.md). Never needed on Apache Kafka, which answers a waiting
+    fetch when data arrives."""
+
+    kafka_doorbell_ring_interval_ms: float = Field(3.0, gt=0, le=1_000)
+    """A producer rings a partition's doorbell at once when it has not rung it for this long,
+    else once when this interval is over, for everything written meanwhile: a busy partition costs
+    one Redis PUBLISH per interval, and a record in a burst waits at most this long for its ring."""
+
+    kafka_doorbell_safety_fetch_ms: int = Field(100, ge=1, le=60_000)
+    """A consumer parked by the doorbell still fetches this often (after
+    `LGC_KAFKA_DEEP_IDLE_AFTER_S` of silence, every half `LGC_KAFKA_DEEP_IDLE_FETCH_MAX_WAIT_MS`),
+    so a lost ring or a producer that does not ring delays a record at most this long; the first
+    record nobody announced turns parking off for `LGC_KAFKA_IDLE_AFTER_S`."""
+
     kafka_linger_ms: int = Field(0, ge=0, le=1_000)
     """Producer linger: 0 sends at once (latency first); raise it to batch for throughput."""
 

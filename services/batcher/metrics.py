@@ -52,3 +52,10 @@ class BatcherMetrics:
         self.aging_waits = m.counter(
             "aged_batches_total", "Fetch rounds where a level was served ahead of higher ones by aging.", ["priority"]
         )
+        self.parked_partitions = m.gauge(
+            "parked_partitions", "Request partitions paused by the doorbell (read past everything announced)."
+        )
+        self.doorbell_rings = m.counter("doorbell_rings_total", "Doorbell rings received for the request topics.")
+        self.unannounced_reads = m.counter(
+            "doorbell_unannounced_total", "Fetches that brought records nobody announced (parking then stops a while)."
+        )

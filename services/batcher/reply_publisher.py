@@ -6,6 +6,9 @@ request's offset finished: that ordering is what makes "commit only after the fi
 Deltas are sent without waiting for each acknowledgement (latency), but Kafka keeps a partition's
 records in order and the terminal event on the same partition is awaited, so every delta is
 durable before the offset moves.
+
+With a doorbell ringer (shared/doorbell.py), every reply record is announced to the gateway once
+acknowledged, so its reply consumer needs no fetch in flight to see it soon.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from aiokafka import AIOKafkaProducer
 
 from services.batcher.request_state import RequestState, prompt_text
+from shared.doorbell import DoorbellRinger
 from shared.records import (
     ErrorCode,
     ErrorInfo,
@@ -34,9 +38,18 @@ __all__ = ["ReplyPublisher"]
 class ReplyPublisher:
     """Writes ReplyEvents and GenerationResults for requests in flight."""
 
-    def __init__(self, producer: AIOKafkaProducer, topics: Topics) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topics: Topics, *, ringer: DoorbellRinger | None = None) -> None:
         self._producer = producer
         self._topics = topics
+        self._ringer = ringer
+
+    async def _send_reply(self, topic: str, value: bytes, key: str) -> asyncio.Future[object]:
+        """Send a reply record (waiting only for room in the producer's buffer); the returned
+        future is its acknowledgement, after which the doorbell rings."""
+        sent = await self._producer.send(topic, value, key=key)
+        if self._ringer is not None:
+            self._ringer.announce_when_acknowledged(sent)
+        return sent
 
     async def delta(self, state: RequestState, text: str) -> None:
         """A piece of text for a streaming request (non-streaming ones only get the final event)."""
@@ -53,7 +66,7 @@ class ReplyPublisher:
         # Not awaited per record: ordering within the partition plus the awaited terminal event
         # give durability; awaiting the send() call itself keeps memory bounded (it waits when the
         # producer's buffer is full).
-        await self._producer.send(state.request.reply_to, event.to_bytes(), key=state.id)
+        await self._send_reply(state.request.reply_to, event.to_bytes(), state.id)
 
     async def final(self, state: RequestState, reason: FinishReason, *, reply_text: str | None = None) -> None:
         """The request finished: the final event with the whole text (or `reply_text`, a held
@@ -71,7 +84,7 @@ class ReplyPublisher:
                 worker_id=state.worker_id,
                 model=state.model,
             )
-            sends.append(self._producer.send_and_wait(state.request.reply_to, event.to_bytes(), key=state.id))
+            sends.append(await self._send_reply(state.request.reply_to, event.to_bytes(), state.id))
         result = self._result(state, finish_reason=reason, usage=usage)
         sends.append(self._producer.send_and_wait(self._topics.results, result.to_bytes(), key=state.id))
         await asyncio.gather(*sends)
@@ -89,7 +102,7 @@ class ReplyPublisher:
                 worker_id=state.worker_id,
                 model=state.model,
             )
-            sends.append(self._producer.send_and_wait(state.request.reply_to, event.to_bytes(), key=state.id))
+            sends.append(await self._send_reply(state.request.reply_to, event.to_bytes(), state.id))
         result = self._result(
             state, error=info, usage=Usage(prompt_tokens=state.prompt_tokens, completion_tokens=state.tokens)
         )

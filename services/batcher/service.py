@@ -44,6 +44,7 @@ from services.batcher.settings import BatcherSettings
 from services.batcher.worker_pool import WorkerPool
 from shared.blocking_tenants import BlockingTenants
 from shared.deadletter import publish_dead_letter
+from shared.doorbell import DoorbellListener, DoorbellRinger, FetchParking
 from shared.guardian_check import GuardianCheckClient
 from shared.kafka_clients import AdaptiveFetchWait, make_consumer, make_producer
 from shared.metrics import SnapshotPublisher
@@ -127,7 +128,18 @@ class BatcherService:
         )
         self.redis = aioredis.from_url(settings.redis_url)
         self.registry = WorkerRegistry(self.redis, prefix=settings.topic_prefix)
-        self.publisher = ReplyPublisher(self.producer, self.topics)
+        # The doorbell (shared/doorbell.py): replies are announced to the gateways; request
+        # partitions read past everything announced are parked (paused) until the next ring.
+        self.ringer = DoorbellRinger.from_settings(self.redis, settings)
+        self.doorbell: DoorbellListener | None = None
+        self.parking: FetchParking | None = None
+        if settings.kafka_doorbell:
+            self.doorbell = DoorbellListener(self.redis, self.topics.all_requests, on_ring=self._rung)
+            self.parking = FetchParking.from_settings(self.doorbell, settings)
+        #: Partitions paused by the doorbell only (not by priority admission).
+        self._parked: set[TopicPartition] = set()
+        self._unannounced_counted = 0
+        self.publisher = ReplyPublisher(self.producer, self.topics, ringer=self.ringer)
         self.guard = AnswerGuard(
             BlockingTenants(self.redis, prefix=settings.topic_prefix),
             GuardianCheckClient(settings.batcher_guardian_url, timeout_s=settings.batcher_guard_timeout_s),
@@ -142,6 +154,11 @@ class BatcherService:
     def ready(self) -> bool:
         return self._ready and not self._stopping
 
+    @property
+    def parked(self) -> frozenset[TopicPartition]:
+        """Request partitions paused by the doorbell (read past everything announced)."""
+        return frozenset(self._parked)
+
     async def start(self) -> None:
         await self.ops.start()
         await ensure_topics(self.settings, self.topics.cluster_topics(self.settings))
@@ -149,6 +166,8 @@ class BatcherService:
         self.consumer.subscribe(list(self.topics.all_requests), listener=_Rebalance(self))
         await self.consumer.start()
         self._fetch_wait = AdaptiveFetchWait.from_settings(self.consumer, self.settings)
+        if self.doorbell is not None:
+            await self.doorbell.start()
         await self.cancel_consumer.start()
         self._cancel_wait = AdaptiveFetchWait.off_serving_path(
             self.cancel_consumer, self.settings, busy_ms=self.settings.kafka_idle_fetch_max_wait_ms
@@ -183,6 +202,10 @@ class BatcherService:
                 task.cancel()  # their requests are replayed from the last committed offset
             await asyncio.gather(*pending, return_exceptions=True)
         await self._commit()
+        if self.doorbell is not None:
+            await self.doorbell.stop()
+        if self.ringer is not None:
+            await self.ringer.aclose()  # the last replies' rings, before Redis closes
         for task in self._background[1:]:
             task.cancel()
         await asyncio.gather(*self._background[1:], return_exceptions=True)
@@ -235,6 +258,8 @@ class BatcherService:
             return False
         unknown = False
         for tp in partitions:
+            if tp in self._parked:
+                continue  # read past everything announced: a ring would have resumed it
             high = self.consumer.highwater(tp)
             if tp in paused or high is None:
                 unknown = True
@@ -247,12 +272,28 @@ class BatcherService:
                 unknown = True  # Safe: revoked by a rebalance meanwhile; the next round re-plans
         return None if unknown else False
 
-    def _apply_pauses(self, by_level: dict[Priority, list[TopicPartition]], admitted: set[Priority]) -> None:
-        """Resume the admitted levels (and high always, see priority_admission.py); pause the rest."""
+    async def _apply_pauses(self, by_level: dict[Priority, list[TopicPartition]], admitted: set[Priority]) -> None:
+        """Resume the admitted levels (and high always, see priority_admission.py); pause the rest,
+        and park (pause) admitted partitions the doorbell says are read to the end."""
+        assignment = self.consumer.assignment()
         want_paused = {
             tp for p, tps in by_level.items() if p is not Priority.HIGH and p not in admitted for tp in tps
         }
-        want_paused &= self.consumer.assignment()  # a rebalance may have run since by_level was read
+        want_paused &= assignment  # a rebalance may have run since by_level was read
+        parked: set[TopicPartition] = set()
+        if self.parking is not None and self.parking.active():
+            # Only partitions fetched before: their position is resolved, so position() is
+            # immediate (an unresolved one would wait for the broker).
+            positions = {
+                tp: await self.consumer.position(tp)
+                for tp in assignment - want_paused
+                if self.consumer.highwater(tp) is not None
+            }
+            parked = self.parking.parkable(positions, {tp: self.consumer.highwater(tp) for tp in positions})
+        self._parked = parked
+        self.metrics.parked_partitions.set(len(parked))
+        self._paused = bool(want_paused)
+        want_paused |= parked
         paused = self.consumer.paused()
         if want_paused - paused:
             self.consumer.pause(*(want_paused - paused))
@@ -260,7 +301,32 @@ class BatcherService:
             self.consumer.resume(*(paused - want_paused))
         for p in LEVELS:
             self.metrics.paused.labels(p.value).set(1 if p is not Priority.HIGH and p not in admitted and by_level[p] else 0)
-        self._paused = bool(want_paused)
+
+    def _park_read(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Park, before anything awaits, the partitions a fetch just read past everything
+        announced: the client sends its next fetch as soon as this one is drained, and while that
+        waits at the broker a ring's fetch cannot go out (one fetch in flight per broker)."""
+        if self.parking is None or not batches or not self.parking.active():
+            return
+        read_to = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        park = (self.parking.parkable(read_to) & self.consumer.assignment()) - self.consumer.paused()
+        if park:
+            self.consumer.pause(*park)
+            self._parked |= park
+
+    def _rung(self, tp: TopicPartition | None) -> None:
+        """A doorbell ring (None: subscribed anew, rings may have been missed): resume the
+        partition if it is parked, and re-plan (a ring is also known backlog)."""
+        if self.parking is None:
+            return
+        self.metrics.doorbell_rings.inc()
+        if tp is None:
+            self.parking.request_fetch()
+        elif tp in self._parked:
+            self._parked.discard(tp)
+            if tp in self.consumer.assignment():
+                self.consumer.resume(tp)  # a blocked getmany() now receives the record
+        self._wake.set()
 
     def _inflight_by_level(self) -> dict[Priority, int]:
         return dict(self._inflight)
@@ -297,7 +363,9 @@ class BatcherService:
             batch_size=self.settings.batcher_max_batch_size,
         )
         plan_levels = [lv for lv in plan.levels if by_level[lv.priority]]
-        self._apply_pauses(by_level, {lv.priority for lv in plan_levels} | plan.aged)
+        # A safety fetch of parked partitions is due: this round fetches them, briefly.
+        safety = self.parking is not None and self.parking.safety_due()
+        await self._apply_pauses(by_level, {lv.priority for lv in plan_levels} | plan.aged)
         if credit == 0 or not plan_levels:
             # Nothing may be taken: whatever is forming cannot grow when credit is out, so it
             # goes now; then wait for a credit (a request ends), a batch to fall due or a new
@@ -317,12 +385,14 @@ class BatcherService:
             if room <= 0:
                 break
             batches = await self.consumer.getmany(*by_level[level.priority], timeout_ms=0, max_records=room)
+            self._park_read(batches)
             if not batches and level.aged and backlog[level.priority] is not False:
                 # Aged but nothing buffered yet (just resumed): a short fetch of its own, so
                 # the credit is not taken by a higher level again before its records arrive.
                 batches = await self.consumer.getmany(
                     *by_level[level.priority], timeout_ms=_AGED_PROBE_MS, max_records=room
                 )
+                self._park_read(batches)
             got = await self._take_all(level.priority, batches)
             if level.aged and batches:
                 self.metrics.aging_waits.labels(level.priority.value).inc()
@@ -335,13 +405,26 @@ class BatcherService:
             wait_s = 1.0 if wait_s is None else wait_s
             if plan.uncertain:
                 wait_s = min(wait_s, 0.05)
+            if safety:
+                wait_s = min(wait_s, self.parking.safety_window_s(self.settings.kafka_fetch_max_wait_ms))
+            elif self.parking is not None and self.parking.active():
+                wait_s = min(wait_s, max(self.parking.next_safety_in(), 0.001))
             room = min(credit, min(lv.allowance for lv in plan_levels))
             partitions = [tp for lv in plan_levels for tp in by_level[lv.priority]]
             batches = await self.consumer.getmany(*partitions, timeout_ms=math.ceil(wait_s * 1000), max_records=room)
+            self._park_read(batches)
             for level in plan_levels:
                 mine = {tp: recs for tp, recs in batches.items() if tp in set(by_level[level.priority])}
                 taken += await self._take_all(level.priority, mine)
         self._fetch_wait.polled(len(taken))
+        if self.parking is not None:
+            if self.parking.unannounced > self._unannounced_counted:
+                self.metrics.unannounced_reads.inc(self.parking.unannounced - self._unannounced_counted)
+                self._unannounced_counted = self.parking.unannounced
+            if safety:
+                self.parking.fetched()
+            if self.parking.active():
+                self._fetch_wait.keep_busy()  # parked: no long fetch may hold back a ring's (shared/doorbell.py)
         # -- 4. group and dispatch ------------------------------------------------------------
         closed: list[list[RequestState]] = []
         for state in sorted(taken, key=lambda s: (PRIORITY_RANK[s.priority], s.request.created_at)):
@@ -353,6 +436,8 @@ class BatcherService:
         taken: list[RequestState] = []
         count = 0
         for tp, records in batches.items():
+            if self.parking is not None and records:
+                self.parking.read(tp, records[-1].offset, len(records))
             for record in records:
                 count += 1
                 state = await self._take(tp, record)

@@ -4,6 +4,8 @@ A request is written to `<prefix>.requests.<priority>` keyed by its id, with `re
 instance's reply topic; its events come back through the :class:`ReplyRouter`. The subscription is
 made before the request is produced, so no reply can be missed. When the deadline passes, or the
 caller stops listening early (a client disconnected), a Cancel record tells the batchers to stop.
+With a doorbell ringer (shared/doorbell.py), each request is announced to the batchers once the
+broker has it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiokafka import AIOKafkaProducer
 
+from shared.doorbell import DoorbellRinger
 from shared.records import Cancel, GenerationRequest, ReplyEvent
 from shared.topics import Topics
 
@@ -40,6 +43,7 @@ class KafkaEngineClient(EngineClient):
         *,
         default_timeout_s: float,
         on_cancel: Callable[[str], None] | None = None,
+        ringer: DoorbellRinger | None = None,
     ) -> None:
         """`producer` and `router` are started and stopped by the caller; `on_cancel` is told the
         reason of every Cancel sent (for metrics)."""
@@ -49,6 +53,7 @@ class KafkaEngineClient(EngineClient):
         self._topics = topics
         self._default_timeout_s = default_timeout_s
         self._on_cancel = on_cancel or (lambda _reason: None)
+        self._ringer = ringer
         self._background: set[asyncio.Task[None]] = set()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[ReplyEvent]:
@@ -60,9 +65,10 @@ class KafkaEngineClient(EngineClient):
         try:
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.time())):
-                    await self._producer.send_and_wait(
-                        self._topics.requests(request.priority), payload, key=request.id
-                    )
+                    sent = await self._producer.send(self._topics.requests(request.priority), payload, key=request.id)
+                    if self._ringer is not None:
+                        self._ringer.announce_when_acknowledged(sent)  # the batchers park until it rings
+                    await sent
             except asyncio.CancelledError:
                 raise  # handled below: the caller went away while the request was being sent
             except TimeoutError:

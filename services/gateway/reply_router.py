@@ -16,7 +16,12 @@ reply partitions are paused, so an idle gateway sends no fetches at all: with th
 `fetch_max_wait_ms` that low latency needs on Tansu (which answers a fetch only when that time is
 up), an unpaused consumer fetches about 200 times a second, about a tenth of a core measured idle.
 Nothing is lost by pausing: the position stays, and whatever arrived meanwhile (late replies to
-finished requests) is read and dropped as stale on resume. Broker hiccups are ridden out by
+finished requests) is read and dropped as stale on resume.
+
+With the doorbell (shared/doorbell.py, `LGC_KAFKA_DOORBELL`), the partitions stay paused even
+while requests wait, as long as everything the batchers announced has been read: a ring resumes
+them and the fetch that follows finds the reply at the broker's first read, instead of waiting
+for the next read of a fetch already in flight. A timer runs the doorbell's safety fetches. Broker hiccups are ridden out by
 aiokafka's reconnects; anything else is logged and the loop goes on.
 """
 
@@ -26,12 +31,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from shared.deadletter import publish_dead_letter
+from shared.doorbell import DoorbellListener, FetchParking
 from shared.kafka_clients import make_consumer
 from shared.records import ReplyEvent
 from shared.settings import ClusterSettings
@@ -97,9 +104,11 @@ class ReplyRouter:
         topic: str,
         deadletter_topic: str,
         on_outcome: Callable[[str], None] | None = None,
+        redis: Any = None,
     ) -> None:
         """`producer` (started by the caller) is used for dead letters; `on_outcome` is told
-        `delivered`, `duplicate`, `stale` or `dead_lettered` for every record (for metrics)."""
+        `delivered`, `duplicate`, `stale` or `dead_lettered` for every record (for metrics);
+        with `redis` (and `kafka_doorbell` on) the doorbell parks the partitions."""
         self._settings = settings
         self._producer = producer
         self.topic = topic
@@ -111,6 +120,15 @@ class ReplyRouter:
         self._task: asyncio.Task[None] | None = None
         self._name = f"gateway-replies-{settings.instance_id}"
         self.stats = ReplyRouterStats()
+        self.doorbell: DoorbellListener | None = None
+        self.parking: FetchParking | None = None
+        if redis is not None and settings.kafka_doorbell:
+            self.doorbell = DoorbellListener(redis, [topic], on_ring=self._rung)
+            self.parking = FetchParking.from_settings(self.doorbell, settings)
+        #: Next offset to read per partition (what the doorbell's announcements are compared with).
+        self._next_offset: dict[TopicPartition, int] = {}
+        self._safety_timer: asyncio.TimerHandle | None = None
+        self._safety_running = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -133,15 +151,17 @@ class ReplyRouter:
             await consumer.seek_to_end(*tps)
             # position() waits for the end offsets to be resolved: from here on nothing is missed.
             for tp in tps:
-                await consumer.position(tp)
+                self._next_offset[tp] = await consumer.position(tp)
+            if self.doorbell is not None:
+                await self.doorbell.start()
         except BaseException:
             # Start failed: release the consumer, then let the caller see why.
             await consumer.stop()
             raise
         self._consumer = consumer
         self._partitions = tps
-        if not self._subscriptions:
-            consumer.pause(*tps)
+        consumer.pause(*tps)
+        self._update_pause()
         self._task = asyncio.create_task(self._run(), name="reply-router")
         log.info("reply router started", extra={"topic": self.topic, "partitions": len(tps)})
 
@@ -155,6 +175,11 @@ class ReplyRouter:
                 # Safe: this is the cancellation just asked for.
                 pass
             self._task = None
+        if self._safety_timer is not None:
+            self._safety_timer.cancel()
+            self._safety_timer = None
+        if self.doorbell is not None:
+            await self.doorbell.stop()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -170,16 +195,63 @@ class ReplyRouter:
         if request_id in self._subscriptions:
             raise ValueError(f"request id {request_id!r} is already waiting for replies")
         subscription = ReplySubscription(request_id)
-        if not self._subscriptions and self._consumer is not None:
-            self._consumer.resume(*self._partitions)  # someone waits: fetch again
         self._subscriptions[request_id] = subscription
+        self._update_pause()  # someone waits: fetch again (unless the doorbell parks)
         return subscription
 
     def unsubscribe(self, request_id: str) -> None:
         """Stop collecting; later events for the request are dropped as stale."""
         if self._subscriptions.pop(request_id, None) is not None and not self._subscriptions:
-            if self._consumer is not None:
-                self._consumer.pause(*self._partitions)  # nobody waits: stop fetching
+            self._update_pause()  # nobody waits: stop fetching
+
+    # ---- fetching or paused ----------------------------------------------------------------
+
+    def _update_pause(self) -> None:
+        """Fetch while a request waits and the doorbell (if any) does not park the partitions;
+        be paused otherwise."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        fetch = bool(self._subscriptions) and not self._parked_now()
+        if fetch and consumer.paused():
+            consumer.resume(*self._partitions)
+        elif not fetch and not consumer.paused():
+            consumer.pause(*self._partitions)
+        self._arm_safety_timer()
+
+    def _parked_now(self) -> bool:
+        parking, consumer = self.parking, self._consumer
+        if parking is None or consumer is None:
+            return False
+        highwaters = {tp: consumer.highwater(tp) for tp in self._partitions}
+        return len(parking.parkable(self._next_offset, highwaters)) == len(self._partitions)
+
+    def _arm_safety_timer(self) -> None:
+        """While parked, a timer starts the next safety fetch; while one runs, a timer ends it
+        after two fetch waits (an empty answer has come back by then)."""
+        parking = self.parking
+        if parking is None or not self._subscriptions or self._safety_timer is not None:
+            return
+        if parking.active():
+            delay, self._safety_running = parking.next_safety_in(), False
+        elif parking.safety_due():
+            delay = parking.safety_window_s(self._settings.kafka_fetch_max_wait_ms)
+            self._safety_running = True  # fetching now
+        else:
+            return  # not subscribed, or unannounced records lately: fetching as without a doorbell
+        self._safety_timer = asyncio.get_running_loop().call_later(delay, self._on_safety_timer)
+
+    def _on_safety_timer(self) -> None:
+        self._safety_timer = None
+        if self._safety_running and self.parking is not None:
+            self.parking.fetched()  # the safety fetch's window is over: park again
+        self._update_pause()  # or, at the end of a parked spell, start the safety fetch
+
+    def _rung(self, tp: TopicPartition | None) -> None:
+        """A doorbell ring (None: subscribed anew, so rings may have been missed)."""
+        if tp is None and self.parking is not None:
+            self.parking.request_fetch()
+        self._update_pause()
 
     @property
     def paused(self) -> bool:
@@ -207,6 +279,15 @@ class ReplyRouter:
                 log.exception("reply router: reading the reply topic failed; retrying")
                 await asyncio.sleep(_ERROR_BACKOFF_S)
                 continue
+            for tp, records in batches.items():
+                if records:
+                    self._next_offset[tp] = records[-1].offset + 1
+                    if self.parking is not None:
+                        self.parking.read(tp, records[-1].offset, len(records))
+            if batches:
+                # Park before anything awaits: the client sends its next fetch as soon as this one
+                # is drained, and while that waits at the broker a ring's fetch cannot go out.
+                self._update_pause()
             for records in batches.values():
                 for record in records:
                     try:

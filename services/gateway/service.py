@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from shared.blocking_tenants import BlockingTenants
+from shared.doorbell import DoorbellRinger
 from shared.kafka_clients import make_producer
 from shared.metrics import SnapshotPublisher
 from shared.quiet_uvicorn import QuietUvicornServer
@@ -67,6 +68,7 @@ class GatewayService:
         """The bound gRPC port (set by start)."""
         self._producer: AIOKafkaProducer | None = None
         self._redis: aioredis.Redis | None = None
+        self._ringer: DoorbellRinger | None = None
         self._router: ReplyRouter | None = None
         self._engine: KafkaEngineClient | None = None
         self._http_server: uvicorn.Server | None = None
@@ -133,8 +135,10 @@ class GatewayService:
             topic=self.reply_topic,
             deadletter_topic=self.topics.deadletter,
             on_outcome=lambda outcome: self.metrics.reply_events.labels(result=outcome).inc(),
+            redis=self._redis,
         )
         await self._router.start()
+        self._ringer = DoorbellRinger.from_settings(self._redis, settings)
         catalog = ModelCatalog(
             WorkerRegistry(self._redis, prefix=settings.topic_prefix),
             refresh_s=settings.gateway_models_refresh_s,
@@ -147,6 +151,7 @@ class GatewayService:
             self.topics,
             default_timeout_s=settings.gateway_request_timeout_s,
             on_cancel=lambda reason: self.metrics.cancellations.labels(reason=reason).inc(),
+            ringer=self._ringer,
         )
         limiter = InflightLimiter(settings.gateway_max_inflight, on_change=self.metrics.set_inflight)
         tenants = TenantDirectory(
@@ -312,6 +317,9 @@ class GatewayService:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._ringer is not None:
+            await self._ringer.aclose()  # the last requests' rings, before Redis closes
+            self._ringer = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

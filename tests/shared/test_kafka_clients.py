@@ -100,3 +100,31 @@ async def test_adaptive_fetch_wait_goes_deep_idle_after_a_long_silence(cluster_s
         background = AdaptiveFetchWait.off_serving_path(consumer, cluster_settings, busy_ms=100)
         assert background.busy_ms == 100 and background.idle_ms == cluster_settings.kafka_deep_idle_fetch_max_wait_ms
         assert background.idle_after_s == cluster_settings.kafka_idle_after_s
+
+
+async def test_a_fetch_clears_its_broker_in_flight_mark_before_it_completes(cluster_settings) -> None:
+    """ServiceConsumer's fix of aiokafka's race (see its docstring): once a fetch coroutine has
+    returned, its broker is no longer marked in flight (aiokafka alone clears the mark only in a
+    done-callback of the task, which may run after the fetcher has planned its next fetches)."""
+    from shared.kafka_clients import ServiceConsumer
+
+    async with _started_consumer(cluster_settings, "in-flight") as consumer:
+        assert isinstance(consumer, ServiceConsumer)
+        fetcher = consumer._fetcher  # noqa: SLF001 - the attributes the fix relies on must exist
+        in_flight: set = fetcher._in_flight  # noqa: SLF001
+        assignment = consumer._subscription.subscription.assignment  # noqa: SLF001
+        (tp,) = consumer.assignment()
+        await consumer.position(tp)
+        node = consumer._client.cluster.leader_for_partition(tp)  # noqa: SLF001
+        consumer.pause(tp)
+        async with asyncio.timeout(5):
+            while in_flight:  # the background fetch sent before the pause comes back
+                await asyncio.sleep(0.005)
+        in_flight.add(node)  # keeps the background routine from fetching on resume
+        consumer.resume(tp)
+        in_flight.discard(node)
+        fetches = fetcher._get_actions_per_node(assignment)[0]  # noqa: SLF001 - no await: no interleaving
+        in_flight.add(node)
+        assert [n for n, _ in fetches] == [node]
+        await fetcher._proc_fetch_request(assignment, node, fetches[0][1])  # noqa: SLF001
+        assert node not in in_flight, "the broker still looks busy after its fetch returned"

@@ -14,6 +14,7 @@ from services.batcher.service import BatcherService
 from services.batcher.settings import BatcherSettings
 from services.worker.service import WorkerService
 from services.worker.settings import WorkerSettings
+from shared.doorbell import DoorbellRinger
 from shared.kafka_clients import make_consumer, make_producer
 from shared.launcher.infra import find_free_port
 from shared.records import GenerationParams, GenerationRequest, GenerationResult, Priority, ReplyEvent
@@ -59,6 +60,8 @@ class Harness:
         self.workers = workers
         self.reply_topic = f"{settings.topic_prefix}.replies.test"
         self.model = "simulated"
+        #: Rings the batcher's doorbell as the gateway does (`send(..., ring=True)`).
+        self.ringer = DoorbellRinger(batcher.redis, interval_s=settings.kafka_doorbell_ring_interval_ms / 1000)
 
     def request(self, **kw) -> GenerationRequest:
         base = dict(
@@ -71,8 +74,13 @@ class Harness:
         base.update(kw)
         return GenerationRequest(**base)
 
-    async def send(self, request: GenerationRequest, priority: Priority = Priority.NORMAL) -> None:
-        await self.producer.send_and_wait(self.topics.requests(priority), request.to_bytes(), key=request.id)
+    async def send(self, request: GenerationRequest, priority: Priority = Priority.NORMAL, *, ring: bool = False) -> None:
+        """Produce a request straight onto Kafka, as an upstream system does; `ring`: announce it
+        on the doorbell too, as the gateway does."""
+        sent = await self.producer.send(self.topics.requests(priority), request.to_bytes(), key=request.id)
+        if ring:
+            self.ringer.announce_when_acknowledged(sent)
+        await sent
 
     async def events_until_terminal(self, request_id: str, timeout: float = 30) -> list[ReplyEvent]:
         events: list[ReplyEvent] = []
@@ -142,6 +150,7 @@ async def start_harness(
     try:
         yield h
     finally:
+        await h.ringer.aclose()
         await service.stop()
         for c in (replies, results, dlq):
             await c.stop()

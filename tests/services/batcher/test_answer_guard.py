@@ -145,7 +145,7 @@ async def test_a_slow_verdict_does_not_hold_up_its_batch_mates(
     # keep streaming and end while the verdict is still coming.
     guardian.blocker.delay_s = 2.0
     async with start_harness(
-        cluster_settings, [WorkerSpec()], batcher_guardian_url=guardian.url, batcher_max_wait_ms=300,
+        cluster_settings, [WorkerSpec()], batcher_guardian_url=guardian.url, batcher_max_wait_ms=1_000,
         batcher_guard_timeout_s=10,
     ) as harness:
         held = harness.request(stream=True, tenant="keyed")

@@ -259,3 +259,45 @@ async def test_cancellations_are_fetched_slowly_while_no_request_is_held(harness
     events = await harness.events_until_terminal(running.id, timeout=10)
     assert events[-1].kind is ReplyKind.ERROR and events[-1].error.code is ErrorCode.CANCELLED
     await _until(lambda: wait.current_ms == deep)  # nothing held again
+
+
+async def test_without_the_doorbell_nothing_is_parked(harness: Harness) -> None:
+    batcher = harness.batcher
+    assert batcher.parking is None and batcher.doorbell is None and batcher.ringer is None  # off by default
+    request = harness.request()
+    await harness.send(request)
+    events = await harness.events_until_terminal(request.id, timeout=10)
+    assert events[-1].kind is ReplyKind.FINAL and batcher.parked == frozenset()
+
+
+@pytest.fixture
+async def doorbell_harness(cluster_settings) -> AsyncIterator[Harness]:
+    async with start_harness(cluster_settings, kafka_doorbell=True) as h:
+        yield h
+
+
+async def test_the_doorbell_parks_caught_up_partitions_and_a_ring_resumes_them(doorbell_harness: Harness) -> None:
+    harness = doorbell_harness
+    batcher = harness.batcher
+    assert batcher.parking is not None and batcher.doorbell is not None
+    # Once every request partition has been fetched and nothing was announced, none is fetched.
+    await _until(lambda: batcher.consumer.assignment() and batcher.parked == batcher.consumer.assignment())
+    assert batcher.consumer.paused() >= batcher.parked
+    for _ in range(3):
+        request = harness.request()
+        await harness.send(request, ring=True)
+        events = await harness.events_until_terminal(request.id, timeout=10)
+        assert events[-1].kind is ReplyKind.FINAL
+    assert batcher.parking.unannounced == 0
+    assert batcher.doorbell.rings >= 3
+    await _until(lambda: batcher.parked == batcher.consumer.assignment())  # parked again
+
+    # A request nobody announced (an upstream producer that does not ring) is found by the
+    # safety fetch, and parking stops for `kafka_idle_after_s`: such traffic is fetched as before.
+    quiet = harness.request()
+    await harness.send(quiet)
+    events = await harness.events_until_terminal(quiet.id, timeout=10)
+    assert events[-1].kind is ReplyKind.FINAL
+    await _until(lambda: batcher.parking.unannounced == 1)  # judged once no ring came within grace_s
+    assert not batcher.parking.active()
+    await _until(lambda: batcher.parked == frozenset())

@@ -210,3 +210,43 @@ async def test_idle_router_pauses_fetching_and_loses_nothing(
     assert router.stats.stale == 1  # the late reply was read on resume and dropped
     router.unsubscribe("req-next")
     assert router.paused
+
+
+async def test_with_the_doorbell_a_waiting_router_stays_paused_until_a_ring(
+    cluster_settings: ClusterSettings, producer: AIOKafkaProducer, reply_topic: str
+) -> None:
+    """`LGC_KAFKA_DOORBELL`: while requests wait but nothing is announced the reply partition is
+    paused (no fetch in flight); a ring resumes it and the reply arrives; read to the end of what
+    was announced, it is paused again. A reply nobody rang for still arrives (safety fetch)."""
+    import redis.asyncio as aioredis
+
+    from shared.doorbell import DoorbellRinger
+
+    settings = cluster_settings.model_copy(update={"kafka_doorbell": True})
+    redis = aioredis.from_url(settings.redis_url)
+    router = ReplyRouter(
+        settings, producer, topic=reply_topic, deadletter_topic=Topics.from_settings(settings).deadletter, redis=redis
+    )
+    ringer = DoorbellRinger(redis, interval_s=0.001)
+    await router.start()
+    try:
+        subscription = router.subscribe("req-rung")
+        async with asyncio.timeout(5):
+            while not router.paused:  # after the first (safety) fetch: parked
+                await asyncio.sleep(0.005)
+        sent = await producer.send(reply_topic, final("req-rung", 0).to_bytes(), key="req-rung")
+        ringer.announce_when_acknowledged(sent)
+        await sent
+        assert [e.text for e in await next_events(subscription, 1)] == ["done"]
+        assert router.doorbell is not None and router.doorbell.rings >= 1
+        async with asyncio.timeout(5):
+            while not router.paused:
+                await asyncio.sleep(0.005)
+
+        quiet = router.subscribe("req-quiet")
+        await send(producer, reply_topic, final("req-quiet", 0, "unannounced"))
+        assert [e.text for e in await next_events(quiet, 1)] == ["unannounced"]
+    finally:
+        await ringer.aclose()
+        await router.stop()
+        await redis.aclose()
