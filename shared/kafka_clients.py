@@ -16,7 +16,10 @@ Measured limits of the embedded Tansu broker (DESIGN.md §2) decide the defaults
   the client), so an idle consumer must not keep that pace: :class:`AdaptiveFetchWait` lengthens
   the wait while no records come (a record that arrives after a long silence then waits up to
   half of ``LGC_KAFKA_DEEP_IDLE_FETCH_MAX_WAIT_MS``; see the class), and consumers that nobody
-  waits on pause their partitions while idle.
+  waits on pause their partitions while idle. The optional doorbell (shared/doorbell.py) goes
+  further: caught-up consumers stay paused until a producer announces a record.
+* aiokafka's fetcher can leave a resumed partition unfetched for its 1 s safety timeout (a race
+  of its "in flight" mark): every consumer made here is a :class:`ServiceConsumer`, which closes it.
 * Offsets are always committed by hand (``enable_auto_commit=False``): each service decides when a
   record is done, which is the whole point of "no request is lost".
 

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from shared.blocking_tenants import BlockingTenants, api_keys_hash
 from shared.launcher.infra import find_free_port
-from shared.records import ErrorCode, GenerationParams, GuardMode, ReplyEvent, ReplyKind
+from shared.records import ErrorCode, GenerationParams, GuardMode, Priority, ReplyEvent, ReplyKind
 from tests.guardian_check_server import Guardian, serve_guardian_check
 from tests.services.batcher.harness import Harness, WorkerSpec, start_harness
 
@@ -140,18 +140,22 @@ async def test_a_tenant_put_in_blocking_mode_later_is_held_after_a_refresh(
 async def test_a_slow_verdict_does_not_hold_up_its_batch_mates(
     cluster_settings, guardian: Guardian, blocking_tenants: BlockingTenants
 ) -> None:
-    # One worker and a long batch wait put both requests in one batch (one Generate stream): a
-    # short held answer, judged for 2 s, and a longer streaming one of another tenant, which must
-    # keep streaming and end while the verdict is still coming.
+    # Both requests in one batch (one Generate stream): a short held answer, judged for 2 s, and
+    # a longer streaming one of another tenant, which must keep streaming and end while the
+    # verdict is still coming. They are written as one record batch to one partition, so the
+    # batcher takes both in one fetch (sent one by one, a fetch could take the first alone, and
+    # with a free worker slot it would run at once: the test then failed now and then).
     guardian.blocker.delay_s = 2.0
     async with start_harness(
-        cluster_settings, [WorkerSpec()], batcher_guardian_url=guardian.url, batcher_max_wait_ms=1_000,
+        cluster_settings, [WorkerSpec()], batcher_guardian_url=guardian.url, batcher_max_wait_ms=300,
         batcher_guard_timeout_s=10,
     ) as harness:
         held = harness.request(stream=True, tenant="keyed")
         free = harness.request(stream=True, tenant="relaxed", params=GenerationParams(max_new_tokens=60))
-        await harness.send(held)
-        await harness.send(free)
+        together = harness.producer.create_batch()
+        for request in (held, free):
+            together.append(key=request.id.encode(), value=request.to_bytes(), timestamp=None)
+        await (await harness.producer.send_batch(together, harness.topics.requests(Priority.NORMAL), partition=0))
         arrivals: dict[str, list[tuple[float, ReplyEvent]]] = {held.id: [], free.id: []}
         async with asyncio.timeout(30):
             while not all(events and events[-1][1].terminal for events in arrivals.values()):
