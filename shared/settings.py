@@ -101,17 +101,17 @@ class ClusterSettings(BaseSettings):
     """Silence after which a latency-critical consumer switches from the idle to the deep-idle
     fetch wait (a cluster that has served nothing for this long is idle, not between requests)."""
 
-    kafka_doorbell: bool = False
+    kafka_doorbell: bool = True
     """Producers on the serving path announce each acknowledged record's offset over Redis
     pub/sub and the latency-critical consumers (the batcher's request topics, the gateway's
     replies) keep caught-up partitions paused until a ring, instead of keeping a short fetch in
     flight (shared/doorbell.py): on Tansu, which does not wake a waiting fetch, that saves a hop
     the wait for the broker's next read. Records nobody announced (upstream producers that do
-    not ring) are still read: see the safety fetch below. Off by default: one request at a time
-    it took 4.7-4.8 ms through the gateway instead of 6.6-7.4, but at 4-16 clients it cost
-    10-25 % of the requests/s (rings, pauses and resumes), and with a real model the 2 ms do not
-    show (services/batcher/README.md). Never needed on Apache Kafka, which answers a waiting
-    fetch when data arrives."""
+    not ring) are still read: see the safety fetch below. Measured through the gateway
+    (services/batcher/README.md): one request at a time 4.7 ms p50 instead of 6.5-6.6 and 200
+    instead of 150 requests/s; at 4-16 clients 6-8 % fewer requests/s (the rings' CPU); from 64
+    clients on within noise. Turn it off on Apache Kafka, which answers a waiting fetch when data
+    arrives, and where every client of the cluster cannot reach Redis."""
 
     kafka_doorbell_ring_interval_ms: float = Field(3.0, gt=0, le=1_000)
     """A producer rings a partition's doorbell at once when it has not rung it for this long,

@@ -87,7 +87,24 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: {"model": ErrorResponse, "description": "The request's deadline passed."},
 }
 
-_SSE_RESPONSE = {"text/event-stream": {"schema": {"type": "string"}}}
+#: A streamed answer: Server-Sent Events. Before OpenAPI 3.2 (FastAPI writes 3.1) a stream's
+#: `schema` describes each event, as 3.2's `itemSchema` does: an object whose `data` is one JSON
+#: chunk (or `[DONE]`). Schemathesis validates every event against it (`{"type": "string"}`
+#: here failed its ST108 check whenever it generated `"stream": true`).
+_SSE_RESPONSE = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "data": {"type": "string", "description": "a JSON chunk, or [DONE] at the end"},
+                "event": {"type": "string"},
+                "id": {"type": "string"},
+                "retry": {"type": "integer"},
+            },
+            "required": ["data"],
+        }
+    }
+}
 
 T = TypeVar("T")
 

@@ -251,3 +251,27 @@ async def test_a_parked_consumer_reads_a_rung_record_at_once(cluster_settings, r
         await listener.stop()
         await consumer.stop()
         await producer.stop()
+
+
+async def test_a_producer_writing_as_fast_as_a_busy_consumer_reads_rings_less_often(redis, unique_prefix: str) -> None:
+    from shared.doorbell import BUSY_RECORDS, BUSY_RING_INTERVAL_S
+
+    topic = f"{unique_prefix}.replies"
+    listener = await _listening(redis, [topic], [])
+    clock = _Clock()
+    ringer = DoorbellRinger(redis, interval_s=0.001, clock=clock)
+    try:
+        for offset in range(BUSY_RECORDS - 1):  # 2 ms apart: each one rings (interval 1 ms)
+            ringer.announce(topic, 0, offset)
+            clock.now += 0.002
+        assert ringer.rings == BUSY_RECORDS - 1
+        for offset in range(BUSY_RECORDS - 1, BUSY_RECORDS + 5):  # now busy: one trailing ring
+            ringer.announce(topic, 0, offset)
+            clock.now += 0.002
+        assert ringer.rings == BUSY_RECORDS - 1
+        await asyncio.sleep(BUSY_RING_INTERVAL_S + 0.02)
+        assert ringer.rings == BUSY_RECORDS
+        await _until(lambda: listener.announced(TopicPartition(topic, 0)) == BUSY_RECORDS + 4)
+    finally:
+        await ringer.aclose()
+        await listener.stop()

@@ -261,25 +261,19 @@ async def test_cancellations_are_fetched_slowly_while_no_request_is_held(harness
     await _until(lambda: wait.current_ms == deep)  # nothing held again
 
 
-async def test_without_the_doorbell_nothing_is_parked(harness: Harness) -> None:
+async def test_without_the_doorbell_nothing_is_parked(cluster_settings) -> None:
+    async with start_harness(cluster_settings, kafka_doorbell=False) as harness:
+        batcher = harness.batcher
+        assert batcher.parking is None and batcher.doorbell is None and batcher.ringer is None
+        request = harness.request()
+        await harness.send(request)
+        events = await harness.events_until_terminal(request.id, timeout=10)
+        assert events[-1].kind is ReplyKind.FINAL and batcher.parked == frozenset()
+
+
+async def test_the_doorbell_parks_caught_up_partitions_and_a_ring_resumes_them(harness: Harness) -> None:
     batcher = harness.batcher
-    assert batcher.parking is None and batcher.doorbell is None and batcher.ringer is None  # off by default
-    request = harness.request()
-    await harness.send(request)
-    events = await harness.events_until_terminal(request.id, timeout=10)
-    assert events[-1].kind is ReplyKind.FINAL and batcher.parked == frozenset()
-
-
-@pytest.fixture
-async def doorbell_harness(cluster_settings) -> AsyncIterator[Harness]:
-    async with start_harness(cluster_settings, kafka_doorbell=True) as h:
-        yield h
-
-
-async def test_the_doorbell_parks_caught_up_partitions_and_a_ring_resumes_them(doorbell_harness: Harness) -> None:
-    harness = doorbell_harness
-    batcher = harness.batcher
-    assert batcher.parking is not None and batcher.doorbell is not None
+    assert batcher.parking is not None and batcher.doorbell is not None  # on by default
     # Once every request partition has been fetched and nothing was announced, none is fetched.
     await _until(lambda: batcher.consumer.assignment() and batcher.parked == batcher.consumer.assignment())
     assert batcher.consumer.paused() >= batcher.parked
