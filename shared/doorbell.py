@@ -38,12 +38,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from redis.exceptions import RedisError
 
 from shared.settings import ClusterSettings
 
-__all__ = ["DoorbellListener", "DoorbellRinger", "FetchParking", "doorbell_channel"]
+__all__ = ["DoorbellListener", "DoorbellRinger", "FetchParking", "doorbell_channel", "send_announced"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,26 @@ BUSY_RING_INTERVAL_S = 0.02
 #: Wait before re-subscribing after the Redis connection broke (consumers fetch as without a
 #: doorbell meanwhile).
 _RESUBSCRIBE_BACKOFF_S = 1.0
+
+
+class _RecentCount:
+    """How many records were seen within the last `BUSY_WINDOW_S` (the busy test of both sides)."""
+
+    __slots__ = ("_seen", "_total")
+
+    def __init__(self) -> None:
+        self._seen: collections.deque[tuple[float, int]] = collections.deque()
+        self._total = 0
+
+    def add(self, now: float, count: int = 1) -> None:
+        self._seen.append((now, count))
+        self._total += count
+
+    def busy(self, now: float) -> bool:
+        """Whether `BUSY_RECORDS` or more were seen within `BUSY_WINDOW_S` of `now`."""
+        while self._seen and now - self._seen[0][0] > BUSY_WINDOW_S:
+            self._total -= self._seen.popleft()[1]
+        return self._total >= BUSY_RECORDS
 
 
 def doorbell_channel(topic: str) -> str:
@@ -85,8 +105,8 @@ class DoorbellRinger:
         self._pending: dict[tuple[str, int], int] = {}
         self._timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
         self._sending: set[asyncio.Task[None]] = set()
-        #: Per partition: when each record within BUSY_WINDOW_S was announced.
-        self._recent: dict[tuple[str, int], collections.deque[float]] = {}
+        #: Per partition: the records announced lately (the busy test).
+        self._recent: dict[tuple[str, int], _RecentCount] = {}
         self.rings = 0
         self.failures = 0
 
@@ -101,14 +121,12 @@ class DoorbellRinger:
         """A record at `offset` of `topic`/`partition` was acknowledged."""
         key = (topic, partition)
         now = self._clock()
-        recent = self._recent.setdefault(key, collections.deque())
-        recent.append(now)
-        while now - recent[0] > BUSY_WINDOW_S:
-            recent.popleft()
+        recent = self._recent.setdefault(key, _RecentCount())
+        recent.add(now)
         if key in self._pending:  # a trailing ring is due: it carries this record too
             self._pending[key] = max(self._pending[key], offset)
             return
-        interval = BUSY_RING_INTERVAL_S if len(recent) >= BUSY_RECORDS else self.interval_s
+        interval = BUSY_RING_INTERVAL_S if recent.busy(now) else self.interval_s
         last = self._last.get(key)
         if last is None or now - last >= interval:
             self._ring(key, offset, now)
@@ -157,6 +175,17 @@ class DoorbellRinger:
             self._trailing(key)
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+async def send_announced(
+    producer: AIOKafkaProducer, ringer: DoorbellRinger | None, topic: str, value: bytes, key: str | bytes
+) -> asyncio.Future[Any]:
+    """`producer.send()` (waits only for room in the producer's buffer); with a ringer the record
+    is announced once acknowledged. Returns the send's future, i.e. the acknowledgement."""
+    sent = await producer.send(topic, value, key=key)
+    if ringer is not None:
+        ringer.announce_when_acknowledged(sent)
+    return sent
 
 
 class DoorbellListener:
@@ -283,9 +312,11 @@ class FetchParking:
         deep_idle_after_s: float,
         deep_safety_interval_s: float,
         grace_s: float = 0.05,
+        on_unannounced: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listener = listener
+        self._on_unannounced = on_unannounced
         self.grace_s = grace_s
         self.safety_interval_s = safety_interval_s
         self.hold_s = hold_s
@@ -300,14 +331,15 @@ class FetchParking:
         self.stale_s = 5.0
         #: Records read before any ring covered them: (highest offset, when), judged after grace_s.
         self._unconfirmed: dict[TopicPartition, tuple[int, float]] = {}
-        #: (when, how many) of the reads within BUSY_WINDOW_S.
-        self._recent: collections.deque[tuple[float, int]] = collections.deque()
-        self._recent_records = 0
+        self._recent = _RecentCount()
 
     @classmethod
-    def from_settings(cls, listener: DoorbellListener, settings: ClusterSettings) -> FetchParking:
+    def from_settings(
+        cls, listener: DoorbellListener, settings: ClusterSettings, *, on_unannounced: Callable[[], None] = lambda: None
+    ) -> FetchParking:
         """Safety fetches as the settings say; unannounced records turn parking off for as long as
-        a consumer stays busy after a record (`kafka_idle_after_s`)."""
+        a consumer stays busy after a record (`kafka_idle_after_s`); `on_unannounced` is told of
+        each (for metrics)."""
         return cls(
             listener,
             safety_interval_s=settings.kafka_doorbell_safety_fetch_ms / 1000,
@@ -317,37 +349,27 @@ class FetchParking:
             # A ring may come after its record was read (a fetch already on its way, or the
             # trailing ring of a burst): wait well past the ring interval before judging.
             grace_s=max(0.05, 10 * settings.kafka_doorbell_ring_interval_ms / 1000),
+            on_unannounced=on_unannounced,
         )
 
     def active(self) -> bool:
         """Whether partitions may be parked now: subscribed, not busy (`BUSY_RECORDS` within
         `BUSY_WINDOW_S`), no safety fetch due and no unannounced record within `hold_s`."""
         now = self._clock()
-        self._judge(now)
-        return (
-            self.listener.subscribed
-            and now < self._safety_due
-            and now >= self._unparked_until
-            and not self.busy(now)
-        )
-
-    def busy(self, now: float | None = None) -> bool:
-        """Whether records come so fast that parking would only add churn."""
-        now = self._clock() if now is None else now
-        while self._recent and now - self._recent[0][0] > BUSY_WINDOW_S:
-            self._recent_records -= self._recent.popleft()[1]
-        return self._recent_records >= BUSY_RECORDS
+        return self._may_park(now) and now < self._safety_due
 
     def safety_due(self) -> bool:
         """Whether parking is off only for a safety fetch (the caller waits briefly, not long)."""
         now = self._clock()
+        return self._may_park(now) and now >= self._safety_due
+
+    def busy(self) -> bool:
+        """Whether records come so fast that parking would only add churn."""
+        return self._recent.busy(self._clock())
+
+    def _may_park(self, now: float) -> bool:
         self._judge(now)
-        return (
-            self.listener.subscribed
-            and now >= self._safety_due
-            and now >= self._unparked_until
-            and not self.busy(now)
-        )
+        return self.listener.subscribed and now >= self._unparked_until and not self._recent.busy(now)
 
     def parkable(
         self, positions: Mapping[TopicPartition, int], highwaters: Mapping[TopicPartition, int | None] | None = None
@@ -373,21 +395,17 @@ class FetchParking:
         millisecond, so that an empty answer has come back."""
         return 2 * fetch_wait_ms / 1000 + 0.001
 
-    def has_announced(self, tp: TopicPartition, position: int) -> bool:
-        """Whether a record at or after `position` was announced."""
-        return self.listener.announced(tp) >= position
-
     def read(self, tp: TopicPartition, last_offset: int, count: int = 1) -> None:
         """Records up to `last_offset` of `tp` were read. Any beyond what was announced is judged
         after `grace_s` (its ring may still be on its way): if no ring covers it by then, it came
         from a producer that does not ring, and parking stops for `hold_s`."""
         now = self._clock()
         self._last_record = now
-        self._recent.append((now, count))
-        self._recent_records += count
+        self._recent.add(now, count)
         if last_offset > self.listener.announced(tp):
-            pending = self._unconfirmed.get(tp)
-            self._unconfirmed[tp] = (max(last_offset, pending[0]) if pending else last_offset, pending[1] if pending else now)
+            # The first unconfirmed read starts the grace period; later ones only raise the offset.
+            highest, since = self._unconfirmed.get(tp, (last_offset, now))
+            self._unconfirmed[tp] = (max(highest, last_offset), since)
 
     def _judge(self, now: float) -> None:
         for tp, (offset, since) in list(self._unconfirmed.items()):
@@ -397,6 +415,7 @@ class FetchParking:
                 del self._unconfirmed[tp]
                 self.unannounced += 1
                 self._unparked_until = now + self.hold_s
+                self._on_unannounced()
 
     def fetched(self) -> None:
         """A fetch round without parking ran: the safety fetch, if one was due, is done."""

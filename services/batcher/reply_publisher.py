@@ -19,7 +19,7 @@ import time
 from aiokafka import AIOKafkaProducer
 
 from services.batcher.request_state import RequestState, prompt_text
-from shared.doorbell import DoorbellRinger
+from shared.doorbell import DoorbellRinger, send_announced
 from shared.records import (
     ErrorCode,
     ErrorInfo,
@@ -44,12 +44,8 @@ class ReplyPublisher:
         self._ringer = ringer
 
     async def _send_reply(self, topic: str, value: bytes, key: str) -> asyncio.Future[object]:
-        """Send a reply record (waiting only for room in the producer's buffer); the returned
-        future is its acknowledgement, after which the doorbell rings."""
-        sent = await self._producer.send(topic, value, key=key)
-        if self._ringer is not None:
-            self._ringer.announce_when_acknowledged(sent)
-        return sent
+        """Send a reply record; the returned future is its acknowledgement (then the doorbell rings)."""
+        return await send_announced(self._producer, self._ringer, topic, value, key)
 
     async def delta(self, state: RequestState, text: str) -> None:
         """A piece of text for a streaming request (non-streaming ones only get the final event)."""

@@ -135,10 +135,11 @@ class BatcherService:
         self.parking: FetchParking | None = None
         if settings.kafka_doorbell:
             self.doorbell = DoorbellListener(self.redis, self.topics.all_requests, on_ring=self._rung)
-            self.parking = FetchParking.from_settings(self.doorbell, settings)
+            self.parking = FetchParking.from_settings(
+                self.doorbell, settings, on_unannounced=self.metrics.unannounced_reads.inc
+            )
         #: Partitions paused by the doorbell only (not by priority admission).
         self._parked: set[TopicPartition] = set()
-        self._unannounced_counted = 0
         self.publisher = ReplyPublisher(self.producer, self.topics, ringer=self.ringer)
         self.guard = AnswerGuard(
             BlockingTenants(self.redis, prefix=settings.topic_prefix),
@@ -418,9 +419,6 @@ class BatcherService:
                 taken += await self._take_all(level.priority, mine)
         self._fetch_wait.polled(len(taken))
         if self.parking is not None:
-            if self.parking.unannounced > self._unannounced_counted:
-                self.metrics.unannounced_reads.inc(self.parking.unannounced - self._unannounced_counted)
-                self._unannounced_counted = self.parking.unannounced
             if safety:
                 self.parking.fetched()
             if self.parking.active() or self.parking.safety_due():

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiokafka import AIOKafkaProducer
 
-from shared.doorbell import DoorbellRinger
+from shared.doorbell import DoorbellRinger, send_announced
 from shared.records import Cancel, GenerationRequest, ReplyEvent
 from shared.topics import Topics
 
@@ -65,10 +65,9 @@ class KafkaEngineClient(EngineClient):
         try:
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.time())):
-                    sent = await self._producer.send(self._topics.requests(request.priority), payload, key=request.id)
-                    if self._ringer is not None:
-                        self._ringer.announce_when_acknowledged(sent)  # the batchers park until it rings
-                    await sent
+                    # Announced once acknowledged: batchers with the doorbell are parked until it rings.
+                    topic = self._topics.requests(request.priority)
+                    await (await send_announced(self._producer, self._ringer, topic, payload, request.id))
             except asyncio.CancelledError:
                 raise  # handled below: the caller went away while the request was being sent
             except TimeoutError:

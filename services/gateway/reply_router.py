@@ -21,8 +21,9 @@ finished requests) is read and dropped as stale on resume.
 With the doorbell (shared/doorbell.py, `LGC_KAFKA_DOORBELL`), the partitions stay paused even
 while requests wait, as long as everything the batchers announced has been read: a ring resumes
 them and the fetch that follows finds the reply at the broker's first read, instead of waiting
-for the next read of a fetch already in flight. A timer runs the doorbell's safety fetches. Broker hiccups are ridden out by
-aiokafka's reconnects; anything else is logged and the loop goes on.
+for the next read of a fetch already in flight. A timer runs the doorbell's safety fetches.
+
+Broker hiccups are ridden out by aiokafka's reconnects; anything else is logged and the loop goes on.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ QNNPACK): on another CPU the same script gives coefficients up to about 0.5 apar
 the oneDNN and QNNPACK engines: 0.34-0.82; the head's probabilities moved by p99 0.03-0.08, the
 logistic regression being ill-conditioned in its correlated features, not its predictions).
 So the weights file also holds the SHA-256 of the training vectors (`vectors_sha256`): where
-this CPU's encoder reproduces them bit for bit, the weights must be reproduced exactly. Training data, and only this (never the evaluation set's
+this CPU's encoder reproduces them bit for bit, the weights must be reproduced exactly.
+
+Training data, and only this (never the evaluation set's
 held-out `eval` split):
 * the exemplar bank (`exemplar_bank.EXEMPLARS`: `harm.*` phrases are harm, benign, injection and
   jailbreak phrases are not);
@@ -347,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     oof = [out_of_fold_probabilities(corpus, vectors, seed) for seed in SEEDS]
     decision, scores = choose_decision(grid_scores(corpus, *exemplar_features(corpus), oof))
     head = fit_head(corpus.texts, corpus.harm, vectors)
-    save(args.out, head, decision, corpus.sha256(), vectors_sha256(vectors))
+    fingerprint = vectors_sha256(vectors)
+    save(args.out, head, decision, corpus.sha256(), fingerprint)
     report |= {
         "out": str(args.out),
         "training_texts": len(corpus.texts),
@@ -357,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "weight": decision.weight},  # fmt: skip
         **scores,
         "corpus_sha256": corpus.sha256(),
-        "vectors_sha256": vectors_sha256(vectors),
+        "vectors_sha256": fingerprint,
     }
     print(json.dumps(report, indent=2))
 

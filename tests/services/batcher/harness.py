@@ -14,7 +14,7 @@ from services.batcher.service import BatcherService
 from services.batcher.settings import BatcherSettings
 from services.worker.service import WorkerService
 from services.worker.settings import WorkerSettings
-from shared.doorbell import DoorbellRinger
+from shared.doorbell import DoorbellRinger, send_announced
 from shared.kafka_clients import make_consumer, make_producer
 from shared.launcher.infra import find_free_port
 from shared.records import GenerationParams, GenerationRequest, GenerationResult, Priority, ReplyEvent
@@ -77,10 +77,8 @@ class Harness:
     async def send(self, request: GenerationRequest, priority: Priority = Priority.NORMAL, *, ring: bool = False) -> None:
         """Produce a request straight onto Kafka, as an upstream system does; `ring`: announce it
         on the doorbell too, as the gateway does."""
-        sent = await self.producer.send(self.topics.requests(priority), request.to_bytes(), key=request.id)
-        if ring:
-            self.ringer.announce_when_acknowledged(sent)
-        await sent
+        ringer = self.ringer if ring else None
+        await (await send_announced(self.producer, ringer, self.topics.requests(priority), request.to_bytes(), request.id))
 
     async def events_until_terminal(self, request_id: str, timeout: float = 30) -> list[ReplyEvent]:
         events: list[ReplyEvent] = []
