@@ -25,6 +25,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from services.worker.llama_decode import LlamaDecoder
+from services.worker.prefix_cache import PrefixCache
 
 __all__ = ["DecodeBatch", "KVCache", "ModelSteps", "TransformersForward", "TransformersKV", "supports_joining"]
 
@@ -153,26 +154,42 @@ class DecodeBatch:
         vocab_size: int,
         device: torch.device,
         decoder: LlamaDecoder | None = None,
+        prefixes: PrefixCache | None = None,
     ) -> tuple[DecodeBatch, torch.Tensor]:
         """Run the prompts through the model; returns the batch and each row's last logits
         ([rows, vocab], float32). With `decoder`, the prompts and every later step run through it
-        over a slab."""
-        longest = max(len(p) for p in prompts)
+        over a slab, and with `prefixes` too a prefix the prompts share is run once (or taken from
+        the cache) and only the rest of each prompt is run (`prefix_cache`)."""
+        shared = None
+        if decoder is not None and prefixes is not None:
+            shared = prefixes.prefix_for(prompts, lambda tokens: decoder.run_prefix(tokens, device))
+        skip = len(shared.tokens) if shared is not None else 0
+        rests = [prompt[skip:] for prompt in prompts]
+        longest = max(len(rest) for rest in rests)
         ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, longest - len(prompt) :] = 1
+        for row, rest in enumerate(rests):
+            ids[row, longest - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[row, longest - len(rest) :] = 1
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # The batch's mask covers the shared prefix's columns too (real in every row).
+        full_mask = torch.cat([mask.new_ones((len(prompts), skip)), mask], dim=1)
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
         steps: ModelSteps = decoder if decoder is not None else TransformersForward(model)
-        cache, logits = steps.prefill(ids, mask, positions)
+        if shared is not None:
+            assert decoder is not None
+            cache, logits = decoder.prefill_after(shared.slab, ids, mask, positions)
+        else:
+            cache, logits = steps.prefill(ids, mask, positions)
         # Padding columns repeat the row's last real token, so the scatter marks real tokens only
         # (the pad id may also be a real token of the prompt, e.g. an end-of-turn marker).
         real_ids = torch.where(mask.bool(), ids, ids[:, -1:].expand_as(ids)).clamp(max=vocab_size - 1)
         seen = torch.zeros((len(prompts), vocab_size), dtype=torch.bool, device=device)
         seen.scatter_(1, real_ids, True)
-        return cls(cache, mask, mask.sum(-1), seen, steps), logits
+        if shared is not None:
+            prefix_ids = torch.tensor(shared.tokens, dtype=torch.long, device=device).clamp(max=vocab_size - 1)
+            seen[:, prefix_ids] = True
+        return cls(cache, full_mask, full_mask.sum(-1), seen, steps), logits
 
     def cache_nbytes(self) -> int:
         """Bytes held by the key and value tensors of every layer (a slab's free columns included)."""

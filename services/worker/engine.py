@@ -217,6 +217,9 @@ class EngineObserver(Protocol):
     def kv_cache(self, tokens: int, nbytes: int) -> None:
         """The KV cache now holds `tokens` token slots (padding included) in `nbytes` bytes."""
 
+    def prefix_reused(self, tokens: int) -> None:
+        """`tokens` prompt tokens were not run: their keys and values came from a shared prefix."""
+
 
 class NullObserver:
     """Observes nothing."""
@@ -231,6 +234,9 @@ class NullObserver:
         pass
 
     def kv_cache(self, tokens: int, nbytes: int) -> None:
+        pass
+
+    def prefix_reused(self, tokens: int) -> None:
         pass
 
 

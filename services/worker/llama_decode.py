@@ -27,6 +27,7 @@ the whole head, no per-head query/key norms. Other models keep the transformers 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -178,6 +179,43 @@ class LlamaDecoder:
         # keys and values (never attended to by real tokens) would carry the NaN into later layers.
         allowed = (causal[None] & mask.bool()[:, None, :]) | torch.eye(length, dtype=torch.bool, device=ids.device)
         bias = torch.zeros((rows, length, length), dtype=torch.float32, device=ids.device)
+        bias.masked_fill_(~allowed, float("-inf"))
+        return slab, self._forward(slab, ids, positions, bias)
+
+    def run_prefix(self, tokens: Sequence[int], device: torch.device) -> KVSlab:
+        """One row of `tokens` (a prompt prefix, positions from 0) into a slab of exactly their
+        columns, for `prefill_after` to start other prompts from."""
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
+        mask = torch.ones_like(ids)
+        slab, _ = self.prefill(ids, mask, torch.arange(ids.shape[1], device=device)[None])
+        length = slab.length
+        return KVSlab([k[..., :length].clone() for k in slab.keys_t], [v[:, :, :length].clone() for v in slab.values], length)
+
+    def prefill_after(
+        self, prefix: KVSlab, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[KVSlab, torch.Tensor]:
+        """Prompts that all begin with the one-row `prefix`: its keys and values are copied into
+        every row, then the rest of each prompt (`ids`, left-padded among themselves; `mask` 0 over
+        that padding; `positions` counted after the prefix) runs over them. The slab's columns are
+        the prefix's, then the padded rests (the batch's mask has 0 over the padding between)."""
+        rows, length = ids.shape
+        shared = prefix.length
+        capacity = shared + length + MIN_ROOM
+        keys_t, values = [], []
+        for k_prefix, v_prefix in zip(prefix.keys_t, prefix.values, strict=True):
+            k = k_prefix.new_zeros((rows, self._kv_heads, self._head_dim, capacity))
+            v = v_prefix.new_zeros((rows, self._kv_heads, capacity, self._head_dim))
+            k[..., :shared] = k_prefix[..., :shared]  # broadcast over the rows
+            v[:, :, :shared] = v_prefix[:, :, :shared]
+            keys_t.append(k)
+            values.append(v)
+        slab = KVSlab(keys_t, values, shared)
+        columns = torch.arange(length, device=ids.device)
+        causal = columns[None, :] <= columns[:, None]  # [query, key] among the rests
+        # As in `prefill`: a padding query sees itself, so that no softmax row is all -inf.
+        rest = (causal[None] & mask.bool()[:, None, :]) | torch.eye(length, dtype=torch.bool, device=ids.device)
+        allowed = torch.cat([rest.new_ones((rows, length, shared)), rest], dim=-1)
+        bias = torch.zeros((rows, length, shared + length), dtype=torch.float32, device=ids.device)
         bias.masked_fill_(~allowed, float("-inf"))
         return slab, self._forward(slab, ids, positions, bias)
 

@@ -61,6 +61,11 @@ class WorkerMetrics:
             "kv_cache_tokens", "Token slots held in the KV cache (rows x length, left padding included).", labels
         )
         self._kv_bytes = factory.gauge("kv_cache_bytes", "Bytes of the KV cache's key and value tensors.", labels)
+        self._prefix_reused = factory.counter(
+            "prefix_reused_tokens_total",
+            "Prompt tokens not run because their keys and values came from a shared prefix.",
+            labels,
+        )
         self._draining = factory.gauge("draining", "1 while finishing in-flight work before stopping.", labels)
         self._info = factory.gauge(
             "info", "Always 1; the labels describe the worker.", (*labels, "simulated", "device", "dtype")
@@ -105,6 +110,9 @@ class WorkerMetrics:
         self._kv_tokens.labels(*self._labels).set(tokens)
         self._kv_bytes.labels(*self._labels).set(nbytes)
         self._kv_now = (tokens, nbytes)
+
+    def prefix_reused(self, tokens: int) -> None:
+        self._prefix_reused.labels(*self._labels).inc(tokens)
 
     # outcomes (event loop) --------------------------------------------------------------------
 

@@ -97,6 +97,12 @@ class WorkerSettings(ClusterSettings):
     """Most (padded) prompt tokens prefilled together in one step when requests join the batch;
     bounds the pause running sequences see while newcomers are prefilled."""
 
+    worker_prefix_cache_tokens: int = Field(2048, ge=0, le=1_048_576)
+    """transformers backend, Llama steps (CPU): most prompt-prefix tokens whose keys and values are
+    kept for reuse (least recently used first out). A prefix that the prompts prefilled together
+    share (e.g. the chat template's system turn) is run once, kept, and copied into every row; 0
+    runs every prompt whole. See the worker README, "Prefix reuse"."""
+
     worker_threads: int | None = Field(None, ge=1, le=1024)
     """torch intra-op threads of decode steps; unset: every core this process may use (`lgc up`
     gives its workers one core less when they run bfloat16, see the worker README, "CPU threads")."""

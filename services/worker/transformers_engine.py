@@ -58,6 +58,7 @@ from services.worker.precision import (
 )
 from services.worker.llama_decode import LlamaDecoder
 from services.worker.packed_linear import prepack_linears
+from services.worker.prefix_cache import PrefixCache
 from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.sampling import RowSampling, SamplingTable, make_generator, pick_next_tokens
 from services.worker.settings import WorkerSettings
@@ -127,6 +128,7 @@ class TransformersEngine(Engine):
         self.model: Any = None
         self.tokenizer: Any = None
         self._decoder: LlamaDecoder | None = None
+        self._prefixes: PrefixCache | None = None
 
     # ---------------------------------------------------------------- lifecycle (event loop side)
 
@@ -174,6 +176,8 @@ class TransformersEngine(Engine):
             # CPU only: measured there, not on CUDA. Not with torch.compile, which compiles the
             # forward this would bypass. Before packing: the decoder fuses plain linears.
             self._decoder = LlamaDecoder(model)
+            if settings.worker_prefix_cache_tokens:
+                self._prefixes = PrefixCache(settings.worker_prefix_cache_tokens)
         log.info("model steps", extra={"path": "llama_decode" if self._decoder else "transformers forward"})
         if settings.worker_prepack_weights and not settings.worker_compile:
             # Not with torch.compile: the compiled forward was traced over the plain layers.
@@ -412,6 +416,7 @@ class TransformersEngine(Engine):
             chosen.append(self._admitted.popleft())
             longest = wider
         self._prefilling = chosen
+        reused_before = self._prefixes.reused_tokens if self._prefixes is not None else 0
         with self._prefill_thread_count():
             batch, logits = DecodeBatch.prefill(
                 self.model,
@@ -420,7 +425,10 @@ class TransformersEngine(Engine):
                 self._vocab_size,
                 self._device,
                 self._decoder,
+                self._prefixes,
             )
+        if self._prefixes is not None and self._prefixes.reused_tokens > reused_before:
+            self._observer.prefix_reused(self._prefixes.reused_tokens - reused_before)
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
         tokens = pick_next_tokens(logits, table, batch.seen, in_place=True)
         batch.record_tokens(tokens)

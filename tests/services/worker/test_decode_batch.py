@@ -3,6 +3,7 @@ with transformers' forward and with the Llama decoder over a KV slab."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.worker.decode_batch import DecodeBatch, supports_joining
 from services.worker.llama_decode import FusedAway, KVSlab, LlamaDecoder
+from services.worker.prefix_cache import PrefixCache
 from shared.model_store import prepare_model, resolve_model
 
 CPU = torch.device("cpu")
@@ -185,3 +187,69 @@ def test_decoder_refuses_other_architectures() -> None:
 
     tiny = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16, n_positions=8))
     assert not LlamaDecoder.supports(tiny)
+
+
+SHARED = "Once upon a time, in a faraway kingdom by the sea, there lived"
+PREFIXED = [f"{SHARED} a king", f"{SHARED} an old fisherman who", f"{SHARED} three"]
+
+
+def test_a_shared_prefix_is_run_once_and_every_row_gets_the_same_tokens(model_and_tokenizer, llama_decoder) -> None:
+    model, tokenizer = model_and_tokenizer
+    ids = [tokenizer(p)["input_ids"] for p in PREFIXED]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    common = len(os.path.commonprefix(ids))
+    prefixes = PrefixCache(max_tokens=256, min_tokens=4)
+    with torch.inference_mode():
+        whole, whole_logits = DecodeBatch.prefill(model, ids, tokenizer.pad_token_id, vocab, CPU, llama_decoder)
+        shared, shared_logits = DecodeBatch.prefill(
+            model, ids, tokenizer.pad_token_id, vocab, CPU, llama_decoder, prefixes
+        )
+    assert prefixes.tokens == common >= 10 and prefixes.reused_tokens == common * len(ids)
+    # The prefix's columns come first, then each row's padded rest: padding sits between.
+    assert shared.mask[:, :common].all() and shared.mask.sum(-1).tolist() == [len(i) for i in ids]
+    assert shared.positions.tolist() == whole.positions.tolist()
+    assert torch.equal(shared.seen, whole.seen)  # the penalty sees the prefix's tokens too
+    torch.testing.assert_close(shared_logits, whole_logits, atol=1e-3, rtol=1e-3)
+    rows_whole: list[list[int]] = [[] for _ in ids]
+    rows_shared: list[list[int]] = [[] for _ in ids]
+    greedy_steps(whole, whole_logits, 6, rows_whole)
+    greedy_steps(shared, shared_logits, 6, rows_shared)
+    assert rows_shared == rows_whole
+
+
+def test_a_cached_prefix_serves_a_lone_newcomer_that_then_joins_a_plain_batch(
+    model_and_tokenizer, llama_decoder
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    vocab = model.get_output_embeddings().weight.shape[0]
+    prefixes = PrefixCache(max_tokens=256, min_tokens=4)
+    ids = [tokenizer(p)["input_ids"] for p in PREFIXED]
+    alone = []
+    for prompt in ("The capital of France is", PREFIXED[1]):
+        batch, logits = prefill(model, tokenizer, [prompt], llama_decoder)
+        tokens: list[list[int]] = [[]]
+        greedy_steps(batch, logits, 6, tokens)
+        alone.append(tokens[0])
+    with torch.inference_mode():
+        DecodeBatch.prefill(model, [ids[0], ids[2]], tokenizer.pad_token_id, vocab, CPU, llama_decoder, prefixes)
+        reused = prefixes.reused_tokens
+        # One prompt alone has no common prefix of its own: it starts from the cached one.
+        newcomer, new_logits = DecodeBatch.prefill(
+            model, [ids[1]], tokenizer.pad_token_id, vocab, CPU, llama_decoder, prefixes
+        )
+    assert prefixes.reused_tokens > reused
+    running, logits = prefill(model, tokenizer, ["The capital of France is"], llama_decoder)
+    rows: list[list[int]] = [[], []]
+    logits = greedy_steps(running, logits, 2, rows[:1])
+    with torch.inference_mode():
+        pending = logits.argmax(-1)
+        running.record_tokens(pending)
+        rows[0].append(int(pending[0]))
+        first = new_logits.argmax(-1)
+        newcomer.record_tokens(first)
+        rows[1].append(int(first[0]))
+        running.absorb(newcomer)
+        logits = running.step()
+    greedy_steps(running, logits, 3, rows)
+    assert rows[0] == alone[0][:6]
+    assert rows[1] == alone[1][:4]

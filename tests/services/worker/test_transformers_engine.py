@@ -260,9 +260,13 @@ class CacheRecorder(NullObserver):
 
     def __init__(self) -> None:
         self.reports: list[tuple[int, int]] = []
+        self.reused = 0
 
     def kv_cache(self, tokens: int, nbytes: int) -> None:
         self.reports.append((tokens, nbytes))
+
+    def prefix_reused(self, tokens: int) -> None:
+        self.reused += tokens
 
 
 async def test_kv_cache_usage_is_reported_and_freed_on_cancel(model_state_dir: Path) -> None:
@@ -362,3 +366,43 @@ def test_llama_decode_is_chosen_unless_turned_off_or_compiling(
     engine = TransformersEngine(WorkerSettings(state_dir=model_state_dir, worker_max_model_len=256, **overrides))
     engine.load()  # torch.compile compiles at the first call, so loading stays quick
     assert (engine._decoder is not None) is expected
+
+
+async def test_chat_items_prefilled_together_reuse_the_template_prefix(model_state_dir: Path) -> None:
+    questions = ("What is the capital of France?", "Name three colours.", "Why is the sky blue?")
+    items = [
+        WorkItem(f"q{i}", messages=(ChatTurn("user", q),), params=SamplingParams(max_new_tokens=8))
+        for i, q in enumerate(questions)
+    ]
+    texts = {}
+    for tokens in (0, 2048):
+        recorder = CacheRecorder()
+        settings = WorkerSettings(
+            state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256,
+            worker_prefix_cache_tokens=tokens,
+        )
+        engine = TransformersEngine(settings, recorder)
+        await engine.start()
+        try:
+            queues: list[asyncio.Queue] = [asyncio.Queue() for _ in items]
+            # Submitted under the engine's own condition (re-entrant), so that its thread takes
+            # all three in one turn and prefills them together.
+            with engine._cond:
+                for item, queue in zip(items, queues, strict=True):
+                    engine.submit(item, queue.put_nowait)
+            texts[tokens] = [await _collect_text(queue) for queue in queues]
+        finally:
+            await engine.stop()
+        template_tokens = 20  # SmolLM2's system turn alone is longer than this
+        assert (recorder.reused >= template_tokens * len(items)) is (tokens > 0)
+    assert texts[2048] == texts[0] and all(texts[0])
+
+
+async def _collect_text(queue: asyncio.Queue) -> str:
+    text = ""
+    while True:
+        event = await asyncio.wait_for(queue.get(), 60)
+        if not isinstance(event, TextDelta):
+            assert isinstance(event, SequenceFinished), event
+            return text
+        text += event.text
