@@ -47,7 +47,8 @@ class PrefixCache:
         longest cached one that fits (a one-row run of a few tokens costs about what it saves)."""
         self._entries: OrderedDict[tuple[int, ...], KVSlab] = OrderedDict()
         self.reused_tokens = 0
-        """Prompt tokens not run because their prefix's keys and values were reused (a count)."""
+        """Prompt tokens not run because a prefix's keys and values were reused (a prefix run for
+        this prefill was still run once: its rows but one count)."""
 
     @property
     def tokens(self) -> int:
@@ -68,8 +69,10 @@ class PrefixCache:
         floor = len(cached.tokens) if cached is not None else 0
         if common >= self.min_tokens and common >= floor + self.min_tokens and common <= self.max_tokens:
             tokens = tuple(prompts[0][:common])
-            cached = SharedPrefix(tokens, run(tokens))
-            self._keep(cached)
+            made = SharedPrefix(tokens, run(tokens))
+            self._keep(made)
+            self.reused_tokens += common * (len(prompts) - 1)
+            return made
         if cached is not None:
             self._entries.move_to_end(cached.tokens)
             self.reused_tokens += len(cached.tokens) * len(prompts)

@@ -204,7 +204,7 @@ def test_a_shared_prefix_is_run_once_and_every_row_gets_the_same_tokens(model_an
         shared, shared_logits = DecodeBatch.prefill(
             model, ids, tokenizer.pad_token_id, vocab, CPU, llama_decoder, prefixes
         )
-    assert prefixes.tokens == common >= 10 and prefixes.reused_tokens == common * len(ids)
+    assert prefixes.tokens == common >= 10 and prefixes.reused_tokens == common * (len(ids) - 1)
     # The prefix's columns come first, then each row's padded rest: padding sits between.
     assert shared.mask[:, :common].all() and shared.mask.sum(-1).tolist() == [len(i) for i in ids]
     assert shared.positions.tolist() == whole.positions.tolist()

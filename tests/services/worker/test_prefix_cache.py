@@ -33,7 +33,9 @@ def test_prompts_sharing_a_long_prefix_run_it_once_and_keep_it() -> None:
     shared = cache.prefix_for([SYSTEM + [1, 2, 3], SYSTEM + [1, 2, 4, 5]], runs)
     assert shared is not None and shared.tokens == tuple(SYSTEM + [1, 2])
     assert runs.calls == [tuple(SYSTEM + [1, 2])] and cache.tokens == 22
-    assert cache.reused_tokens == 44
+    assert cache.reused_tokens == 22  # run once for two rows
+    cache.prefix_for([SYSTEM + [1, 2, 9]], runs)
+    assert cache.reused_tokens == 44 and len(runs.calls) == 1
 
 
 def test_a_lone_prompt_starts_from_the_longest_cached_prefix_it_begins_with() -> None:
