@@ -62,6 +62,21 @@ def greedy_steps(batch: DecodeBatch, logits: torch.Tensor, steps: int, rows: lis
     return logits
 
 
+def join_greedily(
+    running: DecodeBatch, logits: torch.Tensor, newcomers: DecodeBatch, new_logits: torch.Tensor, rows: list[list[int]]
+) -> torch.Tensor:
+    """Pick every row's greedy token (the running rows' next, the newcomers' first), let the
+    newcomers join after the running rows and step once; returns the logits after that step."""
+    with torch.inference_mode():
+        picked = [logits.argmax(-1), new_logits.argmax(-1)]
+        running.record_tokens(picked[0])
+        newcomers.record_tokens(picked[1])
+        for row, token in enumerate(torch.cat(picked).tolist()):
+            rows[row].append(token)
+        running.absorb(newcomers)
+        return running.step()
+
+
 def test_llama_caches_can_be_merged(model_and_tokenizer) -> None:
     assert supports_joining(model_and_tokenizer[0])
     assert LlamaDecoder.supports(model_and_tokenizer[0])
@@ -93,17 +108,8 @@ def test_join_and_leave_keep_each_row_identical_to_alone(model_and_tokenizer, de
     running, logits = prefill(model, tokenizer, prompts[:1], decoder)
     logits = greedy_steps(running, logits, 3, rows)
     newcomers, new_logits = prefill(model, tokenizer, prompts[1:], decoder)
-    with torch.inference_mode():
-        pending = logits.argmax(-1)
-        running.record_tokens(pending)
-        rows[0].append(int(pending[0]))
-        first = new_logits.argmax(-1)
-        newcomers.record_tokens(first)
-        rows[1].append(int(first[0]))
-        rows[2].append(int(first[1]))
-        running.absorb(newcomers)
-        assert running.size == 3
-        logits = running.step()
+    logits = join_greedily(running, logits, newcomers, new_logits, rows)
+    assert running.size == 3
     logits = greedy_steps(running, logits, 2, rows)
     # Row 0 leaves; the columns only it used are trimmed away.
     width = running.length
@@ -241,15 +247,7 @@ def test_a_cached_prefix_serves_a_lone_newcomer_that_then_joins_a_plain_batch(
     running, logits = prefill(model, tokenizer, ["The capital of France is"], llama_decoder)
     rows: list[list[int]] = [[], []]
     logits = greedy_steps(running, logits, 2, rows[:1])
-    with torch.inference_mode():
-        pending = logits.argmax(-1)
-        running.record_tokens(pending)
-        rows[0].append(int(pending[0]))
-        first = new_logits.argmax(-1)
-        newcomer.record_tokens(first)
-        rows[1].append(int(first[0]))
-        running.absorb(newcomer)
-        logits = running.step()
+    logits = join_greedily(running, logits, newcomer, new_logits, rows)
     greedy_steps(running, logits, 3, rows)
     assert rows[0] == alone[0][:6]
     assert rows[1] == alone[1][:4]
