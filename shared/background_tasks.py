@@ -5,7 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-__all__ = ["run_until_stopped"]
+__all__ = ["cancel_and_wait", "run_until_stopped"]
+
+
+async def cancel_and_wait(task: asyncio.Task[object]) -> None:
+    """Cancel `task` and wait until it has ended. Its CancelledError is swallowed (the cancellation
+    just asked for); any other exception it ends with is raised."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass  # Safe: the cancellation just asked for
 
 
 async def run_until_stopped(stop: asyncio.Event, tasks: Iterable[asyncio.Task[object]], *, name: str) -> None:

@@ -41,6 +41,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from redis.exceptions import RedisError
 
+from shared.background_tasks import cancel_and_wait
 from shared.settings import ClusterSettings
 
 __all__ = ["DoorbellListener", "DoorbellRinger", "FetchParking", "doorbell_channel", "send_announced"]
@@ -229,11 +230,7 @@ class DoorbellListener:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass  # Safe: the cancellation just asked for
+            await cancel_and_wait(self._task)
             self._task = None
 
     def handle(self, channel: str | bytes, data: str | bytes) -> TopicPartition | None:

@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
+from shared.background_tasks import cancel_and_wait
 from shared.deadletter import publish_dead_letter
 from shared.doorbell import DoorbellListener, FetchParking
 from shared.kafka_clients import make_consumer
@@ -169,12 +170,7 @@ class ReplyRouter:
     async def stop(self) -> None:
         """Stop reading; waiting requests get nothing more."""
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                # Safe: this is the cancellation just asked for.
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
         if self._safety_timer is not None:
             self._safety_timer.cancel()

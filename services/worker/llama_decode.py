@@ -172,15 +172,7 @@ class LlamaDecoder:
             torch.zeros((rows, self._kv_heads, length + MIN_ROOM, self._head_dim), dtype=dtype, device=ids.device)
             for _ in self._layers
         ]
-        slab = KVSlab(keys_t, values, 0)
-        columns = torch.arange(length, device=ids.device)
-        causal = columns[None, :] <= columns[:, None]  # [query, key]
-        # A padding query sees itself too: a row of -inf only would make its softmax NaN, and its
-        # keys and values (never attended to by real tokens) would carry the NaN into later layers.
-        allowed = (causal[None] & mask.bool()[:, None, :]) | torch.eye(length, dtype=torch.bool, device=ids.device)
-        bias = torch.zeros((rows, length, length), dtype=torch.float32, device=ids.device)
-        bias.masked_fill_(~allowed, float("-inf"))
-        return slab, self._forward(slab, ids, positions, bias)
+        return self._prefill_into(KVSlab(keys_t, values, 0), ids, mask, positions)
 
     def run_prefix(self, tokens: Sequence[int], device: torch.device) -> KVSlab:
         """One row of `tokens` (a prompt prefix, positions from 0) into a slab of exactly their
@@ -209,13 +201,22 @@ class LlamaDecoder:
             v[:, :, :shared] = v_prefix[:, :, :shared]
             keys_t.append(k)
             values.append(v)
-        slab = KVSlab(keys_t, values, shared)
+        return self._prefill_into(KVSlab(keys_t, values, shared), ids, mask, positions)
+
+    def _prefill_into(
+        self, slab: KVSlab, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[KVSlab, torch.Tensor]:
+        """Run left-padded prompts after the columns `slab` already holds (every row sees all of
+        them: none, or a shared prefix); returns the slab and each row's last logits."""
+        rows, length = ids.shape
+        held = slab.length
         columns = torch.arange(length, device=ids.device)
-        causal = columns[None, :] <= columns[:, None]  # [query, key] among the rests
-        # As in `prefill`: a padding query sees itself, so that no softmax row is all -inf.
-        rest = (causal[None] & mask.bool()[:, None, :]) | torch.eye(length, dtype=torch.bool, device=ids.device)
-        allowed = torch.cat([rest.new_ones((rows, length, shared)), rest], dim=-1)
-        bias = torch.zeros((rows, length, shared + length), dtype=torch.float32, device=ids.device)
+        causal = columns[None, :] <= columns[:, None]  # [query, key] among the new columns
+        # A padding query sees itself too: a row of -inf only would make its softmax NaN, and its
+        # keys and values (never attended to by real tokens) would carry the NaN into later layers.
+        new = (causal[None] & mask.bool()[:, None, :]) | torch.eye(length, dtype=torch.bool, device=ids.device)
+        allowed = torch.cat([new.new_ones((rows, length, held)), new], dim=-1)
+        bias = torch.zeros((rows, length, held + length), dtype=torch.float32, device=ids.device)
         bias.masked_fill_(~allowed, float("-inf"))
         return slab, self._forward(slab, ids, positions, bias)
 
