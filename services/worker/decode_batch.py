@@ -6,8 +6,9 @@ row computes: a sequence generated in a batch gets the same greedy tokens as alo
 
 Continuous batching: newcomers are prefilled on their own (left-padded among themselves), then
 their KV cache is merged into the running batch by left-padding the shorter of the two caches to the
-longer one along the sequence axis. Rows that finish are removed with an index select, and columns
-that have become padding in every row are trimmed off the left.
+longer one along the sequence axis. Rows that finish are removed (`remove`: the last rows move into
+their places), and columns that have become padding in every row are trimmed off the left. A
+`KVSlab` does both in place, copying only the rows that move or join (`llama_decode`).
 
 What runs the model is a `ModelSteps`: `TransformersForward` (the model's own forward over a
 transformers cache) or, for the models it supports, a `LlamaDecoder` over a `KVSlab` (see
@@ -45,6 +46,10 @@ class KVCache(Protocol):
     def keep(self, index: torch.Tensor, start: int) -> None:
         """Keep the rows of `index` (in that order) and drop the first `start` columns."""
 
+    def compact(self, holes: torch.Tensor, movers: torch.Tensor, rows: int, start: int) -> None:
+        """Copy rows `movers` into rows `holes` in place, then keep the first `rows` rows and drop
+        the first `start` columns."""
+
     def absorb(self, other: Any) -> None:
         """Append `other`'s rows (same type) after these, both left-padded to the longer length."""
 
@@ -72,6 +77,15 @@ class TransformersKV:
         for layer in self.dynamic.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
             layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+
+    def compact(self, holes: torch.Tensor, movers: torch.Tensor, rows: int, start: int) -> None:
+        for layer in self.dynamic.layers:
+            # In place is safe: the cache's tensors are its own (every step makes new ones).
+            if holes.numel():
+                layer.keys.index_copy_(0, holes, layer.keys.index_select(0, movers))
+                layer.values.index_copy_(0, holes, layer.values.index_select(0, movers))
+            layer.keys = layer.keys[:rows, :, start:, :]
+            layer.values = layer.values[:rows, :, start:, :]
 
     def absorb(self, other: TransformersKV) -> None:
         mine_layers, their_layers = self.dynamic.layers, other.dynamic.layers
@@ -222,6 +236,36 @@ class DecodeBatch:
         self.seen = self.seen.index_select(0, index)
         if self.next_tokens is not None:
             self.next_tokens = self.next_tokens.index_select(0, index)
+
+    def remove(self, gone: Sequence[int]) -> list[int]:
+        """Drop the rows `gone`: the last remaining rows move into their places, so only as many
+        rows of the KV cache are copied as there are rows leaving (`keep` copies all of it), then
+        columns that are padding in every row are trimmed off the left. Returns, for each row
+        now, the index it had before."""
+        leaving = set(gone)
+        rows = self.size - len(leaving)
+        holes = [row for row in sorted(leaving) if row < rows]
+        movers = [row for row in range(rows, self.size) if row not in leaving]
+        order = list(range(rows))
+        for hole, mover in zip(holes, movers, strict=True):
+            order[hole] = mover
+        device = self.mask.device
+        index = torch.tensor(order, dtype=torch.long, device=device)
+        mask = self.mask.index_select(0, index)
+        real_columns = mask.any(dim=0).nonzero()
+        start = int(real_columns[0]) if real_columns.numel() else mask.shape[1]
+        self.mask = mask[:, start:]
+        self.cache.compact(
+            torch.tensor(holes, dtype=torch.long, device=device),
+            torch.tensor(movers, dtype=torch.long, device=device),
+            rows,
+            start,
+        )
+        self.positions = self.positions.index_select(0, index)
+        self.seen = self.seen.index_select(0, index)
+        if self.next_tokens is not None:
+            self.next_tokens = self.next_tokens.index_select(0, index)
+        return order
 
     def absorb(self, other: DecodeBatch) -> None:
         """Append `other`'s rows after this batch's rows (both must have picked their tokens)."""

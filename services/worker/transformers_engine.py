@@ -175,7 +175,7 @@ class TransformersEngine(Engine):
         ):
             # CPU only: measured there, not on CUDA. Not with torch.compile, which compiles the
             # forward this would bypass. Before packing: the decoder fuses plain linears.
-            self._decoder = LlamaDecoder(model)
+            self._decoder = LlamaDecoder(model, settings.worker_max_batch_size)
             if settings.worker_prefix_cache_tokens:
                 self._prefixes = PrefixCache(settings.worker_prefix_cache_tokens)
         log.info("model steps", extra={"path": "llama_decode" if self._decoder else "transformers forward"})
@@ -401,8 +401,9 @@ class TransformersEngine(Engine):
             self._rows, self._batch = [], None
         else:
             assert self._batch is not None
-            self._batch.keep(keep)
-            self._rows = [self._rows[i] for i in keep]
+            kept = set(keep)
+            order = self._batch.remove([row for row in range(len(self._rows)) if row not in kept])
+            self._rows = [self._rows[i] for i in order]
         self._table = None
 
     def _prefill_some(self, events: _Events) -> None:
@@ -438,7 +439,8 @@ class TransformersEngine(Engine):
         if not keep:
             return
         if len(keep) < len(chosen):
-            batch.keep(keep)
+            kept = set(keep)
+            keep = batch.remove([row for row in range(len(chosen)) if row not in kept])
         joining = [chosen[i] for i in keep]
         if self._batch is None:
             self._batch, self._rows = batch, joining

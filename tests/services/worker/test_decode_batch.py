@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.worker.decode_batch import DecodeBatch, supports_joining
-from services.worker.llama_decode import FusedAway, KVSlab, LlamaDecoder
+from services.worker.llama_decode import LEFT_ROOM, FusedAway, KVSlab, LlamaDecoder
 from services.worker.prefix_cache import PrefixCache
 from shared.model_store import prepare_model, resolve_model
 
@@ -31,8 +31,9 @@ def load_model(model_state_dir: Path):
 
 @pytest.fixture(scope="module")
 def llama_decoder(model_state_dir: Path) -> LlamaDecoder:
-    """The Llama decoder over a model of its own (it fuses that model's projections)."""
-    return LlamaDecoder(load_model(model_state_dir))
+    """The Llama decoder over a model of its own (it fuses that model's projections); its
+    prefills allocate rows for batches of up to 8 (`KVSlab`'s spare rows)."""
+    return LlamaDecoder(load_model(model_state_dir), max_rows=8)
 
 
 @pytest.fixture(params=["transformers", "llama_decode"])
@@ -162,7 +163,8 @@ def test_slab_keeps_free_and_padding_columns_zero(model_and_tokenizer, llama_dec
     assert isinstance(short_slab, KVSlab) and isinstance(long_slab, KVSlab)
     pad = long_slab.length - short_slab.length
     original = [k[..., : short_slab.length].clone() for k in short_slab.keys_t]
-    short_slab.absorb(long_slab)
+    with torch.inference_mode():  # as in the engine: the slab's tensors are inference tensors
+        short_slab.absorb(long_slab)
     assert short_slab.rows == 2 and short_slab.length == long_slab.length
     for keys_t, values in zip(short_slab.keys_t, short_slab.values, strict=True):
         assert keys_t[0, ..., :pad].abs().sum() == 0 and values[0, :, :pad].abs().sum() == 0
@@ -251,3 +253,103 @@ def test_a_cached_prefix_serves_a_lone_newcomer_that_then_joins_a_plain_batch(
     greedy_steps(running, logits, 3, rows)
     assert rows[0] == alone[0][:6]
     assert rows[1] == alone[1][:4]
+
+
+def alone_tokens(model, tokenizer, prompts: list[str], decoder: LlamaDecoder | None, steps: int) -> list[list[int]]:
+    """Each prompt's first `steps` greedy tokens, generated alone."""
+    out = []
+    for prompt in prompts:
+        batch, logits = prefill(model, tokenizer, [prompt], decoder)
+        tokens: list[list[int]] = [[]]
+        greedy_steps(batch, logits, steps, tokens)
+        out.append(tokens[0])
+    return out
+
+
+def storage(batch: DecodeBatch) -> int:
+    """Where the first layer's keys live (the same address: nothing was reallocated)."""
+    cache = batch.cache
+    tensor = cache.keys_t[0] if isinstance(cache, KVSlab) else cache.dynamic.layers[0].keys
+    return tensor.untyped_storage().data_ptr()
+
+
+def test_rows_that_leave_are_filled_by_the_last_rows_and_the_rest_go_on_unchanged(
+    model_and_tokenizer, decoder
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    prompts = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time, in a faraway kingdom,", "Dogs are"]
+    alone = alone_tokens(model, tokenizer, prompts, decoder, 6)
+    batch, logits = prefill(model, tokenizer, prompts, decoder)
+    rows: list[list[int]] = [[] for _ in prompts]
+    logits = greedy_steps(batch, logits, 2, rows)
+    with torch.inference_mode():
+        pending = logits.argmax(-1)
+        batch.record_tokens(pending)
+        for row, token in enumerate(pending.tolist()):
+            rows[row].append(token)
+        before, width = storage(batch), batch.length
+        order = batch.remove([0, 1])  # the longest prompt leaves: its padding columns go too
+        assert order == [2, 3] and batch.size == 2 and batch.length < width
+        if decoder is not None:
+            assert storage(batch) == before  # rows moved in place, not a new allocation
+        logits = batch.step()
+    left = [rows[i] for i in order]
+    greedy_steps(batch, logits, 3, left)
+    assert left == [alone[2], alone[3]]
+
+
+def test_a_row_leaving_from_the_middle_takes_the_last_row_in_its_place(model_and_tokenizer, decoder) -> None:
+    model, tokenizer = model_and_tokenizer
+    prompts = ["The capital of France is", "Dogs are", "1, 2, 3, 4,"]
+    alone = alone_tokens(model, tokenizer, prompts, decoder, 5)
+    batch, logits = prefill(model, tokenizer, prompts, decoder)
+    rows: list[list[int]] = [[] for _ in prompts]
+    logits = greedy_steps(batch, logits, 1, rows)
+    with torch.inference_mode():
+        pending = logits.argmax(-1)
+        batch.record_tokens(pending)
+        for row, token in enumerate(pending.tolist()):
+            rows[row].append(token)
+        order = batch.remove([1])
+        assert order == [0, 2]
+        logits = batch.step()
+    left = [rows[i] for i in order]
+    greedy_steps(batch, logits, 3, left)
+    assert left == [alone[0], alone[2]]
+
+
+def test_newcomers_are_written_into_rows_allocated_beyond_the_batch(model_and_tokenizer, llama_decoder) -> None:
+    """A shorter newcomer, and one longer by less than LEFT_ROOM columns, join in place (the
+    allocation stays); one longer still makes a new allocation. Every row matches its alone run,
+    and the padding each join adds is zero."""
+    model, tokenizer = model_and_tokenizer
+    running_prompt = "Once upon a time, in a faraway kingdom,"
+    shorter, longer = "Dogs are", "Once upon a time, in a faraway kingdom by the sea, there lived a"
+    much_longer = " ".join(["Once upon a time, in a faraway kingdom by the sea, there lived a king."] * 3)
+    alone = alone_tokens(model, tokenizer, [running_prompt, shorter, longer, much_longer], llama_decoder, 14)
+    running, logits = prefill(model, tokenizer, [running_prompt], llama_decoder)
+    rows: list[list[int]] = [[]]
+    logits = greedy_steps(running, logits, 1, rows)
+    before = storage(running)
+    for prompt, in_place in ((shorter, True), (longer, True), (much_longer, False)):
+        newcomer, new_logits = prefill(model, tokenizer, [prompt], llama_decoder)
+        extra = newcomer.length - running.length
+        assert (extra <= 0) if prompt == shorter else (0 < extra <= LEFT_ROOM if in_place else extra > LEFT_ROOM)
+        rows.append([])
+        logits = join_greedily(running, logits, newcomer, new_logits, rows)
+        assert (storage(running) == before) is in_place
+        slab = running.cache
+        assert isinstance(slab, KVSlab)
+        for keys_t, values in zip(slab.keys_t, slab.values, strict=True):
+            # Every padding column of every row (mask 0; all of it added by joins, as every
+            # prefill here is of one prompt) holds zeros, and so does every free column.
+            padding = running.mask[:, : slab.length] == 0
+            assert padding.any()
+            assert keys_t[..., : slab.length].permute(0, 3, 1, 2)[padding].abs().sum() == 0
+            assert values[:, :, : slab.length].transpose(1, 2)[padding].abs().sum() == 0
+            assert keys_t[..., slab.length :].abs().sum() == 0 and values[:, :, slab.length :].abs().sum() == 0
+        logits = greedy_steps(running, logits, 1, rows)
+    greedy_steps(running, logits, 8 - len(rows[-1]), rows)
+    assert rows[0] == alone[0][: len(rows[0])]
+    for mine, theirs in zip(rows[1:], alone[1:], strict=True):
+        assert mine == theirs[: len(mine)] and len(mine) >= 3
