@@ -14,11 +14,23 @@ import torch
 
 from services.worker.engine import SamplingParams
 
-__all__ = ["CANDIDATES", "RowSampling", "SamplingTable", "filter_top_k_top_p", "make_generator", "pick_next_tokens"]
+__all__ = [
+    "CANDIDATES",
+    "DRAW_BLOCK",
+    "RowSampling",
+    "SamplingTable",
+    "draw_from_weights",
+    "filter_top_k_top_p",
+    "make_generator",
+    "pick_next_tokens",
+]
 
 #: Tokens ranked by `topk` before top-k/top-p filtering; the whole vocabulary is sorted only when
 #: a row's kept tokens may lie beyond them.
 CANDIDATES = 1024
+
+#: Tokens per block of a draw's first level (`draw_from_weights`).
+DRAW_BLOCK = 256
 
 
 @dataclass(slots=True)
@@ -96,7 +108,7 @@ def pick_next_tokens(
     else:
         # Unnormalised (the draw scales by each row's total), and in place: exp(score - max).
         weights = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
-    picks = _draw(weights, [table.rows[row].generator for row in table.sampled_rows])
+    picks = draw_from_weights(weights, [table.rows[row].generator for row in table.sampled_rows])
     if order is not None:
         picks = order.gather(1, picks[:, None])[:, 0]
     chosen[table.sampled_index] = picks
@@ -140,19 +152,40 @@ def _mask_ranks(ranked: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
     return ranked.masked_fill(ranks >= top_k[:, None], float("-inf"))
 
 
-def _draw(weights: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+def draw_from_weights(weights: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
     """One token per row of `weights` ([rows, vocab], non-negative, not necessarily normalised;
-    overwritten) by inverting the row's cumulative distribution at a uniform number drawn from
-    the row's own generator.
+    may be overwritten) by inverting the row's cumulative distribution at a uniform number drawn
+    from the row's own generator.
 
     Why not ``torch.multinomial`` per row: over a 49k vocabulary it cost about 1.3 ms a row on
-    this CPU (42 ms of a 144 ms decode step at 32 rows); this is one batched cumsum and
-    searchsorted plus one scalar draw per row (a few ms in all). The draw still comes from the
-    row's generator alone, so a seeded sequence repeats itself whatever else shares the batch.
+    this CPU (42 ms of a 144 ms decode step at 32 rows); this is batched, with one scalar draw
+    per row. The draw still comes from the row's generator alone, so a seeded sequence repeats
+    itself whatever else shares the batch.
+
+    Why in two levels (blocks of `DRAW_BLOCK` tokens, then the tokens of the chosen block): a
+    cumulative sum over the whole vocabulary is a sequential pass over every row; the blocks'
+    sums are one vectorised reduction, and only the chosen block needs a cumulative sum. 32 rows
+    of 49,152 tokens: 1.3 ms for the cumulative sum against 0.25 ms (one thread, 2026-12-06).
     """
+    rows, vocab = weights.shape
     uniform = torch.stack([torch.rand((), generator=g, device=weights.device) for g in generators])
-    cdf = weights.cumsum_(dim=-1)
-    # Scaled by each row's total so that float rounding in the cumsum can never push the target
-    # past the last token; `right=True` skips zero-probability tokens (their cdf does not rise).
-    target = (uniform * cdf[:, -1])[:, None]
-    return torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=weights.shape[-1] - 1)
+    whole = vocab - vocab % DRAW_BLOCK
+    sums = weights[:, :whole].view(rows, whole // DRAW_BLOCK, DRAW_BLOCK).sum(dim=-1)
+    if whole < vocab:
+        sums = torch.cat([sums, weights[:, whole:].sum(dim=-1, keepdim=True)], dim=1)
+    block_cdf = sums.cumsum_(dim=-1)
+    # Scaled by each row's total so that float rounding can never push the target past the last
+    # block; `right=True` skips blocks, and then tokens, of zero probability (the cdf does not rise).
+    target = uniform * block_cdf[:, -1]
+    block = torch.searchsorted(block_cdf, target[:, None], right=True)[:, 0].clamp_(max=block_cdf.shape[1] - 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+    first = block * DRAW_BLOCK
+    columns = first[:, None] + torch.arange(DRAW_BLOCK, device=weights.device)
+    inside = columns < vocab  # the last block may be shorter
+    local = weights.gather(1, columns.clamp(max=vocab - 1)).masked_fill_(~inside, 0.0)
+    local_cdf = local.cumsum_(dim=-1)
+    # The block's own total: where the sums' rounding differs from the cumulative sum's, the
+    # target stays inside the block, below its last rise.
+    local_target = (target - before).clamp(min=0.0).minimum(local_cdf[:, -1] * (1.0 - 1e-6))
+    picks = torch.searchsorted(local_cdf, local_target[:, None], right=True)[:, 0].clamp_(max=DRAW_BLOCK - 1)
+    return (first + picks).clamp_(max=vocab - 1)

@@ -7,8 +7,10 @@ import torch
 from services.worker.engine import SamplingParams
 from services.worker.sampling import (
     CANDIDATES,
+    DRAW_BLOCK,
     RowSampling,
     SamplingTable,
+    draw_from_weights,
     filter_top_k_top_p,
     make_generator,
     pick_next_tokens,
@@ -152,3 +154,31 @@ def test_in_place_draws_the_same_tokens_and_only_then_overwrites() -> None:
         scratch = logits.clone()
         assert torch.equal(pick_next_tokens(scratch, in_place_table, None, in_place=True), expected)
     assert not torch.equal(scratch, kept)
+
+
+def test_two_level_draws_pick_what_one_cumulative_sum_picks_and_never_a_zero_weight() -> None:
+    """Over blocks of DRAW_BLOCK tokens (the last one shorter, some all zero), the two-level draw
+    picks the token that inverting the whole row's cumulative distribution picks for the same
+    uniform number, and never a token of weight 0."""
+    vocab = 3 * DRAW_BLOCK + 17
+    generator = torch.Generator().manual_seed(5)
+    weights = torch.rand(4, vocab, generator=generator)
+    weights[weights < 0.7] = 0.0  # zero-weight tokens everywhere
+    weights[1, DRAW_BLOCK : 2 * DRAW_BLOCK] = 0.0  # a whole block of none
+    weights[2, : 3 * DRAW_BLOCK] = 0.0  # only the short last block
+    weights[3, :] = 0.0
+    weights[3, [0, DRAW_BLOCK - 1, vocab - 1]] = torch.tensor([0.2, 0.3, 0.5])  # block edges
+    draws, same = 0, 0
+    for seed in range(500):
+        generators = [torch.Generator().manual_seed(seed * 4 + row) for row in range(4)]
+        picks = draw_from_weights(weights.clone(), generators)
+        # The reference, from generators in the same state: one cumulative sum over the row.
+        uniform = torch.stack(
+            [torch.rand((), generator=torch.Generator().manual_seed(seed * 4 + row)) for row in range(4)]
+        )
+        cdf = weights.cumsum(dim=-1)
+        expected = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+        assert bool((weights.gather(1, picks[:, None]) > 0).all()), picks
+        draws += 4
+        same += int((picks == expected).sum())
+    assert same >= draws - 2  # a target on a rounding boundary may fall on either side
