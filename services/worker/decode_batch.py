@@ -6,9 +6,9 @@ row computes: a sequence generated in a batch gets the same greedy tokens as alo
 
 Continuous batching: newcomers are prefilled on their own (left-padded among themselves), then
 their KV cache is merged into the running batch by left-padding the shorter of the two caches to the
-longer one along the sequence axis. Rows that finish are removed (`remove`: the last rows move into
-their places), and columns that have become padding in every row are trimmed off the left. A
-`KVSlab` does both in place, copying only the rows that move or join (`llama_decode`).
+longer one along the sequence axis. Rows that finish leave (`keep`: the last rows move into their
+places), and columns that have become padding in every row are trimmed off the left. A `KVSlab`
+does both in place, copying only the rows that move or join (`llama_decode`).
 
 What runs the model is a `ModelSteps`: `TransformersForward` (the model's own forward over a
 transformers cache) or, for the models it supports, a `LlamaDecoder` over a `KVSlab` (see
@@ -43,9 +43,6 @@ class KVCache(Protocol):
 
     def nbytes(self) -> int: ...
 
-    def keep(self, index: torch.Tensor, start: int) -> None:
-        """Keep the rows of `index` (in that order) and drop the first `start` columns."""
-
     def compact(self, holes: torch.Tensor, movers: torch.Tensor, rows: int, start: int) -> None:
         """Copy rows `movers` into rows `holes` in place, then keep the first `rows` rows and drop
         the first `start` columns."""
@@ -72,11 +69,6 @@ class TransformersKV:
 
     def nbytes(self) -> int:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.dynamic.layers if layer.keys is not None)
-
-    def keep(self, index: torch.Tensor, start: int) -> None:
-        for layer in self.dynamic.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
 
     def compact(self, holes: torch.Tensor, movers: torch.Tensor, rows: int, start: int) -> None:
         for layer in self.dynamic.layers:
@@ -224,29 +216,17 @@ class DecodeBatch:
         self.next_tokens = tokens
         self.seen[torch.arange(self.size, device=tokens.device), tokens] = True
 
-    def keep(self, rows: Sequence[int]) -> None:
-        """Keep only `rows` (in this order), then trim columns that are padding in every row."""
-        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        mask = self.mask.index_select(0, index)
-        real_columns = mask.any(dim=0).nonzero()
-        start = int(real_columns[0]) if real_columns.numel() else mask.shape[1]
-        self.mask = mask[:, start:]
-        self.cache.keep(index, start)
-        self.positions = self.positions.index_select(0, index)
-        self.seen = self.seen.index_select(0, index)
-        if self.next_tokens is not None:
-            self.next_tokens = self.next_tokens.index_select(0, index)
-
-    def remove(self, gone: Sequence[int]) -> list[int]:
-        """Drop the rows `gone`: the last remaining rows move into their places, so only as many
-        rows of the KV cache are copied as there are rows leaving (`keep` copies all of it), then
-        columns that are padding in every row are trimmed off the left. Returns, for each row
-        now, the index it had before."""
-        leaving = set(gone)
-        rows = self.size - len(leaving)
-        holes = [row for row in sorted(leaving) if row < rows]
-        movers = [row for row in range(rows, self.size) if row not in leaving]
-        order = list(range(rows))
+    def keep(self, rows: Sequence[int]) -> list[int]:
+        """Keep only `rows`: the last of them move into the places of the rows that leave, so only
+        as many rows of the KV cache are copied as leave (not all of it), then columns that are
+        padding in every row are trimmed off the left. Returns, for each row now, the index it had
+        before: the kept rows, in an order that need not be the order given."""
+        kept = set(rows)
+        leaving = {row for row in range(self.size) if row not in kept}
+        remaining = self.size - len(leaving)
+        holes = [row for row in sorted(leaving) if row < remaining]
+        movers = [row for row in range(remaining, self.size) if row not in leaving]
+        order = list(range(remaining))
         for hole, mover in zip(holes, movers, strict=True):
             order[hole] = mover
         device = self.mask.device
@@ -258,7 +238,7 @@ class DecodeBatch:
         self.cache.compact(
             torch.tensor(holes, dtype=torch.long, device=device),
             torch.tensor(movers, dtype=torch.long, device=device),
-            rows,
+            remaining,
             start,
         )
         self.positions = self.positions.index_select(0, index)

@@ -124,15 +124,6 @@ class KVSlab:
             self._reallocate(self._rows, self.length + max(MIN_ROOM, self.length // 2), [(self, 0)])
         return self.length
 
-    def keep(self, index: torch.Tensor, start: int) -> None:
-        """Keep the rows of `index` (in that order) and drop the first `start` columns (a copy)."""
-        keys_t = [k[..., start:].index_select(0, index) for k in self.keys_t]
-        values = [v[:, :, start:].index_select(0, index) for v in self.values]
-        self._keys_held, self._values_held = keys_t, values
-        self._rows, self._start = int(index.numel()), 0
-        self.length -= start
-        self._view()
-
     def compact(self, holes: torch.Tensor, movers: torch.Tensor, rows: int, start: int) -> None:
         """Copy rows `movers` into rows `holes` (pairwise, in place), then keep the first `rows`
         rows and drop the first `start` columns (both by narrowing the view: no copy)."""

@@ -401,8 +401,7 @@ class TransformersEngine(Engine):
             self._rows, self._batch = [], None
         else:
             assert self._batch is not None
-            kept = set(keep)
-            order = self._batch.remove([row for row in range(len(self._rows)) if row not in kept])
+            order = self._batch.keep(keep)
             self._rows = [self._rows[i] for i in order]
         self._table = None
 
@@ -439,8 +438,7 @@ class TransformersEngine(Engine):
         if not keep:
             return
         if len(keep) < len(chosen):
-            kept = set(keep)
-            keep = batch.remove([row for row in range(len(chosen)) if row not in kept])
+            keep = batch.keep(keep)
         joining = [chosen[i] for i in keep]
         if self._batch is None:
             self._batch, self._rows = batch, joining

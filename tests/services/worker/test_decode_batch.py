@@ -63,6 +63,15 @@ def greedy_steps(batch: DecodeBatch, logits: torch.Tensor, steps: int, rows: lis
     return logits
 
 
+def pick_greedily(batch: DecodeBatch, logits: torch.Tensor, rows: list[list[int]]) -> None:
+    """Pick and record every row's greedy token without stepping (rows may leave before the step)."""
+    with torch.inference_mode():
+        pending = logits.argmax(-1)
+        batch.record_tokens(pending)
+        for row, token in enumerate(pending.tolist()):
+            rows[row].append(token)
+
+
 def join_greedily(
     running: DecodeBatch, logits: torch.Tensor, newcomers: DecodeBatch, new_logits: torch.Tensor, rows: list[list[int]]
 ) -> torch.Tensor:
@@ -114,15 +123,12 @@ def test_join_and_leave_keep_each_row_identical_to_alone(model_and_tokenizer, de
     logits = greedy_steps(running, logits, 2, rows)
     # Row 0 leaves; the columns only it used are trimmed away.
     width = running.length
+    pick_greedily(running, logits, rows)
     with torch.inference_mode():
-        pending = logits.argmax(-1)
-        running.record_tokens(pending)
-        for r, t in enumerate(pending.tolist()):
-            rows[r].append(t)
-        running.keep([1, 2])
-        assert running.length < width and running.size == 2
+        order = running.keep([1, 2])
+        assert sorted(order) == [1, 2] and running.length < width and running.size == 2
         logits = running.step()
-    greedy_steps(running, logits, 3, rows[1:])
+    greedy_steps(running, logits, 3, [rows[i] for i in order])
     assert rows[0] == alone[0][:7]
     assert rows[1] == alone[1][:7]
     assert rows[2] == alone[2][:7]
@@ -172,7 +178,8 @@ def test_slab_keeps_free_and_padding_columns_zero(model_and_tokenizer, llama_dec
         assert values[:, :, short_slab.length :].abs().sum() == 0
         assert keys_t[1, ..., :pad].abs().sum() > 0  # the long row's own tokens are there
     # The long row leaves; the short row's padding columns go with it, and its keys are as before.
-    short_slab.keep(torch.tensor([0]), pad)
+    with torch.inference_mode():
+        short_slab.compact(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), 1, pad)
     assert short_slab.rows == 1 and short_slab.length == long_slab.length - pad
     for keys_t, before in zip(short_slab.keys_t, original, strict=True):
         assert torch.equal(keys_t[..., : short_slab.length], before)
@@ -282,16 +289,12 @@ def test_rows_that_leave_are_filled_by_the_last_rows_and_the_rest_go_on_unchange
     batch, logits = prefill(model, tokenizer, prompts, decoder)
     rows: list[list[int]] = [[] for _ in prompts]
     logits = greedy_steps(batch, logits, 2, rows)
+    pick_greedily(batch, logits, rows)
+    before, width = storage(batch), batch.length
     with torch.inference_mode():
-        pending = logits.argmax(-1)
-        batch.record_tokens(pending)
-        for row, token in enumerate(pending.tolist()):
-            rows[row].append(token)
-        before, width = storage(batch), batch.length
-        order = batch.remove([0, 1])  # the longest prompt leaves: its padding columns go too
+        order = batch.keep([2, 3])  # the longest prompt leaves: its padding columns go too
         assert order == [2, 3] and batch.size == 2 and batch.length < width
-        if decoder is not None:
-            assert storage(batch) == before  # rows moved in place, not a new allocation
+        assert storage(batch) == before  # rows moved in place, not a new allocation
         logits = batch.step()
     left = [rows[i] for i in order]
     greedy_steps(batch, logits, 3, left)
@@ -305,12 +308,9 @@ def test_a_row_leaving_from_the_middle_takes_the_last_row_in_its_place(model_and
     batch, logits = prefill(model, tokenizer, prompts, decoder)
     rows: list[list[int]] = [[] for _ in prompts]
     logits = greedy_steps(batch, logits, 1, rows)
+    pick_greedily(batch, logits, rows)
     with torch.inference_mode():
-        pending = logits.argmax(-1)
-        batch.record_tokens(pending)
-        for row, token in enumerate(pending.tolist()):
-            rows[row].append(token)
-        order = batch.remove([1])
+        order = batch.keep([0, 2])
         assert order == [0, 2]
         logits = batch.step()
     left = [rows[i] for i in order]
