@@ -113,7 +113,9 @@ def summarise(outcomes: list[Outcome], elapsed: float, observer: StepTimes) -> d
     ttft = sorted((o.first or o.end) - o.sent for o in outcomes)
     tpot = sorted((o.end - o.first) / (o.tokens - 1) for o in outcomes if o.first is not None and o.tokens > 1)
 
-    def quantile(values: list[float], q: int) -> float:
+    def quantile(values: list[float], q: int) -> float | None:
+        if len(values) < 2:  # `quantiles` needs two points; one is its own every quantile
+            return round(values[0] * 1000, 1) if values else None
         return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 1)
 
     return {
