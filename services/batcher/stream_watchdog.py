@@ -22,6 +22,8 @@ from types import TracebackType
 
 import grpc
 
+from shared.background_tasks import cancel_and_wait
+
 __all__ = ["StreamWatchdog"]
 
 
@@ -53,13 +55,7 @@ class StreamWatchdog:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self._task is not None
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            # Safe: that is the cancellation just requested; a cancellation of the task running
-            # this block is still delivered at its next await.
-            pass
+        await cancel_and_wait(self._task)
 
     async def _watch(self) -> None:
         while True:

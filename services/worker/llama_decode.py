@@ -162,11 +162,16 @@ class KVSlab:
         first, last = self._rows, self._rows + other.rows
         column, pad = self._start, self.length - other.length
         layers = zip(self._keys_held, other.keys_t, self._values_held, other.values, strict=True)
+        end = column + self.length
         for k, theirs_k, v, theirs_v in layers:
-            k[first:last, ..., column:].zero_()
-            v[first:last, :, column:].zero_()
-            k[first:last, ..., column + pad : column + self.length] = theirs_k[..., : other.length]
-            v[first:last, :, column + pad : column + self.length] = theirs_v[:, :, : other.length]
+            # Zeros where `other` writes nothing (its padding, the free columns): rows that left
+            # may have held columns there.
+            k[first:last, ..., column : column + pad].zero_()
+            k[first:last, ..., end:].zero_()
+            v[first:last, :, column : column + pad].zero_()
+            v[first:last, :, end:].zero_()
+            k[first:last, ..., column + pad : end] = theirs_k[..., : other.length]
+            v[first:last, :, column + pad : end] = theirs_v[:, :, : other.length]
         self._rows = last
         self._view()
 
@@ -191,11 +196,8 @@ class KVSlab:
 
     def _view(self) -> None:
         rows, start = self._rows, self._start
-        if start == 0 and rows == self._values_held[0].shape[0]:
-            self.keys_t, self.values = list(self._keys_held), list(self._values_held)
-        else:
-            self.keys_t = [k[:rows, ..., start:] for k in self._keys_held]
-            self.values = [v[:rows, :, start:] for v in self._values_held]
+        self.keys_t = [k[:rows, ..., start:] for k in self._keys_held]
+        self.values = [v[:rows, :, start:] for v in self._values_held]
 
 
 class LlamaDecoder:
