@@ -15,13 +15,13 @@ __all__ = ["ChangeSignal"]
 class ChangeSignal:
     """A counter of changes under a condition variable.
 
-    `notify()` may be called from any thread and from a signal handler: the condition's lock is
-    re-entrant, so a handler that interrupts the main thread while it holds the lock does not
-    deadlock.
+    `notify()` may be called from any thread, but not from a Python signal handler: a handler
+    that interrupts a waiter after it checked the count and before it slept would lose its
+    wake-up (`shared.launcher.foreground` relays signals through a thread instead).
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.RLock())
+        self._cond = threading.Condition()
         self._generation = 0
 
     def snapshot(self) -> int:

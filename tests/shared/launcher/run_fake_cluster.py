@@ -3,12 +3,14 @@
     python -m tests.shared.launcher.run_fake_cluster STATE_DIR [FAKE WORKER OPTIONS...]   (from the repo root)
 
 Prints `PIDS <json>` once the cluster is ready, then runs until signalled; its exit code is
-`run_until_stopped`'s.
+`run_until_stopped`'s. SIGUSR1 prints every thread's stack (a test that times out asks for them).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 
 from shared.launcher.cluster import ClusterConfig, EmbeddedCluster
@@ -18,6 +20,7 @@ from tests.shared.launcher.conftest import fake_commands
 
 
 def main() -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     state_dir = sys.argv[1]
     worker_args = sys.argv[2:]  # e.g. --die-after 1, --never-ready
     cluster = EmbeddedCluster(
