@@ -8,6 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
+from services.worker.engine import EngineFailedError
 from services.worker.engine_factory import BackendUnavailableError
 from services.worker.openmp_policy import apply_omp_wait_policy
 from services.worker.service import serve
@@ -34,6 +35,10 @@ def main() -> int:
         event_loop.run(serve(settings), loop=settings.event_loop)
     except (BackendUnavailableError, ModelNotFoundError) as exc:
         log.error("cannot start the worker: %s", exc)
+        return 1
+    except EngineFailedError as exc:
+        # The engine logged its traceback when it failed; a restart is the remedy.
+        log.error("stopped after an engine failure: %s", exc)
         return 1
     except Exception:
         # Safe: the process is exiting; the traceback is the operator's diagnosis.

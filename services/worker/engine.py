@@ -25,6 +25,7 @@ __all__ = [
     "ChatTurn",
     "Engine",
     "EngineEvent",
+    "EngineFailedError",
     "EngineInfo",
     "EngineObserver",
     "EventSink",
@@ -240,8 +241,23 @@ class NullObserver:
         pass
 
 
+class EngineFailedError(RuntimeError):
+    """The engine can no longer generate (an error its own loop could not recover from): every
+    sequence it held failed with INTERNAL, it refuses new items, and the worker process stops
+    with exit code 1 so that its supervisor (`lgc up`, Kubernetes) restarts it."""
+
+
 class Engine(ABC):
     """A backend that generates for submitted items and reports events to their sinks."""
+
+    on_failure: Callable[[str], None] | None = None
+    """Called once, from any thread, when the engine fails for good (`EngineFailedError`); the
+    worker service sets it. None: nobody is told (tests of an engine alone)."""
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine failed for good, or None while it can generate."""
+        return None
 
     @property
     @abstractmethod

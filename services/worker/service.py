@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from services.worker.engine import Engine, FailureCode
+from services.worker.engine import Engine, EngineFailedError, FailureCode
 from services.worker.engine_factory import build_engine
 from services.worker.error_boundary import ErrorBoundaryInterceptor
 from services.worker.grpc_servicer import WorkerServicer
@@ -76,6 +76,10 @@ class WorkerService:
         self._registration: Registration | None = None
         self._snapshots: asyncio.Task[None] | None = None
         self._hurry = asyncio.Event()
+        self.failed = asyncio.Event()
+        """Set when the engine failed for good (`EngineFailedError`); `serve` then stops the worker."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.engine.on_failure = self._engine_failed
         self.grpc_port = 0
 
     # ------------------------------------------------------------------------------ start
@@ -83,6 +87,7 @@ class WorkerService:
     async def start(self) -> None:
         """Serve health at once, load the model, then serve Generate and register."""
         settings = self.settings
+        self._loop = asyncio.get_running_loop()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if settings.worker_metrics_port:
             self._ops = OpsServer(
@@ -178,6 +183,16 @@ class WorkerService:
 
     # ------------------------------------------------------------------------------ shutdown
 
+    def _engine_failed(self, message: str) -> None:
+        """`Engine.on_failure`: from the engine's thread, so hand over to the event loop."""
+        if self._loop is None:
+            return  # not started: start() itself raises
+        try:
+            self._loop.call_soon_threadsafe(self.failed.set)
+        except RuntimeError:
+            # Safe: the loop is closed, so the worker is already stopping.
+            log.debug("engine failure after the event loop closed", extra={"failure": message})
+
     def hurry(self) -> None:
         """Cut the drain short (a second signal): in-flight work fails with OVERLOADED now."""
         self._hurry.set()
@@ -229,7 +244,8 @@ class WorkerService:
 
 async def serve(settings: WorkerSettings) -> None:
     """Run a worker until SIGTERM or SIGINT, then drain and stop (a second signal hurries the
-    drain). Raises if the worker cannot start (no model, port taken, missing backend)."""
+    drain). Raises if the worker cannot start (no model, port taken, missing backend), and
+    `EngineFailedError` after stopping if its engine failed for good."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     starting = asyncio.current_task()
@@ -259,9 +275,17 @@ async def serve(settings: WorkerSettings) -> None:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         else:
             freeze_startup_heap()
-            await stop_requested.wait()
+            stop = asyncio.create_task(stop_requested.wait())
+            failed = asyncio.create_task(service.failed.wait())
+            await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            failed.cancel()
+            # After an engine failure every sequence has failed already: the drain only turns
+            # health NOT_SERVING, marks the registry entry and waits for the RPCs to close.
             await service.drain()
     finally:
         await service.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+    if service.engine.failure is not None:
+        raise EngineFailedError(service.engine.failure)

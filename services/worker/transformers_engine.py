@@ -124,6 +124,7 @@ class TransformersEngine(Engine):
         self._active: dict[int, SequenceHandle] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._failure: str | None = None
         self._info: EngineInfo | None = None
         self.model: Any = None
         self.tokenizer: Any = None
@@ -145,6 +146,10 @@ class TransformersEngine(Engine):
     @property
     def waiting(self) -> int:
         return len(self._inbox) + len(self._admitted)
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
 
     def load(self) -> None:
         """Find, convert (once) and load the model and tokenizer. Blocking: call off the loop."""
@@ -242,8 +247,10 @@ class TransformersEngine(Engine):
         loop = asyncio.get_running_loop()
         handle = SequenceHandle(item, sink, loop)
         with self._cond:
-            refusal = None
-            if self._thread is None:
+            code, refusal = FailureCode.OVERLOADED, None
+            if self._failure is not None:
+                code, refusal = FailureCode.INTERNAL, self._failure
+            elif self._thread is None:
                 refusal = "the model is still loading"
             elif self._stopping:
                 refusal = "the worker is shutting down"
@@ -253,7 +260,7 @@ class TransformersEngine(Engine):
                 self._cond.notify()
                 return handle
         handle.ended = True
-        loop.call_soon(sink, SequenceFailed(item.request_id, FailureCode.OVERLOADED, refusal))
+        loop.call_soon(sink, SequenceFailed(item.request_id, code, refusal))
         return handle
 
     def cancel(self, handle: SequenceHandle) -> bool:
@@ -277,21 +284,50 @@ class TransformersEngine(Engine):
         if self._device.type == "cpu":
             # Again on this thread: with OpenMP the thread count can be per calling thread.
             torch.set_num_threads(self._threads)
-        with torch.inference_mode():
-            while True:
-                events: _Events = []
-                taken = self._take_work(events)
-                self._deliver(events)
-                if taken is None:
-                    break
-                try:
-                    self._iterate(taken)
-                except Exception as exc:
-                    # Safe: the failure is reported on every sequence it touched (INTERNAL, which
-                    # the batcher retries elsewhere) and the engine carries on with a fresh batch.
-                    log.exception("generation failed; failing the running batch")
-                    self._fail_all(FailureCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
-            self._fail_all(FailureCode.OVERLOADED, "the worker is shutting down", include_inbox=True)
+        try:
+            with torch.inference_mode():
+                self._serve()
+        except Exception as exc:
+            # Safe as a fail-stop: an error outside a model step (taking work, handing events
+            # over) leaves the scheduler's state unknown, so nothing is generated any more: every
+            # sequence fails with INTERNAL (the batcher retries elsewhere) and the worker stops
+            # to be restarted, instead of leaving requests to hang until their deadlines.
+            self._fail_stop(exc)
+            return
+        self._fail_all(FailureCode.OVERLOADED, "the worker is shutting down", include_inbox=True)
+
+    def _serve(self) -> None:
+        """The engine thread's loop, until `close()`."""
+        while True:
+            events: _Events = []
+            taken = self._take_work(events)
+            self._deliver(events)
+            if taken is None:
+                return
+            try:
+                self._iterate(taken)
+            except Exception as exc:
+                # Safe: the failure is reported on every sequence it touched (INTERNAL, which
+                # the batcher retries elsewhere) and the engine carries on with a fresh batch.
+                log.exception("generation failed; failing the running batch")
+                self._fail_all(FailureCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
+
+    def _fail_stop(self, exc: Exception) -> None:
+        """Fail for good (`EngineFailedError`): refuse new items, fail every held one, tell the
+        service."""
+        message = f"the worker's engine failed: {type(exc).__name__}: {exc}"
+        log.error("the engine thread failed; failing every sequence and stopping", exc_info=exc)
+        with self._cond:
+            self._failure = message
+            self._stopping = True
+        if self.on_failure is not None:
+            self.on_failure(message)  # first: the service stops whatever happens below
+        try:
+            self._fail_all(FailureCode.INTERNAL, message, include_inbox=True)
+        except Exception:
+            # Safe: the sequences could not be told (their loop may be gone); the worker stops,
+            # which ends their RPCs, and the batcher retries them elsewhere.
+            log.exception("could not fail the engine's sequences")
 
     def _take_work(self, events: _Events) -> list[SequenceHandle] | None:
         """Block until there is work; return the items to admit now (None: stop)."""

@@ -4,6 +4,7 @@ ops endpoints, and the graceful drain."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import grpc
@@ -198,5 +199,21 @@ async def test_second_signal_hurries_the_drain(cluster_settings: ClusterSettings
             await asyncio.wait_for(drain, 5)
             events = await read_all(call)
             assert events[-1].failed.code == worker_pb2.FAILURE_CODE_OVERLOADED
+    finally:
+        await service.stop()
+
+
+async def test_an_engine_failure_reaches_the_service_from_the_engine_thread(cluster_settings: ClusterSettings) -> None:
+    # The engine calls on_failure from its own thread; the service's event loop must wake
+    # (`serve` then drains, stops and exits with code 1).
+    service = WorkerService(worker_settings(cluster_settings))
+    await service.start()
+    try:
+        assert not service.failed.is_set()
+        assert service.engine.on_failure is not None
+        thread = threading.Thread(target=service.engine.on_failure, args=("simulated engine failure",))
+        thread.start()
+        await asyncio.wait_for(service.failed.wait(), 5)
+        thread.join()
     finally:
         await service.stop()

@@ -406,3 +406,39 @@ async def _collect_text(queue: asyncio.Queue) -> str:
             assert isinstance(event, SequenceFinished), event
             return text
         text += event.text
+
+
+async def test_a_scheduler_failure_fails_every_sequence_refuses_new_ones_and_tells_the_service(
+    model_state_dir: Path,
+) -> None:
+    # An error outside a model step (here: taking work) must not kill the engine thread silently,
+    # leaving requests to hang until their deadlines: everything fails with INTERNAL at once.
+    settings = WorkerSettings(state_dir=model_state_dir, worker_dtype="float32", worker_max_batch_size=4)
+    engine = TransformersEngine(settings)
+    engine.load()
+    told: list[str] = []
+    engine.on_failure = told.append
+    take_work = engine._take_work
+    calls = 0
+
+    def failing_on_the_second_call(events: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first item is in the batch by now
+            raise RuntimeError("simulated scheduler bug")
+        return take_work(events)
+
+    engine._take_work = failing_on_the_second_call  # type: ignore[method-assign]
+    engine.start_thread()
+    try:
+        held = await asyncio.wait_for(run_item(engine, greedy("1, 2, 3,", max_new_tokens=50, request_id="held")), 60)
+        assert isinstance(held.end, SequenceFailed)
+        assert held.end.code is FailureCode.INTERNAL
+        assert "simulated scheduler bug" in held.end.message
+        assert engine.failure is not None and "simulated scheduler bug" in engine.failure
+        assert told == [engine.failure]
+        later = await asyncio.wait_for(run_item(engine, greedy("1, 2, 3,", request_id="later")), 10)
+        assert isinstance(later.end, SequenceFailed) and later.end.code is FailureCode.INTERNAL
+        assert later.end.message == engine.failure
+    finally:
+        engine.close()
