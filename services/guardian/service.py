@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
+from threadpoolctl import threadpool_limits
 
 from services.guardian.api import create_app
 from services.guardian import detector_catalog
@@ -181,6 +182,9 @@ class GuardianService:
             load = getattr(detector, "load", None)
             if callable(load):
                 load()
+        # After the models loaded: the limit reaches the BLAS libraries loaded by then (numpy's,
+        # spaCy's), for every thread of the process.
+        threadpool_limits(limits=self.settings.guardian_blas_threads, user_api="blas")
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raises if a background task fails (the process then exits

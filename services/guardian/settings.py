@@ -70,6 +70,12 @@ class GuardianSettings(ClusterSettings):
     from `guardian_expensive_slices` instead (the encoder alone: 7 instead of 12 ms per text on a
     2-core machine that other jobs kept busy; end to end, within that machine's noise)."""
 
+    guardian_blas_threads: int = Field(1, ge=1, le=256)
+    """Threads numpy's BLAS (OpenBLAS) may use in the guardian process, where spaCy's NER does its
+    matrix products. 1: parallelism comes from the detector pool instead. With OpenBLAS's default
+    (one per core) its second thread only spun: NER used 8.8 instead of 5.7 ms of CPU per answer,
+    in the same wall time (2026-12-06, 2 cores), CPU the worker's model would have used."""
+
     guardian_cache_enabled: bool = True
     """Cache verdicts in Redis by content hash, so repeated content is not judged again."""
 

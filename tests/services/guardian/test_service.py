@@ -4,6 +4,7 @@ metrics snapshots published, clean stop."""
 from __future__ import annotations
 
 import httpx
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from services.guardian.service import GuardianService, build_detectors, build_evaluator
 from services.guardian.settings import GuardianSettings
@@ -67,3 +68,18 @@ async def test_service_serves_checks_consumes_results_and_prompts_and_publishes_
     finally:
         await service.stop()
     assert not service.ready
+
+
+async def test_start_caps_the_blas_threads(guardian_settings: GuardianSettings) -> None:
+    # numpy's OpenBLAS starts one thread per core; the guardian's NER only spins the extra ones.
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas, "numpy loads a BLAS library"
+    before = max(pool["num_threads"] for pool in blas)
+    settings = guardian_settings.model_copy(update={"guardian_blas_threads": 1})
+    service = GuardianService(settings, detectors=detectors_for_tests())
+    await service.start()
+    try:
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
+    finally:
+        await service.stop()
+        threadpool_limits(limits=before, user_api="blas")  # the rest of the session as it was
