@@ -560,12 +560,19 @@ def _head_to_head(args: argparse.Namespace, out: Path, load: dict[str, Any], tok
     return {"summary": summary, "rounds": rounds}
 
 
-def _round_summary(result: dict[str, Any]) -> dict[str, Any]:
+def _run_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """One run in a line: what `runs` and the head-to-head rounds list."""
     return {
         "output_tokens_per_s": result.get("output_tokens_per_s"),
-        "ttft_p50_ms": (result.get("ttft_ms") or {}).get("p50"),
-        "tpot_p50_ms": (result.get("tpot_ms") or {}).get("p50"),
-        "ok": result.get("ok"),
+        "ttft_p50_ms": result["ttft_ms"]["p50"],
+        "tpot_p50_ms": result["tpot_ms"]["p50"],
+        "ok": result["ok"],
+    }
+
+
+def _round_summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **_run_summary(result),
         "cpu_s_per_1k_tokens": result.get("cpu_s_per_1k_tokens"),
         "other_idle_cpu_s": result.get("other_idle_cpu_s"),
     }
@@ -589,11 +596,7 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary of every run under `runs`."""
     ordered = sorted(runs, key=lambda r: r.get("output_tokens_per_s") or 0.0)
     chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["runs"] = [
-        {"output_tokens_per_s": r.get("output_tokens_per_s"), "ttft_p50_ms": r["ttft_ms"]["p50"],
-         "tpot_p50_ms": r["tpot_ms"]["p50"], "ok": r["ok"]}
-        for r in runs
-    ]
+    chosen["runs"] = [_run_summary(r) for r in runs]
     return chosen
 
 

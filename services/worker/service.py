@@ -32,6 +32,7 @@ from services.worker.metrics import WorkerMetrics
 from services.worker.registration import Registration
 from services.worker.settings import WorkerSettings
 from services.worker.snapshot_publishing import publish_snapshots
+from shared.background_tasks import cancel_and_wait
 from shared.ops_server import OpsServer
 from shared.protos import worker_pb2, worker_pb2_grpc
 from shared.startup_heap import freeze_startup_heap
@@ -278,8 +279,8 @@ async def serve(settings: WorkerSettings) -> None:
             stop = asyncio.create_task(stop_requested.wait())
             failed = asyncio.create_task(service.failed.wait())
             await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            failed.cancel()
+            for waiter in (stop, failed):
+                await cancel_and_wait(waiter)
             # After an engine failure every sequence has failed already: the drain only turns
             # health NOT_SERVING, marks the registry entry and waits for the RPCs to close.
             await service.drain()
