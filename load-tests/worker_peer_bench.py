@@ -567,6 +567,10 @@ def _run_summary(result: dict[str, Any]) -> dict[str, Any]:
         "ttft_p50_ms": result["ttft_ms"]["p50"],
         "tpot_p50_ms": result["tpot_ms"]["p50"],
         "ok": result["ok"],
+        "itl_p50_ms": result["itl_ms"]["p50"],
+        "e2e_p50_ms": result["e2e_ms"]["p50"],
+        "mean_tokens_per_request": result.get("mean_tokens_per_request"),
+        "elapsed_s": result.get("elapsed_s"),
     }
 
 

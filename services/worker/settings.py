@@ -112,6 +112,13 @@ class WorkerSettings(ClusterSettings):
     A prefill is a few large matrix products that gain from every core, unlike a decode step:
     on 2 cores, 32 prompts of 39 tokens took 1.36-1.48 s with 2 threads against 2.0-2.1 s with 1."""
 
+    worker_background_prefill: bool = True
+    """transformers backend, Llama steps (CPU): while a batch is decoding, prefill newcomers on a
+    second engine thread (on the cores the decode steps leave: every core this process may use
+    less `worker_threads`, at least one) and merge them between two steps, so the running
+    sequences keep stepping; `false` stops the batch for every prefill. See the worker README,
+    "Prefills beside the decode steps"."""
+
     worker_registry_ttl_s: float = Field(10.0, gt=0.5, le=3600)
     """Lifetime of the registry entry; the heartbeat rewrites it every third of that."""
 

@@ -12,6 +12,12 @@ turn of its loop:
 4. runs one decode step for every running sequence, picks each row's next token with its own
    sampling parameters and generator, and streams the new text.
 
+With `worker_background_prefill` (CPU, Llama steps), step 3 runs on a second thread while a batch is
+decoding: the group's prompts, first tokens and first text are computed there, on the cores the
+decode step leaves, and the engine thread merges the group into the batch between two steps, so
+the running sequences do not stop for the newcomers. One group is prefilled at a time; with no
+batch running the engine thread prefills itself, on every prefill thread.
+
 Models whose cache cannot be merged (sliding-window or linear-attention layers) still batch, but
 newcomers wait until the running batch has finished.
 """
@@ -26,6 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +115,16 @@ class _Sequence:
     ttft_ms: float = 0.0
 
 
+@dataclass(eq=False, slots=True)
+class _PrefillJob:
+    """A group of newcomers being prefilled on the prefill thread (`worker_background_prefill`)."""
+
+    seqs: list[_Sequence]
+    future: Future[tuple[DecodeBatch | None, list[_Sequence]]]
+    """The group's batch (None when every sequence ended at its first token) and the sequences
+    still running, in the batch's row order."""
+
+
 class TransformersEngine(Engine):
     """A Hugging Face causal LM served with a manual, continuously batched decode loop."""
 
@@ -130,6 +147,10 @@ class TransformersEngine(Engine):
         self.tokenizer: Any = None
         self._decoder: LlamaDecoder | None = None
         self._prefixes: PrefixCache | None = None
+        self._prefill_pool: ThreadPoolExecutor | None = None
+        """The prefill thread (`worker_background_prefill`), None when prefills run on the engine thread."""
+        self._job: _PrefillJob | None = None
+        """The group on the prefill thread (engine thread only)."""
 
     # ---------------------------------------------------------------- lifecycle (event loop side)
 
@@ -223,6 +244,16 @@ class TransformersEngine(Engine):
         """Start the engine thread (after `load`)."""
         if self.model is None:
             raise RuntimeError("load() the model before starting the engine thread")
+        settings = self._settings
+        if settings.worker_background_prefill and self._decoder is not None and self._joinable:
+            # CPU and the Llama steps only: measured there (worker README, "Prefills beside the
+            # decode steps"); a group's prefill builds its own slab, so it shares nothing mutable
+            # with the running batch. Its torch threads are the cores the decode steps leave.
+            threads = max(1, len(os.sched_getaffinity(0)) - self._threads)
+            self._prefill_pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="lgc-prefill", initializer=torch.set_num_threads, initargs=(threads,)
+            )
+            log.info("newcomers are prefilled beside the decode steps", extra={"prefill_threads": threads})
         self._thread = threading.Thread(target=self._run, name="lgc-engine", daemon=True)
         self._thread.start()
 
@@ -285,16 +316,20 @@ class TransformersEngine(Engine):
             # Again on this thread: with OpenMP the thread count can be per calling thread.
             torch.set_num_threads(self._threads)
         try:
-            with torch.inference_mode():
-                self._serve()
-        except Exception as exc:
-            # Safe as a fail-stop: an error outside a model step (taking work, handing events
-            # over) leaves the scheduler's state unknown, so nothing is generated any more: every
-            # sequence fails with INTERNAL (the batcher retries elsewhere) and the worker stops
-            # to be restarted, instead of leaving requests to hang until their deadlines.
-            self._fail_stop(exc)
-            return
-        self._fail_all(FailureCode.OVERLOADED, "the worker is shutting down", include_inbox=True)
+            try:
+                with torch.inference_mode():
+                    self._serve()
+            except Exception as exc:
+                # Safe as a fail-stop: an error outside a model step (taking work, handing events
+                # over) leaves the scheduler's state unknown, so nothing is generated any more:
+                # every sequence fails with INTERNAL (the batcher retries elsewhere) and the worker
+                # stops to be restarted, instead of leaving requests to hang until their deadlines.
+                self._fail_stop(exc)
+                return
+            self._fail_all(FailureCode.OVERLOADED, "the worker is shutting down", include_inbox=True)
+        finally:
+            if self._prefill_pool is not None:
+                self._prefill_pool.shutdown(wait=True)
 
     def _serve(self) -> None:
         """The engine thread's loop, until `close()`."""
@@ -339,12 +374,17 @@ class TransformersEngine(Engine):
                 for handle in [h for h in self._inbox if self._stop_event(h, now, None) is not None]:
                     self._inbox.remove(handle)
                     self._end(handle, self._stop_event(handle, now, None), events)  # type: ignore[arg-type]
-                if self._inbox or self._admitted or self._rows:
+                job = self._job
+                # Newcomers wait while a group is on the prefill thread (one group at a time); its
+                # end wakes this thread (`_start_background_prefill`).
+                prefillable = bool(self._admitted) and job is None
+                if self._inbox or self._rows or prefillable or (job is not None and job.future.done()):
                     break
                 if events:
                     return []  # deliver what was reaped before sleeping
                 self._cond.wait()
-            room = self._settings.worker_max_batch_size - len(self._rows) - len(self._admitted)
+            held = len(self._rows) + len(self._prefilling) + len(self._admitted)
+            room = self._settings.worker_max_batch_size - held
             if self._rows and not self._joinable:
                 room = 0
             return [self._inbox.popleft() for _ in range(max(0, min(room, len(self._inbox))))]
@@ -355,10 +395,14 @@ class TransformersEngine(Engine):
             self._admit(handle, events)
         self._reap(events)
         self._deliver(events)
-        if self._admitted:
-            events = []
-            self._prefill_some(events)
-            self._deliver(events)
+        self._join_prefilled()
+        if self._admitted and self._job is None:
+            if self._batch is not None and self._prefill_pool is not None:
+                self._start_background_prefill()
+            else:
+                events = []
+                self._prefill_some(events)
+                self._deliver(events)
         if self._batch is not None:
             events = []
             self._decode_step(events)
@@ -441,7 +485,8 @@ class TransformersEngine(Engine):
             self._rows = [self._rows[i] for i in order]
         self._table = None
 
-    def _prefill_some(self, events: _Events) -> None:
+    def _choose_prefill_group(self) -> list[_Sequence]:
+        """The admitted sequences to prefill together: first come first, within the token budget."""
         budget = self._settings.worker_max_prefill_tokens
         chosen: list[_Sequence] = []
         longest = 0
@@ -451,18 +496,70 @@ class TransformersEngine(Engine):
                 break
             chosen.append(self._admitted.popleft())
             longest = wider
+        return chosen
+
+    def _prefill_some(self, events: _Events) -> None:
+        """Prefill a group on the engine thread, on every prefill thread, and merge it."""
+        chosen = self._choose_prefill_group()
         self._prefilling = chosen
-        reused_before = self._prefixes.reused_tokens if self._prefixes is not None else 0
         with self._prefill_thread_count():
-            batch, logits = DecodeBatch.prefill(
-                self.model,
-                [s.prompt_ids for s in chosen],
-                self._pad_id,
-                self._vocab_size,
-                self._device,
-                self._decoder,
-                self._prefixes,
-            )
+            batch, joining = self._prefill_group(chosen, events)
+        self._prefilling = []
+        if batch is not None:
+            self._join(batch, joining)
+
+    def _start_background_prefill(self) -> None:
+        """Hand a group to the prefill thread; `_join_prefilled` merges it once it is done."""
+        assert self._prefill_pool is not None
+        chosen = self._choose_prefill_group()
+        self._prefilling = chosen
+        future = self._prefill_pool.submit(self._prefill_beside, chosen)
+        self._job = _PrefillJob(chosen, future)
+        future.add_done_callback(lambda _: self._wake())
+
+    def _prefill_beside(self, chosen: list[_Sequence]) -> tuple[DecodeBatch | None, list[_Sequence]]:
+        """On the prefill thread: the group's prefill and first tokens, whose text goes out at once
+        rather than after the decode step running meanwhile. The group's sequences are this
+        thread's alone until `_join_prefilled` takes them."""
+        events: _Events = []
+        try:
+            with torch.inference_mode():
+                return self._prefill_group(chosen, events)
+        finally:
+            self._deliver(events)
+
+    def _join_prefilled(self) -> None:
+        """Merge the group the prefill thread finished, if any, into the running batch."""
+        job = self._job
+        if job is None or not job.future.done():
+            return
+        self._job, self._prefilling = None, []
+        try:
+            batch, joining = job.future.result()
+        except Exception as exc:
+            # Safe: the failure is the group's alone (its own prompts and slab); its sequences fail
+            # with INTERNAL, which the batcher retries elsewhere, and the running batch goes on.
+            log.exception("prefill failed; failing its sequences")
+            self._fail_sequences(job.seqs, FailureCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
+            return
+        if batch is not None:
+            self._join(batch, joining)
+
+    def _prefill_group(
+        self, chosen: list[_Sequence], events: _Events
+    ) -> tuple[DecodeBatch | None, list[_Sequence]]:
+        """Prefill `chosen` into a batch of their own and pick their first tokens; returns that batch
+        (None if every sequence ended at once) and the sequences still running, in its row order."""
+        reused_before = self._prefixes.reused_tokens if self._prefixes is not None else 0
+        batch, logits = DecodeBatch.prefill(
+            self.model,
+            [s.prompt_ids for s in chosen],
+            self._pad_id,
+            self._vocab_size,
+            self._device,
+            self._decoder,
+            self._prefixes,
+        )
         if self._prefixes is not None and self._prefixes.reused_tokens > reused_before:
             self._observer.prefix_reused(self._prefixes.reused_tokens - reused_before)
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
@@ -470,12 +567,14 @@ class TransformersEngine(Engine):
         batch.record_tokens(tokens)
         self._observer.tokens(len(chosen))
         keep = self._accept_tokens(chosen, tokens.tolist(), events)
-        self._prefilling = []
         if not keep:
-            return
+            return None, []
         if len(keep) < len(chosen):
             keep = batch.keep(keep)
-        joining = [chosen[i] for i in keep]
+        return batch, [chosen[i] for i in keep]
+
+    def _join(self, batch: DecodeBatch, joining: list[_Sequence]) -> None:
+        """Merge a prefilled group into the running batch (or make it the running batch)."""
         if self._batch is None:
             self._batch, self._rows = batch, joining
         else:
@@ -570,7 +669,10 @@ class TransformersEngine(Engine):
         events.append((handle, event))
 
     def _fail_all(self, code: FailureCode, message: str, *, include_inbox: bool = False) -> None:
-        events: _Events = []
+        job, self._job = self._job, None
+        if job is not None:
+            # The group's sequences are the prefill thread's until it is done with them.
+            wait([job.future])
         seqs = [*self._prefilling, *self._rows, *self._admitted]
         self._prefilling, self._rows, self._batch, self._table = [], [], None, None
         self._admitted.clear()
@@ -580,6 +682,13 @@ class TransformersEngine(Engine):
             with self._cond:
                 handles += list(self._inbox)
                 self._inbox.clear()
+        self._fail_handles(handles, code, message)
+
+    def _fail_sequences(self, seqs: list[_Sequence], code: FailureCode, message: str) -> None:
+        self._fail_handles([s.handle for s in seqs], code, message)
+
+    def _fail_handles(self, handles: list[SequenceHandle], code: FailureCode, message: str) -> None:
+        events: _Events = []
         for handle in handles:
             if not handle.ended:
                 self._end(handle, SequenceFailed(handle.request_id, code, message), events)

@@ -4,6 +4,8 @@ alone runs are bit-for-bit comparable)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -442,3 +444,141 @@ async def test_a_scheduler_failure_fails_every_sequence_refuses_new_ones_and_tel
         assert later.end.message == engine.failure
     finally:
         engine.close()
+
+
+class StepClock(NullObserver):
+    """When each decode step ended (called from the engine thread)."""
+
+    def __init__(self) -> None:
+        self.steps: list[float] = []
+
+    def decode_step(self, batch_size: int, duration_s: float) -> None:
+        self.steps.append(time.monotonic())
+
+
+def _thread_cpu_s(native_id: int) -> float:
+    """CPU seconds (user + system) one thread of this process has used."""
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _SlowGroups:
+    """Wraps an engine's group prefill: records where each group ran (thread name, torch threads,
+    size) and holds groups on the prefill thread for `hold_s` (or fails them with `fail`), so that
+    what the engine thread does meanwhile can be watched."""
+
+    def __init__(self, engine: TransformersEngine, hold_s: float = 0.0, fail: bool = False) -> None:
+        self.calls: list[tuple[str, int, int, float, float]] = []
+        self._real = engine._prefill_group
+        self._hold_s = hold_s
+        self._fail = fail
+        engine._prefill_group = self  # type: ignore[method-assign]
+
+    def __call__(self, chosen: list[Any], events: list[Any]) -> Any:
+        started = time.monotonic()
+        name = threading.current_thread().name
+        if name.startswith("lgc-prefill"):
+            time.sleep(self._hold_s)
+            if self._fail:
+                self.calls.append((name, torch.get_num_threads(), len(chosen), started, time.monotonic()))
+                raise RuntimeError("simulated prefill failure")
+        result = self._real(chosen, events)
+        self.calls.append((name, torch.get_num_threads(), len(chosen), started, time.monotonic()))
+        return result
+
+
+def _background_settings(model_state_dir: Path, **overrides: object) -> WorkerSettings:
+    return WorkerSettings(
+        state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256, worker_threads=1,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("background", [True, False])
+async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir: Path, background: bool) -> None:
+    clock = StepClock()
+    engine = TransformersEngine(_background_settings(model_state_dir, worker_background_prefill=background), clock)
+    await engine.start()
+    try:
+        groups = _SlowGroups(engine, hold_s=0.6)
+        queue: asyncio.Queue = asyncio.Queue()
+        engine.submit(greedy(PROMPTS[1], max_new_tokens=60, request_id="running"), queue.put_nowait)
+        while not isinstance(await asyncio.wait_for(queue.get(), 30), TextDelta):
+            pass
+        late = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="late"))
+        assert isinstance(late.end, SequenceFinished) and late.end.completion_tokens == 4
+        first, joined = groups.calls
+        assert first[0] == "lgc-engine"  # nothing was running: the engine thread prefilled it
+        if not background:
+            assert joined[0] == "lgc-engine"
+            return
+        usable = len(os.sched_getaffinity(0))
+        assert joined[0].startswith("lgc-prefill") and joined[1] == max(1, usable - 1) and joined[2] == 1
+        # The running sequence kept stepping while the newcomer's group was on the prefill thread.
+        _, _, _, started, ended = joined
+        assert sum(started < at < ended for at in clock.steps) >= 3
+    finally:
+        await engine.stop()
+
+
+async def test_the_engine_thread_sleeps_while_only_a_background_prefill_is_left(model_state_dir: Path) -> None:
+    engine = TransformersEngine(_background_settings(model_state_dir))
+    await engine.start()
+    try:
+        groups = _SlowGroups(engine, hold_s=1.5)
+        queue: asyncio.Queue = asyncio.Queue()
+        engine.submit(greedy(PROMPTS[1], max_new_tokens=3, request_id="short"), queue.put_nowait)
+        await asyncio.wait_for(queue.get(), 30)  # its first token: it is in the batch
+        late = asyncio.create_task(run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="late")))
+        while len(groups.calls) < 1 or not engine._prefilling:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # "short" has ended by now; only the held group is left
+        assert engine._thread is not None and engine._thread.native_id is not None
+        before = _thread_cpu_s(engine._thread.native_id)
+        await asyncio.sleep(0.8)
+        assert _thread_cpu_s(engine._thread.native_id) - before < 0.1  # asleep, not polling
+        result = await asyncio.wait_for(late, 30)
+        assert isinstance(result.end, SequenceFinished) and result.end.completion_tokens == 4
+    finally:
+        await engine.stop()
+
+
+async def test_a_failed_background_prefill_fails_its_group_and_the_batch_goes_on(model_state_dir: Path) -> None:
+    engine = TransformersEngine(_background_settings(model_state_dir))
+    await engine.start()
+    try:
+        groups = _SlowGroups(engine, fail=True)
+        queue: asyncio.Queue = asyncio.Queue()
+        engine.submit(greedy(PROMPTS[1], max_new_tokens=40, request_id="running"), queue.put_nowait)
+        await asyncio.wait_for(queue.get(), 30)
+        doomed = await run_item(engine, greedy(PROMPTS[0], request_id="doomed"))
+        assert isinstance(doomed.end, SequenceFailed) and doomed.end.code is FailureCode.INTERNAL
+        assert "simulated prefill failure" in doomed.end.message
+        assert groups.calls[-1][0].startswith("lgc-prefill")
+        event = await asyncio.wait_for(queue.get(), 30)
+        while isinstance(event, TextDelta):
+            event = await asyncio.wait_for(queue.get(), 30)
+        assert isinstance(event, SequenceFinished) and event.completion_tokens == 40
+        assert engine.failure is None
+    finally:
+        await engine.stop()
+
+
+async def test_stopping_during_a_background_prefill_ends_every_sequence(model_state_dir: Path) -> None:
+    engine = TransformersEngine(_background_settings(model_state_dir))
+    await engine.start()
+    groups = _SlowGroups(engine, hold_s=1.0)
+    running: asyncio.Queue = asyncio.Queue()
+    engine.submit(greedy(PROMPTS[1], max_new_tokens=200, request_id="running"), running.put_nowait)
+    await asyncio.wait_for(running.get(), 30)
+    late = asyncio.create_task(run_item(engine, greedy(PROMPTS[0], max_new_tokens=50, request_id="late")))
+    while not engine._prefilling:
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(engine.stop(), 30)
+    result = await asyncio.wait_for(late, 10)
+    assert isinstance(result.end, SequenceFailed) and result.end.code is FailureCode.OVERLOADED
+    assert groups.calls[-1][0].startswith("lgc-prefill")  # the group was held on the prefill thread
+    event = await asyncio.wait_for(running.get(), 10)
+    while isinstance(event, TextDelta):
+        event = await asyncio.wait_for(running.get(), 10)
+    assert isinstance(event, SequenceFailed) and event.code is FailureCode.OVERLOADED
