@@ -17,6 +17,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from shared.blas_threads import cap_blas_threads
 from shared.blocking_tenants import BlockingTenants
 from shared.doorbell import DoorbellRinger
 from shared.kafka_clients import make_producer
@@ -241,6 +242,8 @@ class GatewayService:
             )
             self._semantic = semantic
             await semantic.start()
+            # Qdrant's local mode searches with numpy (loaded by now), one query at a time.
+            cap_blas_threads(settings.gateway_blas_threads)
         self._purger = CachePurger(
             settings,
             topic=self.topics.verdicts,

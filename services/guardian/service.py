@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
-from threadpoolctl import threadpool_limits
 
 from services.guardian.api import create_app
 from services.guardian import detector_catalog
@@ -28,6 +27,7 @@ from services.guardian.verdict_consumer import VerdictConsumer
 from services.guardian.verdict_pipeline import VerdictPipeline
 from services.guardian.verdict_policy import ActionPolicy
 from shared.background_tasks import run_until_stopped
+from shared.blas_threads import cap_blas_threads
 from shared.kafka_clients import AdaptiveFetchWait, make_consumer, make_producer
 from shared.metrics import SnapshotPublisher
 from shared.topics import Topics
@@ -134,6 +134,10 @@ class GuardianService:
         # Model-based detectors load their models now, on the detector pool (seconds of CPU),
         # so that the first batch does not wait for them and readiness means "can judge".
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load_detectors)
+        # After the models loaded: the cap reaches the BLAS libraries loaded by then (numpy's,
+        # spaCy's). From this thread, not the pool's: once any thread has set OpenBLAS's count,
+        # threadpoolctl's call from another thread no longer changes it (OpenBLAS 0.3.31).
+        cap_blas_threads(self.settings.guardian_blas_threads)
         await self._producer.start()
         loops = []
         for consumer, parse, source in self._consumers:
@@ -182,9 +186,6 @@ class GuardianService:
             load = getattr(detector, "load", None)
             if callable(load):
                 load()
-        # After the models loaded: the limit reaches the BLAS libraries loaded by then (numpy's,
-        # spaCy's), for every thread of the process.
-        threadpool_limits(limits=self.settings.guardian_blas_threads, user_api="blas")
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raises if a background task fails (the process then exits

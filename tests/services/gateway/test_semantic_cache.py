@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from shared.records import ChatMessage, GenerationParams, GenerationRequest
 
@@ -110,7 +111,14 @@ async def ask(service: GatewayService, content: str, **headers: str) -> httpx.Re
 async def test_semantic_hits_through_the_gateway(
     start_gateway, fake_batcher: FakeBatcher, registered_worker, embedder: SentenceEmbedder
 ) -> None:
-    service = await start_gateway(gateway_semantic_cache_enabled=True, gateway_embedder_threads=0)
+    blas_before = max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+    threadpool_limits(limits=2, user_api="blas")  # OpenBLAS's default on a 2-core machine
+    try:
+        service = await start_gateway(gateway_semantic_cache_enabled=True, gateway_embedder_threads=0)
+        # Qdrant's local search runs on numpy: its BLAS is capped once the cache starts.
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
+    finally:
+        threadpool_limits(limits=blas_before, user_api="blas")  # the rest of the session as it was
     first = await ask(service, "What is the capital of France?")
     paraphrase = await ask(service, "Which city is the capital of France?")
     negation = await ask(service, "What is NOT the capital of France?")
