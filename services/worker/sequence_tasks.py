@@ -5,7 +5,8 @@ event loop (no engine thread of ours).
 sequence by cancelling its task, and turns the way a task ended into exactly one terminal event:
 the `SequenceFinished` its body returned, the event of a `SequenceAbort` it raised, `CANCELLED` (or
 the event `abort_all` set) when it was cancelled, or `INTERNAL` for an unexpected exception (only
-that sequence fails; the batcher retries it elsewhere).
+that sequence fails; the batcher retries it elsewhere). A backend that can no longer generate at
+all (vLLM's engine core died) calls `_fail_for_good`: every sequence fails, and so does the worker.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class TaskPerSequenceEngine(Engine):
         self._running = 0
         self._waiting = 0
         self._stopping = False
+        self._failure: str | None = None
 
     @property
     def running(self) -> int:
@@ -75,6 +77,22 @@ class TaskPerSequenceEngine(Engine):
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    def _fail_for_good(self, message: str) -> None:
+        """The backend can no longer generate (`EngineFailedError`): every held sequence fails with
+        INTERNAL (the batcher retries it elsewhere), new items are refused with INTERNAL, and the
+        service is told once, so that the worker stops and is restarted."""
+        if self._failure is not None:
+            return
+        self._failure = message
+        log.error("the engine failed for good; failing every sequence and stopping", extra={"failure": message})
+        if self.on_failure is not None:
+            self.on_failure(message)
+        self.abort_all(FailureCode.INTERNAL, message)
 
     @abstractmethod
     def _not_ready(self) -> str | None:
@@ -97,10 +115,14 @@ class TaskPerSequenceEngine(Engine):
     def submit(self, item: WorkItem, sink: EventSink) -> SequenceHandle:
         loop = asyncio.get_running_loop()
         handle = SequenceHandle(item, sink, loop)
-        refusal = "the worker is shutting down" if self._stopping else self._not_ready()
+        code, refusal = FailureCode.OVERLOADED, None
+        if self._failure is not None:
+            code, refusal = FailureCode.INTERNAL, self._failure
+        else:
+            refusal = "the worker is shutting down" if self._stopping else self._not_ready()
         if refusal is not None:
             handle.ended = True
-            loop.call_soon(sink, SequenceFailed(item.request_id, FailureCode.OVERLOADED, refusal))
+            loop.call_soon(sink, SequenceFailed(item.request_id, code, refusal))
             return handle
         progress = self._new_progress(item)
         task = loop.create_task(self._generate(handle, progress), name=f"{type(self).__name__}-{item.request_id}")

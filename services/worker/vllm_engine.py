@@ -317,6 +317,7 @@ class VllmEngine(TaskPerSequenceEngine):
         self._llm: Any = None
         self._vllm_sampling_params: Any = None
         self._client_errors: tuple[type[BaseException], ...] = ()
+        self._dead_errors: tuple[type[BaseException], ...] = ()
         self._encoder: PromptEncoder | None = None
         self._info: EngineInfo | None = None
 
@@ -339,6 +340,7 @@ class VllmEngine(TaskPerSequenceEngine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         settings = self._settings
         device = vllm_platform_device()
@@ -367,6 +369,8 @@ class VllmEngine(TaskPerSequenceEngine):
         self._vllm_sampling_params = VllmSamplingParams
         # ValueError: vLLM still validates some parameters with it.
         self._client_errors = (VLLMClientError, ValueError)
+        # The engine core process is gone: every later call fails the same way.
+        self._dead_errors = (EngineDeadError,)
         self._encoder = PromptEncoder(tokenizer, int(model_config.max_model_len))
         self._info = EngineInfo(
             model=source.served_name,
@@ -472,6 +476,13 @@ class VllmEngine(TaskPerSequenceEngine):
                     finished, finish_reason = True, completion.finish_reason
         except self._client_errors as exc:
             raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
+        except self._dead_errors as exc:
+            # Safe as a fail-stop: nothing can be generated any more; every sequence fails with
+            # INTERNAL (the batcher retries elsewhere) and the worker stops to be restarted,
+            # instead of staying registered and failing every item it is given.
+            message = f"vLLM's engine core died: {type(exc).__name__}: {exc}"
+            self._fail_for_good(message)
+            raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INTERNAL, message)) from None
         if not finished:
             raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INTERNAL, "vLLM ended the stream without finishing"))
         return self._ended(handle, progress, finish_reason)

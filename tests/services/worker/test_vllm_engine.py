@@ -362,3 +362,35 @@ async def _exercise(engine: VllmEngine) -> None:
     expired = await run_item(engine, expiring)
     assert isinstance(expired.end, SequenceFailed) and expired.end.code is FailureCode.DEADLINE_EXCEEDED
     assert (engine.running, engine.waiting, engine.active()) == (0, 0, [])
+
+
+@needs_vllm
+@pytest.mark.timeout(900)
+async def test_real_vllm_engine_core_death_fails_the_engine_for_good(model_state_dir: Path, tmp_path: Path) -> None:
+    import psutil  # a dependency of vLLM
+
+    engine = VllmEngine(
+        WorkerSettings(
+            worker_backend="vllm", state_dir=model_state_dir, worker_max_batch_size=8, worker_max_model_len=256,
+            worker_vllm_kv_cache_gb=1,
+        )
+    )
+    told: list[str] = []
+    engine.on_failure = told.append
+    await engine.start()
+    try:
+        running = asyncio.create_task(
+            run_item(engine, WorkItem("doomed", prompt="Once upon a time", params=SamplingParams(max_new_tokens=200)), 300)
+        )
+        while engine.running < 1:  # generating: its first token came
+            await asyncio.sleep(0.01)
+        for process in psutil.Process().children(recursive=True):  # vLLM's engine core and its worker
+            process.kill()
+        doomed = await asyncio.wait_for(running, 120)
+        assert isinstance(doomed.end, SequenceFailed) and doomed.end.code is FailureCode.INTERNAL
+        assert "engine core died" in doomed.end.message
+        assert engine.failure is not None and told == [engine.failure]
+        later = await run_item(engine, WorkItem("later", prompt="x"), 30)
+        assert isinstance(later.end, SequenceFailed) and later.end.code is FailureCode.INTERNAL
+    finally:
+        await asyncio.wait_for(engine.stop(), 120)
