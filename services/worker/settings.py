@@ -114,10 +114,11 @@ class WorkerSettings(ClusterSettings):
 
     worker_background_prefill: bool = True
     """transformers backend, Llama steps (CPU): while a batch is decoding, prefill newcomers on a
-    second engine thread (on the cores the decode steps leave: every core this process may use
-    less `worker_threads`, at least one) and merge them between two steps, so the running
-    sequences keep stepping; `false` stops the batch for every prefill. See the worker README,
-    "Prefills beside the decode steps"."""
+    second engine thread and merge them between two steps, so the running sequences keep
+    stepping. It runs on the cores the decode steps leave (the cores this process may use less
+    `worker_threads`, at most `worker_prefill_threads`); where `worker_threads` takes every core,
+    or with `false`, the batch stops for every prefill. See the worker README, "Prefills beside
+    the decode steps"."""
 
     worker_registry_ttl_s: float = Field(10.0, gt=0.5, le=3600)
     """Lifetime of the registry entry; the heartbeat rewrites it every third of that."""

@@ -245,11 +245,14 @@ class TransformersEngine(Engine):
         if self.model is None:
             raise RuntimeError("load() the model before starting the engine thread")
         settings = self._settings
-        if settings.worker_background_prefill and self._decoder is not None and self._joinable:
+        spare = len(os.sched_getaffinity(0)) - self._threads
+        if settings.worker_background_prefill and self._decoder is not None and self._joinable and spare > 0:
             # CPU and the Llama steps only: measured there (worker README, "Prefills beside the
             # decode steps"); a group's prefill builds its own slab, so it shares nothing mutable
-            # with the running batch. Its torch threads are the cores the decode steps leave.
-            threads = max(1, len(os.sched_getaffinity(0)) - self._threads)
+            # with the running batch. Its torch threads are the cores the decode steps leave (and
+            # no more than a prefill may use); with none left it would only take the decode
+            # threads' cores, so prefills stay on the engine thread then.
+            threads = min(spare, self._prefill_threads)
             self._prefill_pool = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="lgc-prefill", initializer=torch.set_num_threads, initargs=(threads,)
             )

@@ -488,10 +488,24 @@ class _SlowGroups:
 
 
 def _background_settings(model_state_dir: Path, **overrides: object) -> WorkerSettings:
+    """One decode thread unless overridden, so that a core is left for the prefill thread (CI
+    has 2)."""
+    values: dict[str, object] = {"worker_threads": 1, **overrides}
     return WorkerSettings(
-        state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256, worker_threads=1,
-        **overrides,  # type: ignore[arg-type]
+        state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256,
+        **values,  # type: ignore[arg-type]
     )
+
+
+async def test_a_worker_with_every_core_decoding_keeps_prefills_on_the_engine_thread(model_state_dir: Path) -> None:
+    settings = _background_settings(model_state_dir, worker_threads=len(os.sched_getaffinity(0)))
+    engine = TransformersEngine(settings)
+    engine.load()
+    engine.start_thread()
+    try:
+        assert engine._prefill_pool is None
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize("background", [True, False])
@@ -509,11 +523,11 @@ async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir:
         assert isinstance(late.end, SequenceFinished) and late.end.completion_tokens == 4
         first, joined = groups.calls
         assert first[0] == "lgc-engine"  # nothing was running: the engine thread prefilled it
-        if not background:
+        usable = len(os.sched_getaffinity(0))
+        if not background or usable == 1:  # off, or no core beside the decode thread's
             assert joined[0] == "lgc-engine"
             return
-        usable = len(os.sched_getaffinity(0))
-        assert joined[0].startswith("lgc-prefill") and joined[1] == max(1, usable - 1) and joined[2] == 1
+        assert joined[0].startswith("lgc-prefill") and joined[1] == usable - 1 and joined[2] == 1
         # The running sequence kept stepping while the newcomer's group was on the prefill thread.
         _, _, _, started, ended = joined
         assert sum(started < at < ended for at in clock.steps) >= 3
