@@ -378,19 +378,26 @@ class TransformersEngine(Engine):
                     self._inbox.remove(handle)
                     self._end(handle, self._stop_event(handle, now, None), events)  # type: ignore[arg-type]
                 job = self._job
-                # Newcomers wait while a group is on the prefill thread (one group at a time); its
-                # end wakes this thread (`_start_background_prefill`).
+                room = self._room()
+                # Newcomers wait while a group is on the prefill thread (one group at a time), and
+                # items while the batch is full; the group's end wakes this thread
+                # (`_start_background_prefill`), and so does a row leaving (this thread's own).
                 prefillable = bool(self._admitted) and job is None
-                if self._inbox or self._rows or prefillable or (job is not None and job.future.done()):
+                takeable = bool(self._inbox) and room > 0
+                if takeable or self._rows or prefillable or (job is not None and job.future.done()):
                     break
                 if events:
                     return []  # deliver what was reaped before sleeping
                 self._cond.wait()
-            held = len(self._rows) + len(self._prefilling) + len(self._admitted)
-            room = self._settings.worker_max_batch_size - held
-            if self._rows and not self._joinable:
-                room = 0
             return [self._inbox.popleft() for _ in range(max(0, min(room, len(self._inbox))))]
+
+    def _room(self) -> int:
+        """How many more items the batch can take now (rows, the group being prefilled and the
+        admitted ones count against `worker_max_batch_size`)."""
+        if self._rows and not self._joinable:
+            return 0
+        held = len(self._rows) + len(self._prefilling) + len(self._admitted)
+        return self._settings.worker_max_batch_size - held
 
     def _iterate(self, taken: list[SequenceHandle]) -> None:
         events: _Events = []

@@ -467,11 +467,14 @@ class _SlowGroups:
     size) and holds groups on the prefill thread for `hold_s` (or fails them with `fail`), so that
     what the engine thread does meanwhile can be watched."""
 
-    def __init__(self, engine: TransformersEngine, hold_s: float = 0.0, fail: bool = False) -> None:
+    def __init__(
+        self, engine: TransformersEngine, hold_s: float = 0.0, fail: bool = False, hold_once: bool = False
+    ) -> None:
         self.calls: list[tuple[str, int, int, float, float]] = []
         self._real = engine._prefill_group
         self._hold_s = hold_s
         self._fail = fail
+        self._hold_once = hold_once
         engine._prefill_group = self  # type: ignore[method-assign]
 
     def __call__(self, chosen: list[Any], events: list[Any]) -> Any:
@@ -479,6 +482,8 @@ class _SlowGroups:
         name = threading.current_thread().name
         if name.startswith("lgc-prefill"):
             time.sleep(self._hold_s)
+            if self._hold_once:
+                self._hold_s = 0.0
             if self._fail:
                 self.calls.append((name, torch.get_num_threads(), len(chosen), started, time.monotonic()))
                 raise RuntimeError("simulated prefill failure")
@@ -508,6 +513,16 @@ async def test_a_worker_with_every_core_decoding_keeps_prefills_on_the_engine_th
         engine.close()
 
 
+async def _running(engine: TransformersEngine, request_id: str, max_new_tokens: int) -> asyncio.Queue:
+    """Submit a sequence and wait for its first text: it is in the running batch then. Returns
+    the queue of its later events."""
+    queue: asyncio.Queue = asyncio.Queue()
+    engine.submit(greedy(PROMPTS[1], max_new_tokens=max_new_tokens, request_id=request_id), queue.put_nowait)
+    while not isinstance(await asyncio.wait_for(queue.get(), 30), TextDelta):
+        pass
+    return queue
+
+
 @pytest.mark.parametrize("background", [True, False])
 async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir: Path, background: bool) -> None:
     clock = StepClock()
@@ -515,10 +530,7 @@ async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir:
     await engine.start()
     try:
         groups = _SlowGroups(engine, hold_s=0.6)
-        queue: asyncio.Queue = asyncio.Queue()
-        engine.submit(greedy(PROMPTS[1], max_new_tokens=60, request_id="running"), queue.put_nowait)
-        while not isinstance(await asyncio.wait_for(queue.get(), 30), TextDelta):
-            pass
+        await _running(engine, "running", max_new_tokens=60)
         late = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="late"))
         assert isinstance(late.end, SequenceFinished) and late.end.completion_tokens == 4
         first, joined = groups.calls
@@ -536,23 +548,30 @@ async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir:
 
 
 async def test_the_engine_thread_sleeps_while_only_a_background_prefill_is_left(model_state_dir: Path) -> None:
-    engine = TransformersEngine(_background_settings(model_state_dir))
+    # Two rows at most: with the held group and one admitted item the batch is full, and one more
+    # item waits in the inbox; none of that is work for the engine thread until the group is done.
+    engine = TransformersEngine(_background_settings(model_state_dir, worker_max_batch_size=2))
     await engine.start()
     try:
-        groups = _SlowGroups(engine, hold_s=1.5)
-        queue: asyncio.Queue = asyncio.Queue()
-        engine.submit(greedy(PROMPTS[1], max_new_tokens=3, request_id="short"), queue.put_nowait)
-        await asyncio.wait_for(queue.get(), 30)  # its first token: it is in the batch
-        late = asyncio.create_task(run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="late")))
-        while len(groups.calls) < 1 or not engine._prefilling:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # "short" has ended by now; only the held group is left
+        _SlowGroups(engine, hold_s=2.0, hold_once=True)
+        short = await _running(engine, "short", max_new_tokens=12)
+        late = [
+            asyncio.create_task(run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id=f"late{i}")))
+            for i in range(3)
+        ]
+        while not isinstance(await asyncio.wait_for(short.get(), 30), SequenceFinished):
+            pass
+        # "late0" joined while "short" ran, so its group is held on the prefill thread.
+        assert engine._prefilling and engine._batch is None
+        await asyncio.sleep(0.1)  # the engine thread takes "late1" into the free place
+        assert engine.waiting == 2  # late1 admitted, late2 in the inbox: the batch is full
         assert engine._thread is not None and engine._thread.native_id is not None
         before = _thread_cpu_s(engine._thread.native_id)
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(0.6)
         assert _thread_cpu_s(engine._thread.native_id) - before < 0.1  # asleep, not polling
-        result = await asyncio.wait_for(late, 30)
-        assert isinstance(result.end, SequenceFinished) and result.end.completion_tokens == 4
+        assert engine._prefilling  # still held: the window was inside the wait
+        results = await asyncio.wait_for(asyncio.gather(*late), 60)
+        assert all(isinstance(r.end, SequenceFinished) and r.end.completion_tokens == 4 for r in results)
     finally:
         await engine.stop()
 
@@ -562,9 +581,7 @@ async def test_a_failed_background_prefill_fails_its_group_and_the_batch_goes_on
     await engine.start()
     try:
         groups = _SlowGroups(engine, fail=True)
-        queue: asyncio.Queue = asyncio.Queue()
-        engine.submit(greedy(PROMPTS[1], max_new_tokens=40, request_id="running"), queue.put_nowait)
-        await asyncio.wait_for(queue.get(), 30)
+        queue = await _running(engine, "running", max_new_tokens=40)
         doomed = await run_item(engine, greedy(PROMPTS[0], request_id="doomed"))
         assert isinstance(doomed.end, SequenceFailed) and doomed.end.code is FailureCode.INTERNAL
         assert "simulated prefill failure" in doomed.end.message
@@ -582,9 +599,7 @@ async def test_stopping_during_a_background_prefill_ends_every_sequence(model_st
     engine = TransformersEngine(_background_settings(model_state_dir))
     await engine.start()
     groups = _SlowGroups(engine, hold_s=1.0)
-    running: asyncio.Queue = asyncio.Queue()
-    engine.submit(greedy(PROMPTS[1], max_new_tokens=200, request_id="running"), running.put_nowait)
-    await asyncio.wait_for(running.get(), 30)
+    running = await _running(engine, "running", max_new_tokens=200)
     late = asyncio.create_task(run_item(engine, greedy(PROMPTS[0], max_new_tokens=50, request_id="late")))
     while not engine._prefilling:
         await asyncio.sleep(0.01)
