@@ -19,7 +19,9 @@ def test_start_up_objects_are_frozen_and_later_garbage_is_still_collected() -> N
     thresholds = gc.get_threshold()
     try:
         frozen = freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > 0
+        # A frozen object freed since (an evicted cache entry, another thread's garbage) leaves
+        # the permanent generation, so the count can only have fallen a little.
+        assert frozen > 0 and frozen - 100 < gc.get_freeze_count() <= frozen
         assert gc.get_threshold() == (YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
         assert all(not any(o is kept for o in gc.get_objects(generation)) for generation in range(3))
 
