@@ -115,16 +115,6 @@ class _Sequence:
     ttft_ms: float = 0.0
 
 
-@dataclass(eq=False, slots=True)
-class _PrefillJob:
-    """A group of newcomers being prefilled on the prefill thread (`worker_background_prefill`)."""
-
-    seqs: list[_Sequence]
-    future: Future[tuple[DecodeBatch | None, list[_Sequence]]]
-    """The group's batch (None when every sequence ended at its first token) and the sequences
-    still running, in the batch's row order."""
-
-
 class TransformersEngine(Engine):
     """A Hugging Face causal LM served with a manual, continuously batched decode loop."""
 
@@ -149,8 +139,10 @@ class TransformersEngine(Engine):
         self._prefixes: PrefixCache | None = None
         self._prefill_pool: ThreadPoolExecutor | None = None
         """The prefill thread (`worker_background_prefill`), None when prefills run on the engine thread."""
-        self._job: _PrefillJob | None = None
-        """The group on the prefill thread (engine thread only)."""
+        self._job: Future[tuple[DecodeBatch | None, list[_Sequence]]] | None = None
+        """The prefill thread's result for the group in `_prefilling` (engine thread only): the
+        group's batch (None when every sequence ended at its first token) and the sequences still
+        running, in the batch's row order."""
 
     # ---------------------------------------------------------------- lifecycle (event loop side)
 
@@ -384,7 +376,7 @@ class TransformersEngine(Engine):
                 # (`_start_background_prefill`), and so does a row leaving (this thread's own).
                 prefillable = bool(self._admitted) and job is None
                 takeable = bool(self._inbox) and room > 0
-                if takeable or self._rows or prefillable or (job is not None and job.future.done()):
+                if takeable or self._rows or prefillable or (job is not None and job.done()):
                     break
                 if events:
                     return []  # deliver what was reaped before sleeping
@@ -523,9 +515,8 @@ class TransformersEngine(Engine):
         assert self._prefill_pool is not None
         chosen = self._choose_prefill_group()
         self._prefilling = chosen
-        future = self._prefill_pool.submit(self._prefill_beside, chosen)
-        self._job = _PrefillJob(chosen, future)
-        future.add_done_callback(lambda _: self._wake())
+        self._job = self._prefill_pool.submit(self._prefill_beside, chosen)
+        self._job.add_done_callback(lambda _: self._wake())
 
     def _prefill_beside(self, chosen: list[_Sequence]) -> tuple[DecodeBatch | None, list[_Sequence]]:
         """On the prefill thread: the group's prefill and first tokens, whose text goes out at once
@@ -540,17 +531,18 @@ class TransformersEngine(Engine):
 
     def _join_prefilled(self) -> None:
         """Merge the group the prefill thread finished, if any, into the running batch."""
-        job = self._job
-        if job is None or not job.future.done():
+        job, group = self._job, self._prefilling
+        if job is None or not job.done():
             return
         self._job, self._prefilling = None, []
         try:
-            batch, joining = job.future.result()
+            batch, joining = job.result()
         except Exception as exc:
             # Safe: the failure is the group's alone (its own prompts and slab); its sequences fail
             # with INTERNAL, which the batcher retries elsewhere, and the running batch goes on.
             log.exception("prefill failed; failing its sequences")
-            self._fail_sequences(job.seqs, FailureCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
+            message = f"the model failed: {type(exc).__name__}: {exc}"
+            self._fail_handles([s.handle for s in group], FailureCode.INTERNAL, message)
             return
         if batch is not None:
             self._join(batch, joining)
@@ -682,7 +674,7 @@ class TransformersEngine(Engine):
         job, self._job = self._job, None
         if job is not None:
             # The group's sequences are the prefill thread's until it is done with them.
-            wait([job.future])
+            wait([job])
         seqs = [*self._prefilling, *self._rows, *self._admitted]
         self._prefilling, self._rows, self._batch, self._table = [], [], None, None
         self._admitted.clear()
@@ -693,9 +685,6 @@ class TransformersEngine(Engine):
                 handles += list(self._inbox)
                 self._inbox.clear()
         self._fail_handles(handles, code, message)
-
-    def _fail_sequences(self, seqs: list[_Sequence], code: FailureCode, message: str) -> None:
-        self._fail_handles([s.handle for s in seqs], code, message)
 
     def _fail_handles(self, handles: list[SequenceHandle], code: FailureCode, message: str) -> None:
         events: _Events = []

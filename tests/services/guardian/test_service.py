@@ -75,6 +75,7 @@ async def test_start_caps_the_blas_threads(guardian_settings: GuardianSettings) 
     blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert blas, "numpy loads a BLAS library"
     before = max(pool["num_threads"] for pool in blas)
+    threadpool_limits(limits=2, user_api="blas")  # OpenBLAS's default on a 2-core machine
     settings = guardian_settings.model_copy(update={"guardian_blas_threads": 1})
     service = GuardianService(settings, detectors=detectors_for_tests())
     await service.start()
