@@ -67,6 +67,7 @@ from services.worker.llama_decode import LlamaDecoder
 from services.worker.packed_linear import prepack_linears
 from services.worker.prefix_cache import PrefixCache
 from services.worker.prompt_encoding import PromptEncoder, PromptError
+from services.worker.realtime_scheduling import REALTIME_PRIORITY, use_realtime_scheduling
 from services.worker.sampling import RowSampling, SamplingTable, make_generator, pick_next_tokens
 from services.worker.settings import WorkerSettings
 from services.worker.stop_strings import StopStringMatcher
@@ -139,6 +140,8 @@ class TransformersEngine(Engine):
         self._prefixes: PrefixCache | None = None
         self._prefill_pool: ThreadPoolExecutor | None = None
         """The prefill thread (`worker_background_prefill`), None when prefills run on the engine thread."""
+        self._realtime = False
+        """Whether the engine's threads take SCHED_FIFO (decided at start; False once refused)."""
         self._job: Future[tuple[DecodeBatch | None, list[_Sequence]]] | None = None
         """The prefill thread's result for the group in `_prefilling` (engine thread only): the
         group's batch (None when every sequence ended at its first token) and the sequences still
@@ -246,9 +249,14 @@ class TransformersEngine(Engine):
             # threads' cores, so prefills stay on the engine thread then.
             threads = min(spare, self._prefill_threads)
             self._prefill_pool = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="lgc-prefill", initializer=torch.set_num_threads, initargs=(threads,)
+                max_workers=1,
+                thread_name_prefix="lgc-prefill",
+                initializer=self._start_prefill_thread,
+                initargs=(threads,),
             )
             log.info("newcomers are prefilled beside the decode steps", extra={"prefill_threads": threads})
+        # With a core left to the rest of the process and machine (realtime_scheduling).
+        self._realtime = settings.worker_realtime_threads and self._device.type == "cpu" and spare > 0
         self._thread = threading.Thread(target=self._run, name="lgc-engine", daemon=True)
         self._thread.start()
 
@@ -310,6 +318,13 @@ class TransformersEngine(Engine):
         if self._device.type == "cpu":
             # Again on this thread: with OpenMP the thread count can be per calling thread.
             torch.set_num_threads(self._threads)
+        if self._realtime:
+            refusal = use_realtime_scheduling()
+            if refusal is None:
+                log.info("the engine's threads run under SCHED_FIFO", extra={"priority": REALTIME_PRIORITY})
+            else:
+                self._realtime = False
+                log.info("the engine's threads keep the normal scheduler", extra={"reason": refusal})
         try:
             try:
                 with torch.inference_mode():
@@ -583,6 +598,13 @@ class TransformersEngine(Engine):
             self._batch.absorb(batch)
             self._rows = self._rows + joining
         self._table = None
+
+    def _start_prefill_thread(self, threads: int) -> None:
+        """The prefill thread's set-up: its torch threads, and the engine thread's scheduling
+        (said, not inherited: the pool may start its thread from any thread)."""
+        torch.set_num_threads(threads)
+        if self._realtime and use_realtime_scheduling() is not None:
+            log.warning("the prefill thread keeps the normal scheduler")
 
     @contextlib.contextmanager
     def _prefill_thread_count(self) -> Iterator[None]:

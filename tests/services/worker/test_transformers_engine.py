@@ -27,6 +27,7 @@ from services.worker.engine import (
 )
 from services.worker.llama_decode import MIN_ROOM
 from services.worker.precision import cpu_computes_bfloat16
+from services.worker.realtime_scheduling import is_realtime, use_realtime_scheduling
 from services.worker.settings import WorkerSettings
 from services.worker.transformers_engine import TransformersEngine
 from tests.services.worker.engine_runs import run_item
@@ -611,3 +612,49 @@ async def test_stopping_during_a_background_prefill_ends_every_sequence(model_st
     while isinstance(event, TextDelta):
         event = await asyncio.wait_for(running.get(), 10)
     assert isinstance(event, SequenceFailed) and event.code is FailureCode.OVERLOADED
+
+
+def _realtime_permitted() -> bool:
+    """Whether this process may put a thread under SCHED_FIFO (probed on a throwaway thread)."""
+    answer: list[str | None] = []
+    probe = threading.Thread(target=lambda: answer.append(use_realtime_scheduling()))
+    probe.start()
+    probe.join()
+    return answer == [None]
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+async def test_the_engine_threads_take_real_time_scheduling_only_with_a_core_left(
+    model_state_dir: Path, realtime: bool
+) -> None:
+    usable = len(os.sched_getaffinity(0))
+    if usable < 2:
+        pytest.skip("needs a core beside the decode thread")
+    engine = TransformersEngine(_background_settings(model_state_dir, worker_realtime_threads=realtime))
+    await engine.start()
+    try:
+        await _running(engine, "running", max_new_tokens=30)
+        late = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="late"))
+        assert isinstance(late.end, SequenceFinished)
+        assert engine._thread is not None and engine._thread.native_id is not None
+        prefill = [t for t in threading.enumerate() if t.name.startswith("lgc-prefill")]
+        assert len(prefill) == 1 and prefill[0].native_id is not None  # "late" was prefilled there
+        expected = realtime and _realtime_permitted()
+        assert is_realtime(engine._thread.native_id) is expected
+        assert is_realtime(prefill[0].native_id) is expected
+        assert not is_realtime()  # the event loop's thread keeps the normal scheduler
+    finally:
+        await engine.stop()
+
+
+async def test_a_worker_with_every_core_decoding_keeps_the_normal_scheduler(model_state_dir: Path) -> None:
+    settings = _background_settings(model_state_dir, worker_threads=len(os.sched_getaffinity(0)))
+    engine = TransformersEngine(settings)
+    await engine.start()
+    try:
+        result = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=2))
+        assert isinstance(result.end, SequenceFinished)
+        assert engine._thread is not None and engine._thread.native_id is not None
+        assert not is_realtime(engine._thread.native_id)
+    finally:
+        await engine.stop()
