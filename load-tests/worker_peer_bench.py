@@ -35,7 +35,10 @@ latency (gaps between content chunks) and time per output token after the first 
 (end - first chunk) / (tokens - 1), comparable across `--stream-interval`s) p50/p99, errors; and the CPU seconds per 1,000 output tokens
 of every server process with its descendants (vLLM's engine core runs in a child process).
 
-`--repeats N` (default 3) measures every system N times after one warm-up and reports the run with
+`--repeats N` (default 3) measures every system N times after one warm-up run
+(`--warmup-requests`, default `--streams`: one full wave, so that the first measured run does not
+pay a system's first full-batch prefill and steps; it was 4 requests before 2026-12-06, and the
+cluster's first measured round was then its slowest) and reports the run with
 the median output tokens/s, all N under `runs` (this machine's run-to-run noise is about ±15 %);
 `sequential-generate` runs once (it takes about a minute).
 
@@ -483,7 +486,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     load = dict(requests=args.requests, streams=args.streams, max_tokens=args.max_tokens,
                 temperature=args.temperature, timeout_s=args.timeout)
     report: dict[str, Any] = {
-        "setup": {**load, "stream_interval": args.stream_interval, "prompts": len(PROMPTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(), "cpu_dtype_auto": cpu_dtype(), "loadavg_before": os.getloadavg(),
+        "setup": {**load, "stream_interval": args.stream_interval, "warmup_requests": args.warmup_requests, "prompts": len(PROMPTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(), "cpu_dtype_auto": cpu_dtype(), "loadavg_before": os.getloadavg(),
                   "model": "SmolLM2-135M-Instruct", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "systems": {},
     }
@@ -519,7 +522,7 @@ def _head_to_head(args: argparse.Namespace, out: Path, load: dict[str, Any], tok
     with contextlib.ExitStack() as stack:
         targets = [stack.enter_context(_system(name, args, out / "head-to-head")) for name in names]
         for target in targets:
-            asyncio.run(run_load(target, **{**load, "requests": min(args.streams, 4)}))  # warm-up
+            _warm_up(target, args, load)
         rounds = []
         for index in range(args.head_to_head):
             order = [0, 1] if index % 2 == 0 else [1, 0]
@@ -588,11 +591,18 @@ def _measure_system(
     """Start a system, warm it up, measure it `--repeats` times (the median run is the result),
     and run the sweep on it when it is the sweep system."""
     with _system(name, args, out) as target:
-        asyncio.run(run_load(target, **{**load, "requests": min(args.streams, 4)}))  # warm-up
+        _warm_up(target, args, load)
         runs = [_measured(target, lambda: asyncio.run(run_load(target, **load)), tokenizer) for _ in range(args.repeats)]
         if name == args.sweep_system and args.sweep:
             report["sweep"] = _sweep(target, args, tokenizer)
     return _median_run(runs)
+
+
+def _warm_up(target: Any, args: argparse.Namespace, load: dict[str, Any]) -> None:
+    """One unmeasured run of `--warmup-requests` at the measured concurrency, so that each system
+    has met the measured shape (a full batch's prefill and steps) before the first measured run."""
+    if args.warmup_requests:
+        asyncio.run(run_load(target, **{**load, "requests": args.warmup_requests}))
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -729,6 +739,10 @@ def main() -> int:
     parser.add_argument("--vllm-dtypes", default="bfloat16,float32", help="dtypes tried for vllm serve")
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per system; the median is reported")
     parser.add_argument(
+        "--warmup-requests", type=int, default=None,
+        help="requests of each system's unmeasured warm-up run (default: --streams, one full wave; 0: none)",
+    )
+    parser.add_argument(
         "--peer-omp-wait-policy", choices=("passive", "active", "inherit"), default="passive",
         help="OMP_WAIT_POLICY for every system (the cluster's worker uses passive by default); inherit: leave it",
     )
@@ -758,6 +772,10 @@ def main() -> int:
     args.vllm_dtypes = [d for d in args.vllm_dtypes.split(",") if d]
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.warmup_requests is None:
+        args.warmup_requests = args.streams
+    if args.warmup_requests < 0:
+        parser.error("--warmup-requests must be 0 or more")
     if args.peer_omp_wait_policy != "inherit":
         # Before torch loads here (sequential-generate) and inherited by every server started: the
         # peers get the same OpenMP waiting as the cluster's worker, so the comparison is of engines.
