@@ -318,15 +318,9 @@ class TransformersEngine(Engine):
         if self._device.type == "cpu":
             # Again on this thread: with OpenMP the thread count can be per calling thread.
             torch.set_num_threads(self._threads)
-        if self._realtime:
-            refusal = use_realtime_scheduling()
-            if refusal is None:
-                log.info("the engine's threads run under SCHED_FIFO", extra={"priority": REALTIME_PRIORITY})
-            else:
-                self._realtime = False
-                log.info("the engine's threads keep the normal scheduler", extra={"reason": refusal})
         try:
             try:
+                self._take_realtime_scheduling()
                 with torch.inference_mode():
                     self._serve()
             except Exception as exc:
@@ -340,6 +334,17 @@ class TransformersEngine(Engine):
         finally:
             if self._prefill_pool is not None:
                 self._prefill_pool.shutdown(wait=True)
+
+    def _take_realtime_scheduling(self) -> None:
+        """SCHED_FIFO for this thread where `start_thread` chose it (`realtime_scheduling`)."""
+        if not self._realtime:
+            return
+        refusal = use_realtime_scheduling()
+        if refusal is None:
+            log.info("the engine's threads run under SCHED_FIFO", extra={"priority": REALTIME_PRIORITY})
+        else:
+            self._realtime = False
+            log.info("the engine's threads keep the normal scheduler", extra={"reason": refusal})
 
     def _serve(self) -> None:
         """The engine thread's loop, until `close()`."""
