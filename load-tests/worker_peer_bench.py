@@ -37,8 +37,8 @@ of every server process with its descendants (vLLM's engine core runs in a child
 
 `--repeats N` (default 3) measures every system N times after one warm-up run
 (`--warmup-requests`, default `--streams`: one full wave, so that the first measured run does not
-pay a system's first full-batch prefill and steps; it was 4 requests before 2026-12-06, and the
-cluster's first measured round was then its slowest) and reports the run with
+pay a system's first full-batch prefill and steps; 4 requests before 2026-12-06) and reports the
+run with
 the median output tokens/s, all N under `runs` (this machine's run-to-run noise is about ±15 %);
 `sequential-generate` runs once (it takes about a minute).
 

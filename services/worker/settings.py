@@ -126,7 +126,7 @@ class WorkerSettings(ClusterSettings):
     every step no longer preempt them. Only where the decode threads leave a core of the process to
     the rest (`worker_threads` below the usable cores) and where the process may (root,
     `CAP_SYS_NICE` or `ulimit -r` >= 1); elsewhere they keep the normal scheduler, said once in the
-    log. Measured through the embedded cluster on 2 cores: +8-20 % output tokens/s (worker README,
+    log. Measured through the embedded cluster on 2 cores: +6-21 % output tokens/s (worker README,
     "The engine's threads at real-time priority")."""
 
     worker_registry_ttl_s: float = Field(10.0, gt=0.5, le=3600)
