@@ -4,10 +4,11 @@ alone runs are bit-for-bit comparable)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,16 @@ def engine(model_state_dir: Path) -> Iterator[TransformersEngine]:
     engine.start_thread()
     yield engine
     engine.close()
+
+
+@contextlib.asynccontextmanager
+async def _started(engine: TransformersEngine) -> AsyncIterator[TransformersEngine]:
+    """`engine` loaded and running for the block, stopped after it whatever happens."""
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
 
 
 def greedy(prompt: str, max_new_tokens: int = 8, request_id: str = "r", **params: object) -> WorkItem:
@@ -275,9 +286,7 @@ class CacheRecorder(NullObserver):
 async def test_kv_cache_usage_is_reported_and_freed_on_cancel(model_state_dir: Path) -> None:
     recorder = CacheRecorder()
     settings = WorkerSettings(state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256)
-    engine = TransformersEngine(settings, recorder)
-    await engine.start()
-    try:
+    async with _started(TransformersEngine(settings, recorder)) as engine:
         config = engine.model.config
         per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * (
             config.hidden_size // config.num_attention_heads
@@ -305,8 +314,6 @@ async def test_kv_cache_usage_is_reported_and_freed_on_cancel(model_state_dir: P
                 break
             await asyncio.sleep(0.02)
         assert recorder.reports[-1] == (0, 0)
-    finally:
-        await engine.stop()
 
 
 class _ThreadCountRecorder:
@@ -330,9 +337,7 @@ async def test_prefill_and_decode_run_with_their_own_thread_counts(model_state_d
         state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256,
         worker_threads=1, worker_prefill_threads=2, worker_llama_decode=llama_decode,
     )
-    engine = TransformersEngine(settings)
-    await engine.start()
-    try:
+    async with _started(TransformersEngine(settings)) as engine:
         recorder = _ThreadCountRecorder(engine.model)
         engine.model = recorder
         decoder = engine._decoder
@@ -355,8 +360,6 @@ async def test_prefill_and_decode_run_with_their_own_thread_counts(model_state_d
         prefill, *decode = recorder.calls
         assert prefill == (2, len(engine.tokenizer(PROMPTS[0])["input_ids"]))
         assert decode and all(call == (1, 1) for call in decode)
-    finally:
-        await engine.stop()
 
 
 @pytest.mark.parametrize(
@@ -384,9 +387,7 @@ async def test_chat_items_prefilled_together_reuse_the_template_prefix(model_sta
             state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256,
             worker_prefix_cache_tokens=tokens,
         )
-        engine = TransformersEngine(settings, recorder)
-        await engine.start()
-        try:
+        async with _started(TransformersEngine(settings, recorder)) as engine:
             queues: list[asyncio.Queue] = [asyncio.Queue() for _ in items]
             # Submitted under the engine's own condition (re-entrant), so that its thread takes
             # all three in one turn and prefills them together.
@@ -394,8 +395,6 @@ async def test_chat_items_prefilled_together_reuse_the_template_prefix(model_sta
                 for item, queue in zip(items, queues, strict=True):
                     engine.submit(item, queue.put_nowait)
             texts[tokens] = [await _collect_text(queue) for queue in queues]
-        finally:
-            await engine.stop()
         template_tokens = 20  # SmolLM2's system turn alone is longer than this
         assert (recorder.reused >= template_tokens * (len(items) - 1)) is (tokens > 0)
     assert texts[2048] == texts[0] and all(texts[0])
@@ -527,9 +526,7 @@ async def _running(engine: TransformersEngine, request_id: str, max_new_tokens: 
 @pytest.mark.parametrize("background", [True, False])
 async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir: Path, background: bool) -> None:
     clock = StepClock()
-    engine = TransformersEngine(_background_settings(model_state_dir, worker_background_prefill=background), clock)
-    await engine.start()
-    try:
+    async with _started(TransformersEngine(_background_settings(model_state_dir, worker_background_prefill=background), clock)) as engine:
         groups = _SlowGroups(engine, hold_s=0.6)
         await _running(engine, "running", max_new_tokens=60)
         late = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="late"))
@@ -544,16 +541,12 @@ async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir:
         # The running sequence kept stepping while the newcomer's group was on the prefill thread.
         _, _, _, started, ended = joined
         assert sum(started < at < ended for at in clock.steps) >= 3
-    finally:
-        await engine.stop()
 
 
 async def test_the_engine_thread_sleeps_while_only_a_background_prefill_is_left(model_state_dir: Path) -> None:
     # Two rows at most: with the held group and one admitted item the batch is full, and one more
     # item waits in the inbox; none of that is work for the engine thread until the group is done.
-    engine = TransformersEngine(_background_settings(model_state_dir, worker_max_batch_size=2))
-    await engine.start()
-    try:
+    async with _started(TransformersEngine(_background_settings(model_state_dir, worker_max_batch_size=2))) as engine:
         _SlowGroups(engine, hold_s=2.0, hold_once=True)
         short = await _running(engine, "short", max_new_tokens=12)
         late = [
@@ -573,14 +566,10 @@ async def test_the_engine_thread_sleeps_while_only_a_background_prefill_is_left(
         assert engine._prefilling  # still held: the window was inside the wait
         results = await asyncio.wait_for(asyncio.gather(*late), 60)
         assert all(isinstance(r.end, SequenceFinished) and r.end.completion_tokens == 4 for r in results)
-    finally:
-        await engine.stop()
 
 
 async def test_a_failed_background_prefill_fails_its_group_and_the_batch_goes_on(model_state_dir: Path) -> None:
-    engine = TransformersEngine(_background_settings(model_state_dir))
-    await engine.start()
-    try:
+    async with _started(TransformersEngine(_background_settings(model_state_dir))) as engine:
         groups = _SlowGroups(engine, fail=True)
         queue = await _running(engine, "running", max_new_tokens=40)
         doomed = await run_item(engine, greedy(PROMPTS[0], request_id="doomed"))
@@ -592,8 +581,6 @@ async def test_a_failed_background_prefill_fails_its_group_and_the_batch_goes_on
             event = await asyncio.wait_for(queue.get(), 30)
         assert isinstance(event, SequenceFinished) and event.completion_tokens == 40
         assert engine.failure is None
-    finally:
-        await engine.stop()
 
 
 async def test_stopping_during_a_background_prefill_ends_every_sequence(model_state_dir: Path) -> None:
@@ -630,9 +617,7 @@ async def test_the_engine_threads_take_real_time_scheduling_only_with_a_core_lef
     usable = len(os.sched_getaffinity(0))
     if usable < 2:
         pytest.skip("needs a core beside the decode thread")
-    engine = TransformersEngine(_background_settings(model_state_dir, worker_realtime_threads=realtime))
-    await engine.start()
-    try:
+    async with _started(TransformersEngine(_background_settings(model_state_dir, worker_realtime_threads=realtime))) as engine:
         await _running(engine, "running", max_new_tokens=30)
         late = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="late"))
         assert isinstance(late.end, SequenceFinished)
@@ -643,18 +628,12 @@ async def test_the_engine_threads_take_real_time_scheduling_only_with_a_core_lef
         assert is_realtime(engine._thread.native_id) is expected
         assert is_realtime(prefill[0].native_id) is expected
         assert not is_realtime()  # the event loop's thread keeps the normal scheduler
-    finally:
-        await engine.stop()
 
 
 async def test_a_worker_with_every_core_decoding_keeps_the_normal_scheduler(model_state_dir: Path) -> None:
     settings = _background_settings(model_state_dir, worker_threads=len(os.sched_getaffinity(0)))
-    engine = TransformersEngine(settings)
-    await engine.start()
-    try:
+    async with _started(TransformersEngine(settings)) as engine:
         result = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=2))
         assert isinstance(result.end, SequenceFinished)
         assert engine._thread is not None and engine._thread.native_id is not None
         assert not is_realtime(engine._thread.native_id)
-    finally:
-        await engine.stop()
