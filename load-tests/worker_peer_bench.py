@@ -743,8 +743,10 @@ def main() -> int:
         help="requests of each system's unmeasured warm-up run (default: --streams, one full wave; 0: none)",
     )
     parser.add_argument(
-        "--peer-omp-wait-policy", choices=("passive", "active", "inherit"), default="passive",
-        help="OMP_WAIT_POLICY for every system (the cluster's worker uses passive by default); inherit: leave it",
+        "--peer-omp-wait-policy", choices=("passive", "active", "inherit"), default="inherit",
+        help="OMP_WAIT_POLICY for every system; inherit (default): leave it, so that each runs as it does "
+        "by default (the cluster's worker sets passive itself; the peers' OpenMP spins, their fastest on "
+        "cores of their own); passive forced on vllm serve cost it 15-20 %% of its tokens/s here",
     )
     parser.add_argument(
         "--stream-interval", type=int, default=1,
@@ -777,8 +779,9 @@ def main() -> int:
     if args.warmup_requests < 0:
         parser.error("--warmup-requests must be 0 or more")
     if args.peer_omp_wait_policy != "inherit":
-        # Before torch loads here (sequential-generate) and inherited by every server started: the
-        # peers get the same OpenMP waiting as the cluster's worker, so the comparison is of engines.
+        # Before torch loads here (sequential-generate) and inherited by every server started. Not
+        # the default: until 2026-12-06 the peers were given the worker's passive waiting, which
+        # is not how a user runs them and slowed vllm serve by 15-20 % (services/worker/README.md).
         os.environ["OMP_WAIT_POLICY"] = args.peer_omp_wait_policy.upper()
     report = bench(args)
     args.out.mkdir(parents=True, exist_ok=True)
