@@ -16,7 +16,8 @@ With `worker_background_prefill` (CPU, Llama steps), step 3 runs on a second thr
 decoding: the group's prompts, first tokens and first text are computed there, on the cores the
 decode step leaves, and the engine thread merges the group into the batch between two steps, so
 the running sequences do not stop for the newcomers. One group is prefilled at a time; with no
-batch running the engine thread prefills itself, on every prefill thread.
+batch running, or with newcomers outnumbering the running rows (`worker_prefill_pause_ratio`), the
+engine thread prefills itself, on every prefill thread.
 
 Models whose cache cannot be merged (sliding-window or linear-attention layers) still batch, but
 newcomers wait until the running batch has finished.
@@ -419,7 +420,7 @@ class TransformersEngine(Engine):
         self._deliver(events)
         self._join_prefilled()
         if self._admitted and self._job is None:
-            if self._batch is not None and self._prefill_pool is not None:
+            if self._batch is not None and self._prefill_pool is not None and not self._pause_for_prefill():
                 self._start_background_prefill()
             else:
                 events = []
@@ -519,6 +520,12 @@ class TransformersEngine(Engine):
             chosen.append(self._admitted.popleft())
             longest = wider
         return chosen
+
+    def _pause_for_prefill(self) -> bool:
+        """Whether the newcomers outnumber the running rows enough (`worker_prefill_pause_ratio`)
+        that the batch should pause for their prefill on every prefill thread."""
+        ratio = self._settings.worker_prefill_pause_ratio
+        return ratio > 0 and len(self._admitted) >= ratio * len(self._rows)
 
     def _prefill_some(self, events: _Events) -> None:
         """Prefill a group on the engine thread, on every prefill thread, and merge it."""

@@ -494,8 +494,8 @@ class _SlowGroups:
 
 def _background_settings(model_state_dir: Path, **overrides: object) -> WorkerSettings:
     """One decode thread unless overridden, so that a core is left for the prefill thread (CI
-    has 2)."""
-    values: dict[str, object] = {"worker_threads": 1, **overrides}
+    has 2), and every newcomer prefilled beside the batch however few rows run (pause ratio 0)."""
+    values: dict[str, object] = {"worker_threads": 1, "worker_prefill_pause_ratio": 0.0, **overrides}
     return WorkerSettings(
         state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256,
         **values,  # type: ignore[arg-type]
@@ -541,6 +541,28 @@ async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir:
         # The running sequence kept stepping while the newcomer's group was on the prefill thread.
         _, _, _, started, ended = joined
         assert sum(started < at < ended for at in clock.steps) >= 3
+
+
+@pytest.mark.parametrize("ratio", [1.0, 2.0])
+async def test_newcomers_that_outnumber_the_running_rows_pause_the_batch(model_state_dir: Path, ratio: float) -> None:
+    """`worker_prefill_pause_ratio`: one newcomer against one running row is at a ratio of 1, so
+    the batch pauses for its prefill on the engine thread, on every prefill thread; at 2 it is
+    prefilled beside the batch (where a core is left for that)."""
+    clock = StepClock()
+    settings = _background_settings(model_state_dir, worker_prefill_pause_ratio=ratio)
+    async with _started(TransformersEngine(settings, clock)) as engine:
+        groups = _SlowGroups(engine)
+        await _running(engine, "running", max_new_tokens=60)
+        late = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4, request_id="late"))
+        assert isinstance(late.end, SequenceFinished) and late.end.completion_tokens == 4
+        _, joined = groups.calls
+        usable = len(os.sched_getaffinity(0))
+        if ratio == 2.0 and usable > 1:
+            assert joined[0].startswith("lgc-prefill")
+            return
+        assert joined[0] == "lgc-engine" and joined[1] == usable and joined[2] == 1
+        _, _, _, started, ended = joined
+        assert not any(started < at < ended for at in clock.steps)  # the running row waited
 
 
 async def test_the_engine_thread_sleeps_while_only_a_background_prefill_is_left(model_state_dir: Path) -> None:
