@@ -180,6 +180,8 @@ class TransformersEngine(Engine):
         usable = len(os.sched_getaffinity(0))
         self._threads = settings.worker_threads or usable
         self._prefill_threads = settings.worker_prefill_threads or usable
+        # The cores the decode steps leave: for the prefill thread and real-time scheduling.
+        self._spare_cores = usable - self._threads
         if device.type == "cpu":
             torch.set_num_threads(self._threads)
         log.info(
@@ -241,7 +243,7 @@ class TransformersEngine(Engine):
         if self.model is None:
             raise RuntimeError("load() the model before starting the engine thread")
         settings = self._settings
-        spare = len(os.sched_getaffinity(0)) - self._threads
+        spare = self._spare_cores
         if settings.worker_background_prefill and self._decoder is not None and self._joinable and spare > 0:
             # CPU and the Llama steps only: measured there (worker README, "Prefills beside the
             # decode steps"); a group's prefill builds its own slab, so it shares nothing mutable
