@@ -202,7 +202,13 @@ class BatcherService:
             for task in pending:
                 task.cancel()  # their requests are replayed from the last committed offset
             await asyncio.gather(*pending, return_exceptions=True)
-        await self._commit()
+        try:
+            # Bounded: aiokafka retries a commit for as long as the group coordinator is unknown
+            # or answers with a retriable error, so with the broker gone this awaited forever and
+            # the batcher never stopped. Offsets left uncommitted only mean a replay (deduplicated).
+            await asyncio.wait_for(self._commit(), timeout=self.settings.kafka_request_timeout_ms / 1000)
+        except TimeoutError:
+            log.warning("final offset commit timed out; the new owner replays the uncommitted requests")
         if self.doorbell is not None:
             await self.doorbell.stop()
         if self.ringer is not None:
