@@ -28,6 +28,7 @@ Both are configuration, not forks: on Apache Kafka the same code runs with large
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -59,8 +60,8 @@ def make_producer(settings: ClusterSettings, *, client_id: str) -> AIOKafkaProdu
 
 
 class ServiceConsumer(AIOKafkaConsumer):
-    """aiokafka's consumer with one race of its fetcher closed (aiokafka is pinned; a test checks
-    the attributes this relies on).
+    """aiokafka's consumer with one race of its fetcher closed, and its stop() made safe with the
+    broker gone (aiokafka is pinned; a test checks the attributes this relies on).
 
     The fetcher's background routine sends at most one fetch per broker, marking the broker "in
     flight" until the fetch task's done-callback clears the mark. When the routine is woken by
@@ -71,7 +72,13 @@ class ServiceConsumer(AIOKafkaConsumer):
     partitions paused and resumed every few milliseconds (the doorbell, shared/doorbell.py), 16
     clients through the gateway saw replies stall exactly 1 s in about half the 6 s runs (p99
     1,005-1,015 ms); the routine's own trace showed the plan made with the mark still set and no
-    fetch in flight. Here the fetch task clears the mark itself before it completes."""
+    fetch in flight. Here the fetch task clears the mark itself before it completes.
+
+    On `stop()` the fetcher cancels its fetch tasks and awaits them unguarded. A fetch that failed
+    (the broker is unreachable) waits out its retry backoff outside aiokafka's own `except
+    CancelledError`, so `stop()` raised CancelledError (chained to the NodeNotReadyError) and never
+    closed the client (its metadata task went on retrying). Here a cancelled fetch returns False,
+    as aiokafka's does when cancelled mid-send."""
 
     async def start(self) -> None:
         await super().start()
@@ -81,6 +88,11 @@ class ServiceConsumer(AIOKafkaConsumer):
         async def fetch_then_clear(assignment: object, node_id: int, request: object) -> bool:
             try:
                 return await fetch(assignment, node_id, request)
+            except asyncio.CancelledError:
+                # Safe: only the fetcher cancels its fetch tasks (closing, or the assignment
+                # changed), and then wants no result: aiokafka returns False for a fetch cancelled
+                # mid-send too. Raised, it escaped consumer.stop() (see the class docstring).
+                return False
             finally:
                 fetcher._in_flight.discard(node_id)  # noqa: SLF001 - before the task completes
 

@@ -10,18 +10,23 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import TopicPartition
 
+from services.batcher.service import BatcherService
+from services.batcher.settings import BatcherSettings
 from services.worker.service import WorkerService
 from shared.deadletter import dead_letter_from_headers
+from shared.kafka_clients import make_producer
+from shared.launcher.infra import find_free_port, start_tansu
 from shared.records import (
     Cancel,
     ErrorCode,
     FinishReason,
     GenerationParams,
+    GenerationRequest,
     Priority,
     ReplyEvent,
     ReplyKind,
 )
-from tests.services.batcher.harness import Harness, WorkerSpec, start_harness
+from tests.services.batcher.harness import Harness, WorkerSpec, start_harness, worker_settings
 
 
 @pytest.fixture
@@ -295,3 +300,65 @@ async def test_the_doorbell_parks_caught_up_partitions_and_a_ring_resumes_them(h
     await _until(lambda: batcher.parking.unannounced == 1)  # judged once no ring came within grace_s
     assert not batcher.parking.active()
     await _until(lambda: batcher.parked == frozenset())
+
+
+async def test_stop_returns_and_closes_everything_when_the_broker_is_gone(cluster_settings) -> None:
+    """A finished request's offset is not committed yet and the broker goes away: stop() must
+    still return, within about `kafka_request_timeout_ms`, without raising, and close its other
+    clients (aiokafka retries the commit forever while the broker is unreachable)."""
+    broker = start_tansu("127.0.0.1", find_free_port())  # its own: this test stops it
+    worker = WorkerService(worker_settings(cluster_settings, "sim-0", WorkerSpec()))
+    service = None
+    try:
+        fields = dict(
+            instance_id="batcher-test",
+            kafka_bootstrap=broker.address,
+            kafka_request_timeout_ms=2_000,
+            batcher_group_id=f"{cluster_settings.topic_prefix}-batcher",
+            batcher_metrics_port=find_free_port(),
+            metrics_interval_s=60,
+        )
+        settings = BatcherSettings(**cluster_settings.model_dump(exclude=set(fields)), **fields)
+        await worker.start()
+        service = BatcherService(settings)
+        await service.start()
+        # Hold the commit loop back, so the finished request stays uncommitted until stop().
+        commit = next(t for t in service._background if t.get_name() == "commit")  # noqa: SLF001
+        commit.cancel()
+        producer = make_producer(settings, client_id="test")
+        await producer.start()
+        try:
+            request = GenerationRequest(
+                id="r-broker-gone", model="simulated", prompt="hello",
+                params=GenerationParams(max_new_tokens=4), reply_to=f"{settings.topic_prefix}.replies.test",
+            )
+            await producer.send_and_wait(service.topics.requests(Priority.NORMAL), request.to_bytes(), key=request.id)
+        finally:
+            await producer.stop()
+        await _until(lambda: service.tracker.commit_offsets(), timeout=20)  # finished, not committed
+        # The worker's Kafka client (its metrics snapshots) goes first: every one left is the batcher's.
+        await worker.stop()
+        worker = None
+        broker.stop(grace_s=0.5)  # gone for good, as after a crash
+
+        started = time.monotonic()
+        await asyncio.wait_for(service.stop(), timeout=settings.kafka_request_timeout_ms / 1000 + 10)
+        assert time.monotonic() - started < settings.kafka_request_timeout_ms / 1000 + 5
+        # Every closer ran: its Kafka clients left no task behind, its ops server no longer accepts
+        # connections, its Redis connections are closed.
+        assert not [t for t in asyncio.all_tasks() if "/aiokafka/" in t.get_coro().cr_code.co_filename]
+        with pytest.raises(OSError):
+            _, writer = await asyncio.open_connection(settings.batcher_host, settings.batcher_metrics_port)
+            writer.close()
+        pool = service.redis.connection_pool
+        connections = [*pool._available_connections, *pool._in_use_connections]  # noqa: SLF001
+        assert connections and not any(c.is_connected for c in connections)
+        service = None
+    finally:
+        try:
+            if service is not None:  # failed above: close what is left
+                await asyncio.wait_for(service.stop(), 15)
+        finally:
+            if worker is not None:
+                await worker.stop()
+            broker.stop(grace_s=3)
