@@ -64,7 +64,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -84,6 +83,7 @@ import httpx  # noqa: E402
 
 from process_cpu import tree_cpu_seconds  # noqa: E402
 from shared.launcher.cluster import ClusterConfig, EmbeddedCluster  # noqa: E402
+from shared.launcher.infra import find_free_port  # noqa: E402
 from shared.launcher.output import FileSink  # noqa: E402
 from shared.launcher.ports import free_port_settings  # noqa: E402
 from shared.model_store import prepare_model, resolve_model  # noqa: E402
@@ -300,12 +300,6 @@ def cluster(
         shutil.rmtree(state, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def http_server(command: list[str], port: int, log: Path, env: dict[str, str], ready_path: str, timeout_s: float) -> Iterator[int]:
     """A peer server subprocess, until `ready_path` answers 200; stopped (SIGINT, then SIGKILL) after."""
@@ -350,7 +344,7 @@ def transformers_serve(out: Path, dtype: str) -> Iterator[Target]:
     cli = Path(sys.executable).with_name("transformers")
     if not cli.exists():
         raise Skipped("the `transformers` command is not installed next to this Python")
-    port = _free_port()
+    port = find_free_port()
     path = str(model_dir())
     command = [str(cli), "serve", "--continuous-batching", "--dtype", dtype, "--device", "cpu",
                "--host", "127.0.0.1", "--port", str(port), path]
@@ -378,7 +372,7 @@ def vllm_serve(out: Path, python: str | None, stream_interval: int, dtype: str) 
     from services.worker.vllm_engine import vllm_model_folder
 
     folder = str(vllm_model_folder(model_dir(), default_state_dir()))
-    port = _free_port()
+    port = find_free_port()
     command = [str(interpreter), "-m", "vllm.entrypoints.cli.main", "serve", folder, "--dtype", dtype,
                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048"]
     if stream_interval > 1:

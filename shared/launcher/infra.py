@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "DEFAULT_PICK_RANGE",
     "ManagedProcess",
     "die_with_parent",
     "find_free_port",
@@ -38,11 +40,66 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+#: Where `find_free_port` picks when the kernel's ephemeral range cannot be read: below Linux's
+#: default ephemeral range (32768-60999) and above most well-known services.
+DEFAULT_PICK_RANGE = (20_000, 32_768)
+
+#: The fewest ports a range below (or above) the ephemeral one must offer to be picked from.
+_MIN_PICK_SPAN = 2_000
+
+_handed_out: set[int] = set()
+"""Ports `find_free_port` has handed out in this process: never handed out twice, since the server
+meant to bind one may not have started yet."""
+
+
+def find_free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """The first of `count` consecutive TCP ports on `host` that are free now, outside the kernel's
+    ephemeral port range, and not handed out before by this process.
+
+    Why not bind to port 0 and keep what the kernel gives: that port comes from the ephemeral
+    range, the range the kernel also takes the local port of every outgoing connection from. Until
+    the server meant for it binds, any connection made meanwhile (tests make many: Kafka, Redis,
+    gRPC clients) may take it, and the server fails with "address already in use" (seen in CI on
+    2026-12-06: a batcher test's ops server). A port outside that range is never given to a
+    connection, so once it was checked free only another listener can take it.
+    """
+    low, high = _pick_range()
+    rng = random.Random()
+    for _ in range(1_000):
+        base = rng.randrange(low, high - count + 1)
+        block = range(base, base + count)
+        if _handed_out.isdisjoint(block) and all(_bindable(host, port) for port in block):
+            _handed_out.update(block)
+            return base
+    raise RuntimeError(f"found no {count} consecutive free ports on {host} in {low}-{high - 1}")
+
+
+def _pick_range() -> tuple[int, int]:
+    """[low, high) outside the kernel's ephemeral range: below it where it leaves room, else above."""
+    try:
+        first, last = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        # Safe: not Linux (or no procfs); the default is below Linux's and macOS's (49152-65535)
+        # ephemeral ranges alike.
+        return DEFAULT_PICK_RANGE
+    if first - DEFAULT_PICK_RANGE[0] >= _MIN_PICK_SPAN:
+        return DEFAULT_PICK_RANGE[0], first
+    if 65_536 - (last + 1) >= _MIN_PICK_SPAN:
+        return last + 1, 65_536
+    return 1_024, 65_536  # the ephemeral range takes nearly everything: anywhere, checked free
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether a TCP socket can bind `host:port` now (without SO_REUSEADDR: a port still in
+    TIME_WAIT counts as taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            # Safe: a failed bind is the answer (in use, or not ours to take).
+            return False
+    return True
 
 
 def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from shared.launcher.infra import find_free_port
 from shared.launcher.settings import LauncherSettings
 
-__all__ = ["PortClaim", "PortInUseError", "check_ports_free", "free_port_block", "free_port_settings", "port_in_use"]
+__all__ = ["PortClaim", "PortInUseError", "check_ports_free", "free_port_settings", "port_in_use"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +57,6 @@ def check_ports_free(claims: Iterable[PortClaim]) -> None:
         raise PortInUseError(busy)
 
 
-def free_port_block(count: int, host: str = "127.0.0.1", *, avoid: set[int] | None = None, attempts: int = 200) -> int:
-    """A base port such that `base .. base+count-1` were all free a moment ago (and not in `avoid`)."""
-    avoid = avoid or set()
-    for _ in range(attempts):
-        base = find_free_port(host)
-        block = range(base, base + count)
-        if base + count - 1 > 65535 or any(p in avoid for p in block):
-            continue
-        if not any(port_in_use(host, p) for p in block[1:]):
-            return base
-    raise RuntimeError(f"found no {count} consecutive free ports on {host}")
-
-
 def free_port_settings(*, spare_workers: int = 4, **overrides: Any) -> LauncherSettings:
     """LauncherSettings with every service port (and the embedded Kafka/Redis ports, unless an
     external one is given) on distinct free loopback ports, for tests; `overrides` are settings
@@ -79,7 +66,6 @@ def free_port_settings(*, spare_workers: int = 4, **overrides: Any) -> LauncherS
     `EmbeddedCluster.add_worker()` has room.
     """
     workers = int(overrides.get("workers", 1))
-    taken: set[int] = set()
     ports: dict[str, int] = {}
     for name in (
         "gateway_http_port",
@@ -90,10 +76,7 @@ def free_port_settings(*, spare_workers: int = 4, **overrides: Any) -> LauncherS
         "embedded_kafka_port",
         "embedded_redis_port",
     ):
-        ports[name] = free_port_block(1, avoid=taken)
-        taken.add(ports[name])
+        ports[name] = find_free_port()
     for name in ("worker_grpc_port", "worker_metrics_port"):
-        size = workers + spare_workers
-        ports[name] = free_port_block(size, avoid=taken)
-        taken.update(range(ports[name], ports[name] + size))
+        ports[name] = find_free_port(count=workers + spare_workers)
     return LauncherSettings(**{**ports, **overrides})
