@@ -5,7 +5,7 @@ The generic transformers forward appends every new key and value to its cache wi
 each decode step copies the whole cache once per layer (its cost grows with the context), and its
 attention kernel spends most of a small step on per-call overhead. Here prompts and steps run
 through the model's own modules (norms, rotary embedding, output projection, MLP activation;
-packed or quantized as loaded) with three differences:
+packed or quantized as loaded) with these differences:
 
 * the keys and values live in a `KVSlab`: one tensor per layer with room for more columns; a step
   writes its column in place, and the slab grows by half its width when it is full;
@@ -13,13 +13,24 @@ packed or quantized as loaded) with three differences:
   transformers' "eager" attention, with the query heads of each key/value head stacked as the rows
   of one product (grouped-query attention without repeating the keys). Keys are stored transposed
   ([rows, kv_heads, head_dim, columns]) so that product reads them in place;
-* plain q/k/v projections are fused into one linear, and so are the MLP's gate and up projections.
+* plain q/k/v projections are fused into one linear, and so are the MLP's gate and up projections;
+* on CPU, a decode step of at least `WIDE_MIN_ROWS` rows may run its largest matrix products (each
+  layer's MLP projections and the output head) on more torch threads than the rest of the step
+  (`LlamaDecoder.wide_threads`): there the extra threads' wake-up is paid back, while the many
+  small operators between them would only wait at more barriers.
 
 Measured on the 2-core CPU of 2026-12-02 (SmolLM2-135M bf16, packed linear weights, one thread,
 median of 40 steps): before fusion, 44.8 ms per step against 50.6 ms for the transformers forward
 at 32 rows and ~90 columns; 57.6 against 84.2 ms at 32 rows and ~250 columns; 48.3 against 84.0 ms
 at 16 rows and ~650 columns. Fusion took a step from 44.8 to 42.1 ms and a prefill of 32 prompts on
 2 threads from 499 to 427 ms.
+
+Measured on the same CPU on 2026-12-06 (SmolLM2-135M bf16, the decode thread under `SCHED_FIFO`,
+each step with its arg-max pick, medians of 30 steps, two runs each): with those products on 2
+threads, a step of 32 rows took 34.3-34.4 ms against 39.6-41.9 ms on one; 16 rows 24.7-25.7
+against 26.9-27.7 ms; 64 rows 58.0-58.6 against 63.4-67.2 ms; but 1, 4 and 8 rows took 17.3-17.5
+against 15.2-15.4, 18.1-19.9 against 17.1-17.5 and 22.3-24.8 against 20.3-21.9 ms (too little
+work per product to pay for waking the second thread), hence `WIDE_MIN_ROWS`.
 
 Applies to `LlamaForCausalLM` (SmolLM2 and the Llama family): full attention, rotary embedding over
 the whole head, no per-head query/key norms. Other models keep the transformers forward.
@@ -33,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LEFT_ROOM", "MIN_ROOM", "FusedAway", "KVSlab", "LlamaDecoder"]
+__all__ = ["LEFT_ROOM", "MIN_ROOM", "WIDE_MIN_ROWS", "FusedAway", "KVSlab", "LlamaDecoder"]
 
 #: Free columns a slab is given beyond what it holds when it is made or grows (at least).
 MIN_ROOM = 64
@@ -41,6 +52,10 @@ MIN_ROOM = 64
 #: Columns a prefill's slab keeps allocated left of its view, so that newcomers up to this much
 #: longer can still be merged into its spare rows (`KVSlab.absorb`).
 LEFT_ROOM = 16
+
+#: Fewest rows a decode step must have to run its largest products on `LlamaDecoder.wide_threads`
+#: (module docstring: below it, waking the extra threads cost more than they saved).
+WIDE_MIN_ROWS = 16
 
 
 class KVSlab:
@@ -216,6 +231,9 @@ class LlamaDecoder:
         self._model = model
         self.max_rows = max_rows
         """The most rows a batch will hold: a prefill's slab allocates that many (`KVSlab`)."""
+        self.wide_threads = 1
+        """torch threads for a decode step's MLP projections and output head (module docstring);
+        used when above the calling thread's own count and the step has `WIDE_MIN_ROWS` rows."""
         self._layers = list(model.model.layers)
         self._heads = int(config.num_attention_heads)
         self._kv_heads = int(config.num_key_value_heads)
@@ -312,11 +330,16 @@ class LlamaDecoder:
         width = slab.reserve_column() + 1
         bias = torch.zeros((int(tokens.shape[0]), 1, width), dtype=torch.float32, device=tokens.device)
         bias.masked_fill_(mask[:, None, :width] == 0, float("-inf"))
-        return self._forward(slab, tokens[:, None], positions[:, None], bias)
+        wide = self.wide_threads if int(tokens.shape[0]) >= WIDE_MIN_ROWS else 1
+        return self._forward(slab, tokens[:, None], positions[:, None], bias, wide)
 
-    def _forward(self, slab: KVSlab, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _forward(
+        self, slab: KVSlab, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, wide: int = 1
+    ) -> torch.Tensor:
         """Write `ids` ([rows, new]) at the slab's next columns and return the logits after the last
-        of them. `bias` ([rows, new, width]) is 0 where a query may attend and -inf elsewhere."""
+        of them. `bias` ([rows, new, width]) is 0 where a query may attend and -inf elsewhere;
+        `wide`: torch threads for the MLP projections and the output head (`_widely`). A
+        parameter, not state: the prefill thread runs this beside the engine thread's steps."""
         rows, new = ids.shape
         column = slab.length
         width = column + new
@@ -349,9 +372,9 @@ class LlamaDecoder:
             else:
                 out = out.view(rows, kv_heads, groups, new, dim).permute(0, 3, 1, 2, 4).reshape(rows, new, heads * dim)
             x = x + attn.o_proj(out)
-            x = x + self._mlp(layer, layer.post_attention_layernorm(x))
+            x = x + self._mlp(layer, layer.post_attention_layernorm(x), wide)
         slab.length = width
-        return self._model.lm_head(inner.norm(x[:, -1:]))[:, -1, :].float()
+        return _widely(self._model.lm_head, inner.norm(x[:, -1:]), wide)[:, -1, :].float()
 
     def _project_qkv(
         self, layer: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -371,12 +394,13 @@ class LlamaDecoder:
         qk = _rotate(qkv[..., :rotated].view(rows, new, heads + kv_heads, dim), cos[:, :, None], sin[:, :, None])
         return qk[:, :, :heads], qk[:, :, heads:], qkv[..., rotated:]
 
-    def _mlp(self, layer: Any, h: torch.Tensor) -> torch.Tensor:
+    def _mlp(self, layer: Any, h: torch.Tensor, wide: int) -> torch.Tensor:
         mlp = layer.mlp
         if not self.fused:
+            # Quantized projections are called by the MLP's own forward, on the thread's own count.
             return mlp(h)
-        gate, up = mlp.gate_up_proj(h).chunk(2, dim=-1)
-        return mlp.down_proj(mlp.act_fn(gate) * up)
+        gate, up = _widely(mlp.gate_up_proj, h, wide).chunk(2, dim=-1)
+        return _widely(mlp.down_proj, mlp.act_fn(gate) * up, wide)
 
 
 class FusedAway(nn.Module):
@@ -419,6 +443,21 @@ def _concatenated(linears: list[nn.Linear]) -> nn.Linear:
         if has_bias:
             fused.bias.copy_(torch.cat([m.bias for m in linears]))
     return fused.requires_grad_(False)
+
+
+def _widely(linear: Any, h: torch.Tensor, threads: int) -> torch.Tensor:
+    """`linear(h)` on `threads` torch threads where that is more than the calling thread's own
+    count (which it then gets back)."""
+    if threads <= 1:
+        return linear(h)
+    own = torch.get_num_threads()
+    if threads <= own:
+        return linear(h)
+    torch.set_num_threads(threads)
+    try:
+        return linear(h)
+    finally:
+        torch.set_num_threads(own)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ from services.worker.precision import (
     load_options,
     plan_precision,
 )
-from services.worker.llama_decode import LlamaDecoder
+from services.worker.llama_decode import WIDE_MIN_ROWS, LlamaDecoder
 from services.worker.packed_linear import prepack_linears
 from services.worker.prefix_cache import PrefixCache
 from services.worker.prompt_encoding import PromptEncoder, PromptError
@@ -324,6 +324,13 @@ class TransformersEngine(Engine):
         try:
             try:
                 self._take_realtime_scheduling()
+                if self._decoder is not None:
+                    self._decoder.wide_threads = self._decode_wide_threads()
+                    if self._decoder.wide_threads > self._threads:
+                        log.info(
+                            "a decode step's MLP projections and output head run on more threads",
+                            extra={"threads": self._decoder.wide_threads, "min_rows": WIDE_MIN_ROWS},
+                        )
                 with torch.inference_mode():
                     self._serve()
             except Exception as exc:
@@ -337,6 +344,15 @@ class TransformersEngine(Engine):
         finally:
             if self._prefill_pool is not None:
                 self._prefill_pool.shutdown(wait=True)
+
+    def _decode_wide_threads(self) -> int:
+        """Threads for the decode steps' largest products (`worker_decode_wide_threads`): unset,
+        every usable core once this thread runs under SCHED_FIFO (its OpenMP threads, started by
+        it, inherit that and preempt the other services), otherwise the decode threads alone."""
+        chosen = self._settings.worker_decode_wide_threads
+        if chosen is not None:
+            return chosen
+        return self._threads + self._spare_cores if self._realtime else self._threads
 
     def _take_realtime_scheduling(self) -> None:
         """SCHED_FIFO for this thread where `start_thread` chose it (`realtime_scheduling`)."""

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.worker.decode_batch import DecodeBatch, supports_joining
-from services.worker.llama_decode import LEFT_ROOM, FusedAway, KVSlab, LlamaDecoder
+from services.worker.llama_decode import LEFT_ROOM, WIDE_MIN_ROWS, FusedAway, KVSlab, LlamaDecoder
 from services.worker.prefix_cache import PrefixCache
 from shared.model_store import prepare_model, resolve_model
 
@@ -195,6 +195,59 @@ def test_decoder_fuses_plain_projections_and_the_model_forward_says_so(llama_dec
     assert isinstance(attn.q_proj, FusedAway) and isinstance(mlp.up_proj, FusedAway)
     with pytest.raises(RuntimeError, match="fused into qkv_proj"):
         model(input_ids=torch.tensor([[1, 2]]))
+
+
+class _ThreadCountProbe(torch.nn.Module):
+    """Calls the projection it stands for and notes torch's thread count at that moment."""
+
+    def __init__(self, inner: torch.nn.Module, seen: list[int]) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return self.inner(x)
+
+
+def test_wide_threads_carry_the_mlp_and_head_of_steps_with_enough_rows(model_and_tokenizer, model_state_dir) -> None:
+    model, tokenizer = model_and_tokenizer
+    decoder = LlamaDecoder(load_model(model_state_dir), max_rows=WIDE_MIN_ROWS)
+    layer, inner = decoder._layers[0], decoder._model
+    seen: dict[str, list[int]] = {"qkv": [], "gate_up": [], "down": [], "head": []}
+    layer.self_attn.qkv_proj = _ThreadCountProbe(layer.self_attn.qkv_proj, seen["qkv"])
+    layer.mlp.gate_up_proj = _ThreadCountProbe(layer.mlp.gate_up_proj, seen["gate_up"])
+    layer.mlp.down_proj = _ThreadCountProbe(layer.mlp.down_proj, seen["down"])
+    inner.lm_head = _ThreadCountProbe(inner.lm_head, seen["head"])
+    prompts = [f"Question number {i}: what is {i} plus {i}?" for i in range(WIDE_MIN_ROWS)]
+    own = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        decoder.wide_threads = 2
+        wide, wide_logits = prefill(model, tokenizer, prompts, decoder)
+        assert all(n == 1 for counts in seen.values() for n in counts)  # a prefill keeps its own count
+        narrow, narrow_logits = prefill(model, tokenizer, prompts, decoder)
+        few, few_logits = prefill(model, tokenizer, prompts[: WIDE_MIN_ROWS - 1], decoder)
+        for counts in seen.values():
+            counts.clear()
+        with torch.inference_mode():
+            tokens = wide_logits.argmax(-1)
+            wide.record_tokens(tokens)
+            narrow.record_tokens(tokens)
+            wide_step = wide.step()
+            assert seen == {"qkv": [1], "gate_up": [2], "down": [2], "head": [2]}
+            assert torch.get_num_threads() == 1  # given back after each product
+            for counts in seen.values():
+                counts.clear()
+            decoder.wide_threads = 1
+            narrow_step = narrow.step()
+            decoder.wide_threads = 2
+            few.record_tokens(few_logits.argmax(-1))
+            few.step()
+        assert seen == {"qkv": [1, 1], "gate_up": [1, 1], "down": [1, 1], "head": [1, 1]}
+        # Same numbers either way (the products split their outputs between the threads).
+        assert torch.allclose(wide_step, narrow_step, atol=1e-4, rtol=1e-5)
+    finally:
+        torch.set_num_threads(own)
 
 
 def test_decoder_refuses_other_architectures() -> None:

@@ -650,6 +650,18 @@ async def test_the_engine_threads_take_real_time_scheduling_only_with_a_core_lef
         assert is_realtime(engine._thread.native_id) is expected
         assert is_realtime(prefill[0].native_id) is expected
         assert not is_realtime()  # the event loop's thread keeps the normal scheduler
+        # The largest products of a step take every core only where nothing preempts the extra
+        # thread (it inherits the engine thread's scheduling).
+        assert engine._decoder is not None
+        assert engine._decoder.wide_threads == (usable if expected else 1)
+
+
+async def test_decode_wide_threads_as_set_apply_under_the_normal_scheduler_too(model_state_dir: Path) -> None:
+    settings = _background_settings(model_state_dir, worker_realtime_threads=False, worker_decode_wide_threads=3)
+    async with _started(TransformersEngine(settings)) as engine:
+        result = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=2))
+        assert isinstance(result.end, SequenceFinished)
+        assert engine._decoder is not None and engine._decoder.wide_threads == 3
 
 
 async def test_a_worker_with_every_core_decoding_keeps_the_normal_scheduler(model_state_dir: Path) -> None:
@@ -659,3 +671,4 @@ async def test_a_worker_with_every_core_decoding_keeps_the_normal_scheduler(mode
         assert isinstance(result.end, SequenceFinished)
         assert engine._thread is not None and engine._thread.native_id is not None
         assert not is_realtime(engine._thread.native_id)
+        assert engine._decoder is not None and engine._decoder.wide_threads == settings.worker_threads
