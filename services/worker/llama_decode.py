@@ -448,10 +448,8 @@ def _concatenated(linears: list[nn.Linear]) -> nn.Linear:
 def _widely(linear: Any, h: torch.Tensor, threads: int) -> torch.Tensor:
     """`linear(h)` on `threads` torch threads where that is more than the calling thread's own
     count (which it then gets back)."""
-    if threads <= 1:
-        return linear(h)
-    own = torch.get_num_threads()
-    if threads <= own:
+    # `threads <= 1` first: the common case then costs no call into torch.
+    if threads <= 1 or threads <= (own := torch.get_num_threads()):
         return linear(h)
     torch.set_num_threads(threads)
     try:

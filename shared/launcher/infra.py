@@ -28,6 +28,7 @@ from pathlib import Path
 __all__ = [
     "DEFAULT_PICK_RANGE",
     "ManagedProcess",
+    "bind_error",
     "die_with_parent",
     "find_free_port",
     "redis_server_binary",
@@ -89,17 +90,25 @@ def _pick_range() -> tuple[int, int]:
     return 1_024, 65_536  # the ephemeral range takes nearly everything: anywhere, checked free
 
 
-def _bindable(host: str, port: int) -> bool:
-    """Whether a TCP socket can bind `host:port` now (without SO_REUSEADDR: a port still in
-    TIME_WAIT counts as taken)."""
+def bind_error(host: str, port: int, *, reuse_address: bool) -> OSError | None:
+    """Why a TCP socket cannot bind `host:port` now (None: it can). With `reuse_address`
+    (SO_REUSEADDR, as servers bind) a port still in TIME_WAIT binds; without it, it does not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        if reuse_address:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            # Safe: a failed bind is the answer (in use, or not ours to take).
-            return False
-    return True
+        except OSError as exc:
+            # Safe: the failed bind is the answer; the caller decides what it means.
+            return exc
+    return None
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether `host:port` binds now, strictly: a port in TIME_WAIT, or not ours to take, is not
+    handed out."""
+    return bind_error(host, port, reuse_address=False) is None
 
 
 def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

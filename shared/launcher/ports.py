@@ -4,12 +4,11 @@ traceback), and free-port settings for tests that start a whole cluster."""
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from shared.launcher.infra import find_free_port
+from shared.launcher.infra import bind_error, find_free_port
 from shared.launcher.settings import LauncherSettings
 
 __all__ = ["PortClaim", "PortInUseError", "check_ports_free", "free_port_settings", "port_in_use"]
@@ -38,16 +37,10 @@ class PortInUseError(RuntimeError):
 
 def port_in_use(host: str, port: int) -> bool:
     """Whether something listens on (or holds) `host:port`; a port in TIME_WAIT counts as free."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            # Safe: a bind failure is the answer; only "address in use" means busy, anything else
-            # (an unknown host) is left for the service itself to report.
-            return exc.errno == errno.EADDRINUSE
-    return False
+    error = bind_error(host, port, reuse_address=True)
+    # Only "address in use" means busy; any other failure (an unknown host) is left for the
+    # service itself to report.
+    return error is not None and error.errno == errno.EADDRINUSE
 
 
 def check_ports_free(claims: Iterable[PortClaim]) -> None:
