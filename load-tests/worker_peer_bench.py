@@ -138,7 +138,7 @@ class Outcome:
     gaps_s: list[float] = field(default_factory=list)
     text: str = ""
     usage_tokens: int | None = None
-    started_s: float = 0.0
+    sent_s: float = 0.0
     """When it was sent, in seconds from the start of its run."""
     response_id: str | None = None
     """The `id` of its chunks (the server's request id: the cluster's logs name it)."""
@@ -229,7 +229,7 @@ async def run_load(
                     "stream_options": {"include_usage": True},
                 }
                 outcome = await _stream_one(client, target, body)
-                outcome.started_s = sent
+                outcome.sent_s = sent
                 outcomes.append(outcome)
 
         start = time.perf_counter()
@@ -298,14 +298,14 @@ def request_timeline(outcomes: list[Outcome]) -> list[dict[str, Any]]:
 
     return [
         {
-            "sent_s": seconds(o.started_s),
+            "sent_s": seconds(o.sent_s),
             "ttft_s": seconds(o.ttft_s),
             "e2e_s": seconds(o.e2e_s),
             "chunks": len(o.gaps_s) + 1 if o.ttft_s is not None else 0,
             "ok": o.ok,
             "id": o.response_id,
         }
-        for o in sorted(outcomes, key=lambda o: o.started_s)
+        for o in sorted(outcomes, key=lambda o: o.sent_s)
     ]
 
 
