@@ -105,7 +105,7 @@ class WorkerSettings(ClusterSettings):
 
     worker_threads: int | None = Field(None, ge=1, le=1024)
     """torch intra-op threads of decode steps; unset: every core this process may use (`lgc up`
-    gives its workers one core less when they run bfloat16, see the worker README, "CPU threads")."""
+    gives its workers one core less, see the worker README, "CPU threads")."""
 
     worker_decode_wide_threads: int | None = Field(None, ge=1, le=1024)
     """transformers backend, Llama steps (CPU): torch threads for a decode step's largest matrix

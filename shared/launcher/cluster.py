@@ -32,7 +32,6 @@ from typing import Literal
 
 import redis
 
-from shared.cpu_features import has_bfloat16_instructions
 from shared.launcher.change_signal import ChangeSignal
 from shared.launcher.embedded_infra import (
     InfraProcess,
@@ -510,11 +509,10 @@ class EmbeddedCluster:
             "LGC_WORKER_GRPC_PORT": str(grpc_port),
             "LGC_WORKER_METRICS_PORT": str(metrics_port),
         }
-        # The embedded cluster's services share this machine's cores: in bfloat16 the model gets
-        # all but one of them unless LGC_WORKER_THREADS says otherwise, so that the broker, gateway
-        # and batcher never wait for a core the model's threads hold; in float32 (a CPU without
-        # bfloat16 instructions) all of them (see `embedded_worker_threads` and the worker README,
-        # "CPU threads").
+        # The embedded cluster's services share this machine's cores: the model's decode steps
+        # get all but one of them unless LGC_WORKER_THREADS says otherwise, so that the broker,
+        # gateway and batcher never hold up a step's barriers (see `embedded_worker_threads` and
+        # the worker README, "CPU threads").
         env.setdefault("LGC_WORKER_THREADS", str(embedded_worker_threads()))
         return ServiceSpec(
             name=name,
@@ -618,19 +616,18 @@ class EmbeddedCluster:
             service.flush_output()
 
 
-def embedded_worker_threads(cores: int | None = None, *, bfloat16: bool | None = None) -> int:
-    """torch threads of an embedded worker: on a CPU with bfloat16 instructions (where the worker's
-    dtype `auto` is bfloat16) every core this process may use but one, at least one; on a CPU
-    without them (the worker runs float32) every core. `bfloat16` None: read the CPU's flags
-    (`shared.cpu_features`); unknown counts as bfloat16 (the earlier default).
+def embedded_worker_threads(cores: int | None = None) -> int:
+    """torch threads of an embedded worker's decode steps: every core this process may use but
+    one, at least one. The worker then runs its decode thread real-time and its largest products
+    on every core, and prefills beside the steps on the core left (services/worker/README.md,
+    "CPU threads"); with every core decoding it does none of that and the broker, gateway and
+    batcher preempt its threads at their barriers.
 
-    Measured on 2 cores, SmolLM2-135M, packed weights, 32 streams x 64 tokens through the whole
-    cluster: AVX-512 BF16 in bfloat16, one decode thread 163 and 184 output tokens/s, two threads
-    112 and 145 (a bfloat16 step is many small products; the second core is worth more to the
-    broker, gateway and batcher); AVX2 only, in float32, one thread 73.9-82.7, two 113.8-126.9
-    (three runs each: a float32 step is ~3x the arithmetic and does gain from the second core).
+    Measured on 2 cores, SmolLM2-135M, 32 streams x 64 tokens through the whole cluster, output
+    tokens/s: AVX-512 BF16 in bfloat16 (2026-12-02), one decode thread 163 and 184, two 112 and
+    145; AVX2 only in float32 (2026-12-06, alternating invocations of 3 runs), one 175.4 and
+    172.9, two 136.8 and 139.3. Until 2026-12-06 a CPU without bfloat16 instructions got every
+    core: before the real-time decode thread and the wide products, one thread made 74-83 there.
     """
     usable = cores if cores is not None else len(os.sched_getaffinity(0))
-    if bfloat16 is None:
-        bfloat16 = has_bfloat16_instructions() is not False
-    return max(1, usable - 1) if bfloat16 else usable
+    return max(1, usable - 1)
