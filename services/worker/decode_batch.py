@@ -28,7 +28,9 @@ from transformers.cache_utils import DynamicLayer
 from services.worker.llama_decode import LlamaDecoder
 from services.worker.prefix_cache import PrefixCache
 
-__all__ = ["DecodeBatch", "KVCache", "ModelSteps", "TransformersForward", "TransformersKV", "supports_joining"]
+__all__ = [
+    "DecodeBatch", "KVCache", "ModelSteps", "PrefillRun", "TransformersForward", "TransformersKV", "supports_joining",
+]
 
 
 def supports_joining(model: Any) -> bool:
@@ -162,40 +164,15 @@ class DecodeBatch:
         decoder: LlamaDecoder | None = None,
         prefixes: PrefixCache | None = None,
     ) -> tuple[DecodeBatch, torch.Tensor]:
-        """Run the prompts through the model; returns the batch and each row's last logits
+        """Run the prompts through the model at once; returns the batch and each row's last logits
         ([rows, vocab], float32). With `decoder`, the prompts and every later step run through it
         over a slab, and with `prefixes` too a prefix the prompts share is run once (or taken from
-        the cache) and only the rest of each prompt is run (`prefix_cache`)."""
-        shared = None
-        if decoder is not None and prefixes is not None:
-            shared = prefixes.prefix_for(prompts, lambda tokens: decoder.run_prefix(tokens, device))
-        skip = len(shared.tokens) if shared is not None else 0
-        rests = [prompt[skip:] for prompt in prompts]
-        longest = max(len(rest) for rest in rests)
-        ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        for row, rest in enumerate(rests):
-            ids[row, longest - len(rest) :] = torch.tensor(rest, dtype=torch.long)
-            mask[row, longest - len(rest) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        # The batch's mask covers the shared prefix's columns too (real in every row).
-        full_mask = torch.cat([mask.new_ones((len(prompts), skip)), mask], dim=1)
-        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
-        steps: ModelSteps = decoder if decoder is not None else TransformersForward(model)
-        if shared is not None:
-            assert decoder is not None
-            cache, logits = decoder.prefill_after(shared.slab, ids, mask, positions)
-        else:
-            cache, logits = steps.prefill(ids, mask, positions)
-        # Padding columns repeat the row's last real token, so the scatter marks real tokens only
-        # (the pad id may also be a real token of the prompt, e.g. an end-of-turn marker).
-        real_ids = torch.where(mask.bool(), ids, ids[:, -1:].expand_as(ids)).clamp(max=vocab_size - 1)
-        seen = torch.zeros((len(prompts), vocab_size), dtype=torch.bool, device=device)
-        seen.scatter_(1, real_ids, True)
-        if shared is not None:
-            prefix_ids = torch.tensor(shared.tokens, dtype=torch.long, device=device).clamp(max=vocab_size - 1)
-            seen[:, prefix_ids] = True
-        return cls(cache, full_mask, full_mask.sum(-1), seen, steps), logits
+        the cache) and only the rest of each prompt is run (`prefix_cache`). `PrefillRun` does the
+        same a chunk at a time."""
+        run = PrefillRun(model, prompts, pad_id, vocab_size, device, decoder, prefixes)
+        while not run.done:
+            run.advance()
+        return run.result()
 
     def cache_nbytes(self) -> int:
         """Bytes held by the key and value tensors of every layer (a slab's free columns included)."""
@@ -265,3 +242,88 @@ def _left_pad(states: torch.Tensor, length: int) -> torch.Tensor:
     """[rows, heads, seq, dim] padded with zeros on the left of `seq` up to `length`."""
     missing = length - states.shape[2]
     return F.pad(states, (0, 0, missing, 0)) if missing else states
+
+
+class PrefillRun:
+    """A group's prefill, run a chunk of columns at a time (`advance`) so that the running batch
+    can take decode steps between chunks (chunked prefill): with a `LlamaDecoder`, each chunk is
+    at most `chunk_tokens` (rows x padded columns, at least one column); with transformers'
+    forward, the whole prefill is one chunk.
+
+    Chunks give the same logits as one prefill: each attends to the columns of the chunks before
+    it (padding masked) and causally within itself, exactly the attention of a whole prefill, only
+    cut in pieces along the query axis.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        prompts: Sequence[Sequence[int]],
+        pad_id: int,
+        vocab_size: int,
+        device: torch.device,
+        decoder: LlamaDecoder | None = None,
+        prefixes: PrefixCache | None = None,
+        chunk_tokens: int | None = None,
+    ) -> None:
+        """Lay out the prompts (left-padded, after a shared prefix if `prefixes` has or makes one:
+        that prefix is run here, at once) and allocate the slab; nothing more runs until
+        `advance`. `chunk_tokens` None: one chunk."""
+        self._model, self._decoder, self._vocab_size = model, decoder, vocab_size
+        self._shared = None
+        if decoder is not None and prefixes is not None:
+            self._shared = prefixes.prefix_for(prompts, lambda tokens: decoder.run_prefix(tokens, device))
+        skip = len(self._shared.tokens) if self._shared is not None else 0
+        rests = [prompt[skip:] for prompt in prompts]
+        rows, longest = len(prompts), max(len(rest) for rest in rests)
+        ids = torch.full((rows, longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, longest), dtype=torch.long)
+        for row, rest in enumerate(rests):
+            ids[row, longest - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[row, longest - len(rest) :] = 1
+        self._ids, self._mask = ids.to(device), mask.to(device)
+        # The batch's mask covers the shared prefix's columns too (real in every row).
+        self._full_mask = torch.cat([self._mask.new_ones((rows, skip)), self._mask], dim=1)
+        self._positions = (self._full_mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
+        self._skip = skip
+        self._columns = longest if decoder is None or chunk_tokens is None else max(1, chunk_tokens // rows)
+        """Columns per chunk."""
+        self._done_columns = 0
+        self._cache: Any = None
+        self._logits: torch.Tensor | None = None
+        if decoder is not None:
+            self._cache = decoder.prefill_slab(rows, longest, self._shared.slab if self._shared is not None else None)
+
+    @property
+    def done(self) -> bool:
+        """Whether every chunk has run (`result` may be taken)."""
+        return self._logits is not None
+
+    def advance(self) -> None:
+        """Run the next chunk."""
+        assert not self.done, "the prefill has run"
+        first, last = self._done_columns, min(self._done_columns + self._columns, int(self._ids.shape[1]))
+        final = last == self._ids.shape[1]
+        ids, mask, positions = (t[:, first:last] for t in (self._ids, self._mask, self._positions))
+        if self._decoder is None:
+            self._cache, self._logits = TransformersForward(self._model).prefill(ids, mask, positions)
+        else:
+            held = self._full_mask[:, : self._skip + first]
+            self._logits = self._decoder.prefill_columns(self._cache, ids, mask, positions, held, logits=final)
+        self._done_columns = last
+
+    def result(self) -> tuple[DecodeBatch, torch.Tensor]:
+        """The prefilled batch and each row's last logits ([rows, vocab], float32)."""
+        assert self._logits is not None, "chunks are left to run"
+        ids, mask = self._ids, self._mask
+        # Padding columns repeat the row's last real token, so the scatter marks real tokens only
+        # (the pad id may also be a real token of the prompt, e.g. an end-of-turn marker).
+        real_ids = torch.where(mask.bool(), ids, ids[:, -1:].expand_as(ids)).clamp(max=self._vocab_size - 1)
+        seen = torch.zeros((ids.shape[0], self._vocab_size), dtype=torch.bool, device=ids.device)
+        seen.scatter_(1, real_ids, True)
+        if self._shared is not None:
+            prefix_ids = torch.tensor(self._shared.tokens, dtype=torch.long, device=ids.device)
+            seen[:, prefix_ids.clamp(max=self._vocab_size - 1)] = True
+        steps: ModelSteps = self._decoder if self._decoder is not None else TransformersForward(self._model)
+        full_mask = self._full_mask
+        return DecodeBatch(self._cache, full_mask, full_mask.sum(-1), seen, steps), self._logits

@@ -272,32 +272,30 @@ class LlamaDecoder:
         """Left-padded prompts ([rows, length] ids, mask with 0 over padding, position ids) into a
         new slab; returns it and each row's last logits ([rows, vocab], float32)."""
         rows, length = ids.shape
-        return self._prefill_into(self._new_slab(rows, length), ids, mask, positions)
+        slab = self.prefill_slab(rows, length)
+        return slab, self.prefill_columns(slab, ids, mask, positions, mask.new_ones((rows, 0)))
 
     def run_prefix(self, tokens: Sequence[int], device: torch.device) -> KVSlab:
         """One row of `tokens` (a prompt prefix, positions from 0) into a slab of exactly their
-        columns, for `prefill_after` to start other prompts from."""
+        columns, for `prefill_slab` to start other prompts from."""
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
         mask = torch.ones_like(ids)
         positions = torch.arange(ids.shape[1], device=device)[None]
-        slab, _ = self._prefill_into(self._new_slab(1, ids.shape[1], room=0, spare=False), ids, mask, positions)
+        slab = self._new_slab(1, ids.shape[1], room=0, spare=False)
+        self.prefill_columns(slab, ids, mask, positions, mask[:, :0], logits=False)
         return slab
 
-    def prefill_after(
-        self, prefix: KVSlab, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[KVSlab, torch.Tensor]:
-        """Prompts that all begin with the one-row `prefix`: its keys and values are copied into
-        every row, then the rest of each prompt (`ids`, left-padded among themselves; `mask` 0 over
-        that padding; `positions` counted after the prefix) runs over them. The slab's columns are
-        the prefix's, then the padded rests (the batch's mask has 0 over the padding between)."""
-        rows, length = ids.shape
-        shared = prefix.length
+    def prefill_slab(self, rows: int, length: int, prefix: KVSlab | None = None) -> KVSlab:
+        """The slab a prefill of `rows` prompts padded to `length` columns fills (`prefill_columns`,
+        whole or a chunk at a time): empty, or holding the one-row `prefix` in every row."""
+        shared = prefix.length if prefix is not None else 0
         slab = self._new_slab(rows, shared + length)
-        for k, v, k_prefix, v_prefix in zip(slab.keys_t, slab.values, prefix.keys_t, prefix.values, strict=True):
-            k[..., :shared] = k_prefix[..., :shared]  # broadcast over the rows
-            v[:, :, :shared] = v_prefix[:, :, :shared]
-        slab.length = shared
-        return self._prefill_into(slab, ids, mask, positions)
+        if prefix is not None:
+            for k, v, k_prefix, v_prefix in zip(slab.keys_t, slab.values, prefix.keys_t, prefix.values, strict=True):
+                k[..., :shared] = k_prefix[..., :shared]  # broadcast over the rows
+                v[:, :, :shared] = v_prefix[:, :, :shared]
+            slab.length = shared
+        return slab
 
     def _new_slab(self, rows: int, length: int, *, room: int = MIN_ROOM, spare: bool = True) -> KVSlab:
         """A zero slab for `length` columns plus `room`; with `spare`, rows up to the batch's
@@ -307,22 +305,26 @@ class LlamaDecoder:
             length + room, spare_rows=max(0, self.max_rows - rows) if spare else 0, left_room=LEFT_ROOM if spare else 0,
         )
 
-    def _prefill_into(
-        self, slab: KVSlab, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[KVSlab, torch.Tensor]:
-        """Run left-padded prompts after the columns `slab` already holds (every row sees all of
-        them: none, or a shared prefix); returns the slab and each row's last logits."""
+    def prefill_columns(
+        self, slab: KVSlab, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor,
+        *, logits: bool = True,
+    ) -> torch.Tensor | None:
+        """Run the next columns of left-padded prompts ([rows, new] `ids`, `mask` 0 over their
+        padding, `positions`) after the `slab.length` columns the slab holds, of which `held`
+        ([rows, slab.length], 0 over padding) says what each row may attend to: a whole prompt
+        (nothing held), the rest after a shared prefix (all of it held), or a chunk of a longer
+        prefill (the chunks before it). Returns each row's logits after the last of them, or
+        None without `logits` (a chunk that is not the last: its output head would be wasted)."""
         rows, length = ids.shape
-        held = slab.length
         columns = torch.arange(length, device=ids.device)
         causal = columns[None, :] <= columns[:, None]  # [query, key] among the new columns
         # A padding query sees itself too: a row of -inf only would make its softmax NaN, and its
         # keys and values (never attended to by real tokens) would carry the NaN into later layers.
         new = (causal[None] & mask.bool()[:, None, :]) | torch.eye(length, dtype=torch.bool, device=ids.device)
-        allowed = torch.cat([new.new_ones((rows, length, held)), new], dim=-1)
-        bias = torch.zeros((rows, length, held + length), dtype=torch.float32, device=ids.device)
+        allowed = torch.cat([held.bool()[:, None, :].expand(rows, length, held.shape[1]), new], dim=-1)
+        bias = torch.zeros((rows, length, held.shape[1] + length), dtype=torch.float32, device=ids.device)
         bias.masked_fill_(~allowed, float("-inf"))
-        return slab, self._forward(slab, ids, positions, bias)
+        return self._forward(slab, ids, positions, bias, logits=logits)
 
     def step(self, slab: KVSlab, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; `mask` ([rows, columns + 1]) already covers the new column.
@@ -334,12 +336,14 @@ class LlamaDecoder:
         return self._forward(slab, tokens[:, None], positions[:, None], bias, wide)
 
     def _forward(
-        self, slab: KVSlab, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, wide: int = 1
-    ) -> torch.Tensor:
+        self, slab: KVSlab, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, wide: int = 1,
+        *, logits: bool = True,
+    ) -> Any:
         """Write `ids` ([rows, new]) at the slab's next columns and return the logits after the last
-        of them. `bias` ([rows, new, width]) is 0 where a query may attend and -inf elsewhere;
-        `wide`: torch threads for the MLP projections and the output head (`_widely`). A
-        parameter, not state: the prefill thread runs this beside the engine thread's steps."""
+        of them (None without `logits`). `bias` ([rows, new, width]) is 0 where a query may attend
+        and -inf elsewhere; `wide`: torch threads for the MLP projections and the output head
+        (`_widely`). A parameter, not state: the prefill thread runs this beside the engine
+        thread's steps."""
         rows, new = ids.shape
         column = slab.length
         width = column + new
@@ -374,6 +378,8 @@ class LlamaDecoder:
             x = x + attn.o_proj(out)
             x = x + self._mlp(layer, layer.post_attention_layernorm(x), wide)
         slab.length = width
+        if not logits:
+            return None
         return _widely(self._model.lm_head, inner.norm(x[:, -1:]), wide)[:, -1, :].float()
 
     def _project_qkv(

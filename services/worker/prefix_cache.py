@@ -5,7 +5,7 @@ Chat prompts begin alike: the chat template's system turn (24 tokens for SmolLM2
 first words of the instruction. A token's keys and values depend only on the tokens up to it and
 its position, so rows that begin with the same tokens have the same keys and values there. A
 prefill therefore runs such a prefix once, as one row, copies its keys and values into every row
-and runs only the rest of each prompt (`LlamaDecoder.prefill_after`). What it runs is kept here,
+and runs only the rest of each prompt (`LlamaDecoder.prefill_slab`). What it runs is kept here,
 least recently used first out, within a budget of cached tokens, so that later prefills (a lone
 newcomer included) start from it too. vLLM does the same with its automatic prefix caching (in
 blocks of 16 tokens); this keeps whole prefixes.

@@ -8,7 +8,9 @@ turn of its loop:
    length (a bad item fails alone, with INVALID_REQUEST);
 2. removes cancelled, expired and aborted sequences (so they stop within one decode step);
 3. prefills some admitted newcomers together (bounded by `worker_max_prefill_tokens`), picks their
-   first token and merges their KV cache into the running batch (see ``decode_batch``);
+   first token and merges their KV cache into the running batch (see ``decode_batch``); with the
+   Llama steps a prefill runs `worker_prefill_chunk_tokens` at a time, and while a batch is
+   decoding one chunk per turn (chunked prefill), so a long prompt holds the batch up by a chunk;
 4. runs one decode step for every running sequence, picks each row's next token with its own
    sampling parameters and generator, and streams the new text.
 
@@ -39,7 +41,7 @@ from typing import Any
 
 import torch
 
-from services.worker.decode_batch import DecodeBatch, supports_joining
+from services.worker.decode_batch import DecodeBatch, PrefillRun, supports_joining
 from services.worker.detokenizer import IncrementalDetokenizer
 from services.worker.engine import (
     Engine,
@@ -127,6 +129,8 @@ class TransformersEngine(Engine):
         self._inbox: deque[SequenceHandle] = deque()
         self._admitted: deque[_Sequence] = deque()
         self._prefilling: list[_Sequence] = []
+        self._chunked: PrefillRun | None = None
+        """The prefill of `_prefilling` under way on the engine thread a chunk per turn (None: none)."""
         self._rows: list[_Sequence] = []
         self._batch: DecodeBatch | None = None
         self._table: SamplingTable | None = None
@@ -413,7 +417,7 @@ class TransformersEngine(Engine):
                 # Newcomers wait while a group is on the prefill thread (one group at a time), and
                 # items while the batch is full; the group's end wakes this thread
                 # (`_start_background_prefill`), and so does a row leaving (this thread's own).
-                prefillable = bool(self._admitted) and job is None
+                prefillable = (bool(self._admitted) and job is None) or self._chunked is not None
                 takeable = bool(self._inbox) and room > 0
                 if takeable or self._rows or prefillable or (job is not None and job.done()):
                     break
@@ -437,7 +441,11 @@ class TransformersEngine(Engine):
         self._reap(events)
         self._deliver(events)
         self._join_prefilled()
-        if self._admitted and self._job is None:
+        if self._chunked is not None:
+            events = []
+            self._prefill_some(events)
+            self._deliver(events)
+        elif self._admitted and self._job is None:
             if self._batch is not None and self._prefill_pool is not None and not self._pause_for_prefill():
                 self._start_background_prefill()
             else:
@@ -546,12 +554,21 @@ class TransformersEngine(Engine):
         return ratio > 0 and len(self._admitted) >= ratio * len(self._rows)
 
     def _prefill_some(self, events: _Events) -> None:
-        """Prefill a group on the engine thread, on every prefill thread, and merge it."""
-        chosen = self._choose_prefill_group()
-        self._prefilling = chosen
+        """Prefill a group on the engine thread, on every prefill thread, and merge it: the next
+        chunk of the group under way (choosing one first), and with no batch decoding every chunk
+        left (nothing would step between them)."""
         with self._prefill_thread_count():
-            batch, joining = self._prefill_group(chosen, events)
-        self._prefilling = []
+            if self._chunked is None:
+                self._prefilling = self._choose_prefill_group()
+                self._chunked = self._begin_prefill(self._prefilling)  # may run a shared prefix
+            run = self._chunked
+            run.advance()
+            while not run.done and self._batch is None:
+                run.advance()
+        if not run.done:
+            return
+        chosen, self._chunked, self._prefilling = self._prefilling, None, []
+        batch, joining = self._first_tokens(chosen, run, events)
         if batch is not None:
             self._join(batch, joining)
 
@@ -595,10 +612,18 @@ class TransformersEngine(Engine):
     def _prefill_group(
         self, chosen: list[_Sequence], events: _Events
     ) -> tuple[DecodeBatch | None, list[_Sequence]]:
-        """Prefill `chosen` into a batch of their own and pick their first tokens; returns that batch
-        (None if every sequence ended at once) and the sequences still running, in its row order."""
+        """Prefill `chosen` (every chunk) into a batch of their own and pick their first tokens
+        (`_first_tokens`)."""
+        run = self._begin_prefill(chosen)
+        while not run.done:
+            run.advance()
+        return self._first_tokens(chosen, run, events)
+
+    def _begin_prefill(self, chosen: list[_Sequence]) -> PrefillRun:
+        """The prefill of `chosen`, laid out and ready to run chunk by chunk (a shared prefix
+        not cached yet is run here)."""
         reused_before = self._prefixes.reused_tokens if self._prefixes is not None else 0
-        batch, logits = DecodeBatch.prefill(
+        run = PrefillRun(
             self.model,
             [s.prompt_ids for s in chosen],
             self._pad_id,
@@ -606,9 +631,18 @@ class TransformersEngine(Engine):
             self._device,
             self._decoder,
             self._prefixes,
+            self._settings.worker_prefill_chunk_tokens,
         )
         if self._prefixes is not None and self._prefixes.reused_tokens > reused_before:
             self._observer.prefix_reused(self._prefixes.reused_tokens - reused_before)
+        return run
+
+    def _first_tokens(
+        self, chosen: list[_Sequence], run: PrefillRun, events: _Events
+    ) -> tuple[DecodeBatch | None, list[_Sequence]]:
+        """The finished prefill's batch with `chosen`'s first tokens picked; returns that batch
+        (None if every sequence ended at once) and the sequences still running, in its row order."""
+        batch, logits = run.result()
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
         tokens = pick_next_tokens(logits, table, batch.seen, in_place=True)
         batch.record_tokens(tokens)
@@ -728,7 +762,7 @@ class TransformersEngine(Engine):
             # The group's sequences are the prefill thread's until it is done with them.
             wait([job])
         seqs = [*self._prefilling, *self._rows, *self._admitted]
-        self._prefilling, self._rows, self._batch, self._table = [], [], None, None
+        self._prefilling, self._rows, self._batch, self._table, self._chunked = [], [], None, None, None
         self._admitted.clear()
         self._report_cache()
         handles = [s.handle for s in seqs]

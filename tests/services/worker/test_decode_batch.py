@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.worker.decode_batch import DecodeBatch, supports_joining
+from services.worker.decode_batch import DecodeBatch, PrefillRun, supports_joining
 from services.worker.llama_decode import LEFT_ROOM, WIDE_MIN_ROWS, FusedAway, KVSlab, LlamaDecoder
 from services.worker.prefix_cache import PrefixCache
 from shared.model_store import prepare_model, resolve_model
@@ -283,6 +283,44 @@ def test_a_shared_prefix_is_run_once_and_every_row_gets_the_same_tokens(model_an
     greedy_steps(whole, whole_logits, 6, rows_whole)
     greedy_steps(shared, shared_logits, 6, rows_shared)
     assert rows_shared == rows_whole
+
+
+@pytest.mark.parametrize(("shared_prefix", "columns"), [(False, 4), (True, 1)])
+def test_a_prefill_in_chunks_gives_the_logits_and_tokens_of_one_prefill(
+    model_and_tokenizer, llama_decoder, shared_prefix: bool, columns: int
+) -> None:
+    """Chunked prefill: rows of different lengths (left padding in the first chunks), after a
+    shared prefix or not, `columns` columns a chunk; the same logits, mask, positions, penalty and
+    greedy tokens as one prefill."""
+    model, tokenizer = model_and_tokenizer
+    prompts = [*PREFIXED, "Hi"] if not shared_prefix else PREFIXED
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    vocab = model.get_output_embeddings().weight.shape[0]
+
+    def run(chunk_tokens: int | None) -> tuple[PrefillRun, int]:
+        prefixes = PrefixCache(max_tokens=256, min_tokens=4) if shared_prefix else None
+        with torch.inference_mode():
+            run = PrefillRun(model, ids, tokenizer.pad_token_id, vocab, CPU, llama_decoder, prefixes, chunk_tokens)
+            chunks = 0
+            while not run.done:
+                run.advance()
+                chunks += 1
+        return run, chunks
+
+    whole, one = run(None)
+    chunked, chunks = run(columns * len(prompts))
+    whole_batch, whole_logits = whole.result()
+    batch, logits = chunked.result()
+    padded = whole_batch.length - (len(os.path.commonprefix(ids)) if shared_prefix else 0)
+    assert one == 1 and chunks == -(-padded // columns) >= 3
+    assert torch.equal(batch.mask, whole_batch.mask) and torch.equal(batch.positions, whole_batch.positions)
+    assert torch.equal(batch.seen, whole_batch.seen)
+    torch.testing.assert_close(logits, whole_logits, atol=1e-4, rtol=1e-4)
+    rows_whole: list[list[int]] = [[] for _ in ids]
+    rows_chunked: list[list[int]] = [[] for _ in ids]
+    greedy_steps(whole_batch, whole_logits, 6, rows_whole)
+    greedy_steps(batch, logits, 6, rows_chunked)
+    assert rows_chunked == rows_whole
 
 
 def test_a_cached_prefix_serves_a_lone_newcomer_that_then_joins_a_plain_batch(

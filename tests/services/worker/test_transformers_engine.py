@@ -343,17 +343,17 @@ async def test_prefill_and_decode_run_with_their_own_thread_counts(model_state_d
         decoder = engine._decoder
         assert (decoder is not None) == llama_decode
         if decoder is not None:  # prompts and steps go through the decoder, not the model's forward
-            prefill, step = decoder.prefill, decoder.step
+            prefill, step = decoder.prefill_columns, decoder.step
 
-            def recording_prefill(ids: torch.Tensor, *args: Any) -> Any:
+            def recording_prefill(slab: Any, ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
                 recorder.calls.append((torch.get_num_threads(), int(ids.shape[1])))
-                return prefill(ids, *args)
+                return prefill(slab, ids, *args, **kwargs)
 
             def recording_step(*args: Any) -> torch.Tensor:
                 recorder.calls.append((torch.get_num_threads(), 1))
                 return step(*args)
 
-            decoder.prefill = recording_prefill  # type: ignore[method-assign]
+            decoder.prefill_columns = recording_prefill  # type: ignore[method-assign]
             decoder.step = recording_step  # type: ignore[method-assign]
         result = await run_item(engine, greedy(PROMPTS[0], max_new_tokens=4))
         assert isinstance(result.end, SequenceFinished) and result.end.completion_tokens == 4
@@ -463,32 +463,38 @@ def _thread_cpu_s(native_id: int) -> float:
 
 
 class _SlowGroups:
-    """Wraps an engine's group prefill: records where each group ran (thread name, torch threads,
-    size) and holds groups on the prefill thread for `hold_s` (or fails them with `fail`), so that
-    what the engine thread does meanwhile can be watched."""
+    """Wraps an engine's group prefills: records where each group ran (thread name, torch
+    threads, size, when it began and when its first tokens were picked) and holds groups on the
+    prefill thread for `hold_s` (or fails them with `fail`), so that what the engine thread does
+    meanwhile can be watched."""
 
     def __init__(
         self, engine: TransformersEngine, hold_s: float = 0.0, fail: bool = False, hold_once: bool = False
     ) -> None:
         self.calls: list[tuple[str, int, int, float, float]] = []
-        self._real = engine._prefill_group
+        self._begin, self._finish = engine._begin_prefill, engine._first_tokens
+        self._open: dict[int, tuple[str, int, int, float]] = {}
         self._hold_s = hold_s
         self._fail = fail
         self._hold_once = hold_once
-        engine._prefill_group = self  # type: ignore[method-assign]
+        engine._begin_prefill = self._begun  # type: ignore[method-assign]
+        engine._first_tokens = self._finished  # type: ignore[method-assign]
 
-    def __call__(self, chosen: list[Any], events: list[Any]) -> Any:
-        started = time.monotonic()
-        name = threading.current_thread().name
-        if name.startswith("lgc-prefill"):
+    def _begun(self, chosen: list[Any]) -> Any:
+        began = (threading.current_thread().name, torch.get_num_threads(), len(chosen), time.monotonic())
+        if began[0].startswith("lgc-prefill"):
             time.sleep(self._hold_s)
             if self._hold_once:
                 self._hold_s = 0.0
             if self._fail:
-                self.calls.append((name, torch.get_num_threads(), len(chosen), started, time.monotonic()))
+                self.calls.append((*began, time.monotonic()))
                 raise RuntimeError("simulated prefill failure")
-        result = self._real(chosen, events)
-        self.calls.append((name, torch.get_num_threads(), len(chosen), started, time.monotonic()))
+        self._open[id(chosen)] = began
+        return self._begin(chosen)
+
+    def _finished(self, chosen: list[Any], run: Any, events: list[Any]) -> Any:
+        result = self._finish(chosen, run, events)
+        self.calls.append((*self._open.pop(id(chosen)), time.monotonic()))
         return result
 
 
@@ -541,6 +547,32 @@ async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir:
         # The running sequence kept stepping while the newcomer's group was on the prefill thread.
         _, _, _, started, ended = joined
         assert sum(started < at < ended for at in clock.steps) >= 3
+
+
+async def test_a_long_prompt_is_prefilled_in_chunks_with_decode_steps_between(model_state_dir: Path) -> None:
+    """Chunked prefill on the engine thread (no prefill thread): a prompt of ~60 tokens joins a
+    running row 16 tokens at a time, the row stepping between chunks, and gets the tokens it gets
+    alone (prefilled whole: nothing was running)."""
+    clock = StepClock()
+    settings = _background_settings(
+        model_state_dir, worker_background_prefill=False, worker_prefill_chunk_tokens=16, worker_prefix_cache_tokens=0
+    )
+    long_prompt = " ".join(PROMPTS * 3)
+    async with _started(TransformersEngine(settings, clock)) as engine:
+        alone = await run_item(engine, greedy(long_prompt, max_new_tokens=6, request_id="alone"))
+        groups = _SlowGroups(engine)
+        running = await _running(engine, "running", max_new_tokens=60)
+        late = await run_item(engine, greedy(long_prompt, max_new_tokens=6, request_id="late"))
+        assert isinstance(late.end, SequenceFinished) and late.end.completion_tokens == 6
+        assert late.text == alone.text
+        chunks = -(-late.end.prompt_tokens // 16)
+        assert chunks >= 4
+        _, joined = groups.calls
+        assert joined[0] == "lgc-engine" and joined[2] == 1
+        _, _, _, started, ended = joined
+        # One decode step of the running row after every chunk but the last.
+        assert sum(started < at < ended for at in clock.steps) == chunks - 1
+        assert not running.empty()  # its text kept coming meanwhile
 
 
 @pytest.mark.parametrize("ratio", [1.0, 2.0])
