@@ -15,7 +15,8 @@ packed or quantized as loaded) with these differences:
   ([rows, kv_heads, head_dim, columns]) so that product reads them in place;
 * plain q/k/v projections are fused into one linear, and so are the MLP's gate and up projections;
 * on CPU, a decode step of at least `WIDE_MIN_ROWS` rows may run its largest matrix products (each
-  layer's MLP projections and the output head) on more torch threads than the rest of the step
+  layer's MLP projections and the output head; in float32 its attention block's products too,
+  `LlamaDecoder.wide_attention`) on more torch threads than the rest of the step
   (`LlamaDecoder.wide_threads`): there the extra threads' wake-up is paid back, while the many
   small operators between them would only wait at more barriers.
 
@@ -32,13 +33,19 @@ against 26.9-27.7 ms; 64 rows 58.0-58.6 against 63.4-67.2 ms; but 1, 4 and 8 row
 against 15.2-15.4, 18.1-19.9 against 17.1-17.5 and 22.3-24.8 against 20.3-21.9 ms (too little
 work per product to pay for waking the second thread), hence `WIDE_MIN_ROWS`.
 
+In float32 the products are slower (no bfloat16 instructions on the CPUs where it is chosen), so
+the attention block's (the fused q/k/v and output projections, the two attention products) gain
+too: on the 2-core AVX2-only AMD EPYC of 2026-12-07 (SmolLM2-135M float32, packed weights, one
+thread, the MLP and head on 2, 4 alternations of 64 steps each), a step of 32 rows took 123.2 ms
+with them on 2 threads against 141.1 ms without (16 rows: 101.7 against 102.9 ms).
+
 Applies to `LlamaForCausalLM` (SmolLM2 and the Llama family): full attention, rotary embedding over
 the whole head, no per-head query/key norms. Other models keep the transformers forward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -242,6 +249,11 @@ class LlamaDecoder:
         if self.fused:
             for layer in self._layers:
                 _fuse(layer)
+        self.wide_attention = self.fused and model.model.embed_tokens.weight.dtype == torch.float32
+        """Whether a step on `wide_threads` runs its attention block's products on them too (the
+        fused q/k/v and the output projections, the two attention products): in float32, where
+        those products take most of the rest of the step (module docstring). Plain linears only:
+        quantized ones are called on the thread's own count."""
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -353,9 +365,10 @@ class LlamaDecoder:
         x = inner.embed_tokens(ids)
         cos, sin = inner.rotary_emb(x, positions)  # [rows, new, dim]
         bias = bias[:, None]  # [rows, 1, new, width]: every head alike
+        narrow = wide if self.wide_attention else 1  # threads for the attention block's products
         for layer, keys_t, values in zip(self._layers, slab.keys_t, slab.values, strict=True):
             attn = layer.self_attn
-            q, k, v = self._project_qkv(layer, layer.input_layernorm(x), cos, sin)
+            q, k, v = self._project_qkv(layer, layer.input_layernorm(x), cos, sin, narrow)
             keys_t[..., column:width] = k.permute(0, 2, 3, 1)
             values[:, :, column:width] = v.view(rows, new, kv_heads, dim).transpose(1, 2)
             # The query heads of each key/value head, at every new position, as the rows of one
@@ -367,27 +380,28 @@ class LlamaDecoder:
             else:
                 grouped = q.reshape(rows, new, kv_heads, groups, dim)
                 stacked = grouped.permute(0, 2, 3, 1, 4).reshape(rows * kv_heads, groups * new, dim)
-            scores = torch.bmm(stacked, keys_t[..., :width].reshape(rows * kv_heads, dim, width))
+            scores = _widely(narrow, torch.bmm, stacked, keys_t[..., :width].reshape(rows * kv_heads, dim, width))
             scores = scores.view(rows, kv_heads * groups, new, width).float().mul_(attn.scaling).add_(bias)
             weights = scores.softmax(dim=-1).to(x.dtype).view(rows * kv_heads, groups * new, width)
-            out = torch.bmm(weights, values[:, :, :width].reshape(rows * kv_heads, width, dim))
+            out = _widely(narrow, torch.bmm, weights, values[:, :, :width].reshape(rows * kv_heads, width, dim))
             if new == 1:
                 out = out.view(rows, 1, heads * dim)
             else:
                 out = out.view(rows, kv_heads, groups, new, dim).permute(0, 3, 1, 2, 4).reshape(rows, new, heads * dim)
-            x = x + attn.o_proj(out)
+            x = x + _widely(narrow, attn.o_proj, out)
             x = x + self._mlp(layer, layer.post_attention_layernorm(x), wide)
         slab.length = width
         if not logits:
             return None
-        return _widely(self._model.lm_head, inner.norm(x[:, -1:]), wide)[:, -1, :].float()
+        return _widely(wide, self._model.lm_head, inner.norm(x[:, -1:]))[:, -1, :].float()
 
     def _project_qkv(
-        self, layer: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, layer: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wide: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries and keys rotated ([rows, new, heads or kv_heads, head_dim]) and values
         ([rows, new, kv_heads * head_dim]). Fused, the queries and keys sit side by side in one
-        output and are rotated in one pass (five operators per layer fewer)."""
+        output and are rotated in one pass (five operators per layer fewer), and the projection
+        runs on `wide` threads (`_widely`)."""
         attn = layer.self_attn
         rows, new = h.shape[0], h.shape[1]
         heads, kv_heads, dim = self._heads, self._kv_heads, self._head_dim
@@ -395,7 +409,7 @@ class LlamaDecoder:
             q = _rotate(attn.q_proj(h).view(rows, new, heads, dim), cos[:, :, None], sin[:, :, None])
             k = _rotate(attn.k_proj(h).view(rows, new, kv_heads, dim), cos[:, :, None], sin[:, :, None])
             return q, k, attn.v_proj(h)
-        qkv = attn.qkv_proj(h)
+        qkv = _widely(wide, attn.qkv_proj, h)
         rotated = (heads + kv_heads) * dim
         qk = _rotate(qkv[..., :rotated].view(rows, new, heads + kv_heads, dim), cos[:, :, None], sin[:, :, None])
         return qk[:, :, :heads], qk[:, :, heads:], qkv[..., rotated:]
@@ -405,8 +419,8 @@ class LlamaDecoder:
         if not self.fused:
             # Quantized projections are called by the MLP's own forward, on the thread's own count.
             return mlp(h)
-        gate, up = _widely(mlp.gate_up_proj, h, wide).chunk(2, dim=-1)
-        return _widely(mlp.down_proj, mlp.act_fn(gate) * up, wide)
+        gate, up = _widely(wide, mlp.gate_up_proj, h).chunk(2, dim=-1)
+        return _widely(wide, mlp.down_proj, mlp.act_fn(gate) * up)
 
 
 class FusedAway(nn.Module):
@@ -451,15 +465,15 @@ def _concatenated(linears: list[nn.Linear]) -> nn.Linear:
     return fused.requires_grad_(False)
 
 
-def _widely(linear: Any, h: torch.Tensor, threads: int) -> torch.Tensor:
-    """`linear(h)` on `threads` torch threads where that is more than the calling thread's own
-    count (which it then gets back)."""
+def _widely(threads: int, product: Callable[..., torch.Tensor], *operands: torch.Tensor) -> torch.Tensor:
+    """`product(*operands)` on `threads` torch threads where that is more than the calling
+    thread's own count (which it then gets back)."""
     # `threads <= 1` first: the common case then costs no call into torch.
     if threads <= 1 or threads <= (own := torch.get_num_threads()):
-        return linear(h)
+        return product(*operands)
     torch.set_num_threads(threads)
     try:
-        return linear(h)
+        return product(*operands)
     finally:
         torch.set_num_threads(own)
 

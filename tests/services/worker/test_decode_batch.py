@@ -209,12 +209,19 @@ class _ThreadCountProbe(torch.nn.Module):
         return self.inner(x)
 
 
-def test_wide_threads_carry_the_mlp_and_head_of_steps_with_enough_rows(model_and_tokenizer, model_state_dir) -> None:
+@pytest.mark.parametrize("wide_attention", [True, False])
+def test_wide_threads_carry_the_mlp_and_head_of_steps_with_enough_rows(
+    model_and_tokenizer, model_state_dir, wide_attention: bool
+) -> None:
+    """And the attention block's projections with `wide_attention` (the float32 default)."""
     model, tokenizer = model_and_tokenizer
     decoder = LlamaDecoder(load_model(model_state_dir), max_rows=WIDE_MIN_ROWS)
+    assert decoder.wide_attention  # float32, fused
+    decoder.wide_attention = wide_attention
     layer, inner = decoder._layers[0], decoder._model
-    seen: dict[str, list[int]] = {"qkv": [], "gate_up": [], "down": [], "head": []}
+    seen: dict[str, list[int]] = {"qkv": [], "o": [], "gate_up": [], "down": [], "head": []}
     layer.self_attn.qkv_proj = _ThreadCountProbe(layer.self_attn.qkv_proj, seen["qkv"])
+    layer.self_attn.o_proj = _ThreadCountProbe(layer.self_attn.o_proj, seen["o"])
     layer.mlp.gate_up_proj = _ThreadCountProbe(layer.mlp.gate_up_proj, seen["gate_up"])
     layer.mlp.down_proj = _ThreadCountProbe(layer.mlp.down_proj, seen["down"])
     inner.lm_head = _ThreadCountProbe(inner.lm_head, seen["head"])
@@ -234,7 +241,8 @@ def test_wide_threads_carry_the_mlp_and_head_of_steps_with_enough_rows(model_and
             wide.record_tokens(tokens)
             narrow.record_tokens(tokens)
             wide_step = wide.step()
-            assert seen == {"qkv": [1], "gate_up": [2], "down": [2], "head": [2]}
+            attention = 2 if wide_attention else 1
+            assert seen == {"qkv": [attention], "o": [attention], "gate_up": [2], "down": [2], "head": [2]}
             assert torch.get_num_threads() == 1  # given back after each product
             for counts in seen.values():
                 counts.clear()
@@ -243,11 +251,16 @@ def test_wide_threads_carry_the_mlp_and_head_of_steps_with_enough_rows(model_and
             decoder.wide_threads = 2
             few.record_tokens(few_logits.argmax(-1))
             few.step()
-        assert seen == {"qkv": [1, 1], "gate_up": [1, 1], "down": [1, 1], "head": [1, 1]}
+        assert seen == {"qkv": [1, 1], "o": [1, 1], "gate_up": [1, 1], "down": [1, 1], "head": [1, 1]}
         # Same numbers either way (the products split their outputs between the threads).
         assert torch.allclose(wide_step, narrow_step, atol=1e-4, rtol=1e-5)
     finally:
         torch.set_num_threads(own)
+
+
+def test_attention_products_stay_on_the_threads_own_count_in_bfloat16(model_state_dir) -> None:
+    """Measured as a gain in float32 only (`llama_decode`): bfloat16 keeps the MLP and head wide."""
+    assert not LlamaDecoder(load_model(model_state_dir).to(torch.bfloat16)).wide_attention
 
 
 def test_decoder_refuses_other_architectures() -> None:
