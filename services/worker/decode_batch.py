@@ -10,6 +10,9 @@ longer one along the sequence axis. Rows that finish leave (`keep`: the last row
 places), and columns that have become padding in every row are trimmed off the left. A `KVSlab`
 does both in place, copying only the rows that move or join (`llama_decode`).
 
+A group's prefill may run a slice of columns at a time (`PrefillRun`, chunked prefill), so that
+the running batch can step between slices.
+
 What runs the model is a `ModelSteps`: `TransformersForward` (the model's own forward over a
 transformers cache) or, for the models it supports, a `LlamaDecoder` over a `KVSlab` (see
 `llama_decode`); the batch calls its cache's `keep` and `absorb` whichever it is.

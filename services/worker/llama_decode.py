@@ -350,12 +350,12 @@ class LlamaDecoder:
     def _forward(
         self, slab: KVSlab, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, wide: int = 1,
         *, logits: bool = True,
-    ) -> Any:
+    ) -> torch.Tensor | None:
         """Write `ids` ([rows, new]) at the slab's next columns and return the logits after the last
         of them (None without `logits`). `bias` ([rows, new, width]) is 0 where a query may attend
-        and -inf elsewhere; `wide`: torch threads for the MLP projections and the output head
-        (`_widely`). A parameter, not state: the prefill thread runs this beside the engine
-        thread's steps."""
+        and -inf elsewhere; `wide`: torch threads for the MLP projections and the output head, and
+        with `wide_attention` for the attention block's products (`_widely`). A parameter, not
+        state: the prefill thread runs this beside the engine thread's steps."""
         rows, new = ids.shape
         column = slab.length
         width = column + new
