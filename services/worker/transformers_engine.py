@@ -10,7 +10,8 @@ turn of its loop:
 3. prefills some admitted newcomers together (bounded by `worker_max_prefill_tokens`), picks their
    first token and merges their KV cache into the running batch (see ``decode_batch``); with the
    Llama steps a prefill runs `worker_prefill_chunk_tokens` at a time, and while a batch is
-   decoding one chunk per turn (chunked prefill), so a long prompt holds the batch up by a chunk;
+   decoding one chunk per turn (chunked prefill), so a long prompt holds the batch up by a chunk
+   (and a group whose every sequence was cancelled is dropped before its next chunk);
 4. runs one decode step for every running sequence, picks each row's next token with its own
    sampling parameters and generator, and streams the new text.
 
@@ -557,6 +558,8 @@ class TransformersEngine(Engine):
         """Prefill a group on the engine thread, on every prefill thread, and merge it: the next
         chunk of the group under way (choosing one first), and with no batch decoding every chunk
         left (nothing would step between them)."""
+        if self._chunked is not None and self._drop_stopped_prefill(events):
+            return
         with self._prefill_thread_count():
             if self._chunked is None:
                 self._prefilling = self._choose_prefill_group()
@@ -571,6 +574,19 @@ class TransformersEngine(Engine):
         batch, joining = self._first_tokens(chosen, run, events)
         if batch is not None:
             self._join(batch, joining)
+
+    def _drop_stopped_prefill(self, events: _Events) -> bool:
+        """Between two chunks: if every sequence of the group must stop (cancelled, expired,
+        aborted), end them and drop the prefill with its slab rather than run the chunks left.
+        (While some go on, the stopped ones leave after the merge, as rows do.)"""
+        now = time.time()
+        stops = [self._stop_event(s.handle, now, s) for s in self._prefilling]
+        if any(stop is None for stop in stops):
+            return False
+        for seq, stop in zip(self._prefilling, stops, strict=True):
+            self._end(seq.handle, stop, events)  # type: ignore[arg-type]
+        self._chunked, self._prefilling = None, []
+        return True
 
     def _start_background_prefill(self) -> None:
         """Hand a group to the prefill thread; `_join_prefilled` merges it once it is done."""

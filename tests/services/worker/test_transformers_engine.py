@@ -575,6 +575,34 @@ async def test_a_long_prompt_is_prefilled_in_chunks_with_decode_steps_between(mo
         assert not running.empty()  # its text kept coming meanwhile
 
 
+async def test_a_cancelled_prompt_stops_between_chunks_of_its_prefill(model_state_dir: Path) -> None:
+    """Cancelled while its prefill is in chunks beside a running row: it ends before the chunks
+    left are run (one chunk and a step per turn), and the running row goes on."""
+    clock = StepClock()
+    settings = _background_settings(
+        model_state_dir, worker_background_prefill=False, worker_prefill_chunk_tokens=16, worker_prefix_cache_tokens=0
+    )
+    async with _started(TransformersEngine(settings, clock)) as engine:
+        groups = _SlowGroups(engine)
+        running = await _running(engine, "running", max_new_tokens=60)
+        queue: asyncio.Queue = asyncio.Queue()
+        steps_before = len(clock.steps)
+        handle = engine.submit(greedy(" ".join(PROMPTS * 6), max_new_tokens=6, request_id="late"), queue.put_nowait)
+        while len(clock.steps) < steps_before + 2:  # a chunk or two in
+            await asyncio.sleep(0.01)
+        assert engine.cancel(handle)
+        end = await asyncio.wait_for(queue.get(), 10)
+        assert isinstance(end, SequenceFinished) and end.reason is FinishReason.CANCELLED
+        assert end.completion_tokens == 0
+        chunks = -(-end.prompt_tokens // 16)
+        assert len(clock.steps) - steps_before < chunks  # ended before its prefill could have
+        assert engine._chunked is None and engine._prefilling == []
+        assert len(groups.calls) == 1  # the running row's group; the cancelled one never got first tokens
+        while not isinstance(event := await asyncio.wait_for(running.get(), 30), SequenceFinished):
+            assert isinstance(event, TextDelta)
+        assert event.completion_tokens == 60
+
+
 @pytest.mark.parametrize("ratio", [1.0, 2.0])
 async def test_newcomers_that_outnumber_the_running_rows_pause_the_batch(model_state_dir: Path, ratio: float) -> None:
     """`worker_prefill_pause_ratio`: one newcomer against one running row is at a ratio of 1, so
