@@ -59,7 +59,8 @@ class StepClock(NullObserver):
 
 
 async def _first_text(queue: asyncio.Queue[Any]) -> None:
-    while not isinstance(event := await queue.get(), TextDelta):
+    event = await queue.get()
+    if not isinstance(event, TextDelta):
         raise RuntimeError(f"a request ended before its first text: {event}")
 
 
