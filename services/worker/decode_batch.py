@@ -272,7 +272,8 @@ class PrefillRun:
         """Lay out the prompts (left-padded, after a shared prefix if `prefixes` has or makes one:
         that prefix is run here, at once) and allocate the slab; nothing more runs until
         `advance`. `chunk_tokens` None: one chunk."""
-        self._model, self._decoder, self._vocab_size = model, decoder, vocab_size
+        self._decoder, self._vocab_size = decoder, vocab_size
+        self._steps: ModelSteps = decoder if decoder is not None else TransformersForward(model)
         self._shared = None
         if decoder is not None and prefixes is not None:
             self._shared = prefixes.prefix_for(prompts, lambda tokens: decoder.run_prefix(tokens, device))
@@ -309,7 +310,7 @@ class PrefillRun:
         final = last == self._ids.shape[1]
         ids, mask, positions = (t[:, first:last] for t in (self._ids, self._mask, self._positions))
         if self._decoder is None:
-            self._cache, self._logits = TransformersForward(self._model).prefill(ids, mask, positions)
+            self._cache, self._logits = self._steps.prefill(ids, mask, positions)
         else:
             held = self._full_mask[:, : self._skip + first]
             self._logits = self._decoder.prefill_columns(self._cache, ids, mask, positions, held, logits=final)
@@ -327,6 +328,5 @@ class PrefillRun:
         if self._shared is not None:
             prefix_ids = torch.tensor(self._shared.tokens, dtype=torch.long, device=ids.device)
             seen[:, prefix_ids.clamp(max=self._vocab_size - 1)] = True
-        steps: ModelSteps = self._decoder if self._decoder is not None else TransformersForward(self._model)
         full_mask = self._full_mask
-        return DecodeBatch(self._cache, full_mask, full_mask.sum(-1), seen, steps), self._logits
+        return DecodeBatch(self._cache, full_mask, full_mask.sum(-1), seen, self._steps), self._logits

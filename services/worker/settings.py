@@ -119,7 +119,8 @@ class WorkerSettings(ClusterSettings):
     worker_decode_wide_threads: int | None = Field(None, ge=1, le=1024)
     """transformers backend, Llama steps (CPU): torch threads for a decode step's largest matrix
     products (each layer's MLP projections and the output head; in float32 the attention block's
-    products too) when the step has at least 16 rows; the rest of the step stays on `worker_threads`. Unset: every core this process may use where
+    products too) when the step has at least 16 rows; the rest of the step stays on
+    `worker_threads`. Unset: every core this process may use where
     the engine's threads run under `SCHED_FIFO` (`worker_realtime_threads`), otherwise
     `worker_threads`: under the normal scheduler the extra thread waits behind the other services
     for its core, and the whole step with it. Measured through the embedded cluster on 2 cores: +9-12 %

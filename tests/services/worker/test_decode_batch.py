@@ -63,6 +63,13 @@ def greedy_steps(batch: DecodeBatch, logits: torch.Tensor, steps: int, rows: lis
     return logits
 
 
+def greedy_rows(batch: DecodeBatch, logits: torch.Tensor, steps: int) -> list[list[int]]:
+    """Each row's first `steps` greedy tokens from here (`greedy_steps`)."""
+    rows: list[list[int]] = [[] for _ in range(batch.size)]
+    greedy_steps(batch, logits, steps, rows)
+    return rows
+
+
 def pick_greedily(batch: DecodeBatch, logits: torch.Tensor, rows: list[list[int]]) -> None:
     """Pick and record every row's greedy token without stepping (rows may leave before the step)."""
     with torch.inference_mode():
@@ -291,11 +298,7 @@ def test_a_shared_prefix_is_run_once_and_every_row_gets_the_same_tokens(model_an
     assert shared.positions.tolist() == whole.positions.tolist()
     assert torch.equal(shared.seen, whole.seen)  # the penalty sees the prefix's tokens too
     torch.testing.assert_close(shared_logits, whole_logits, atol=1e-3, rtol=1e-3)
-    rows_whole: list[list[int]] = [[] for _ in ids]
-    rows_shared: list[list[int]] = [[] for _ in ids]
-    greedy_steps(whole, whole_logits, 6, rows_whole)
-    greedy_steps(shared, shared_logits, 6, rows_shared)
-    assert rows_shared == rows_whole
+    assert greedy_rows(shared, shared_logits, 6) == greedy_rows(whole, whole_logits, 6)
 
 
 @pytest.mark.parametrize(("shared_prefix", "columns"), [(False, 4), (True, 1)])
@@ -329,11 +332,7 @@ def test_a_prefill_in_chunks_gives_the_logits_and_tokens_of_one_prefill(
     assert torch.equal(batch.mask, whole_batch.mask) and torch.equal(batch.positions, whole_batch.positions)
     assert torch.equal(batch.seen, whole_batch.seen)
     torch.testing.assert_close(logits, whole_logits, atol=1e-4, rtol=1e-4)
-    rows_whole: list[list[int]] = [[] for _ in ids]
-    rows_chunked: list[list[int]] = [[] for _ in ids]
-    greedy_steps(whole_batch, whole_logits, 6, rows_whole)
-    greedy_steps(batch, logits, 6, rows_chunked)
-    assert rows_chunked == rows_whole
+    assert greedy_rows(batch, logits, 6) == greedy_rows(whole_batch, whole_logits, 6)
 
 
 def test_a_cached_prefix_serves_a_lone_newcomer_that_then_joins_a_plain_batch(
