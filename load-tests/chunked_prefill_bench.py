@@ -10,7 +10,8 @@ tokens joins. Its prefill runs on the engine thread (`LGC_WORKER_BACKGROUND_PREF
 a worker whose decode threads take every core), so the running rows wait for it: for its whole
 prefill with one chunk (a `--chunk-tokens` above the prompt's length), for one chunk at a time
 otherwise. Prefix reuse is off, so every prompt token is run. Other worker settings come from the
-environment (`LGC_WORKER_*`).
+environment (`LGC_WORKER_*`): `LGC_WORKER_LLAMA_DECODE=false` measures transformers' own forward
+(the path of other models and of CUDA) instead of the Llama steps.
 
 Prints one JSON object: per run, the chunk size, the long prompt's TTFT, the longest gap between
 two decode steps of the running rows from its arrival on, and their decode steps during its
@@ -130,6 +131,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "setup": {
             "long_tokens": args.long_tokens, "rows": args.rows, "chunk_tokens": args.chunk_tokens,
             "repeats": args.repeats, "cpus": os.cpu_count(), "threads": WorkerSettings().worker_threads,
+            "llama_decode": WorkerSettings().worker_llama_decode,
         },
         "median_by_chunk_tokens": medians,
         "runs": runs,

@@ -59,8 +59,13 @@ class KVCache(Protocol):
 class ModelSteps(Protocol):
     """What runs the model for a batch (`TransformersForward` or `LlamaDecoder`)."""
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """Left-padded prompts into a new cache; returns it and each row's last float32 logits."""
+    def prefill_columns(
+        self, cache: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor,
+        *, logits: bool = True,
+    ) -> torch.Tensor | None:
+        """Run the next columns of left-padded prompts ([rows, new] `ids`, `mask` 0 over their
+        padding, `positions`) into `cache`, after the columns it holds (`held`: [rows, held], 0
+        over padding); returns each row's last float32 logits, or None without `logits`."""
 
     def step(self, cache: Any, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (`mask` already covers it); returns the next float32 logits."""
@@ -98,18 +103,27 @@ class TransformersForward:
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def prefill(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[TransformersKV, torch.Tensor]:
+    def new_cache(self) -> TransformersKV:
+        """An empty cache for a prefill to fill."""
+        return TransformersKV(DynamicCache(config=self.model.config))
+
+    def prefill_columns(
+        self, cache: TransformersKV, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor,
+        *, logits: bool = True,
+    ) -> torch.Tensor | None:
+        """Run the next columns of left-padded prompts into `cache` (transformers grows it by
+        concatenation), after the `held` columns it holds: the whole prompts, or a chunk of a
+        longer prefill. Returns each row's last logits, or None without `logits` (the head still
+        runs on one column: the forward has no switch to skip it)."""
         out = self.model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=torch.cat([held, mask], dim=1),
             position_ids=positions,
-            past_key_values=DynamicCache(config=self.model.config),
+            past_key_values=cache.dynamic,
             use_cache=True,
             logits_to_keep=1,
         )
-        return TransformersKV(out.past_key_values), out.logits[:, -1, :].float()
+        return out.logits[:, -1, :].float() if logits else None
 
     def step(
         self, cache: TransformersKV, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
@@ -249,9 +263,8 @@ def _left_pad(states: torch.Tensor, length: int) -> torch.Tensor:
 
 class PrefillRun:
     """A group's prefill, run a chunk of columns at a time (`advance`) so that the running batch
-    can take decode steps between chunks (chunked prefill): with a `LlamaDecoder`, each chunk is
-    at most `chunk_tokens` (rows x padded columns, at least one column); with transformers'
-    forward, the whole prefill is one chunk.
+    can take decode steps between chunks (chunked prefill): each chunk is at most `chunk_tokens`
+    (rows x padded columns, at least one column), whichever `ModelSteps` runs it.
 
     Chunks give the same logits as one prefill: each attends to the columns of the chunks before
     it (padding masked) and causally within itself, exactly the attention of a whole prefill, only
@@ -270,10 +283,9 @@ class PrefillRun:
         chunk_tokens: int | None = None,
     ) -> None:
         """Lay out the prompts (left-padded, after a shared prefix if `prefixes` has or makes one:
-        that prefix is run here, at once) and allocate the slab; nothing more runs until
+        that prefix is run here, at once) and make the cache; nothing more runs until
         `advance`. `chunk_tokens` None: one chunk."""
-        self._decoder, self._vocab_size = decoder, vocab_size
-        self._steps: ModelSteps = decoder if decoder is not None else TransformersForward(model)
+        self._vocab_size = vocab_size
         self._shared = None
         if decoder is not None and prefixes is not None:
             self._shared = prefixes.prefix_for(prompts, lambda tokens: decoder.run_prefix(tokens, device))
@@ -290,13 +302,18 @@ class PrefillRun:
         self._full_mask = torch.cat([self._mask.new_ones((rows, skip)), self._mask], dim=1)
         self._positions = (self._full_mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
         self._skip = skip
-        self._columns = longest if decoder is None or chunk_tokens is None else max(1, chunk_tokens // rows)
+        self._columns = longest if chunk_tokens is None else max(1, chunk_tokens // rows)
         """Columns per chunk."""
         self._done_columns = 0
-        self._cache: Any = None
         self._logits: torch.Tensor | None = None
+        self._steps: ModelSteps
+        self._cache: Any
         if decoder is not None:
+            self._steps = decoder
             self._cache = decoder.prefill_slab(rows, longest, self._shared.slab if self._shared is not None else None)
+        else:
+            forward = TransformersForward(model)
+            self._steps, self._cache = forward, forward.new_cache()
 
     @property
     def done(self) -> bool:
@@ -309,11 +326,8 @@ class PrefillRun:
         first, last = self._done_columns, min(self._done_columns + self._columns, int(self._ids.shape[1]))
         final = last == self._ids.shape[1]
         ids, mask, positions = (t[:, first:last] for t in (self._ids, self._mask, self._positions))
-        if self._decoder is None:
-            self._cache, self._logits = self._steps.prefill(ids, mask, positions)
-        else:
-            held = self._full_mask[:, : self._skip + first]
-            self._logits = self._decoder.prefill_columns(self._cache, ids, mask, positions, held, logits=final)
+        held = self._full_mask[:, : self._skip + first]
+        self._logits = self._steps.prefill_columns(self._cache, ids, mask, positions, held, logits=final)
         self._done_columns = last
 
     def result(self) -> tuple[DecodeBatch, torch.Tensor]:

@@ -278,15 +278,6 @@ class LlamaDecoder:
             for layer in inner.layers
         )
 
-    def prefill(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[KVSlab, torch.Tensor]:
-        """Left-padded prompts ([rows, length] ids, mask with 0 over padding, position ids) into a
-        new slab; returns it and each row's last logits ([rows, vocab], float32)."""
-        rows, length = ids.shape
-        slab = self.prefill_slab(rows, length)
-        return slab, self.prefill_columns(slab, ids, mask, positions, mask.new_ones((rows, 0)))
-
     def run_prefix(self, tokens: Sequence[int], device: torch.device) -> KVSlab:
         """One row of `tokens` (a prompt prefix, positions from 0) into a slab of exactly their
         columns, for `prefill_slab` to start other prompts from."""

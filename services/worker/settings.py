@@ -95,16 +95,17 @@ class WorkerSettings(ClusterSettings):
 
     worker_max_prefill_tokens: int = Field(8192, ge=16, le=1_048_576)
     """Most (padded) prompt tokens of the newcomers prefilled together as one group when requests
-    join the batch (a longer prompt goes alone); with the Llama steps the group runs in slices of
+    join the batch (a longer prompt goes alone); the group runs in slices of
     `worker_prefill_chunk_tokens`, which bound the pause running sequences see."""
 
     worker_prefill_chunk_tokens: int = Field(512, ge=16, le=1_048_576)
-    """transformers backend, Llama steps: most (padded) prompt tokens one forward of a prefill
-    runs (chunked prefill). A group whose rows x padded columns exceed it runs a slice of columns
-    at a time, and where the prefill runs on the engine thread while a batch is decoding, the batch
-    takes a decode step between two slices: a long prompt joining delays the running sequences'
-    next tokens by one slice, not by its whole prefill. It also bounds a prefill's attention
-    scores (rows x slice x columns). See the worker README, "Chunked prefill"."""
+    """transformers backend (the Llama steps or transformers' own forward): most (padded) prompt
+    tokens one forward of a prefill runs (chunked prefill). A group whose rows x padded columns
+    exceed it runs a slice of columns at a time, and where the prefill runs on the engine thread
+    while a batch is decoding, the batch takes a decode step between two slices: a long prompt
+    joining delays the running sequences' next tokens by one slice, not by its whole prefill. It
+    also bounds a prefill's attention scores (rows x slice x columns). See the worker README,
+    "Chunked prefill"."""
 
     worker_prefix_cache_tokens: int = Field(2048, ge=0, le=1_048_576)
     """transformers backend, Llama steps (CPU): most prompt-prefix tokens whose keys and values are

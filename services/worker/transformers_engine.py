@@ -8,9 +8,9 @@ turn of its loop:
    length (a bad item fails alone, with INVALID_REQUEST);
 2. removes cancelled, expired and aborted sequences (so they stop within one decode step);
 3. prefills some admitted newcomers together (bounded by `worker_max_prefill_tokens`), picks their
-   first token and merges their KV cache into the running batch (see ``decode_batch``); with the
-   Llama steps a prefill runs `worker_prefill_chunk_tokens` at a time, and while a batch is
-   decoding one chunk per turn (chunked prefill), so a long prompt holds the batch up by a chunk
+   first token and merges their KV cache into the running batch (see ``decode_batch``); a
+   prefill runs `worker_prefill_chunk_tokens` at a time, and while a batch is decoding one chunk
+   per turn (chunked prefill), so a long prompt holds the batch up by a chunk
    (and a group whose every sequence was cancelled is dropped before its next chunk);
 4. runs one decode step for every running sequence, picks each row's next token with its own
    sampling parameters and generator, and streams the new text.

@@ -301,14 +301,18 @@ def test_a_shared_prefix_is_run_once_and_every_row_gets_the_same_tokens(model_an
     assert greedy_rows(shared, shared_logits, 6) == greedy_rows(whole, whole_logits, 6)
 
 
-@pytest.mark.parametrize(("shared_prefix", "columns"), [(False, 4), (True, 1)])
+@pytest.mark.parametrize(
+    ("steps", "shared_prefix", "columns"), [("llama", False, 4), ("llama", True, 1), ("transformers", False, 4)]
+)
 def test_a_prefill_in_chunks_gives_the_logits_and_tokens_of_one_prefill(
-    model_and_tokenizer, llama_decoder, shared_prefix: bool, columns: int
+    model_and_tokenizer, llama_decoder, steps: str, shared_prefix: bool, columns: int
 ) -> None:
     """Chunked prefill: rows of different lengths (left padding in the first chunks), after a
-    shared prefix or not, `columns` columns a chunk; the same logits, mask, positions, penalty and
-    greedy tokens as one prefill."""
+    shared prefix or not, `columns` columns a chunk, through the Llama steps or transformers' own
+    forward (its cache grown chunk by chunk); the same logits, mask, positions, penalty and greedy
+    tokens as one prefill."""
     model, tokenizer = model_and_tokenizer
+    decoder = llama_decoder if steps == "llama" else None
     prompts = [*PREFIXED, "Hi"] if not shared_prefix else PREFIXED
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -316,7 +320,7 @@ def test_a_prefill_in_chunks_gives_the_logits_and_tokens_of_one_prefill(
     def run(chunk_tokens: int | None) -> tuple[PrefillRun, int]:
         prefixes = PrefixCache(max_tokens=256, min_tokens=4) if shared_prefix else None
         with torch.inference_mode():
-            run = PrefillRun(model, ids, tokenizer.pad_token_id, vocab, CPU, llama_decoder, prefixes, chunk_tokens)
+            run = PrefillRun(model, ids, tokenizer.pad_token_id, vocab, CPU, decoder, prefixes, chunk_tokens)
             chunks = 0
             while not run.done:
                 run.advance()

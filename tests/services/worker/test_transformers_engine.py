@@ -549,16 +549,25 @@ async def test_newcomers_are_prefilled_beside_the_running_batch(model_state_dir:
         assert sum(started < at < ended for at in clock.steps) >= 3
 
 
-async def test_a_long_prompt_is_prefilled_in_chunks_with_decode_steps_between(model_state_dir: Path) -> None:
-    """Chunked prefill on the engine thread (no prefill thread): a prompt of ~60 tokens joins a
-    running row 16 tokens at a time, the row stepping between chunks, and gets the tokens it gets
-    alone (prefilled whole: nothing was running)."""
+@pytest.mark.parametrize("llama_decode", [True, False])
+async def test_a_long_prompt_is_prefilled_in_chunks_with_decode_steps_between(
+    model_state_dir: Path, llama_decode: bool
+) -> None:
+    """Chunked prefill on the engine thread (no prefill thread), through the Llama steps or
+    transformers' own forward: a prompt of ~60 tokens joins a running row 16 tokens at a time, the
+    row stepping between chunks, and gets the tokens it gets alone (prefilled whole: nothing was
+    running)."""
     clock = StepClock()
     settings = _background_settings(
-        model_state_dir, worker_background_prefill=False, worker_prefill_chunk_tokens=16, worker_prefix_cache_tokens=0
+        model_state_dir,
+        worker_background_prefill=False,
+        worker_prefill_chunk_tokens=16,
+        worker_prefix_cache_tokens=0,
+        worker_llama_decode=llama_decode,
     )
     long_prompt = " ".join(PROMPTS * 3)
     async with _started(TransformersEngine(settings, clock)) as engine:
+        assert (engine._decoder is not None) == llama_decode
         alone = await run_item(engine, greedy(long_prompt, max_new_tokens=6, request_id="alone"))
         groups = _SlowGroups(engine)
         running = await _running(engine, "running", max_new_tokens=60)
