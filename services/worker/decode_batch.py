@@ -59,6 +59,14 @@ class KVCache(Protocol):
 class ModelSteps(Protocol):
     """What runs the model for a batch (`TransformersForward` or `LlamaDecoder`)."""
 
+    def run_prefix(self, tokens: Sequence[int], device: torch.device) -> Any:
+        """One row of `tokens` (a prompt prefix, positions from 0) into a cache holding exactly
+        them, for `prefill_cache` to start other prompts from (`prefix_cache`)."""
+
+    def prefill_cache(self, rows: int, length: int, prefix: Any = None) -> Any:
+        """The cache a prefill of `rows` prompts padded to `length` columns fills: empty, or
+        holding the one-row `prefix` (made by `run_prefix`) in every row."""
+
     def prefill_columns(
         self, cache: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor,
         *, logits: bool = True,
@@ -103,9 +111,20 @@ class TransformersForward:
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def new_cache(self) -> TransformersKV:
-        """An empty cache for a prefill to fill."""
-        return TransformersKV(DynamicCache(config=self.model.config))
+    def run_prefix(self, tokens: Sequence[int], device: torch.device) -> TransformersKV:
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
+        cache = self.prefill_cache(1, ids.shape[1])
+        positions = torch.arange(ids.shape[1], device=device)[None]
+        self.prefill_columns(cache, ids, torch.ones_like(ids), positions, ids[:, :0], logits=False)
+        return cache
+
+    def prefill_cache(self, rows: int, length: int, prefix: TransformersKV | None = None) -> TransformersKV:
+        dynamic = DynamicCache(config=self.model.config)
+        if prefix is not None:
+            # Copies (`repeat`), never views: the kept prefix must outlive every batch made from it.
+            for index, layer in enumerate(prefix.dynamic.layers):
+                dynamic.update(layer.keys.repeat(rows, 1, 1, 1), layer.values.repeat(rows, 1, 1, 1), index)
+        return TransformersKV(dynamic)
 
     def prefill_columns(
         self, cache: TransformersKV, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor,
@@ -183,9 +202,9 @@ class DecodeBatch:
     ) -> tuple[DecodeBatch, torch.Tensor]:
         """Run the prompts through the model at once; returns the batch and each row's last logits
         ([rows, vocab], float32). With `decoder`, the prompts and every later step run through it
-        over a slab, and with `prefixes` too a prefix the prompts share is run once (or taken from
-        the cache) and only the rest of each prompt is run (`prefix_cache`). `PrefillRun` does the
-        same a chunk at a time."""
+        over a slab (else through the model's own forward); with `prefixes`, a prefix the prompts
+        share is run once (or taken from the cache) and only the rest of each prompt is run
+        (`prefix_cache`). `PrefillRun` does the same a chunk at a time."""
         run = PrefillRun(model, prompts, pad_id, vocab_size, device, decoder, prefixes)
         while not run.done:
             run.advance()
@@ -286,9 +305,10 @@ class PrefillRun:
         that prefix is run here, at once) and make the cache; nothing more runs until
         `advance`. `chunk_tokens` None: one chunk."""
         self._vocab_size = vocab_size
+        self._steps: ModelSteps = decoder if decoder is not None else TransformersForward(model)
         self._shared = None
-        if decoder is not None and prefixes is not None:
-            self._shared = prefixes.prefix_for(prompts, lambda tokens: decoder.run_prefix(tokens, device))
+        if prefixes is not None:
+            self._shared = prefixes.prefix_for(prompts, lambda tokens: self._steps.run_prefix(tokens, device))
         skip = len(self._shared.tokens) if self._shared is not None else 0
         rests = [prompt[skip:] for prompt in prompts]
         rows, longest = len(prompts), max(len(rest) for rest in rests)
@@ -306,14 +326,7 @@ class PrefillRun:
         """Columns per chunk."""
         self._done_columns = 0
         self._logits: torch.Tensor | None = None
-        self._steps: ModelSteps
-        self._cache: Any
-        if decoder is not None:
-            self._steps = decoder
-            self._cache = decoder.prefill_slab(rows, longest, self._shared.slab if self._shared is not None else None)
-        else:
-            forward = TransformersForward(model)
-            self._steps, self._cache = forward, forward.new_cache()
+        self._cache = self._steps.prefill_cache(rows, longest, self._shared.cache if self._shared is not None else None)
 
     @property
     def done(self) -> bool:

@@ -280,7 +280,7 @@ class LlamaDecoder:
 
     def run_prefix(self, tokens: Sequence[int], device: torch.device) -> KVSlab:
         """One row of `tokens` (a prompt prefix, positions from 0) into a slab of exactly their
-        columns, for `prefill_slab` to start other prompts from."""
+        columns, for `prefill_cache` to start other prompts from."""
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
         mask = torch.ones_like(ids)
         positions = torch.arange(ids.shape[1], device=device)[None]
@@ -288,7 +288,7 @@ class LlamaDecoder:
         self.prefill_columns(slab, ids, mask, positions, mask[:, :0], logits=False)
         return slab
 
-    def prefill_slab(self, rows: int, length: int, prefix: KVSlab | None = None) -> KVSlab:
+    def prefill_cache(self, rows: int, length: int, prefix: KVSlab | None = None) -> KVSlab:
         """The slab a prefill of `rows` prompts padded to `length` columns fills (`prefill_columns`,
         whole or a chunk at a time): empty, or holding the one-row `prefix` in every row."""
         shared = prefix.length if prefix is not None else 0

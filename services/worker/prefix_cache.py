@@ -1,11 +1,11 @@
 """Prompt prefixes whose keys and values are computed once and reused by later prefills (the
-transformers backend's Llama steps, CPU).
+transformers backend, through the Llama steps or transformers' own forward).
 
 Chat prompts begin alike: the chat template's system turn (24 tokens for SmolLM2) and often the
 first words of the instruction. A token's keys and values depend only on the tokens up to it and
 its position, so rows that begin with the same tokens have the same keys and values there. A
 prefill therefore runs such a prefix once, as one row, copies its keys and values into every row
-and runs only the rest of each prompt (`LlamaDecoder.prefill_slab`). What it runs is kept here,
+and runs only the rest of each prompt (`ModelSteps.prefill_cache`). What it runs is kept here,
 least recently used first out, within a budget of cached tokens, so that later prefills (a lone
 newcomer included) start from it too. vLLM does the same with its automatic prefix caching (in
 blocks of 16 tokens); this keeps whole prefixes.
@@ -22,18 +22,18 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from services.worker.llama_decode import KVSlab
+from typing import Any
 
 __all__ = ["PrefixCache", "SharedPrefix"]
 
 
 @dataclass(frozen=True, slots=True)
 class SharedPrefix:
-    """A prompt prefix and its keys and values (a one-row slab holding exactly its tokens)."""
+    """A prompt prefix and its keys and values (a one-row cache holding exactly its tokens: a
+    `KVSlab` of the Llama steps, or a `TransformersKV`)."""
 
     tokens: tuple[int, ...]
-    slab: KVSlab
+    cache: Any
 
 
 class PrefixCache:
@@ -45,7 +45,7 @@ class PrefixCache:
         self.min_tokens = min_tokens
         """Shortest prefix worth running on its own, and the least a new prefix must add to the
         longest cached one that fits (a one-row run of a few tokens costs about what it saves)."""
-        self._entries: OrderedDict[tuple[int, ...], KVSlab] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self.reused_tokens = 0
         """Prompt tokens not run because a prefix's keys and values were reused (a prefix run for
         this prefill was still run once: its rows but one count)."""
@@ -56,7 +56,7 @@ class PrefixCache:
         return sum(len(tokens) for tokens in self._entries)
 
     def prefix_for(
-        self, prompts: Sequence[Sequence[int]], run: Callable[[Sequence[int]], KVSlab]
+        self, prompts: Sequence[Sequence[int]], run: Callable[[Sequence[int]], Any]
     ) -> SharedPrefix | None:
         """The prefix these prompts' prefill starts from, running (`run`) and keeping a new one
         when their common prefix is worth it; None: prefill them whole."""
@@ -83,16 +83,16 @@ class PrefixCache:
 
     def _longest_cached(self, prompts: Sequence[Sequence[int]], limit: int) -> SharedPrefix | None:
         best: SharedPrefix | None = None
-        for tokens, slab in self._entries.items():
+        for tokens, cache in self._entries.items():
             size = len(tokens)
             if size > limit or (best is not None and size <= len(best.tokens)):
                 continue
             if all(tuple(prompt[:size]) == tokens for prompt in prompts):
-                best = SharedPrefix(tokens, slab)
+                best = SharedPrefix(tokens, cache)
         return best
 
     def _keep(self, prefix: SharedPrefix) -> None:
-        self._entries[prefix.tokens] = prefix.slab
+        self._entries[prefix.tokens] = prefix.cache
         self._entries.move_to_end(prefix.tokens)
         while self.tokens > self.max_tokens:
             self._entries.popitem(last=False)

@@ -108,8 +108,9 @@ class WorkerSettings(ClusterSettings):
     "Chunked prefill"."""
 
     worker_prefix_cache_tokens: int = Field(2048, ge=0, le=1_048_576)
-    """transformers backend, Llama steps (CPU): most prompt-prefix tokens whose keys and values are
-    kept for reuse (least recently used first out). A prefix that the prompts prefilled together
+    """transformers backend (the Llama steps or transformers' own forward, for models whose cache
+    is plain full-attention layers): most prompt-prefix tokens whose keys and values are kept for
+    reuse (least recently used first out). A prefix that the prompts prefilled together
     share (e.g. the chat template's system turn) is run once, kept, and copied into every row; 0
     runs every prompt whole. See the worker README, "Prefix reuse"."""
 

@@ -205,8 +205,6 @@ class TransformersEngine(Engine):
             # CPU only: measured there, not on CUDA. Not with torch.compile, which compiles the
             # forward this would bypass. Before packing: the decoder fuses plain linears.
             self._decoder = LlamaDecoder(model, settings.worker_max_batch_size)
-            if settings.worker_prefix_cache_tokens:
-                self._prefixes = PrefixCache(settings.worker_prefix_cache_tokens)
         log.info("model steps", extra={"path": "llama_decode" if self._decoder else "transformers forward"})
         if settings.worker_prepack_weights and not settings.worker_compile:
             # Not with torch.compile: the compiled forward was traced over the plain layers.
@@ -230,6 +228,10 @@ class TransformersEngine(Engine):
         self._joinable = supports_joining(model)
         if not self._joinable:
             log.warning("this model's KV cache cannot be merged: newcomers wait for the running batch to finish")
+        if settings.worker_prefix_cache_tokens and self._joinable:
+            # Plain full-attention layers only, whose keys and values a prefix hands every row as
+            # they are (a sliding window's cache would drop its oldest columns).
+            self._prefixes = PrefixCache(settings.worker_prefix_cache_tokens)
         self._encoder = PromptEncoder(tokenizer, max_model_len)
         self.model, self.tokenizer = model, tokenizer
         self._info = EngineInfo(

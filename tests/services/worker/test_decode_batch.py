@@ -281,16 +281,16 @@ SHARED = "Once upon a time, in a faraway kingdom by the sea, there lived"
 PREFIXED = [f"{SHARED} a king", f"{SHARED} an old fisherman who", f"{SHARED} three"]
 
 
-def test_a_shared_prefix_is_run_once_and_every_row_gets_the_same_tokens(model_and_tokenizer, llama_decoder) -> None:
+def test_a_shared_prefix_is_run_once_and_every_row_gets_the_same_tokens(model_and_tokenizer, decoder) -> None:
     model, tokenizer = model_and_tokenizer
     ids = [tokenizer(p)["input_ids"] for p in PREFIXED]
     vocab = model.get_output_embeddings().weight.shape[0]
     common = len(os.path.commonprefix(ids))
     prefixes = PrefixCache(max_tokens=256, min_tokens=4)
     with torch.inference_mode():
-        whole, whole_logits = DecodeBatch.prefill(model, ids, tokenizer.pad_token_id, vocab, CPU, llama_decoder)
+        whole, whole_logits = DecodeBatch.prefill(model, ids, tokenizer.pad_token_id, vocab, CPU, decoder)
         shared, shared_logits = DecodeBatch.prefill(
-            model, ids, tokenizer.pad_token_id, vocab, CPU, llama_decoder, prefixes
+            model, ids, tokenizer.pad_token_id, vocab, CPU, decoder, prefixes
         )
     assert prefixes.tokens == common >= 10 and prefixes.reused_tokens == common * (len(ids) - 1)
     # The prefix's columns come first, then each row's padded rest: padding sits between.
@@ -302,7 +302,7 @@ def test_a_shared_prefix_is_run_once_and_every_row_gets_the_same_tokens(model_an
 
 
 @pytest.mark.parametrize(
-    ("steps", "shared_prefix", "columns"), [("llama", False, 4), ("llama", True, 1), ("transformers", False, 4)]
+    ("steps", "shared_prefix", "columns"), [("llama", False, 4), ("llama", True, 1), ("transformers", False, 4), ("transformers", True, 1)]
 )
 def test_a_prefill_in_chunks_gives_the_logits_and_tokens_of_one_prefill(
     model_and_tokenizer, llama_decoder, steps: str, shared_prefix: bool, columns: int
@@ -340,7 +340,7 @@ def test_a_prefill_in_chunks_gives_the_logits_and_tokens_of_one_prefill(
 
 
 def test_a_cached_prefix_serves_a_lone_newcomer_that_then_joins_a_plain_batch(
-    model_and_tokenizer, llama_decoder
+    model_and_tokenizer, decoder
 ) -> None:
     model, tokenizer = model_and_tokenizer
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -348,19 +348,19 @@ def test_a_cached_prefix_serves_a_lone_newcomer_that_then_joins_a_plain_batch(
     ids = [tokenizer(p)["input_ids"] for p in PREFIXED]
     alone = []
     for prompt in ("The capital of France is", PREFIXED[1]):
-        batch, logits = prefill(model, tokenizer, [prompt], llama_decoder)
+        batch, logits = prefill(model, tokenizer, [prompt], decoder)
         tokens: list[list[int]] = [[]]
         greedy_steps(batch, logits, 6, tokens)
         alone.append(tokens[0])
     with torch.inference_mode():
-        DecodeBatch.prefill(model, [ids[0], ids[2]], tokenizer.pad_token_id, vocab, CPU, llama_decoder, prefixes)
+        DecodeBatch.prefill(model, [ids[0], ids[2]], tokenizer.pad_token_id, vocab, CPU, decoder, prefixes)
         reused = prefixes.reused_tokens
         # One prompt alone has no common prefix of its own: it starts from the cached one.
         newcomer, new_logits = DecodeBatch.prefill(
-            model, [ids[1]], tokenizer.pad_token_id, vocab, CPU, llama_decoder, prefixes
+            model, [ids[1]], tokenizer.pad_token_id, vocab, CPU, decoder, prefixes
         )
     assert prefixes.reused_tokens > reused
-    running, logits = prefill(model, tokenizer, ["The capital of France is"], llama_decoder)
+    running, logits = prefill(model, tokenizer, ["The capital of France is"], decoder)
     rows: list[list[int]] = [[], []]
     logits = greedy_steps(running, logits, 2, rows[:1])
     logits = join_greedily(running, logits, newcomer, new_logits, rows)

@@ -374,7 +374,12 @@ def test_llama_decode_is_chosen_unless_turned_off_or_compiling(
     assert (engine._decoder is not None) is expected
 
 
-async def test_chat_items_prefilled_together_reuse_the_template_prefix(model_state_dir: Path) -> None:
+@pytest.mark.parametrize("llama_decode", [True, False])
+async def test_chat_items_prefilled_together_reuse_the_template_prefix(
+    model_state_dir: Path, llama_decode: bool
+) -> None:
+    """Through the Llama steps or transformers' own forward: the chat template's prefix is run
+    once and copied into every row, and the answers are those of prompts run whole."""
     questions = ("What is the capital of France?", "Name three colours.", "Why is the sky blue?")
     items = [
         WorkItem(f"q{i}", messages=(ChatTurn("user", q),), params=SamplingParams(max_new_tokens=8))
@@ -385,9 +390,10 @@ async def test_chat_items_prefilled_together_reuse_the_template_prefix(model_sta
         recorder = CacheRecorder()
         settings = WorkerSettings(
             state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=256,
-            worker_prefix_cache_tokens=tokens,
+            worker_prefix_cache_tokens=tokens, worker_llama_decode=llama_decode,
         )
         async with _started(TransformersEngine(settings, recorder)) as engine:
+            assert (engine._decoder is not None) == llama_decode
             queues: list[asyncio.Queue] = [asyncio.Queue() for _ in items]
             # Submitted under the engine's own condition (re-entrant), so that its thread takes
             # all three in one turn and prefills them together.
