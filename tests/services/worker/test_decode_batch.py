@@ -301,18 +301,15 @@ def test_a_shared_prefix_is_run_once_and_every_row_gets_the_same_tokens(model_an
     assert greedy_rows(shared, shared_logits, 6) == greedy_rows(whole, whole_logits, 6)
 
 
-@pytest.mark.parametrize(
-    ("steps", "shared_prefix", "columns"), [("llama", False, 4), ("llama", True, 1), ("transformers", False, 4), ("transformers", True, 1)]
-)
+@pytest.mark.parametrize(("shared_prefix", "columns"), [(False, 4), (True, 1)])
 def test_a_prefill_in_chunks_gives_the_logits_and_tokens_of_one_prefill(
-    model_and_tokenizer, llama_decoder, steps: str, shared_prefix: bool, columns: int
+    model_and_tokenizer, decoder, shared_prefix: bool, columns: int
 ) -> None:
     """Chunked prefill: rows of different lengths (left padding in the first chunks), after a
     shared prefix or not, `columns` columns a chunk, through the Llama steps or transformers' own
     forward (its cache grown chunk by chunk); the same logits, mask, positions, penalty and greedy
     tokens as one prefill."""
     model, tokenizer = model_and_tokenizer
-    decoder = llama_decoder if steps == "llama" else None
     prompts = [*PREFIXED, "Hi"] if not shared_prefix else PREFIXED
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     vocab = model.get_output_embeddings().weight.shape[0]
