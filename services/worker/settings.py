@@ -93,6 +93,14 @@ class WorkerSettings(ClusterSettings):
     worker_max_model_len: int = Field(2048, ge=16, le=1_048_576)
     """Longest prompt + generation in tokens (capped by the model's own limit)."""
 
+    worker_kv_cache_gb: float | None = Field(None, gt=0, le=65536)
+    """transformers backend: most GiB the running batch's keys and values may take, counted as
+    rows x the longest row's final length (prompt + max tokens) x the bytes a token takes;
+    newcomers that would pass it wait for rows to leave. Unset: a quarter of the machine's memory
+    on CPU, 90 % of the GPU memory free after the model loaded on CUDA. Refused at start when one
+    sequence of `worker_max_model_len` tokens would not fit. See the worker README, "KV-cache
+    budget"."""
+
     worker_max_prefill_tokens: int = Field(8192, ge=16, le=1_048_576)
     """Most (padded) prompt tokens of the newcomers prefilled together as one group when requests
     join the batch (a longer prompt goes alone); the group runs in slices of

@@ -69,6 +69,7 @@ from services.worker.precision import (
 )
 from services.worker.llama_decode import WIDE_MIN_ROWS, LlamaDecoder
 from services.worker.packed_linear import prepack_linears
+from services.worker.kv_budget import GIB, KVBudget, default_limit_bytes, kv_bytes_per_token
 from services.worker.prefix_cache import PrefixCache
 from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.realtime_scheduling import REALTIME_PRIORITY, use_realtime_scheduling
@@ -233,6 +234,20 @@ class TransformersEngine(Engine):
             # they are (a sliding window's cache would drop its oldest columns).
             self._prefixes = PrefixCache(settings.worker_prefix_cache_tokens)
         self._encoder = PromptEncoder(tokenizer, max_model_len)
+        self._kv_budget = KVBudget(
+            int(settings.worker_kv_cache_gb * GIB) if settings.worker_kv_cache_gb else default_limit_bytes(device),
+            kv_bytes_per_token(model),
+        )
+        self._kv_budget.check_holds(
+            max_model_len, "LGC_WORKER_KV_CACHE_GB" if settings.worker_kv_cache_gb else "its default"
+        )
+        log.info(
+            "KV cache budget",
+            extra={
+                "gib": round(self._kv_budget.limit_bytes / GIB, 3),
+                "tokens": self._kv_budget.limit_bytes // self._kv_budget.bytes_per_token,
+            },
+        )
         self.model, self.tokenizer = model, tokenizer
         self._info = EngineInfo(
             model=source.served_name,
@@ -448,7 +463,7 @@ class TransformersEngine(Engine):
             events = []
             self._prefill_some(events)
             self._deliver(events)
-        elif self._admitted and self._job is None:
+        elif self._admitted and self._job is None and self._next_fits():
             if self._batch is not None and self._prefill_pool is not None and not self._pause_for_prefill():
                 self._start_background_prefill()
             else:
@@ -538,7 +553,9 @@ class TransformersEngine(Engine):
         self._table = None
 
     def _choose_prefill_group(self) -> list[_Sequence]:
-        """The admitted sequences to prefill together: first come first, within the token budget."""
+        """The admitted sequences to prefill together: first come first, within the prefill's
+        token budget and the KV-cache budget (beside the running rows). The first always comes
+        (`_next_fits` is asked before)."""
         budget = self._settings.worker_max_prefill_tokens
         chosen: list[_Sequence] = []
         longest = 0
@@ -546,9 +563,20 @@ class TransformersEngine(Engine):
             wider = max(longest, len(self._admitted[0].prompt_ids))
             if chosen and wider * (len(chosen) + 1) > budget:
                 break
+            if chosen and not self._fits_in_cache([*chosen, self._admitted[0]]):
+                break
             chosen.append(self._admitted.popleft())
             longest = wider
         return chosen
+
+    def _next_fits(self) -> bool:
+        """Whether the first admitted sequence fits in the KV-cache budget beside the running rows
+        (with none running it always does: the budget holds one sequence of the longest length)."""
+        return not self._rows or self._fits_in_cache([self._admitted[0]])
+
+    def _fits_in_cache(self, joining: list[_Sequence]) -> bool:
+        """Whether the running rows and `joining` together stay within the KV-cache budget."""
+        return self._kv_budget.fits([len(s.prompt_ids) + s.budget for s in (*self._rows, *joining)])
 
     def _pause_for_prefill(self) -> bool:
         """Whether the newcomers outnumber the running rows enough (`worker_prefill_pause_ratio`)

@@ -26,6 +26,7 @@ from services.worker.engine import (
     TextDelta,
     WorkItem,
 )
+from services.worker.kv_budget import KVBudgetError
 from services.worker.llama_decode import MIN_ROOM
 from services.worker.precision import cpu_computes_bfloat16
 from services.worker.realtime_scheduling import is_realtime, use_realtime_scheduling
@@ -747,3 +748,49 @@ async def test_a_worker_with_every_core_decoding_keeps_the_normal_scheduler(mode
         assert engine._thread is not None and engine._thread.native_id is not None
         assert not is_realtime(engine._thread.native_id)
         assert engine._decoder is not None and engine._decoder.wide_threads == settings.worker_threads
+
+
+class BatchSizes(NullObserver):
+    """The batch size of every decode step (called from the engine thread)."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def decode_step(self, batch_size: int, duration_s: float) -> None:
+        self.sizes.append(batch_size)
+
+
+#: SmolLM2-135M's keys and values of one token in float32: 30 layers x (k, v) x 3 heads x 64 x 4 bytes.
+SMOLLM2_KV_BYTES_FP32 = 30 * 2 * 3 * 64 * 4
+
+
+@pytest.mark.parametrize("llama_decode", [True, False])
+async def test_newcomers_beyond_the_kv_budget_wait_for_rows_to_leave(
+    model_state_dir: Path, llama_decode: bool
+) -> None:
+    """A budget of two full-length rows (model length 64): four sequences growing to 60 tokens
+    never run more than two at a time, two do run together, and every one ends with its tokens."""
+    sizes = BatchSizes()
+    settings = WorkerSettings(
+        state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=64,
+        worker_kv_cache_gb=2 * 64 * SMOLLM2_KV_BYTES_FP32 / 1024**3, worker_llama_decode=llama_decode,
+        worker_prefix_cache_tokens=0,
+    )
+    prompt = "Count from one to one hundred: one, two, three,"
+    async with _started(TransformersEngine(settings, sizes)) as engine:
+        assert engine._kv_budget.bytes_per_token == SMOLLM2_KV_BYTES_FP32
+        prompt_tokens = len(engine._encoder.encode(greedy(prompt)).ids)
+        items = [greedy(prompt, max_new_tokens=60 - prompt_tokens, request_id=f"r{i}") for i in range(4)]
+        ends = await asyncio.gather(*(run_item(engine, item) for item in items))
+    assert all(isinstance(run.end, SequenceFinished) for run in ends)
+    assert len({run.text for run in ends}) == 1  # greedy: the same text, however the rows were batched
+    assert max(sizes.sizes) == 2
+
+
+async def test_a_kv_budget_below_one_longest_sequence_is_refused_at_start(model_state_dir: Path) -> None:
+    settings = WorkerSettings(
+        state_dir=model_state_dir, worker_dtype="float32", worker_max_model_len=64,
+        worker_kv_cache_gb=63 * SMOLLM2_KV_BYTES_FP32 / 1024**3,
+    )
+    with pytest.raises(KVBudgetError, match="cannot hold one sequence of 64 tokens"):
+        TransformersEngine(settings).load()
