@@ -7,11 +7,12 @@ turn of its loop:
 1. takes newly submitted items while there is room in the batch, tokenizes them and checks their
    length (a bad item fails alone, with INVALID_REQUEST);
 2. removes cancelled, expired and aborted sequences (so they stop within one decode step);
-3. prefills some admitted newcomers together (bounded by `worker_max_prefill_tokens`), picks their
-   first token and merges their KV cache into the running batch (see ``decode_batch``); a
-   prefill runs `worker_prefill_chunk_tokens` at a time, and while a batch is decoding one chunk
-   per turn (chunked prefill), so a long prompt holds the batch up by a chunk
-   (and a group whose every sequence was cancelled is dropped before its next chunk);
+3. prefills some admitted newcomers together (bounded by `worker_max_prefill_tokens`, and by the
+   KV-cache budget beside the running rows: ``kv_budget``), picks their first token and merges
+   their KV cache into the running batch (see ``decode_batch``); a prefill runs
+   `worker_prefill_chunk_tokens` at a time, and while a batch is decoding one chunk per turn
+   (chunked prefill), so a long prompt holds the batch up by a chunk (and a group whose every
+   sequence was cancelled is dropped before its next chunk);
 4. runs one decode step for every running sequence, picks each row's next token with its own
    sampling parameters and generator, and streams the new text.
 
@@ -67,9 +68,9 @@ from services.worker.precision import (
     load_options,
     plan_precision,
 )
+from services.worker.kv_budget import GIB, KVBudget, default_limit_bytes, kv_bytes_per_token
 from services.worker.llama_decode import WIDE_MIN_ROWS, LlamaDecoder
 from services.worker.packed_linear import prepack_linears
-from services.worker.kv_budget import GIB, KVBudget, default_limit_bytes, kv_bytes_per_token
 from services.worker.prefix_cache import PrefixCache
 from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.realtime_scheduling import REALTIME_PRIORITY, use_realtime_scheduling
