@@ -127,11 +127,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             (r for r in runs if r["chunk_tokens"] == chunk_tokens), key=lambda r: r["longest_step_gap_s"] or 0
         )
         medians[str(chunk_tokens)] = mine[len(mine) // 2]
+    settings = WorkerSettings()  # what the runs' engines read from the environment
     return {
         "setup": {
             "long_tokens": args.long_tokens, "rows": args.rows, "chunk_tokens": args.chunk_tokens,
-            "repeats": args.repeats, "cpus": os.cpu_count(), "threads": WorkerSettings().worker_threads,
-            "llama_decode": WorkerSettings().worker_llama_decode,
+            "repeats": args.repeats, "cpus": os.cpu_count(), "threads": settings.worker_threads,
+            "llama_decode": settings.worker_llama_decode,
         },
         "median_by_chunk_tokens": medians,
         "runs": runs,

@@ -76,12 +76,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     prefill(None)  # warm-up: first calls allocate and pick kernels
     timings: dict[str, list[float]] = {"whole": [], "prefix_reused": []}
-    logits: dict[str, torch.Tensor] = {}
+    logits: dict[str, torch.Tensor] = {}  # the last run's of each way
     for _ in range(args.repeats):  # interleaved, so that both see the same minutes of a noisy machine
-        timings["whole"].append(prefill(None)[0])
-        timings["prefix_reused"].append(prefill(PrefixCache(settings.worker_prefix_cache_tokens))[0])
-    _, logits["whole"] = prefill(None)
-    _, logits["prefix_reused"] = prefill(PrefixCache(settings.worker_prefix_cache_tokens))
+        for name, prefixes in (("whole", None), ("prefix_reused", PrefixCache(settings.worker_prefix_cache_tokens))):
+            ms, logits[name] = prefill(prefixes)
+            timings[name].append(ms)
     medians = {name: round(statistics.median(runs), 1) for name, runs in timings.items()}
     return {
         "setup": {

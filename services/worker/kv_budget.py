@@ -26,7 +26,7 @@ import torch
 
 from services.worker.engine_factory import BackendUnavailableError
 
-__all__ = ["KVBudget", "KVBudgetError", "default_limit_bytes", "kv_bytes_per_token"]
+__all__ = ["GIB", "KVBudget", "KVBudgetError", "default_limit_bytes", "kv_bytes_per_token"]
 
 GIB = 1024**3
 #: Share of the machine's memory the cache may take on CPU when no budget is set: the weights, the
@@ -67,6 +67,16 @@ class KVBudget:
 
     limit_bytes: int
     bytes_per_token: int
+
+    @classmethod
+    def for_model(cls, model: Any, device: torch.device, limit_gb: float | None, max_model_len: int) -> KVBudget:
+        """`model`'s budget on `device`: `limit_gb` GiB (`LGC_WORKER_KV_CACHE_GB`), else
+        `default_limit_bytes` (call after loading); KVBudgetError unless it holds one sequence of
+        `max_model_len` tokens."""
+        limit = int(limit_gb * GIB) if limit_gb else default_limit_bytes(device)
+        budget = cls(limit, kv_bytes_per_token(model))
+        budget.check_holds(max_model_len, "LGC_WORKER_KV_CACHE_GB" if limit_gb else "its default")
+        return budget
 
     def bytes_for(self, final_lengths: Sequence[int]) -> int:
         """What a batch of rows growing to these lengths (prompt + token budget) may take at most."""

@@ -68,7 +68,7 @@ from services.worker.precision import (
     load_options,
     plan_precision,
 )
-from services.worker.kv_budget import GIB, KVBudget, default_limit_bytes, kv_bytes_per_token
+from services.worker.kv_budget import GIB, KVBudget
 from services.worker.llama_decode import WIDE_MIN_ROWS, LlamaDecoder
 from services.worker.packed_linear import prepack_linears
 from services.worker.prefix_cache import PrefixCache
@@ -235,13 +235,7 @@ class TransformersEngine(Engine):
             # they are (a sliding window's cache would drop its oldest columns).
             self._prefixes = PrefixCache(settings.worker_prefix_cache_tokens)
         self._encoder = PromptEncoder(tokenizer, max_model_len)
-        self._kv_budget = KVBudget(
-            int(settings.worker_kv_cache_gb * GIB) if settings.worker_kv_cache_gb else default_limit_bytes(device),
-            kv_bytes_per_token(model),
-        )
-        self._kv_budget.check_holds(
-            max_model_len, "LGC_WORKER_KV_CACHE_GB" if settings.worker_kv_cache_gb else "its default"
-        )
+        self._kv_budget = KVBudget.for_model(model, device, settings.worker_kv_cache_gb, max_model_len)
         log.info(
             "KV cache budget",
             extra={
