@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ __all__ = [
     "needs_clean_config",
     "sampling_options",
     "settings_refusal",
+    "token_prompt_builder",
     "vllm_model_folder",
     "vllm_platform_device",
 ]
@@ -226,6 +227,20 @@ def vllm_platform_device() -> str:
     return str(current_platform.device_type)
 
 
+def token_prompt_builder() -> Callable[[list[int]], Any]:
+    """How to hand the installed vLLM a prompt that is already token ids. Imports vLLM: call once.
+
+    vLLM 0.32 takes a rendered input (`vllm.inputs.engine.tokens_input`) straight to its engine
+    and logs that the plain ``{"prompt_token_ids": ...}`` dict, which it still renders itself, is
+    deprecated; earlier versions have no `tokens_input` and take only the dict."""
+    try:
+        from vllm.inputs.engine import tokens_input
+    except ImportError:
+        # Safe: a vLLM without rendered inputs takes the plain dict, without a warning.
+        return lambda ids: {"prompt_token_ids": ids}
+    return tokens_input
+
+
 def engine_options(
     settings: WorkerSettings, platform_device: str, model_folder: Path, served_name: str, max_model_len: int
 ) -> dict[str, Any]:
@@ -316,6 +331,7 @@ class VllmEngine(TaskPerSequenceEngine):
         self._observer: EngineObserver = observer or NullObserver()
         self._llm: Any = None
         self._vllm_sampling_params: Any = None
+        self._token_prompt: Callable[[list[int]], Any] | None = None
         self._client_errors: tuple[type[BaseException], ...] = ()
         self._dead_errors: tuple[type[BaseException], ...] = ()
         self._encoder: PromptEncoder | None = None
@@ -367,6 +383,7 @@ class VllmEngine(TaskPerSequenceEngine):
         )
         model_config = self._llm.model_config
         self._vllm_sampling_params = VllmSamplingParams
+        self._token_prompt = token_prompt_builder()
         # ValueError: vLLM still validates some parameters with it.
         self._client_errors = (VLLMClientError, ValueError)
         # The engine core process is gone: every later call fails the same way.
@@ -440,7 +457,7 @@ class VllmEngine(TaskPerSequenceEngine):
 
     async def _run(self, handle: SequenceHandle, progress: SequenceProgress) -> SequenceFinished:
         item = handle.item
-        assert self._encoder is not None
+        assert self._encoder is not None and self._token_prompt is not None
         try:
             # In a thread: the chat template and the tokenizer are CPU work.
             encoded = await asyncio.to_thread(self._encoder.encode, item)
@@ -464,7 +481,7 @@ class VllmEngine(TaskPerSequenceEngine):
         try:
             # Consumed to its end (it ends right after the finished output) rather than left
             # suspended, so that vLLM's generator completes instead of waiting for finalization.
-            async for result in self._llm.generate({"prompt_token_ids": encoded.ids}, params, request_id):
+            async for result in self._llm.generate(self._token_prompt(encoded.ids), params, request_id):
                 completion = result.outputs[0]
                 before = output.tokens
                 text, reported = output.advance(completion.text, len(completion.token_ids))

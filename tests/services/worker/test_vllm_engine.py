@@ -34,6 +34,7 @@ from services.worker.vllm_engine import (
     needs_clean_config,
     sampling_options,
     settings_refusal,
+    token_prompt_builder,
     vllm_model_folder,
 )
 from shared.model_store import prepare_model, resolve_model
@@ -239,6 +240,20 @@ def test_sampling_options_are_accepted_by_vllm() -> None:
     assert greedy.temperature == 0.0
 
 
+@needs_vllm
+def test_token_prompts_go_to_vllm_already_rendered() -> None:
+    # vLLM 0.32 renders (and warns about) a plain {"prompt_token_ids": ...} dict; its own
+    # rendered form goes straight to the engine.
+    prompt = token_prompt_builder()([5, 6, 7])
+    assert prompt["prompt_token_ids"] == [5, 6, 7]
+    assert prompt.get("type", "token") == "token"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="checks the build without vLLM")
+def test_token_prompts_without_vllm_fall_back_to_the_plain_dict() -> None:
+    assert token_prompt_builder()([5, 6, 7]) == {"prompt_token_ids": [5, 6, 7]}
+
+
 def folder_with_gguf_config(model_state_dir: Path, root: Path) -> Path:
     """SmolLM2's converted folder as older conversions left it: a GGUF quantization_config."""
     converted = Path(prepare_model(resolve_model("smollm2"), model_state_dir).path)
@@ -291,6 +306,9 @@ async def test_real_vllm_generates_cancels_and_expires(model_state_dir: Path, tm
             worker_max_batch_size=8,
             worker_max_model_len=256,
             worker_vllm_kv_cache_gb=1,
+            # float32: its greedy answer does not hang on the CPU's bfloat16 kernels (in bfloat16,
+            # on an AVX2-only CPU, vLLM answered "L'Étoile, la Mar" instead of naming Paris).
+            worker_dtype="float32",
         ),
         observer,
     )
@@ -300,9 +318,10 @@ async def test_real_vllm_generates_cancels_and_expires(model_state_dir: Path, tm
     finally:
         await engine.stop()
     assert observer.ttfts and observer.steps and observer.token_count > 0
-    # SmolLM2: 30 layers x 3 KV heads x 64 dims x 2 (K and V) x 2 bytes (bfloat16) per token.
+    # SmolLM2: 30 layers x 3 KV heads x 64 dims x 2 (K and V) x 4 bytes (float32) per token.
+    assert engine.info.dtype == "float32"
     in_use = [kv for kv in observer.kv if kv[0] > 0]
-    assert in_use and all(nbytes == tokens * 30 * 3 * 64 * 2 * 2 for tokens, nbytes in in_use)
+    assert in_use and all(nbytes == tokens * 30 * 3 * 64 * 2 * 4 for tokens, nbytes in in_use)
     assert observer.kv[-1] == (0, 0)
 
 
