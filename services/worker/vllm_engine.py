@@ -62,6 +62,7 @@ __all__ = [
     "sampling_options",
     "settings_refusal",
     "token_prompt_builder",
+    "vllm_dtype",
     "vllm_model_folder",
     "vllm_platform_device",
 ]
@@ -241,6 +242,19 @@ def token_prompt_builder() -> Callable[[list[int]], Any]:
     return tokens_input
 
 
+def vllm_dtype(dtype: str, platform_device: str) -> str:
+    """vLLM's `dtype` for `LGC_WORKER_DTYPE`. On CPU `auto` is the transformers backend's choice,
+    not vLLM's: vLLM loads a float32 checkpoint as bfloat16 on every CPU, which ran 4.8x slower
+    than float32 on one without bfloat16 instructions (vllm serve, AVX2 only: 38.9 against 187.3
+    output tokens/s). On CUDA `auto` stays vLLM's choice (float16, or the checkpoint's 16-bit type)."""
+    if dtype != "auto" or platform_device != "cpu":
+        return dtype
+    # Imported here: torch, which the simulated backend never loads; vLLM has loaded it by now.
+    from services.worker.precision import cpu_computes_bfloat16
+
+    return "bfloat16" if cpu_computes_bfloat16() else "float32"
+
+
 def engine_options(
     settings: WorkerSettings, platform_device: str, model_folder: Path, served_name: str, max_model_len: int
 ) -> dict[str, Any]:
@@ -249,9 +263,7 @@ def engine_options(
         "model": str(model_folder),
         "tokenizer": str(model_folder),
         "served_model_name": served_name,
-        # `auto`: vLLM's choice, which the engine then reports (bfloat16 for this float32
-        # checkpoint on CPU, as measured; on CUDA float16 or the checkpoint's 16-bit type).
-        "dtype": settings.worker_dtype,
+        "dtype": vllm_dtype(settings.worker_dtype, platform_device),
         "max_model_len": max_model_len,
         "max_num_seqs": settings.worker_max_batch_size,
         # vLLM's chunked-prefill budget: at least one full prompt, at least one token per sequence.

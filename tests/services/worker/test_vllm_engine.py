@@ -23,6 +23,7 @@ from services.worker.engine import (
     SequenceFinished,
     WorkItem,
 )
+from services.worker.precision import cpu_computes_bfloat16
 from services.worker.settings import WorkerSettings
 from services.worker.vllm_engine import (
     CPU_KV_CACHE_GB_DEFAULT,
@@ -35,6 +36,7 @@ from services.worker.vllm_engine import (
     sampling_options,
     settings_refusal,
     token_prompt_builder,
+    vllm_dtype,
     vllm_model_folder,
 )
 from shared.model_store import prepare_model, resolve_model
@@ -154,13 +156,27 @@ def test_engine_options_on_cpu() -> None:
     settings = WorkerSettings(worker_backend="vllm", worker_max_batch_size=32, worker_max_prefill_tokens=8192)
     options = engine_options(settings, "cpu", Path("/models/m"), "m", 2048)
     assert options["model"] == options["tokenizer"] == "/models/m"
-    assert (options["served_model_name"], options["dtype"], options["max_model_len"]) == ("m", "auto", 2048)
+    # `auto` on CPU: the dtype this CPU computes fast, as for the transformers backend.
+    fast = "bfloat16" if cpu_computes_bfloat16() else "float32"
+    assert (options["served_model_name"], options["dtype"], options["max_model_len"]) == ("m", fast, 2048)
     assert (options["max_num_seqs"], options["max_num_batched_tokens"]) == (32, 8192)
     # vLLM's own CPU default would ask for 90% of the machine's memory.
     assert options["kv_cache_memory_bytes"] == int(CPU_KV_CACHE_GB_DEFAULT * 1024**3)
     assert "stream_interval" not in options  # vLLM's own default, and older releases lack it
     joined = WorkerSettings(worker_backend="vllm", worker_stream_interval=4)
     assert engine_options(joined, "cpu", Path("/m"), "m", 2048)["stream_interval"] == 4
+
+
+def test_vllm_dtype_resolves_auto_on_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.worker.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_computes_bfloat16", lambda: False)
+    assert vllm_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(precision, "cpu_computes_bfloat16", lambda: True)
+    assert vllm_dtype("auto", "cpu") == "bfloat16"
+    # Chosen dtypes pass as they are; on CUDA `auto` is vLLM's own choice.
+    assert vllm_dtype("bfloat16", "cpu") == "bfloat16" and vllm_dtype("float32", "cpu") == "float32"
+    assert vllm_dtype("auto", "cuda") == "auto" and vllm_dtype("float16", "cuda") == "float16"
 
 
 def test_engine_options_on_cuda_and_explicit_values() -> None:
