@@ -44,7 +44,10 @@ the median output tokens/s, all N under `runs` (this machine's run-to-run noise 
 `sequential-generate` runs once (it takes about a minute).
 
 `--head-to-head N` (0: off) also runs two systems side by side (`--head-to-head-systems`, default
-`cluster-transformers,vllm-serve:bfloat16`): both started and warmed up, then N rounds of one run
+`cluster-transformers,vllm-serve:best`; a peer server's `:best` is the dtype that made the most
+tokens/s in this invocation's own runs of it, or, where it did not run, the dtype the worker's
+`auto` takes on this CPU: a fixed bfloat16 would pit the cluster against a peer running 4.8x
+below its best on a CPU without bfloat16 instructions): both started and warmed up, then N rounds of one run
 each, alternating which goes first, so that both are measured within the same minutes of this
 noisy machine; reported under `head_to_head` with every round's pair, the ratio of the first to
 the second per round, and their medians. The system not being measured sits idle meanwhile (its
@@ -542,6 +545,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[bench] {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
     report["comparison"] = _comparison(report["systems"])
     if args.head_to_head:
+        args.head_to_head_systems = [best_dtype_of(name, report["systems"]) for name in args.head_to_head_systems]
         print(f"[bench] head to head: {' vs '.join(args.head_to_head_systems)} ...", file=sys.stderr, flush=True)
         report["head_to_head"] = _head_to_head(args, out, load, tokenizer)
         print(f"[bench] head to head: {json.dumps(report['head_to_head']['summary'])}", file=sys.stderr, flush=True)
@@ -648,6 +652,17 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["runs"] = [_run_summary(r) for r in runs]
     return chosen
+
+
+def best_dtype_of(name: str, systems: dict[str, Any]) -> str:
+    """`name` with a peer server's `:best` replaced by a dtype: the fastest of that server's runs in
+    `systems` (its `dtype_runs`), else the dtype the worker's `auto` takes on this CPU. Other names
+    are returned as they are."""
+    server, _, dtype = name.partition(":")
+    if dtype != "best":
+        return name
+    runs = {d: tps for d, tps in systems.get(server, {}).get("dtype_runs", {}).items() if tps}
+    return f"{server}:{max(runs, key=runs.__getitem__) if runs else cpu_dtype()}"
 
 
 def _best_dtype(
@@ -793,8 +808,9 @@ def main() -> int:
     parser.add_argument("--head-to-head", type=int, default=0, help="rounds of the side-by-side comparison; 0: off")
     parser.add_argument("--head-to-head-pause", type=float, default=10.0, help="seconds of quiet before each run")
     parser.add_argument(
-        "--head-to-head-systems", default="cluster-transformers,vllm-serve:bfloat16",
-        help="the two systems of --head-to-head (a peer server with its dtype, e.g. vllm-serve:bfloat16)",
+        "--head-to-head-systems", default="cluster-transformers,vllm-serve:best",
+        help="the two systems of --head-to-head (a peer server with its dtype, e.g. vllm-serve:float32, or "
+        ":best: its fastest dtype in this invocation, else the worker's auto dtype on this CPU)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
     parser.add_argument(

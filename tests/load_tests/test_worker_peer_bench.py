@@ -8,11 +8,14 @@ anything is; the numbers are the benchmark's to print (load-tests/README.md)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from shared.model_store import prepare_model, resolve_model
 from tests.conftest import model_cache_dir
@@ -81,3 +84,28 @@ def test_the_one_command_measures_every_installed_system_and_skips_vllm_with_a_n
     assert sorted(sweep["levels"], key=int) == ["1", "4"]
     for level in sweep["levels"].values():
         assert level["ok"] == 4 and level["output_tokens_per_s"] > 0
+
+
+def _load_bench(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    # As when run as a script: its own folder first, for its sibling modules (process_cpu).
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("worker_peer_bench", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "worker_peer_bench", module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_head_to_head_takes_a_peers_fastest_dtype_of_the_run_or_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load_bench(monkeypatch)
+    systems = {
+        "vllm-serve": {"dtype_runs": {"bfloat16": 38.2, "float32": 179.6}},
+        "transformers-serve": {"dtype_runs": {"bfloat16": 90.0, "float32": None}},  # float32 failed
+    }
+    assert bench.best_dtype_of("vllm-serve:best", systems) == "vllm-serve:float32"
+    assert bench.best_dtype_of("transformers-serve:best", systems) == "transformers-serve:bfloat16"
+    # Not run in this invocation: the dtype the worker's auto takes on this CPU.
+    assert bench.best_dtype_of("vllm-serve:best", {}) == f"vllm-serve:{bench.cpu_dtype()}"
+    assert bench.best_dtype_of("vllm-serve:bfloat16", systems) == "vllm-serve:bfloat16"
+    assert bench.best_dtype_of("cluster-transformers", systems) == "cluster-transformers"
