@@ -129,11 +129,20 @@ class GenerationParams(BaseModel):
     """Seed for sampling; with the same seed and parameters the same worker repeats itself."""
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     """>1 discourages repeating tokens (CTRL-style), 1 disables."""
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    """OpenAI's: subtracted from the logit of every token the answer already holds (generated
+    tokens only, not the prompt's); > 0 favours new tokens, 0 disables."""
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    """OpenAI's: subtracted from a token's logit once per time it occurs in the answer so far;
+    > 0 discourages repeating the same words, 0 disables."""
 
     def group_key(self) -> tuple[object, ...]:
         """Parameters that must be equal for two requests to share a batch (all but the length,
         which each sequence tracks on its own)."""
-        return (self.temperature, self.top_p, self.top_k, self.seed, self.repetition_penalty)
+        return (
+            self.temperature, self.top_p, self.top_k, self.seed, self.repetition_penalty,
+            self.presence_penalty, self.frequency_penalty,
+        )
 
 
 class CachePolicy(BaseModel):

@@ -69,6 +69,8 @@ def to_work_item(state: RequestState) -> worker_pb2.WorkItem:
         seed=p.seed or 0,
         has_seed=p.seed is not None,
         repetition_penalty=p.repetition_penalty,
+        presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty,
     )
     return worker_pb2.WorkItem(
         request_id=request.id,

@@ -5,7 +5,7 @@ Acceptance rules, so that nothing that changes the answer is silently ignored:
 
 * supported parameters are typed and range-checked here;
 * OpenAI parameters the gateway cannot honour (tools, logprobs, n > 1, response formats other than
-  text, penalties, ...) are accepted only at their neutral value (absent, null, false, 0, empty, 1,
+  text, ...) are accepted only at their neutral value (absent, null, false, 0, empty, 1,
   `{"type": "text"}`) and refused with 400 naming the parameter otherwise;
 * parameters that cannot change the answer (`user`, `metadata`, `store`, ...) are accepted and
   ignored;
@@ -158,10 +158,12 @@ class _GenerationBody(_Body):
     """Streaming options; only with `stream: true`."""
     n: int | None = Field(None, ge=1)
     """Number of answers; only 1 is supported."""
-    presence_penalty: float | None = None
-    """Not supported; must be absent, null or 0."""
-    frequency_penalty: float | None = None
-    """Not supported; must be absent, null or 0."""
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    """Subtracted from the logit of every token the answer already holds (generated tokens only,
+    as OpenAI and vLLM do); > 0 favours new tokens. Null or 0: none."""
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    """Subtracted from a token's logit once per time it occurs in the answer so far; > 0
+    discourages repeating the same words. Null or 0: none."""
     logit_bias: dict[str, float] | None = None
     """Not supported; must be absent, null or empty."""
     metadata: dict[str, str] | None = None
@@ -194,13 +196,6 @@ class _GenerationBody(_Body):
         if n is not None and n != 1:
             raise ValueError("only n=1 is supported")
         return n
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalties(cls, value: float | None) -> float | None:
-        if value:
-            raise ValueError("presence and frequency penalties are not supported (use repetition_penalty)")
-        return value
 
     @field_validator("logit_bias")
     @classmethod

@@ -193,12 +193,17 @@ def translate_proto(
     temperature = _from_float32(message.temperature) if message.has_temperature else None
     top_p = _from_float32(message.top_p) if message.top_p != 0 else None
     penalty = _from_float32(message.repetition_penalty) if message.repetition_penalty != 0 else None
+    presence = _from_float32(message.presence_penalty)
+    frequency = _from_float32(message.frequency_penalty)
     if temperature is not None and not 0.0 <= temperature <= 2.0:
         raise InvalidRequestError("temperature must be between 0 and 2.", param="temperature")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise InvalidRequestError("top_p must be in (0, 1].", param="top_p")
     if penalty is not None and not 0.0 < penalty <= 10.0:
         raise InvalidRequestError("repetition_penalty must be in (0, 10].", param="repetition_penalty")
+    for name, value in (("presence_penalty", presence), ("frequency_penalty", frequency)):
+        if not -2.0 <= value <= 2.0:  # NaN fails too
+            raise InvalidRequestError(f"{name} must be between -2 and 2.", param=name)
     if message.top_k > 100_000:
         raise InvalidRequestError("top_k must be at most 100000.", param="top_k")
     stops = list(message.stop)
@@ -218,6 +223,8 @@ def translate_proto(
             stop=stops or None,
             seed=message.seed if message.has_seed else None,
             repetition_penalty=penalty,
+            presence_penalty=presence,
+            frequency_penalty=frequency,
         ),
         priority=priority,
         stream=stream,
@@ -263,6 +270,8 @@ def _body_params(
         stop=body.stop,
         seed=body.seed,
         repetition_penalty=body.repetition_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
     )
 
 
@@ -277,6 +286,8 @@ def _params(
     stop: str | list[str] | None,
     seed: int | None,
     repetition_penalty: float | None,
+    presence_penalty: float | None,
+    frequency_penalty: float | None,
 ) -> GenerationParams:
     limit = settings.gateway_max_tokens_limit
     if max_tokens is None:
@@ -302,6 +313,8 @@ def _params(
         stop=stops,
         seed=None if seed is None else seed % _SEED_MODULUS,
         repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
+        presence_penalty=presence_penalty or 0.0,
+        frequency_penalty=frequency_penalty or 0.0,
     )
 
 

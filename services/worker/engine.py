@@ -83,6 +83,15 @@ class SamplingParams:
     """Per-sequence sampling seed; None draws a random one."""
     repetition_penalty: float = 1.0
     """CTRL-style penalty; 1 disables."""
+    presence_penalty: float = 0.0
+    """OpenAI's, over the generated tokens: subtracted once from each one's logit; 0 disables."""
+    frequency_penalty: float = 0.0
+    """OpenAI's, over the generated tokens: subtracted per occurrence; 0 disables."""
+
+    @property
+    def penalises_output(self) -> bool:
+        """Whether the presence or frequency penalty needs the tokens generated so far."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     @property
     def greedy(self) -> bool:

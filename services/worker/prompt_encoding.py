@@ -21,6 +21,10 @@ class EncodedPrompt:
     ids: list[int]
     budget: int
     """max_new_tokens minus the tokens of the continuation."""
+    continuation_ids: tuple[int, ...] = ()
+    """The continuation's tokens on their own (the end of `ids`, give or take a merge at the
+    boundary): output already generated elsewhere, which the presence and frequency penalties
+    count as this answer's."""
 
 
 class PromptEncoder:
@@ -49,9 +53,10 @@ class PromptEncoder:
             ids = tokenizer(item.prompt + item.continuation)["input_ids"]
         if not ids:
             raise PromptError("the prompt has no tokens")
-        continuation_tokens = item.continuation_tokens
-        if item.continuation and not continuation_tokens:
-            continuation_tokens = len(tokenizer(item.continuation, add_special_tokens=False)["input_ids"])
+        continuation_ids: tuple[int, ...] = ()
+        if item.continuation:
+            continuation_ids = tuple(tokenizer(item.continuation, add_special_tokens=False)["input_ids"])
+        continuation_tokens = item.continuation_tokens or len(continuation_ids)
         budget = max(0, item.params.max_new_tokens - continuation_tokens)
         if len(ids) + budget > self._max_model_len:
             raise PromptError(
@@ -59,4 +64,4 @@ class PromptEncoder:
                 f"{len(ids) + budget} in all, beyond this worker's max_model_len of {self._max_model_len}; "
                 "shorten the prompt or lower max_new_tokens"
             )
-        return EncodedPrompt(list(ids), budget)
+        return EncodedPrompt(list(ids), budget, continuation_ids)

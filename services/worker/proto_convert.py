@@ -75,6 +75,11 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
     penalty = _finite("params.repetition_penalty", msg.repetition_penalty) or 1.0
     if penalty <= 0:
         raise InvalidItemError(f"params.repetition_penalty must be > 0, not {penalty}")
+    presence = _finite("params.presence_penalty", msg.presence_penalty)
+    frequency = _finite("params.frequency_penalty", msg.frequency_penalty)
+    for name, value in (("presence_penalty", presence), ("frequency_penalty", frequency)):
+        if not -2.0 <= value <= 2.0:
+            raise InvalidItemError(f"params.{name} must be in [-2, 2], not {value}")
     stops = tuple(msg.stop)
     if len(stops) > _MAX_STOP_STRINGS:
         raise InvalidItemError(f"at most {_MAX_STOP_STRINGS} stop strings, not {len(stops)}")
@@ -88,6 +93,8 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
         stop=stops,
         seed=msg.seed if msg.has_seed else None,
         repetition_penalty=penalty,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
     )
 
 

@@ -1,12 +1,14 @@
 """Picks the next token of every row of a batch, each row with its own sampling parameters.
 
-Order as in Hugging Face generate: repetition penalty, then temperature, top-k, top-p. Rows with
-temperature 0 take the arg-max (after the penalty); the others draw from their own
+Order as in Hugging Face generate: repetition penalty, then temperature, top-k, top-p; the
+presence and frequency penalties come right after the repetition penalty, as in vLLM. Rows with
+temperature 0 take the arg-max (after the penalties); the others draw from their own
 ``torch.Generator`` so that a seeded sequence repeats itself whatever else shares its batch.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,6 +63,11 @@ class SamplingTable:
         params = [r.params for r in self.rows]
         self.any_penalty = any(p.repetition_penalty != 1.0 for p in params)
         self.penalty = torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32, device=device)
+        self.output_penalties = [
+            (i, p.presence_penalty, p.frequency_penalty) for i, p in enumerate(params) if p.penalises_output
+        ]
+        """(row, presence, frequency) of the rows with a presence or frequency penalty:
+        `pick_next_tokens` needs their outputs."""
         sampled = [i for i, p in enumerate(params) if not p.greedy]
         self.sampled_rows = sampled
         self.sampled_index = torch.tensor(sampled, dtype=torch.long, device=device)
@@ -74,11 +81,19 @@ class SamplingTable:
 
 
 def pick_next_tokens(
-    logits: torch.Tensor, table: SamplingTable, seen: torch.Tensor | None, *, in_place: bool = False
+    logits: torch.Tensor,
+    table: SamplingTable,
+    seen: torch.Tensor | None,
+    outputs: Sequence[Sequence[int] | None] | None = None,
+    *,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """Next token per row. `logits` is [rows, vocab] (float32); `seen` marks, per row, the token
-    ids already in its prompt and output (for the repetition penalty). With `in_place`, `logits`
-    is used as scratch space and overwritten (the engine's decode step: its logits are its own).
+    ids already in its prompt and output (for the repetition penalty); `outputs` holds, per row,
+    the tokens it has generated so far, read only for `table.output_penalties` (the presence and
+    frequency penalties; None or an empty list there: nothing generated yet). With `in_place`,
+    `logits` is used as scratch space and overwritten (the engine's decode step: its logits are
+    its own).
 
     Why in place: every [rows, vocab] temporary is a fresh allocation of several MB (6.3 MB at 32
     rows of a 49k vocabulary), which glibc maps and the kernel faults in page by page on every
@@ -90,6 +105,13 @@ def pick_next_tokens(
         penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
         logits = torch.where(seen, penalised, logits)
         in_place = True  # a fresh tensor now
+    if table.output_penalties and outputs is not None:
+        penalties = _output_penalties(table, outputs, logits.shape[-1], logits.device)
+        if penalties is not None:
+            if not in_place:
+                logits, in_place = logits.clone(), True
+            rows, tokens, amounts = penalties
+            logits.index_put_((rows, tokens), amounts.neg_(), accumulate=True)
     if not table.sampled_rows:
         return logits.argmax(dim=-1)
     # The arg-max over the whole vocabulary only where a row is greedy (it costs as much as a
@@ -113,6 +135,39 @@ def pick_next_tokens(
         picks = order.gather(1, picks[:, None])[:, 0]
     chosen[table.sampled_index] = picks
     return chosen
+
+
+def _output_penalties(
+    table: SamplingTable, outputs: Sequence[Sequence[int] | None], vocab: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(rows, tokens, amounts): what the presence and frequency penalties subtract, one entry per
+    distinct token of each penalised row's output (presence + frequency x its count); None when
+    none of those rows has generated anything yet.
+
+    Counted afresh at every step from each sequence's token list rather than kept beside the
+    batch: rows join, leave and are reordered, and a list per sequence follows it for free, while
+    counts kept per row would have to move with every row (as `seen` does). Sparse, not a
+    [rows, vocab] count tensor: at 32 rows of a 49k vocabulary with 64 tokens each, the dense
+    version (zero-fill, scatter, multiply, add) added about 20 ms to a step's sampling on one
+    thread (a sixth of a float32 decode step on 2 cores), this one 0.8 ms (2026-12-07, AVX2 EPYC)."""
+    rows: list[int] = []
+    tokens: list[int] = []
+    amounts: list[float] = []
+    for row, presence, frequency in table.output_penalties:
+        for token, times in Counter(outputs[row] or ()).items():
+            # A tokenizer may know ids the output head has no logit for (added tokens): never
+            # picked, so nothing to penalise.
+            if token < vocab:
+                rows.append(row)
+                tokens.append(token)
+                amounts.append(presence + frequency * times)
+    if not rows:
+        return None
+    return (
+        torch.tensor(rows, dtype=torch.long, device=device),
+        torch.tensor(tokens, dtype=torch.long, device=device),
+        torch.tensor(amounts, dtype=torch.float32, device=device),
+    )
 
 
 def filter_top_k_top_p(

@@ -120,6 +120,9 @@ class _Sequence:
     unreported: int = 0
     """Tokens generated since the last delta."""
     ttft_ms: float = 0.0
+    output_ids: list[int] | None = None
+    """The answer's tokens so far (a continuation's included), kept only where the presence or
+    frequency penalty needs them."""
 
 
 class TransformersEngine(Engine):
@@ -500,6 +503,7 @@ class TransformersEngine(Engine):
                 detokenizer=IncrementalDetokenizer(self.tokenizer, encoded.ids),
                 stops=StopStringMatcher(params.stop),
                 sampling=RowSampling(params, make_generator(params, self._device)),
+                output_ids=list(encoded.continuation_ids) if params.penalises_output else None,
             )
         )
 
@@ -685,7 +689,7 @@ class TransformersEngine(Engine):
         (None if every sequence ended at once) and the sequences still running, in its row order."""
         batch, logits = run.result()
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
-        tokens = pick_next_tokens(logits, table, batch.seen, in_place=True)
+        tokens = pick_next_tokens(logits, table, batch.seen, _outputs(chosen, table), in_place=True)
         batch.record_tokens(tokens)
         self._observer.tokens(len(chosen))
         keep = self._accept_tokens(chosen, tokens.tolist(), events)
@@ -730,7 +734,8 @@ class TransformersEngine(Engine):
             self._table = SamplingTable([s.sampling for s in self._rows], self._vocab_size, self._device)
         started = time.monotonic()
         logits = self._batch.step()
-        tokens = pick_next_tokens(logits, self._table, self._batch.seen, in_place=True)
+        outputs = _outputs(self._rows, self._table)
+        tokens = pick_next_tokens(logits, self._table, self._batch.seen, outputs, in_place=True)
         self._batch.record_tokens(tokens)
         picked = tokens.tolist()
         self._observer.decode_step(len(self._rows), time.monotonic() - started)
@@ -752,6 +757,8 @@ class TransformersEngine(Engine):
     def _accept(self, seq: _Sequence, token: int, events: _Events) -> bool:
         seq.generated += 1
         seq.unreported += 1
+        if seq.output_ids is not None:
+            seq.output_ids.append(token)
         if seq.generated == 1:
             seq.ttft_ms = seq.handle.elapsed_ms()
             self._observer.first_token(seq.ttft_ms / 1000.0)
@@ -824,6 +831,11 @@ class TransformersEngine(Engine):
     def _deliver(events: _Events) -> None:
         if events:
             deliver_from_thread(events)
+
+
+def _outputs(seqs: list[_Sequence], table: SamplingTable) -> list[list[int] | None] | None:
+    """Each row's answer so far, for `pick_next_tokens` (None: no row of `table` needs them)."""
+    return [s.output_ids for s in seqs] if table.output_penalties else None
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

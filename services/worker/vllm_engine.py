@@ -136,6 +136,8 @@ def sampling_options(params: SamplingParams, budget: int) -> dict[str, Any]:
         "top_p": params.top_p,
         "top_k": params.top_k,
         "repetition_penalty": params.repetition_penalty,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
         "stop": list(params.stop),
         "include_stop_str_in_output": False,
         "skip_special_tokens": True,

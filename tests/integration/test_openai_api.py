@@ -84,6 +84,22 @@ async def test_greedy_stream_equals_greedy_plain(client) -> None:
     assert streamed == plain.choices[0].message.content
 
 
+async def test_frequency_and_presence_penalties_reach_the_model(client) -> None:
+    # Counting greedily repeats ", " after every number; penalties on the answer's own tokens,
+    # passed gateway -> Kafka -> batcher -> worker, make that costlier and change the answer.
+    async def count(**penalties: float) -> str:
+        reply = await client.completions.create(
+            model=MODEL, prompt="1, 2, 3, 4,", max_tokens=16, temperature=0, extra_headers=NO_CACHE, **penalties
+        )
+        return reply.choices[0].text
+
+    plain = await count()
+    assert plain.count(",") >= 5
+    penalised = await count(frequency_penalty=2.0, presence_penalty=1.0)
+    assert penalised != plain and penalised.count(",") < plain.count(",")
+    assert await count(frequency_penalty=0.0) == plain  # neutral values change nothing
+
+
 async def test_sse_ends_with_done(cluster) -> None:
     body = {"model": MODEL, "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
     async with httpx.AsyncClient(timeout=120) as http:

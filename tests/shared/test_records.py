@@ -52,6 +52,8 @@ def test_exactly_one_of_messages_and_prompt() -> None:
         {"top_k": -1},
         {"stop": ["a", "b", "c", "d", "e"]},
         {"repetition_penalty": 0},
+        {"presence_penalty": 2.1},
+        {"frequency_penalty": -3},
     ],
 )
 def test_out_of_range_params_are_refused(params) -> None:
@@ -107,6 +109,8 @@ def test_group_key_ignores_length_only() -> None:
     b = GenerationParams(max_new_tokens=50, temperature=0)
     c = GenerationParams(max_new_tokens=5, temperature=0.7)
     assert a.group_key() == b.group_key() != c.group_key()
+    for penalty in ({"presence_penalty": 0.5}, {"frequency_penalty": 0.5}):
+        assert GenerationParams(max_new_tokens=5, temperature=0, **penalty).group_key() != a.group_key()
 
 
 def test_every_record_type_exports_a_schema_with_version() -> None:

@@ -46,6 +46,8 @@ def test_chat_with_every_parameter() -> None:
                 "stream_options": {"include_usage": True},
                 "top_k": 12,
                 "repetition_penalty": 1.3,
+                "presence_penalty": 0.6,
+                "frequency_penalty": -0.4,
                 "priority": "low",
             }
         ),
@@ -54,7 +56,8 @@ def test_chat_with_every_parameter() -> None:
     )
     assert translated.requested_model == "m"
     assert translated.params == GenerationParams(
-        max_new_tokens=40, temperature=0.3, top_p=0.8, top_k=12, stop=("END",), seed=11, repetition_penalty=1.3
+        max_new_tokens=40, temperature=0.3, top_p=0.8, top_k=12, stop=("END",), seed=11, repetition_penalty=1.3,
+        presence_penalty=0.6, frequency_penalty=-0.4,
     )
     assert translated.priority is Priority.LOW  # the body wins over the header
     assert translated.stream and translated.include_usage
@@ -139,10 +142,13 @@ def test_proto() -> None:
         has_seed=True,
         priority=gateway_pb2.PRIORITY_HIGH,
         repetition_penalty=1.1,
+        presence_penalty=0.7,  # 0.699999988 as a float32: read back as 0.7
+        frequency_penalty=-1.5,
     )
     translated = translate_proto(message, SETTINGS, stream=True)
     assert translated.params == GenerationParams(
-        max_new_tokens=9, temperature=0.7, top_p=0.95, top_k=3, stop=("x",), seed=(2**64 - 1) % 2**63, repetition_penalty=1.1
+        max_new_tokens=9, temperature=0.7, top_p=0.95, top_k=3, stop=("x",), seed=(2**64 - 1) % 2**63, repetition_penalty=1.1,
+        presence_penalty=0.7, frequency_penalty=-1.5,
     )
     assert translated.priority is Priority.HIGH and translated.stream and translated.requested_model == "m"
 
@@ -164,6 +170,8 @@ def test_proto_zero_values_mean_defaults() -> None:
         ({"prompt": "p", "temperature": float("nan"), "has_temperature": True}, "temperature"),
         ({"prompt": "p", "top_p": 1.5}, "top_p"),
         ({"prompt": "p", "repetition_penalty": -1}, "repetition_penalty"),
+        ({"prompt": "p", "presence_penalty": 2.5}, "presence_penalty"),
+        ({"prompt": "p", "frequency_penalty": float("nan")}, "frequency_penalty"),
         ({"prompt": "p", "top_k": 200_000}, "top_k"),
         ({"prompt": "p", "stop": ["1", "2", "3", "4", "5"]}, "stop"),
         ({"prompt": "p", "stop": [""]}, "stop"),

@@ -39,6 +39,11 @@ def test_continuation_is_appended_and_counted(tokenizer) -> None:
     assert tokenizer.decode(encoded.ids).endswith("<|im_start|>assistant\nHello! How")
     # No continuation_tokens given: the worker counts them itself.
     assert encoded.budget == 10 - len(tokenizer("Hello! How", add_special_tokens=False)["input_ids"])
+    # Its own tokens, for the presence and frequency penalties: here also the end of the prompt's.
+    assert tokenizer.decode(encoded.continuation_ids) == "Hello! How"
+    assert list(encoded.continuation_ids) == encoded.ids[-len(encoded.continuation_ids) :]
+    plain = PromptEncoder(tokenizer, 2048).encode(WorkItem("r", prompt="hi"))
+    assert plain.continuation_ids == ()
 
 
 def test_too_long_is_refused_with_numbers(tokenizer) -> None:

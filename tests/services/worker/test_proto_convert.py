@@ -21,6 +21,7 @@ def test_zero_values_take_their_documented_defaults() -> None:
     item = work_item_from_proto(proto_item())
     p = item.params
     assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.seed) == (0.0, 1.0, 0, 1.0, None)
+    assert (p.presence_penalty, p.frequency_penalty) == (0.0, 0.0) and not p.penalises_output
     assert item.deadline_unix is None and item.continuation == "" and item.messages == ()
 
 
@@ -30,7 +31,7 @@ def test_fields_are_carried_over() -> None:
         messages=[worker_pb2.ChatMessage(role="user", content="hello")],
         params=worker_pb2.SamplingParams(
             max_new_tokens=9, temperature=0.5, top_p=0.9, top_k=5, stop=["\n"], seed=0, has_seed=True,
-            repetition_penalty=1.2,
+            repetition_penalty=1.2, presence_penalty=0.5, frequency_penalty=-2.0,
         ),
         deadline_unix=1e9,
         continuation="abc",
@@ -40,6 +41,7 @@ def test_fields_are_carried_over() -> None:
     assert item.messages[0].role == "user" and item.messages[0].content == "hello"
     assert item.params.seed == 0 and item.params.stop == ("\n",) and item.params.top_k == 5
     assert item.params.temperature == pytest.approx(0.5)
+    assert (item.params.presence_penalty, item.params.frequency_penalty) == (0.5, -2.0)
     assert (item.deadline_unix, item.continuation, item.continuation_tokens) == (1e9, "abc", 2)
     assert item.remaining_tokens == 7
 
@@ -52,6 +54,8 @@ def test_fields_are_carried_over() -> None:
         ({"temperature": math.nan}, "temperature"),
         ({"top_p": 1.5}, "top_p"),
         ({"repetition_penalty": -1.0}, "repetition_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": math.inf}, "frequency_penalty"),
         ({"stop": [""]}, "stop"),
         ({"stop": ["x"] * 17}, "stop"),
     ],

@@ -1,4 +1,5 @@
-"""Per-row token picking: greedy, temperature, top-k, top-p, seeds, repetition penalty."""
+"""Per-row token picking: greedy, temperature, top-k, top-p, seeds, repetition, presence and
+frequency penalties."""
 
 from __future__ import annotations
 
@@ -89,6 +90,56 @@ def test_negative_logits_are_penalised_downwards() -> None:
     seen[0, 1] = True
     table = table_for(SamplingParams(repetition_penalty=2.0))  # -1.0 becomes -2.0 < -1.5
     assert pick_next_tokens(logits, table, seen).item() == 2
+
+
+def test_presence_penalty_subtracts_once_per_generated_token_and_only_on_its_row() -> None:
+    logits = torch.stack([logits_with_favourite(3)[0]] * 3)
+    logits[:, 4] = 4.0  # runner-up, 1.0 below the favourite
+    table = table_for(SamplingParams(presence_penalty=1.5), SamplingParams(), SamplingParams(presence_penalty=0.5))
+    # The favourite was generated three times by every row: presence counts it once (5 - 1.5 < 4),
+    # not three times; 0.5 leaves it ahead; the row without a penalty is untouched.
+    outputs = [[3, 3, 3], [3, 3, 3], [3, 3, 3]]
+    assert pick_next_tokens(logits, table, None, outputs).tolist() == [4, 3, 3]
+
+
+def test_frequency_penalty_grows_with_each_occurrence() -> None:
+    logits = torch.stack([logits_with_favourite(3)[0]] * 2)
+    logits[:, 4] = 4.0
+    table = table_for(SamplingParams(frequency_penalty=0.4), SamplingParams(frequency_penalty=0.4))
+    # Twice: 5 - 0.8 = 4.2 stays ahead of 4.0; three times: 5 - 1.2 = 3.8 falls behind it.
+    assert pick_next_tokens(logits, table, None, [[3, 3, 7], [3, 3, 3]]).tolist() == [3, 4]
+
+
+def test_negative_penalties_favour_what_was_generated() -> None:
+    logits = logits_with_favourite(3)
+    table = table_for(SamplingParams(presence_penalty=-2.0, frequency_penalty=-1.0))
+    # Token 9 (logit about -0.63): generated twice it gains 2 + 2 x 1 = 4 (3.37, still behind the
+    # favourite's 5); four times, 6 (5.37, ahead).
+    assert pick_next_tokens(logits, table, None, [[9, 9]]).item() == 3
+    assert pick_next_tokens(logits, table, None, [[9, 9, 9, 9]]).item() == 9
+
+
+def test_output_penalties_need_outputs_and_leave_logits_alone_unless_in_place() -> None:
+    logits = logits_with_favourite(3)
+    logits[0, 4] = 4.0  # runner-up, 1.0 below the favourite
+    before = logits.clone()
+    table = table_for(SamplingParams(presence_penalty=2.0))
+    assert pick_next_tokens(logits, table, None).item() == 3  # no outputs given: nothing counted
+    assert pick_next_tokens(logits, table, None, [[]]).item() == 3  # nothing generated yet
+    assert pick_next_tokens(logits, table, None, [None]).item() == 3
+    assert pick_next_tokens(logits, table, None, [[3]]).item() == 4
+    assert torch.equal(logits, before)
+
+
+def test_output_penalties_apply_before_the_temperature_and_filters() -> None:
+    # Two tokens, 2 apart: at temperature 0.5 without penalty the favourite takes ~98 %; a presence
+    # penalty of 2 on it makes them equal, so both come up.
+    logits = torch.full((1, VOCAB), -30.0)
+    logits[0, 3], logits[0, 4] = 2.0, 0.0
+    table = table_for(SamplingParams(temperature=0.5, top_k=5, presence_penalty=2.0, seed=3))
+    picks = [pick_next_tokens(logits, table, None, [[3]]).item() for _ in range(200)]
+    assert set(picks) == {3, 4}
+    assert 60 < picks.count(4) < 140
 
 
 def test_draws_follow_the_softmax_probabilities() -> None:

@@ -230,6 +230,44 @@ async def test_continuation_counts_against_max_new_tokens(engine: TransformersEn
     assert used_up.end.completion_tokens == 0
 
 
+async def test_frequency_penalty_breaks_a_repetition_and_leaves_its_neighbours_alone(
+    engine: TransformersEngine,
+) -> None:
+    prompt = "1, 2, 3, 4,"
+    reference = await run_item(engine, greedy(prompt, max_new_tokens=16))
+    penalised, neighbour = await asyncio.gather(
+        run_item(engine, greedy(prompt, max_new_tokens=16, request_id="p", frequency_penalty=2.0)),
+        run_item(engine, greedy(prompt, max_new_tokens=16, request_id="n")),
+    )
+    assert neighbour.text == reference.text
+
+    def most_repeated(text: str) -> int:
+        ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return max(ids.count(token) for token in ids)
+
+    # Greedy counting repeats ", " every other token; the penalty makes it costlier each time.
+    assert penalised.text != reference.text
+    assert most_repeated(penalised.text) < most_repeated(reference.text)
+
+
+async def test_output_penalties_count_a_continuation_as_output_not_the_prompt(engine: TransformersEngine) -> None:
+    # The same prompt tokens either way ("1, 2, 3, 4, 5, 6, 7, 8"), one token to pick: only whether
+    # " 5, 6, 7, 8" is the answer so far (a retry's continuation, three commas in it) differs.
+    penalties = {"presence_penalty": 2.0, "frequency_penalty": 2.0}
+    plain = await run_item(engine, greedy("1, 2, 3, 4, 5, 6, 7, 8", max_new_tokens=1))
+    as_prompt = await run_item(engine, greedy("1, 2, 3, 4, 5, 6, 7, 8", max_new_tokens=1, **penalties))
+    as_output = await run_item(
+        engine,
+        WorkItem(
+            "cont", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=5, **penalties),  # type: ignore[arg-type]
+            continuation=" 5, 6, 7, 8", continuation_tokens=4,
+        ),
+    )
+    assert plain.text == ","
+    assert as_prompt.text == ","  # the prompt's tokens are not the answer's
+    assert as_output.text and as_output.text != ","  # the continuation's commas are
+
+
 async def test_more_items_than_the_batch_wait_and_all_finish(engine: TransformersEngine) -> None:
     items = [greedy(f"Count to {i}:", max_new_tokens=3, request_id=f"w{i}") for i in range(12)]
     tasks = [asyncio.create_task(run_item(engine, item)) for item in items]

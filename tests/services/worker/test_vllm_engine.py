@@ -109,7 +109,8 @@ def test_the_linked_folder_is_made_once_and_follows_the_config(tmp_path: Path) -
 
 def test_sampling_options_map_every_parameter() -> None:
     params = SamplingParams(
-        max_new_tokens=64, temperature=0.7, top_p=0.9, top_k=40, stop=("\n\n", "END"), seed=7, repetition_penalty=1.2
+        max_new_tokens=64, temperature=0.7, top_p=0.9, top_k=40, stop=("\n\n", "END"), seed=7, repetition_penalty=1.2,
+        presence_penalty=0.5, frequency_penalty=-0.25,
     )
     assert sampling_options(params, budget=50) == {
         "n": 1,
@@ -118,6 +119,8 @@ def test_sampling_options_map_every_parameter() -> None:
         "top_p": 0.9,
         "top_k": 40,
         "repetition_penalty": 1.2,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.25,
         "stop": ["\n\n", "END"],
         "include_stop_str_in_output": False,
         "skip_special_tokens": True,
