@@ -361,6 +361,17 @@ async def _exercise(engine: VllmEngine) -> None:
     assert (counting.end.reason, counting.end.completion_tokens) == (FinishReason.LENGTH, 5)
     assert counting.text.startswith(" 5, 6")
 
+    # Presence and frequency penalties reach vLLM: greedy counting repeats ", " after every number.
+    plain = await run_item(engine, WorkItem("plain", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=16)))
+    penalised = await run_item(
+        engine,
+        WorkItem(
+            "pen", prompt="1, 2, 3, 4,",
+            params=SamplingParams(max_new_tokens=16, presence_penalty=1.0, frequency_penalty=2.0),
+        ),
+    )
+    assert plain.text.count(",") >= 5 and penalised.text.count(",") < plain.text.count(",")
+
     stopped = await run_item(
         engine, WorkItem("stop", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=20, stop=(" 7",)))
     )
