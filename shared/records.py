@@ -51,6 +51,16 @@ MAX_ID_LENGTH = 128
 MAX_TEXT_CHARS = 200_000
 MAX_MESSAGES = 256
 MAX_STOP_SEQUENCES = 4
+MAX_LOGIT_BIAS = 300
+"""Most tokens one request's `logit_bias` may name (OpenAI's limit)."""
+MAX_TOKEN_ID = 2**31 - 1
+"""Largest token id a record may carry (the protos' uint32 holds it; no vocabulary comes near)."""
+
+
+_TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+"""A token id of the served model."""
+_LogitBias = Annotated[float, Field(ge=-100.0, le=100.0)]
+"""What `logit_bias` adds to one token's logit."""
 
 
 def now() -> float:
@@ -135,13 +145,17 @@ class GenerationParams(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     """OpenAI's: subtracted from a token's logit once per time it occurs in the answer so far;
     > 0 discourages repeating the same words, 0 disables."""
+    logit_bias: dict[_TokenId, _LogitBias] = Field(default_factory=dict, max_length=MAX_LOGIT_BIAS)
+    """OpenAI's: added to these token ids' logits (the model's own ids; JSON keys are their
+    decimal strings) before every pick; -100 in effect bans a token, 100 forces it. The worker
+    refuses ids beyond its model's vocabulary."""
 
     def group_key(self) -> tuple[object, ...]:
         """Parameters that must be equal for two requests to share a batch (all but the length,
         which each sequence tracks on its own)."""
         return (
             self.temperature, self.top_p, self.top_k, self.seed, self.repetition_penalty,
-            self.presence_penalty, self.frequency_penalty,
+            self.presence_penalty, self.frequency_penalty, tuple(sorted(self.logit_bias.items())),
         )
 
 

@@ -71,6 +71,7 @@ def to_work_item(state: RequestState) -> worker_pb2.WorkItem:
         repetition_penalty=p.repetition_penalty,
         presence_penalty=p.presence_penalty,
         frequency_penalty=p.frequency_penalty,
+        logit_bias=p.logit_bias,
     )
     return worker_pb2.WorkItem(
         request_id=request.id,

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.records import MAX_MESSAGES, MAX_STOP_SEQUENCES, MAX_TEXT_CHARS
+from shared.records import MAX_LOGIT_BIAS, MAX_MESSAGES, MAX_STOP_SEQUENCES, MAX_TEXT_CHARS, MAX_TOKEN_ID
 
 __all__ = [
     "ChatChoice",
@@ -164,8 +164,9 @@ class _GenerationBody(_Body):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     """Subtracted from a token's logit once per time it occurs in the answer so far; > 0
     discourages repeating the same words. Null or 0: none."""
-    logit_bias: dict[str, float] | None = None
-    """Not supported; must be absent, null or empty."""
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
+    """Token ids of the served model (as strings) to a bias in [-100, 100], added to their logits
+    before every pick: -100 in effect bans a token, 100 forces it."""
     metadata: dict[str, str] | None = None
     """Accepted and ignored."""
     store: bool | None = None
@@ -199,9 +200,14 @@ class _GenerationBody(_Body):
 
     @field_validator("logit_bias")
     @classmethod
-    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("logit_bias is not supported")
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isascii() or not token.isdigit() or int(token) > MAX_TOKEN_ID:
+                raise ValueError(
+                    f"logit_bias keys must be token ids (integers 0 to {MAX_TOKEN_ID}), not {token[:32]!r}"
+                )
+            if not -100.0 <= bias <= 100.0:  # NaN fails too
+                raise ValueError(f"logit_bias values must be between -100 and 100, not {bias}")
         return value
 
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from shared.protos import gateway_pb2
 from shared.records import (
+    MAX_LOGIT_BIAS,
     MAX_MESSAGES,
     MAX_STOP_SEQUENCES,
+    MAX_TOKEN_ID,
     ChatMessage,
     GenerationParams,
     GenerationRequest,
@@ -204,6 +206,13 @@ def translate_proto(
     for name, value in (("presence_penalty", presence), ("frequency_penalty", frequency)):
         if not -2.0 <= value <= 2.0:  # NaN fails too
             raise InvalidRequestError(f"{name} must be between -2 and 2.", param=name)
+    if len(message.logit_bias) > MAX_LOGIT_BIAS:
+        raise InvalidRequestError(f"logit_bias may name at most {MAX_LOGIT_BIAS} tokens.", param="logit_bias")
+    logit_bias = {token: _from_float32(bias) for token, bias in message.logit_bias.items()}
+    if not all(-100.0 <= bias <= 100.0 for bias in logit_bias.values()):
+        raise InvalidRequestError("logit_bias values must be between -100 and 100.", param="logit_bias")
+    if any(token > MAX_TOKEN_ID for token in logit_bias):
+        raise InvalidRequestError(f"logit_bias token ids must be at most {MAX_TOKEN_ID}.", param="logit_bias")
     if message.top_k > 100_000:
         raise InvalidRequestError("top_k must be at most 100000.", param="top_k")
     stops = list(message.stop)
@@ -225,6 +234,7 @@ def translate_proto(
             repetition_penalty=penalty,
             presence_penalty=presence,
             frequency_penalty=frequency,
+            logit_bias=logit_bias,
         ),
         priority=priority,
         stream=stream,
@@ -272,6 +282,7 @@ def _body_params(
         repetition_penalty=body.repetition_penalty,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
+        logit_bias={int(token): bias for token, bias in (body.logit_bias or {}).items()},
     )
 
 
@@ -288,6 +299,7 @@ def _params(
     repetition_penalty: float | None,
     presence_penalty: float | None,
     frequency_penalty: float | None,
+    logit_bias: dict[int, float],
 ) -> GenerationParams:
     limit = settings.gateway_max_tokens_limit
     if max_tokens is None:
@@ -315,6 +327,7 @@ def _params(
         repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
         presence_penalty=presence_penalty or 0.0,
         frequency_penalty=frequency_penalty or 0.0,
+        logit_bias=logit_bias,
     )
 
 

@@ -87,6 +87,8 @@ class SamplingParams:
     """OpenAI's, over the generated tokens: subtracted once from each one's logit; 0 disables."""
     frequency_penalty: float = 0.0
     """OpenAI's, over the generated tokens: subtracted per occurrence; 0 disables."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the logits before every pick, ids in ascending order."""
 
     @property
     def penalises_output(self) -> bool:

@@ -34,6 +34,7 @@ __all__ = [
 MAX_REQUEST_ID_LENGTH = 256
 _MAX_STOP_STRINGS = 16
 _MAX_STOP_LENGTH = 1024
+_MAX_LOGIT_BIAS = 1024
 
 _FINISH_REASONS = {
     FinishReason.STOP: worker_pb2.FINISH_REASON_STOP,
@@ -80,6 +81,11 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
     for name, value in (("presence_penalty", presence), ("frequency_penalty", frequency)):
         if not -2.0 <= value <= 2.0:
             raise InvalidItemError(f"params.{name} must be in [-2, 2], not {value}")
+    if len(msg.logit_bias) > _MAX_LOGIT_BIAS:
+        raise InvalidItemError(f"params.logit_bias names {len(msg.logit_bias)} tokens; at most {_MAX_LOGIT_BIAS}")
+    logit_bias = tuple(sorted((token, _finite("params.logit_bias", bias)) for token, bias in msg.logit_bias.items()))
+    if any(not -100.0 <= bias <= 100.0 for _, bias in logit_bias):
+        raise InvalidItemError("params.logit_bias values must be in [-100, 100]")
     stops = tuple(msg.stop)
     if len(stops) > _MAX_STOP_STRINGS:
         raise InvalidItemError(f"at most {_MAX_STOP_STRINGS} stop strings, not {len(stops)}")
@@ -95,6 +101,7 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
         repetition_penalty=penalty,
         presence_penalty=presence,
         frequency_penalty=frequency,
+        logit_bias=logit_bias,
     )
 
 

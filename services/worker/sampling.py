@@ -1,7 +1,8 @@
 """Picks the next token of every row of a batch, each row with its own sampling parameters.
 
 Order as in Hugging Face generate: repetition penalty, then temperature, top-k, top-p; the
-presence and frequency penalties come right after the repetition penalty, as in vLLM. Rows with
+logit bias comes first, and the presence and frequency penalties right after the repetition
+penalty, as in vLLM. Rows with
 temperature 0 take the arg-max (after the penalties); the others draw from their own
 ``torch.Generator`` so that a seeded sequence repeats itself whatever else shares its batch.
 """
@@ -63,6 +64,16 @@ class SamplingTable:
         params = [r.params for r in self.rows]
         self.any_penalty = any(p.repetition_penalty != 1.0 for p in params)
         self.penalty = torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32, device=device)
+        biased = [(i, token, bias) for i, p in enumerate(params) for token, bias in p.logit_bias]
+        self.bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        """(rows, token ids, biases) of every row's `logit_bias`, None where no row has one."""
+        if biased:
+            rows, tokens, biases = zip(*biased, strict=True)
+            self.bias = (
+                torch.tensor(rows, dtype=torch.long, device=device),
+                torch.tensor(tokens, dtype=torch.long, device=device),
+                torch.tensor(biases, dtype=torch.float32, device=device),
+            )
         self.output_penalties = [
             (i, p.presence_penalty, p.frequency_penalty) for i, p in enumerate(params) if p.penalises_output
         ]
@@ -100,6 +111,11 @@ def pick_next_tokens(
     step; on 2 cores the sampling part of a step took 6-10 ms that way against about 3 without
     the temporaries (engine alone, 32 rows, temperature 0.7).
     """
+    if table.bias is not None:
+        if not in_place:
+            logits, in_place = logits.clone(), True
+        rows, tokens, biases = table.bias
+        logits.index_put_((rows, tokens), biases, accumulate=True)
     if table.any_penalty and seen is not None:
         penalty = table.penalty[:, None]
         penalised = torch.where(logits < 0, logits * penalty, logits / penalty)

@@ -487,6 +487,12 @@ class TransformersEngine(Engine):
             failure = SequenceFailed(handle.request_id, FailureCode.INTERNAL, f"tokenization failed: {exc}")
             self._end(handle, failure, events)
             return
+        params = handle.item.params
+        beyond = max((token for token, _ in params.logit_bias), default=-1)
+        if beyond >= self._vocab_size:
+            message = f"logit_bias names token id {beyond}; this model's vocabulary has {self._vocab_size} tokens"
+            self._end(handle, SequenceFailed(handle.request_id, FailureCode.INVALID_REQUEST, message), events)
+            return
         if encoded.budget == 0:
             # The continuation already used up max_new_tokens: nothing left to generate.
             finished = SequenceFinished(
@@ -494,7 +500,6 @@ class TransformersEngine(Engine):
             )
             self._end(handle, finished, events)
             return
-        params = handle.item.params
         self._admitted.append(
             _Sequence(
                 handle=handle,

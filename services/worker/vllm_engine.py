@@ -144,6 +144,8 @@ def sampling_options(params: SamplingParams, budget: int) -> dict[str, Any]:
     }
     if params.seed is not None:
         options["seed"] = params.seed
+    if params.logit_bias:
+        options["logit_bias"] = dict(params.logit_bias)
     return options
 
 

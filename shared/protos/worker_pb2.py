@@ -24,43 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashared/protos/worker.proto\x12\rlgc.worker.v1\"\xda\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x10\n\x08has_seed\x18\x07 \x01(\x08\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd5\x01\n\x08WorkItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.lgc.worker.v1.ChatMessage\x12-\n\x06params\x18\x04 \x01(\x0b\x32\x1d.lgc.worker.v1.SamplingParams\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\x12\x14\n\x0c\x63ontinuation\x18\x06 \x01(\t\x12\x1b\n\x13\x63ontinuation_tokens\x18\x07 \x01(\r\"H\n\x0fGenerateRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.lgc.worker.v1.WorkItem\x12\r\n\x05model\x18\x02 \x01(\t\"*\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\r\"\x8c\x01\n\x08\x46inished\x12+\n\x06reason\x18\x01 \x01(\x0e\x32\x1b.lgc.worker.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"C\n\x06\x46\x61iled\x12(\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1a.lgc.worker.v1.FailureCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xae\x01\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.lgc.worker.v1.TokenDeltaH\x00\x12+\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x17.lgc.worker.v1.FinishedH\x00\x12\'\n\x06\x66\x61iled\x18\x04 \x01(\x0b\x32\x15.lgc.worker.v1.FailedH\x00\x42\x07\n\x05\x65vent\">\n\x0eGenerateEvents\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.lgc.worker.v1.GenerateEvent\"$\n\rCancelRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\r\"\r\n\x0bInfoRequest\"\xc4\x01\n\x0cInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x0f\n\x07running\x18\x07 \x01(\r\x12\x0f\n\x07waiting\x18\x08 \x01(\r\x12\x15\n\rmax_model_len\x18\t \x01(\r\x12\x11\n\tsimulated\x18\n \x01(\x08*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\xcb\x01\n\x0b\x46\x61ilureCode\x12\x1c\n\x18\x46\x41ILURE_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x46\x41ILURE_CODE_INVALID_REQUEST\x10\x01\x12\"\n\x1e\x46\x41ILURE_CODE_DEADLINE_EXCEEDED\x10\x02\x12\x1b\n\x17\x46\x41ILURE_CODE_OVERLOADED\x10\x03\x12\x19\n\x15\x46\x41ILURE_CODE_INTERNAL\x10\x04\x12 \n\x1c\x46\x41ILURE_CODE_MODEL_NOT_FOUND\x10\x05\x32\xb0\x02\n\x06Worker\x12J\n\x08Generate\x12\x1e.lgc.worker.v1.GenerateRequest\x1a\x1c.lgc.worker.v1.GenerateEvent0\x01\x12\x45\n\x06\x43\x61ncel\x12\x1c.lgc.worker.v1.CancelRequest\x1a\x1d.lgc.worker.v1.CancelResponse\x12?\n\x04Info\x12\x1a.lgc.worker.v1.InfoRequest\x1a\x1b.lgc.worker.v1.InfoResponse\x12R\n\x0fGenerateBatched\x12\x1e.lgc.worker.v1.GenerateRequest\x1a\x1d.lgc.worker.v1.GenerateEvents0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashared/protos/worker.proto\x12\rlgc.worker.v1\"\xce\x02\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x10\n\x08has_seed\x18\x07 \x01(\x08\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12@\n\nlogit_bias\x18\x0b \x03(\x0b\x32,.lgc.worker.v1.SamplingParams.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd5\x01\n\x08WorkItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.lgc.worker.v1.ChatMessage\x12-\n\x06params\x18\x04 \x01(\x0b\x32\x1d.lgc.worker.v1.SamplingParams\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\x12\x14\n\x0c\x63ontinuation\x18\x06 \x01(\t\x12\x1b\n\x13\x63ontinuation_tokens\x18\x07 \x01(\r\"H\n\x0fGenerateRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.lgc.worker.v1.WorkItem\x12\r\n\x05model\x18\x02 \x01(\t\"*\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\r\"\x8c\x01\n\x08\x46inished\x12+\n\x06reason\x18\x01 \x01(\x0e\x32\x1b.lgc.worker.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"C\n\x06\x46\x61iled\x12(\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1a.lgc.worker.v1.FailureCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xae\x01\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.lgc.worker.v1.TokenDeltaH\x00\x12+\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x17.lgc.worker.v1.FinishedH\x00\x12\'\n\x06\x66\x61iled\x18\x04 \x01(\x0b\x32\x15.lgc.worker.v1.FailedH\x00\x42\x07\n\x05\x65vent\">\n\x0eGenerateEvents\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.lgc.worker.v1.GenerateEvent\"$\n\rCancelRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\r\"\r\n\x0bInfoRequest\"\xc4\x01\n\x0cInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x0f\n\x07running\x18\x07 \x01(\r\x12\x0f\n\x07waiting\x18\x08 \x01(\r\x12\x15\n\rmax_model_len\x18\t \x01(\r\x12\x11\n\tsimulated\x18\n \x01(\x08*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\xcb\x01\n\x0b\x46\x61ilureCode\x12\x1c\n\x18\x46\x41ILURE_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x46\x41ILURE_CODE_INVALID_REQUEST\x10\x01\x12\"\n\x1e\x46\x41ILURE_CODE_DEADLINE_EXCEEDED\x10\x02\x12\x1b\n\x17\x46\x41ILURE_CODE_OVERLOADED\x10\x03\x12\x19\n\x15\x46\x41ILURE_CODE_INTERNAL\x10\x04\x12 \n\x1c\x46\x41ILURE_CODE_MODEL_NOT_FOUND\x10\x05\x32\xb0\x02\n\x06Worker\x12J\n\x08Generate\x12\x1e.lgc.worker.v1.GenerateRequest\x1a\x1c.lgc.worker.v1.GenerateEvent0\x01\x12\x45\n\x06\x43\x61ncel\x12\x1c.lgc.worker.v1.CancelRequest\x1a\x1d.lgc.worker.v1.CancelResponse\x12?\n\x04Info\x12\x1a.lgc.worker.v1.InfoRequest\x1a\x1b.lgc.worker.v1.InfoResponse\x12R\n\x0fGenerateBatched\x12\x1e.lgc.worker.v1.GenerateRequest\x1a\x1d.lgc.worker.v1.GenerateEvents0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.protos.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1388
-  _globals['_FINISHREASON']._serialized_end=1512
-  _globals['_FAILURECODE']._serialized_start=1515
-  _globals['_FAILURECODE']._serialized_end=1718
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=1504
+  _globals['_FINISHREASON']._serialized_end=1628
+  _globals['_FAILURECODE']._serialized_start=1631
+  _globals['_FAILURECODE']._serialized_end=1834
   _globals['_SAMPLINGPARAMS']._serialized_start=46
-  _globals['_SAMPLINGPARAMS']._serialized_end=264
-  _globals['_CHATMESSAGE']._serialized_start=266
-  _globals['_CHATMESSAGE']._serialized_end=310
-  _globals['_WORKITEM']._serialized_start=313
-  _globals['_WORKITEM']._serialized_end=526
-  _globals['_GENERATEREQUEST']._serialized_start=528
-  _globals['_GENERATEREQUEST']._serialized_end=600
-  _globals['_TOKENDELTA']._serialized_start=602
-  _globals['_TOKENDELTA']._serialized_end=644
-  _globals['_FINISHED']._serialized_start=647
-  _globals['_FINISHED']._serialized_end=787
-  _globals['_FAILED']._serialized_start=789
-  _globals['_FAILED']._serialized_end=856
-  _globals['_GENERATEEVENT']._serialized_start=859
-  _globals['_GENERATEEVENT']._serialized_end=1033
-  _globals['_GENERATEEVENTS']._serialized_start=1035
-  _globals['_GENERATEEVENTS']._serialized_end=1097
-  _globals['_CANCELREQUEST']._serialized_start=1099
-  _globals['_CANCELREQUEST']._serialized_end=1135
-  _globals['_CANCELRESPONSE']._serialized_start=1137
-  _globals['_CANCELRESPONSE']._serialized_end=1172
-  _globals['_INFOREQUEST']._serialized_start=1174
-  _globals['_INFOREQUEST']._serialized_end=1187
-  _globals['_INFORESPONSE']._serialized_start=1190
-  _globals['_INFORESPONSE']._serialized_end=1386
-  _globals['_WORKER']._serialized_start=1721
-  _globals['_WORKER']._serialized_end=2025
+  _globals['_SAMPLINGPARAMS']._serialized_end=380
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=332
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=380
+  _globals['_CHATMESSAGE']._serialized_start=382
+  _globals['_CHATMESSAGE']._serialized_end=426
+  _globals['_WORKITEM']._serialized_start=429
+  _globals['_WORKITEM']._serialized_end=642
+  _globals['_GENERATEREQUEST']._serialized_start=644
+  _globals['_GENERATEREQUEST']._serialized_end=716
+  _globals['_TOKENDELTA']._serialized_start=718
+  _globals['_TOKENDELTA']._serialized_end=760
+  _globals['_FINISHED']._serialized_start=763
+  _globals['_FINISHED']._serialized_end=903
+  _globals['_FAILED']._serialized_start=905
+  _globals['_FAILED']._serialized_end=972
+  _globals['_GENERATEEVENT']._serialized_start=975
+  _globals['_GENERATEEVENT']._serialized_end=1149
+  _globals['_GENERATEEVENTS']._serialized_start=1151
+  _globals['_GENERATEEVENTS']._serialized_end=1213
+  _globals['_CANCELREQUEST']._serialized_start=1215
+  _globals['_CANCELREQUEST']._serialized_end=1251
+  _globals['_CANCELRESPONSE']._serialized_start=1253
+  _globals['_CANCELRESPONSE']._serialized_end=1288
+  _globals['_INFOREQUEST']._serialized_start=1290
+  _globals['_INFOREQUEST']._serialized_end=1303
+  _globals['_INFORESPONSE']._serialized_start=1306
+  _globals['_INFORESPONSE']._serialized_end=1502
+  _globals['_WORKER']._serialized_start=1837
+  _globals['_WORKER']._serialized_end=2141
 # @@protoc_insertion_point(module_scope)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
+from transformers import AutoTokenizer
 
+from shared.model_store import prepare_model, resolve_model
+from tests.conftest import model_cache_dir
 from tests.integration.conftest import MODEL
 
 
@@ -98,6 +101,25 @@ async def test_frequency_and_presence_penalties_reach_the_model(client) -> None:
     penalised = await count(frequency_penalty=2.0, presence_penalty=1.0)
     assert penalised != plain and penalised.count(",") < plain.count(",")
     assert await count(frequency_penalty=0.0) == plain  # neutral values change nothing
+
+
+async def test_logit_bias_reaches_the_model_and_unknown_token_ids_are_400(client) -> None:
+    async def first_words(**extra: object) -> str:
+        reply = await client.completions.create(
+            model=MODEL, prompt="The capital of France is", max_tokens=3, temperature=0, extra_headers=NO_CACHE,
+            **extra,
+        )
+        return reply.choices[0].text
+
+    assert "Paris" in await first_words()
+    # The served model's own token id, from its tokenizer (the cluster's converted folder).
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(resolve_model("smollm2"), model_cache_dir()).path)
+    paris = tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    banned = await first_words(logit_bias={str(paris): -100})
+    assert "Paris" not in banned
+    with pytest.raises(BadRequestError) as err:
+        await first_words(logit_bias={"1000000": 5})
+    assert "logit_bias" in str(err.value.body)
 
 
 async def test_sse_ends_with_done(cluster) -> None:

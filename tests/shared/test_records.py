@@ -54,6 +54,10 @@ def test_exactly_one_of_messages_and_prompt() -> None:
         {"repetition_penalty": 0},
         {"presence_penalty": 2.1},
         {"frequency_penalty": -3},
+        {"logit_bias": {"5": 100.5}},
+        {"logit_bias": {"-1": 1}},
+        {"logit_bias": {str(2**31): 1}},
+        {"logit_bias": {str(i): 1 for i in range(301)}},
     ],
 )
 def test_out_of_range_params_are_refused(params) -> None:
@@ -109,8 +113,15 @@ def test_group_key_ignores_length_only() -> None:
     b = GenerationParams(max_new_tokens=50, temperature=0)
     c = GenerationParams(max_new_tokens=5, temperature=0.7)
     assert a.group_key() == b.group_key() != c.group_key()
-    for penalty in ({"presence_penalty": 0.5}, {"frequency_penalty": 0.5}):
+    for penalty in ({"presence_penalty": 0.5}, {"frequency_penalty": 0.5}, {"logit_bias": {7: 1.0}}):
         assert GenerationParams(max_new_tokens=5, temperature=0, **penalty).group_key() != a.group_key()
+
+
+def test_logit_bias_keys_are_token_ids_as_json_strings() -> None:
+    params = GenerationParams.model_validate_json('{"logit_bias": {"50256": -100, "7": 2.5}}')
+    assert params.logit_bias == {50256: -100.0, 7: 2.5}
+    assert GenerationParams.model_validate_json(params.model_dump_json()) == params
+    hash(params.group_key())  # usable as a batching key
 
 
 def test_every_record_type_exports_a_schema_with_version() -> None:

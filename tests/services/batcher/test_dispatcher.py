@@ -19,7 +19,7 @@ def _state(params: GenerationParams, **progress: object) -> RequestState:
 def test_every_sampling_parameter_reaches_the_worker_as_it_was_sent() -> None:
     params = GenerationParams(
         max_new_tokens=40, temperature=0.5, top_p=0.9, top_k=12, stop=("END",), seed=11,
-        repetition_penalty=1.25, presence_penalty=0.5, frequency_penalty=-1.5,
+        repetition_penalty=1.25, presence_penalty=0.5, frequency_penalty=-1.5, logit_bias={50256: -100.0, 7: 2.5},
     )
     item = work_item_from_proto(to_work_item(_state(params)))
     sent = item.params
@@ -28,6 +28,7 @@ def test_every_sampling_parameter_reaches_the_worker_as_it_was_sent() -> None:
     assert (sent.temperature, sent.repetition_penalty, sent.presence_penalty, sent.frequency_penalty) == (
         0.5, 1.25, 0.5, -1.5,
     )
+    assert sent.logit_bias == ((7, 2.5), (50256, -100.0))
     assert sent.top_p == pytest.approx(0.9)
     assert item.prompt == "Tell me" and item.continuation == ""
 
@@ -35,4 +36,4 @@ def test_every_sampling_parameter_reaches_the_worker_as_it_was_sent() -> None:
 def test_a_retry_carries_the_text_already_delivered() -> None:
     item = work_item_from_proto(to_work_item(_state(GenerationParams(max_new_tokens=10), text="Once", tokens=2)))
     assert (item.continuation, item.continuation_tokens, item.remaining_tokens) == ("Once", 2, 8)
-    assert item.params.seed is None and item.params.presence_penalty == 0.0
+    assert item.params.seed is None and item.params.presence_penalty == 0.0 and item.params.logit_bias == ()

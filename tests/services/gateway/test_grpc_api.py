@@ -48,6 +48,7 @@ async def test_unary_generate(start_gateway, fake_batcher: FakeBatcher) -> None:
                 repetition_penalty=1.2,
                 presence_penalty=0.3,
                 frequency_penalty=-0.6,
+                logit_bias={42: -100.0, 7: 0.5},
             ),
             timeout=10,
         )
@@ -65,6 +66,7 @@ async def test_unary_generate(start_gateway, fake_batcher: FakeBatcher) -> None:
     assert sent.params.top_p == 0.9 and sent.params.top_k == 5 and sent.params.seed == 3
     assert sent.params.repetition_penalty == 1.2 and sent.params.stop == ("END",)
     assert (sent.params.presence_penalty, sent.params.frequency_penalty) == (0.3, -0.6)
+    assert sent.params.logit_bias == {42: -100.0, 7: 0.5}
     assert sent.params.max_new_tokens == 20
     # The call's deadline became the request's deadline (10 s, not the 300 s default).
     assert sent.deadline is not None and sent.deadline - sent.created_at < 11

@@ -42,6 +42,7 @@ async def test_chat_completion(start_gateway, fake_batcher: FakeBatcher) -> None
             seed=7,
             presence_penalty=0.5,
             frequency_penalty=0.25,
+            logit_bias={"42": -100},
             extra_body={"top_k": 40, "repetition_penalty": 1.1, "priority": "high"},
         )
     completion = response.parse()
@@ -63,6 +64,7 @@ async def test_chat_completion(start_gateway, fake_batcher: FakeBatcher) -> None
     assert sent.params.max_new_tokens == 50 and sent.params.temperature == 0.5 and sent.params.top_p == 0.9
     assert sent.params.top_k == 40 and sent.params.repetition_penalty == 1.1 and sent.params.seed == 7
     assert (sent.params.presence_penalty, sent.params.frequency_penalty) == (0.5, 0.25)
+    assert sent.params.logit_bias == {42: -100.0}
     assert sent.params.stop == ("\n\n",)
     assert [m.role for m in sent.messages or ()] == ["system", "user"]
     assert sent.deadline is not None and sent.deadline > sent.created_at

@@ -48,6 +48,7 @@ def test_chat_with_every_parameter() -> None:
                 "repetition_penalty": 1.3,
                 "presence_penalty": 0.6,
                 "frequency_penalty": -0.4,
+                "logit_bias": {"50256": -100, "7": 2.5},
                 "priority": "low",
             }
         ),
@@ -57,7 +58,7 @@ def test_chat_with_every_parameter() -> None:
     assert translated.requested_model == "m"
     assert translated.params == GenerationParams(
         max_new_tokens=40, temperature=0.3, top_p=0.8, top_k=12, stop=("END",), seed=11, repetition_penalty=1.3,
-        presence_penalty=0.6, frequency_penalty=-0.4,
+        presence_penalty=0.6, frequency_penalty=-0.4, logit_bias={50256: -100.0, 7: 2.5},
     )
     assert translated.priority is Priority.LOW  # the body wins over the header
     assert translated.stream and translated.include_usage
@@ -144,11 +145,12 @@ def test_proto() -> None:
         repetition_penalty=1.1,
         presence_penalty=0.7,  # 0.699999988 as a float32: read back as 0.7
         frequency_penalty=-1.5,
+        logit_bias={11: 0.3, 50256: -100},
     )
     translated = translate_proto(message, SETTINGS, stream=True)
     assert translated.params == GenerationParams(
         max_new_tokens=9, temperature=0.7, top_p=0.95, top_k=3, stop=("x",), seed=(2**64 - 1) % 2**63, repetition_penalty=1.1,
-        presence_penalty=0.7, frequency_penalty=-1.5,
+        presence_penalty=0.7, frequency_penalty=-1.5, logit_bias={11: 0.3, 50256: -100.0},
     )
     assert translated.priority is Priority.HIGH and translated.stream and translated.requested_model == "m"
 
@@ -172,6 +174,9 @@ def test_proto_zero_values_mean_defaults() -> None:
         ({"prompt": "p", "repetition_penalty": -1}, "repetition_penalty"),
         ({"prompt": "p", "presence_penalty": 2.5}, "presence_penalty"),
         ({"prompt": "p", "frequency_penalty": float("nan")}, "frequency_penalty"),
+        ({"prompt": "p", "logit_bias": {5: 100.5}}, "logit_bias"),
+        ({"prompt": "p", "logit_bias": {2**31: 1.0}}, "logit_bias"),
+        ({"prompt": "p", "logit_bias": {i: 1.0 for i in range(301)}}, "logit_bias"),
         ({"prompt": "p", "top_k": 200_000}, "top_k"),
         ({"prompt": "p", "stop": ["1", "2", "3", "4", "5"]}, "stop"),
         ({"prompt": "p", "stop": [""]}, "stop"),

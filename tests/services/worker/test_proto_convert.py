@@ -31,7 +31,7 @@ def test_fields_are_carried_over() -> None:
         messages=[worker_pb2.ChatMessage(role="user", content="hello")],
         params=worker_pb2.SamplingParams(
             max_new_tokens=9, temperature=0.5, top_p=0.9, top_k=5, stop=["\n"], seed=0, has_seed=True,
-            repetition_penalty=1.2, presence_penalty=0.5, frequency_penalty=-2.0,
+            repetition_penalty=1.2, presence_penalty=0.5, frequency_penalty=-2.0, logit_bias={9: 1.5, 2: -100.0},
         ),
         deadline_unix=1e9,
         continuation="abc",
@@ -42,6 +42,7 @@ def test_fields_are_carried_over() -> None:
     assert item.params.seed == 0 and item.params.stop == ("\n",) and item.params.top_k == 5
     assert item.params.temperature == pytest.approx(0.5)
     assert (item.params.presence_penalty, item.params.frequency_penalty) == (0.5, -2.0)
+    assert item.params.logit_bias == ((2, -100.0), (9, 1.5))  # in token order
     assert (item.deadline_unix, item.continuation, item.continuation_tokens) == (1e9, "abc", 2)
     assert item.remaining_tokens == 7
 
@@ -56,6 +57,9 @@ def test_fields_are_carried_over() -> None:
         ({"repetition_penalty": -1.0}, "repetition_penalty"),
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"frequency_penalty": math.inf}, "frequency_penalty"),
+        ({"logit_bias": {5: 101.0}}, "logit_bias"),
+        ({"logit_bias": {5: math.nan}}, "logit_bias"),
+        ({"logit_bias": {i: 1.0 for i in range(1025)}}, "logit_bias"),
         ({"stop": [""]}, "stop"),
         ({"stop": ["x"] * 17}, "stop"),
     ],

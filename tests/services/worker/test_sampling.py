@@ -1,5 +1,5 @@
-"""Per-row token picking: greedy, temperature, top-k, top-p, seeds, repetition, presence and
-frequency penalties."""
+"""Per-row token picking: greedy, temperature, top-k, top-p, seeds, logit bias, repetition,
+presence and frequency penalties."""
 
 from __future__ import annotations
 
@@ -90,6 +90,19 @@ def test_negative_logits_are_penalised_downwards() -> None:
     seen[0, 1] = True
     table = table_for(SamplingParams(repetition_penalty=2.0))  # -1.0 becomes -2.0 < -1.5
     assert pick_next_tokens(logits, table, seen).item() == 2
+
+
+def test_logit_bias_bans_and_forces_tokens_on_its_own_row_only() -> None:
+    logits = torch.stack([logits_with_favourite(3)[0]] * 3)
+    table = table_for(
+        SamplingParams(logit_bias=((3, -100.0),)),  # banned: the runner-up wins
+        SamplingParams(),
+        SamplingParams(temperature=1.0, logit_bias=((17, 100.0),), seed=5),  # forced, even sampling
+    )
+    before = logits.clone()
+    picks = pick_next_tokens(logits, table, None)
+    assert picks[0].item() == VOCAB - 1 and picks[1].item() == 3 and picks[2].item() == 17
+    assert torch.equal(logits, before)  # not in place: the caller's logits are left alone
 
 
 def test_presence_penalty_subtracts_once_per_generated_token_and_only_on_its_row() -> None:

@@ -268,6 +268,22 @@ async def test_output_penalties_count_a_continuation_as_output_not_the_prompt(en
     assert as_output.text and as_output.text != ","  # the continuation's commas are
 
 
+async def test_logit_bias_bans_and_forces_tokens_and_refuses_ids_beyond_the_vocabulary(
+    engine: TransformersEngine,
+) -> None:
+    prompt = "The capital of France is"
+    reference = await run_item(engine, greedy(prompt, max_new_tokens=3))
+    first = engine.tokenizer(reference.text, add_special_tokens=False)["input_ids"][0]
+    banned = await run_item(engine, greedy(prompt, max_new_tokens=3, logit_bias=((first, -100.0),)))
+    assert not engine.tokenizer(banned.text, add_special_tokens=False)["input_ids"][0] == first
+    forced_id = engine.tokenizer(" zebra", add_special_tokens=False)["input_ids"][0]
+    forced = await run_item(engine, greedy(prompt, max_new_tokens=2, temperature=1.0, logit_bias=((forced_id, 100.0),)))
+    assert forced.text == engine.tokenizer.decode([forced_id, forced_id])
+    beyond = await run_item(engine, greedy(prompt, logit_bias=((10**6, 1.0),)))
+    assert isinstance(beyond.end, SequenceFailed) and beyond.end.code is FailureCode.INVALID_REQUEST
+    assert "logit_bias names token id 1000000" in beyond.end.message
+
+
 async def test_more_items_than_the_batch_wait_and_all_finish(engine: TransformersEngine) -> None:
     items = [greedy(f"Count to {i}:", max_new_tokens=3, request_id=f"w{i}") for i in range(12)]
     tasks = [asyncio.create_task(run_item(engine, item)) for item in items]

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,7 +111,7 @@ def test_the_linked_folder_is_made_once_and_follows_the_config(tmp_path: Path) -
 def test_sampling_options_map_every_parameter() -> None:
     params = SamplingParams(
         max_new_tokens=64, temperature=0.7, top_p=0.9, top_k=40, stop=("\n\n", "END"), seed=7, repetition_penalty=1.2,
-        presence_penalty=0.5, frequency_penalty=-0.25,
+        presence_penalty=0.5, frequency_penalty=-0.25, logit_bias=((13, -100.0),),
     )
     assert sampling_options(params, budget=50) == {
         "n": 1,
@@ -125,6 +126,7 @@ def test_sampling_options_map_every_parameter() -> None:
         "include_stop_str_in_output": False,
         "skip_special_tokens": True,
         "seed": 7,
+        "logit_bias": {13: -100.0},
     }
 
 
@@ -371,6 +373,18 @@ async def _exercise(engine: VllmEngine) -> None:
         ),
     )
     assert plain.text.count(",") >= 5 and penalised.text.count(",") < plain.text.count(",")
+
+    # A logit bias reaches vLLM too (a ban on greedy's first token changes it), and a token id
+    # beyond the vocabulary is the request's fault.
+    def one_token(request_id: str, **params: Any) -> WorkItem:
+        return WorkItem(request_id, prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=1, **params))
+
+    first = (await run_item(engine, one_token("first"))).text
+    first_id = engine._encoder.encode(WorkItem("x", prompt=first)).ids[0]
+    banned = await run_item(engine, one_token("ban", logit_bias=((first_id, -100.0),)))
+    assert isinstance(banned.end, SequenceFinished) and banned.text != first
+    beyond = await run_item(engine, one_token("beyond", logit_bias=((10**6, 1.0),)))
+    assert isinstance(beyond.end, SequenceFailed) and beyond.end.code is FailureCode.INVALID_REQUEST, beyond.end
 
     stopped = await run_item(
         engine, WorkItem("stop", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=20, stop=(" 7",)))
