@@ -374,9 +374,10 @@ def model_dir() -> Path:
 
 def cpu_dtype() -> str:
     """The dtype the worker's `auto` takes on this CPU (services/worker/precision.py)."""
-    from services.worker.precision import cpu_computes_bfloat16
+    # Imported here: torch loads with it, which the client side of this script does not need.
+    from services.worker.precision import cpu_auto_dtype
 
-    return "bfloat16" if cpu_computes_bfloat16() else "float32"
+    return cpu_auto_dtype()
 
 
 @contextlib.contextmanager

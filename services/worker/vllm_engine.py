@@ -257,9 +257,9 @@ def vllm_dtype(dtype: str, platform_device: str) -> str:
     if dtype != "auto" or platform_device != "cpu":
         return dtype
     # Imported here: torch, which the simulated backend never loads; vLLM has loaded it by now.
-    from services.worker.precision import cpu_computes_bfloat16
+    from services.worker.precision import cpu_auto_dtype
 
-    return "bfloat16" if cpu_computes_bfloat16() else "float32"
+    return cpu_auto_dtype()
 
 
 def engine_options(
