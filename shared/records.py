@@ -39,6 +39,8 @@ __all__ = [
     "ReplyKind",
     "ScalingDecision",
     "Timings",
+    "TokenLogprob",
+    "TopLogprob",
     "Usage",
     "VerdictAction",
 ]
@@ -55,6 +57,13 @@ MAX_LOGIT_BIAS = 300
 """Most tokens one request's `logit_bias` may name (OpenAI's limit)."""
 MAX_TOKEN_ID = 2**31 - 1
 """Largest token id a record may carry (the protos' uint32 holds it; no vocabulary comes near)."""
+MAX_TOP_LOGPROBS = 20
+"""Most alternatives per position a request may ask log probabilities of (OpenAI's and vLLM's
+default limit)."""
+MAX_TOKEN_CHARS = 1_024
+"""Longest text of one token a record may carry (no real vocabulary comes near)."""
+MIN_LOGPROB = -9999.0
+"""Log probabilities are clamped to this (JSON has no -inf; vLLM's OpenAI server does the same)."""
 
 
 _TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
@@ -149,10 +158,23 @@ class GenerationParams(BaseModel):
     """OpenAI's: added to these token ids' logits (the model's own ids; JSON keys are their
     decimal strings) before every pick; -100 in effect bans a token, 100 forces it. The worker
     refuses ids beyond its model's vocabulary."""
+    logprobs: bool = False
+    """Return the log probability of every generated token (on the reply's delta events). As
+    vLLM's default (`raw_logprobs`): the model's own distribution, before the logit bias,
+    penalties, temperature and top-k/top-p change it."""
+    top_logprobs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS)
+    """With `logprobs`: also the log probabilities of this many most likely tokens at each
+    position."""
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> Self:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs'")
+        return self
 
     def group_key(self) -> tuple[object, ...]:
-        """Parameters that must be equal for two requests to share a batch (all but the length,
-        which each sequence tracks on its own)."""
+        """Parameters that must be equal for two requests to share a batch (all but the length and
+        the log probabilities asked for, which each sequence has on its own)."""
         return (
             self.temperature, self.top_p, self.top_k, self.seed, self.repetition_penalty,
             self.presence_penalty, self.frequency_penalty, tuple(sorted(self.logit_bias.items())),
@@ -292,6 +314,27 @@ class CacheStatus(StrEnum):
     BYPASS = "bypass"
 
 
+class TopLogprob(BaseModel):
+    """One token that could stand at a position of the answer, with its log probability."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+    token_id: _TokenId
+    """The model's id of the token."""
+    token: str = Field(max_length=MAX_TOKEN_CHARS)
+    """The token's text on its own (U+FFFD where it is part of a multi-byte character)."""
+    logprob: float = Field(ge=MIN_LOGPROB, le=0.0)
+    """Natural log of its probability under the model, clamped at `MIN_LOGPROB`."""
+
+
+class TokenLogprob(TopLogprob):
+    """A generated token's log probability, and the most likely tokens at its position."""
+
+    top: tuple[TopLogprob, ...] = Field((), max_length=MAX_TOP_LOGPROBS)
+    """The request's `top_logprobs` most likely tokens, most likely first (empty when it asked
+    for none)."""
+
+
 class ReplyKind(StrEnum):
     """The three kinds of ReplyEvent."""
 
@@ -330,6 +373,11 @@ class ReplyEvent(Record):
     """Model that generated it."""
     created_at: float = Field(default_factory=now, gt=0)
     """When the event was published."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """`delta` only, when the request asked for `logprobs`: the tokens generated since the
+    previous delta, in order. Log probabilities travel only on deltas, also for requests that do
+    not stream (then deltas of empty text carry them just before the final event), so that no
+    record holds a whole long answer's worth of them."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -337,6 +385,8 @@ class ReplyEvent(Record):
             raise ValueError("an 'error' event needs 'error'")
         if self.kind is ReplyKind.FINAL and self.finish_reason is None:
             raise ValueError("a 'final' event needs 'finish_reason'")
+        if self.logprobs and self.kind is not ReplyKind.DELTA:
+            raise ValueError("only 'delta' events carry 'logprobs'")
         return self
 
     @property

@@ -17,6 +17,8 @@ from shared.records import (
     GenerationRequest,
     ReplyEvent,
     ReplyKind,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 
@@ -58,6 +60,8 @@ def test_exactly_one_of_messages_and_prompt() -> None:
         {"logit_bias": {"-1": 1}},
         {"logit_bias": {str(2**31): 1}},
         {"logit_bias": {str(i): 1 for i in range(301)}},
+        {"logprobs": True, "top_logprobs": 21},
+        {"top_logprobs": 2},
     ],
 )
 def test_out_of_range_params_are_refused(params) -> None:
@@ -113,6 +117,8 @@ def test_group_key_ignores_length_only() -> None:
     b = GenerationParams(max_new_tokens=50, temperature=0)
     c = GenerationParams(max_new_tokens=5, temperature=0.7)
     assert a.group_key() == b.group_key() != c.group_key()
+    # Log probabilities are per sequence on the worker: requests that ask share batches with others.
+    assert GenerationParams(max_new_tokens=5, temperature=0, logprobs=True, top_logprobs=3).group_key() == a.group_key()
     for penalty in ({"presence_penalty": 0.5}, {"frequency_penalty": 0.5}, {"logit_bias": {7: 1.0}}):
         assert GenerationParams(max_new_tokens=5, temperature=0, **penalty).group_key() != a.group_key()
 
@@ -130,3 +136,15 @@ def test_every_record_type_exports_a_schema_with_version() -> None:
         assert "v" in schema["properties"], name
         assert schema["properties"]["v"]["maximum"] == SCHEMA_VERSION
     assert Cancel(request_id="x").reason == "client_disconnected"
+
+
+def test_logprobs_travel_on_deltas_only_and_round_trip() -> None:
+    entry = TokenLogprob(token_id=5, token=" Paris", logprob=-0.5, top=(TopLogprob(token_id=5, token=" Paris", logprob=-0.5),))
+    delta = ReplyEvent(request_id="r", kind=ReplyKind.DELTA, seq=0, text=" Paris", logprobs=(entry,))
+    assert ReplyEvent.from_bytes(delta.to_bytes()).logprobs == (entry,)
+    with pytest.raises(ValidationError, match="only 'delta' events carry 'logprobs'"):
+        ReplyEvent(request_id="r", kind=ReplyKind.FINAL, seq=1, finish_reason=FinishReason.STOP, logprobs=(entry,))
+    with pytest.raises(ValidationError):
+        TokenLogprob(token_id=5, token="x", logprob=0.5)  # a probability above 1
+    with pytest.raises(ValidationError):
+        TopLogprob(token_id=5, token="x", logprob=float("-inf"))  # clamped by the producer, never -inf
