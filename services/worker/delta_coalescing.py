@@ -10,9 +10,9 @@ the same rule as vLLM's `--stream-interval`. N = 1 sends every delta as it comes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from services.worker.engine import TextDelta
+from services.worker.engine import TextDelta, TokenLogprob
 
 __all__ = ["DeltaCoalescer"]
 
@@ -22,6 +22,7 @@ class _Held:
     text: str = ""
     tokens: int = 0
     sent_any: bool = False
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class DeltaCoalescer:
@@ -40,8 +41,9 @@ class DeltaCoalescer:
         held = self._held.setdefault(delta.request_id, _Held())
         held.text += delta.text
         held.tokens += delta.tokens
-        # Never an empty delta (text may lag tokens by a partial character): the tokens wait
-        # with the text they belong to.
+        held.logprobs.extend(delta.logprobs)
+        # Never an empty delta (text may lag tokens by a partial character): the tokens (and their
+        # log probabilities) wait with the text they belong to.
         if held.text and (not held.sent_any or held.tokens >= self._interval):
             return self._release(delta.request_id, held)
         return None
@@ -49,11 +51,12 @@ class DeltaCoalescer:
     def flush(self, request_id: str) -> TextDelta | None:
         """The request ends: what it still holds, to send before its end (None: nothing)."""
         held = self._held.pop(request_id, None)
-        if held is None or not held.text:
+        if held is None or not (held.text or held.logprobs):
             return None
-        return TextDelta(request_id, held.text, held.tokens)
+        return TextDelta(request_id, held.text, held.tokens, tuple(held.logprobs))
 
     def _release(self, request_id: str, held: _Held) -> TextDelta:
-        delta = TextDelta(request_id, held.text, held.tokens)
+        delta = TextDelta(request_id, held.text, held.tokens, tuple(held.logprobs))
         held.text, held.tokens, held.sent_any = "", 0, True
+        held.logprobs.clear()
         return delta

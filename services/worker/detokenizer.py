@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-__all__ = ["IncrementalDetokenizer", "TokenDecoder"]
+__all__ = ["IncrementalDetokenizer", "TokenDecoder", "TokenTexts"]
 
 #: Prompt tokens kept as left context, so the first generated token decodes with its real spacing.
 _CONTEXT_TOKENS = 5
@@ -63,3 +63,34 @@ class IncrementalDetokenizer:
             self._read_offset -= self._prefix_offset
             self._prefix_offset = 0
         return delta
+
+
+class _TokenNamer(Protocol):
+    """The part of a Hugging Face tokenizer that names single tokens."""
+
+    def convert_ids_to_tokens(self, ids: int) -> str | None: ...
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str: ...
+
+
+class TokenTexts:
+    """Each token id's text on its own, as log probabilities name their tokens.
+
+    As vLLM names them: the token's vocabulary entry made into text (`convert_tokens_to_string`),
+    so special tokens keep their names (`<|im_end|>`) and a piece of a multi-byte character reads
+    as U+FFFD. Cached per id: with `top_logprobs` a step names up to 21 tokens per row, and a
+    vocabulary is small enough to keep (49k entries for SmolLM2).
+    """
+
+    def __init__(self, tokenizer: _TokenNamer) -> None:
+        self._tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            token = self._tokenizer.convert_ids_to_tokens(token_id)
+            # None: an id the model's output head has and the tokenizer does not (padded heads).
+            text = "" if token is None else self._tokenizer.convert_tokens_to_string([token])
+            self._texts[token_id] = text
+        return text

@@ -37,6 +37,8 @@ __all__ = [
     "SequenceFinished",
     "SequenceHandle",
     "TextDelta",
+    "TokenLogprob",
+    "TopLogprob",
     "WorkItem",
     "deliver_from_thread",
 ]
@@ -89,6 +91,10 @@ class SamplingParams:
     """OpenAI's, over the generated tokens: subtracted per occurrence; 0 disables."""
     logit_bias: tuple[tuple[int, float], ...] = ()
     """(token id, bias) pairs added to the logits before every pick, ids in ascending order."""
+    logprobs: int | None = None
+    """None: no log probabilities. Otherwise each generated token's log probability and those of
+    this many most likely tokens (0-20) travel on its TextDelta: the model's own distribution,
+    before the logit bias, penalties, temperature and filters (vLLM's `raw_logprobs`)."""
 
     @property
     def penalises_output(self) -> bool:
@@ -132,6 +138,28 @@ class WorkItem:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """A token that could stand at a position, with its log probability."""
+
+    token_id: int
+    token: str
+    """The token's text on its own (U+FFFD where it is part of a multi-byte character)."""
+    logprob: float
+    """Natural log, clamped at -9999 (no -inf on the wire)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log probability, and the most likely tokens at its position."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+    """`SamplingParams.logprobs` most likely tokens, most likely first."""
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     """New output text of one sequence."""
 
@@ -139,6 +167,8 @@ class TextDelta:
     text: str
     tokens: int
     """Tokens generated since the previous delta (text may lag tokens by a partial character)."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """When the item asked for them: one entry per token this delta covers, in order."""
 
 
 @dataclass(frozen=True, slots=True)

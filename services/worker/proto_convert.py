@@ -18,6 +18,7 @@ from services.worker.engine import (
     SequenceFailed,
     SequenceFinished,
     TextDelta,
+    TokenLogprob,
     WorkItem,
 )
 from shared.protos import worker_pb2
@@ -35,6 +36,7 @@ MAX_REQUEST_ID_LENGTH = 256
 _MAX_STOP_STRINGS = 16
 _MAX_STOP_LENGTH = 1024
 _MAX_LOGIT_BIAS = 1024
+_MAX_TOP_LOGPROBS = 20
 
 _FINISH_REASONS = {
     FinishReason.STOP: worker_pb2.FINISH_REASON_STOP,
@@ -86,6 +88,10 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
     logit_bias = tuple(sorted((token, _finite("params.logit_bias", bias)) for token, bias in msg.logit_bias.items()))
     if any(not -100.0 <= bias <= 100.0 for _, bias in logit_bias):
         raise InvalidItemError("params.logit_bias values must be in [-100, 100]")
+    if msg.top_logprobs and not msg.logprobs:
+        raise InvalidItemError("params.top_logprobs needs params.logprobs")
+    if msg.top_logprobs > _MAX_TOP_LOGPROBS:
+        raise InvalidItemError(f"params.top_logprobs must be at most {_MAX_TOP_LOGPROBS}, not {msg.top_logprobs}")
     stops = tuple(msg.stop)
     if len(stops) > _MAX_STOP_STRINGS:
         raise InvalidItemError(f"at most {_MAX_STOP_STRINGS} stop strings, not {len(stops)}")
@@ -102,6 +108,7 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
         presence_penalty=presence,
         frequency_penalty=frequency,
         logit_bias=logit_bias,
+        logprobs=msg.top_logprobs if msg.logprobs else None,
     )
 
 
@@ -129,9 +136,10 @@ def work_item_from_proto(msg: worker_pb2.WorkItem) -> WorkItem:
 
 def event_to_proto(event: EngineEvent) -> worker_pb2.GenerateEvent:
     if isinstance(event, TextDelta):
-        return worker_pb2.GenerateEvent(
-            request_id=event.request_id, delta=worker_pb2.TokenDelta(text=event.text, tokens=event.tokens)
-        )
+        delta = worker_pb2.TokenDelta(text=event.text, tokens=event.tokens)
+        if event.logprobs:
+            delta.logprobs.extend(_logprob_to_proto(entry) for entry in event.logprobs)
+        return worker_pb2.GenerateEvent(request_id=event.request_id, delta=delta)
     if isinstance(event, SequenceFinished):
         return worker_pb2.GenerateEvent(
             request_id=event.request_id,
@@ -149,3 +157,12 @@ def event_to_proto(event: EngineEvent) -> worker_pb2.GenerateEvent:
             failed=worker_pb2.Failed(code=_FAILURE_CODES[event.code], message=event.message),
         )
     raise TypeError(f"not an engine event: {event!r}")
+
+
+def _logprob_to_proto(entry: TokenLogprob) -> worker_pb2.TokenLogprob:
+    return worker_pb2.TokenLogprob(
+        token_id=entry.token_id,
+        token=entry.token,
+        logprob=entry.logprob,
+        top=[worker_pb2.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in entry.top],
+    )

@@ -20,12 +20,16 @@ from services.worker.engine import SamplingParams
 __all__ = [
     "CANDIDATES",
     "DRAW_BLOCK",
+    "MIN_LOGPROB",
+    "RawLogprobs",
+    "RowLogprobs",
     "RowSampling",
     "SamplingTable",
     "draw_from_weights",
     "filter_top_k_top_p",
     "make_generator",
     "pick_next_tokens",
+    "raw_logprobs",
 ]
 
 #: Tokens ranked by `topk` before top-k/top-p filtering; the whole vocabulary is sorted only when
@@ -34,6 +38,10 @@ CANDIDATES = 1024
 
 #: Tokens per block of a draw's first level (`draw_from_weights`).
 DRAW_BLOCK = 256
+
+#: Log probabilities are clamped to this: the wire formats (JSON, and OpenAI's answers) have no
+#: -inf (vLLM's OpenAI server clamps to the same value).
+MIN_LOGPROB = -9999.0
 
 
 @dataclass(slots=True)
@@ -89,6 +97,59 @@ class SamplingTable:
         )
         self.top_p = torch.tensor([p.top_p for p in chosen], dtype=torch.float32, device=device)
         self.needs_filter = any(p.top_k > 0 or p.top_p < 1.0 for p in chosen)
+        self.logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        """Rows whose request asked for log probabilities (`raw_logprobs`)."""
+        self.logprob_index = torch.tensor(self.logprob_rows, dtype=torch.long, device=device)
+        self.most_top_logprobs = max((p.logprobs or 0 for p in params), default=0)
+        """The most alternatives any row asked for (one `topk` serves every row)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RowLogprobs:
+    """One row's picked token's log probability and its most likely alternatives."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+    """(token id, log probability), most likely first; as many as the row asked for."""
+
+
+@dataclass(slots=True)
+class RawLogprobs:
+    """The log-softmax of the rows that asked for log probabilities, taken from the logits before
+    `pick_next_tokens` changes them (bias, penalties, temperature and filters work in place):
+    the model's own distribution, as vLLM's default `raw_logprobs` mode reports."""
+
+    table: SamplingTable
+    values: torch.Tensor
+    """[rows that asked, vocab], float32."""
+
+    def for_tokens(self, tokens: torch.Tensor) -> list[RowLogprobs | None]:
+        """Per row of the batch: the picked token's log probability and the row's top ones (None
+        for rows that did not ask). `tokens` is the batch's picked tokens, [rows]."""
+        table = self.table
+        picked = tokens.index_select(0, table.logprob_index)
+        chosen = self.values.gather(1, picked[:, None])[:, 0].clamp_(min=MIN_LOGPROB).tolist()
+        top_values: list[list[float]] = [[] for _ in table.logprob_rows]
+        top_ids: list[list[int]] = [[] for _ in table.logprob_rows]
+        if table.most_top_logprobs:
+            values, ids = self.values.topk(table.most_top_logprobs, dim=-1)
+            top_values, top_ids = values.clamp_(min=MIN_LOGPROB).tolist(), ids.tolist()
+        out: list[RowLogprobs | None] = [None] * len(table.rows)
+        for j, row in enumerate(table.logprob_rows):
+            wanted = table.rows[row].params.logprobs or 0
+            top = tuple(zip(top_ids[j][:wanted], top_values[j][:wanted], strict=True))
+            out[row] = RowLogprobs(chosen[j], top)
+        return out
+
+
+def raw_logprobs(logits: torch.Tensor, table: SamplingTable) -> RawLogprobs | None:
+    """The log-softmax of the rows of `logits` ([rows, vocab]) whose request asked for log
+    probabilities, or None when none did (nothing is computed then). Call it before
+    `pick_next_tokens`, which may overwrite `logits`."""
+    if not table.logprob_rows:
+        return None
+    rows = logits.index_select(0, table.logprob_index)  # a copy: picking may work in place
+    return RawLogprobs(table, rows.float().log_softmax(dim=-1))
 
 
 def pick_next_tokens(

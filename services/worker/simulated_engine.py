@@ -5,7 +5,9 @@ Each sequence is one asyncio task that sleeps on timers: the first token comes
 seconds. At most `worker_max_batch_size` sequences run at once; the rest wait in order. Token
 ``i`` is the text ``tok<i>`` (space separated, numbered on from a continuation), so output is
 predictable. It honours max_new_tokens, stop strings, cancellation and deadlines like the real
-engine, and everything it reports says it is simulated. No threads, no polling.
+engine, and everything it reports says it is simulated. No threads, no polling. Asked for log
+probabilities, it reports each token as certain (log probability 0, token id its index) and as
+the only alternative: the shape of real ones, for pipeline tests, with no model behind them.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from services.worker.engine import (
     SequenceFinished,
     SequenceHandle,
     TextDelta,
+    TokenLogprob,
+    TopLogprob,
     WorkItem,
 )
 from services.worker.sequence_tasks import SequenceAbort, SequenceProgress, TaskPerSequenceEngine
 from services.worker.settings import WorkerSettings
 from services.worker.stop_strings import StopStringMatcher
 
-__all__ = ["SIMULATED_MODEL_NAME", "SimulatedEngine", "simulated_token"]
+__all__ = ["SIMULATED_MODEL_NAME", "SimulatedEngine", "simulated_logprob", "simulated_token"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,12 @@ SIMULATED_MODEL_NAME = "simulated"
 def simulated_token(index: int) -> str:
     """Text of the `index`-th output token of a sequence (0-based)."""
     return f"tok{index}" if index == 0 else f" tok{index}"
+
+
+def simulated_logprob(index: int, top: int) -> TokenLogprob:
+    """The log probabilities reported for the `index`-th token: certain, its only alternative."""
+    text = simulated_token(index)
+    return TokenLogprob(index, text, 0.0, (TopLogprob(index, text, 0.0),)[:top])
 
 
 def _count_words(item: WorkItem) -> int:
@@ -127,6 +137,8 @@ class SimulatedEngine(TaskPerSequenceEngine):
         stops = StopStringMatcher(item.params.stop)
         await self._before_deadline(handle, state, asyncio.sleep(settings.simulated_ttft_ms / 1000.0))
         first_index = item.continuation_tokens
+        # Of the tokens not yet reported: they wait with their text, as in the real engine.
+        logprobs: list[TokenLogprob] = []
         while True:
             token_at = time.monotonic()
             state.generated += 1
@@ -134,13 +146,17 @@ class SimulatedEngine(TaskPerSequenceEngine):
                 state.ttft_ms = handle.elapsed_ms()
                 self._observer.first_token(state.ttft_ms / 1000.0)
             self._observer.tokens(1)
-            text = stops.feed(simulated_token(first_index + state.generated - 1))
+            index = first_index + state.generated - 1
+            text = stops.feed(simulated_token(index))
+            if item.params.logprobs is not None:
+                logprobs.append(simulated_logprob(index, item.params.logprobs))
             last = stops.stopped or state.generated >= budget
             if last and not stops.stopped:
                 text += stops.flush()
-            if text:
-                handle.sink(TextDelta(item.request_id, text, state.generated - state.reported))
+            if text or (last and logprobs):
+                handle.sink(TextDelta(item.request_id, text, state.generated - state.reported, tuple(logprobs)))
                 state.reported = state.generated
+                logprobs.clear()
             if last:
                 reason = FinishReason.STOP if stops.stopped else FinishReason.LENGTH
                 return state.finished(handle, reason)

@@ -38,13 +38,13 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from services.worker.decode_batch import DecodeBatch, PrefillRun, supports_joining
-from services.worker.detokenizer import IncrementalDetokenizer
+from services.worker.detokenizer import IncrementalDetokenizer, TokenTexts
 from services.worker.engine import (
     Engine,
     EngineEvent,
@@ -58,6 +58,8 @@ from services.worker.engine import (
     SequenceFinished,
     SequenceHandle,
     TextDelta,
+    TokenLogprob,
+    TopLogprob,
     WorkItem,
     deliver_from_thread,
 )
@@ -74,7 +76,14 @@ from services.worker.precision import (
 from services.worker.prefix_cache import PrefixCache
 from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.realtime_scheduling import REALTIME_PRIORITY, use_realtime_scheduling
-from services.worker.sampling import RowSampling, SamplingTable, make_generator, pick_next_tokens
+from services.worker.sampling import (
+    RowLogprobs,
+    RowSampling,
+    SamplingTable,
+    make_generator,
+    pick_next_tokens,
+    raw_logprobs,
+)
 from services.worker.settings import WorkerSettings
 from services.worker.stop_strings import StopStringMatcher
 from shared.model_store import prepare_model, resolve_model
@@ -123,6 +132,8 @@ class _Sequence:
     output_ids: list[int] | None = None
     """The answer's tokens so far (a continuation's included), kept only where the presence or
     frequency penalty needs them."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Log probabilities of the tokens generated since the last delta (when the item asked)."""
 
 
 class TransformersEngine(Engine):
@@ -147,6 +158,7 @@ class TransformersEngine(Engine):
         self._info: EngineInfo | None = None
         self.model: Any = None
         self.tokenizer: Any = None
+        self._token_texts: TokenTexts | None = None
         self._decoder: LlamaDecoder | None = None
         self._prefixes: PrefixCache | None = None
         self._prefill_pool: ThreadPoolExecutor | None = None
@@ -247,6 +259,7 @@ class TransformersEngine(Engine):
             },
         )
         self.model, self.tokenizer = model, tokenizer
+        self._token_texts = TokenTexts(tokenizer)
         self._info = EngineInfo(
             model=source.served_name,
             backend="transformers",
@@ -694,10 +707,11 @@ class TransformersEngine(Engine):
         (None if every sequence ended at once) and the sequences still running, in its row order."""
         batch, logits = run.result()
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
+        raw = raw_logprobs(logits, table)
         tokens = pick_next_tokens(logits, table, batch.seen, _outputs(chosen, table), in_place=True)
         batch.record_tokens(tokens)
         self._observer.tokens(len(chosen))
-        keep = self._accept_tokens(chosen, tokens.tolist(), events)
+        keep = self._accept_tokens(chosen, tokens.tolist(), events, None if raw is None else raw.for_tokens(tokens))
         if not keep:
             return None, []
         if len(keep) < len(chosen):
@@ -740,12 +754,14 @@ class TransformersEngine(Engine):
         started = time.monotonic()
         logits = self._batch.step()
         outputs = _outputs(self._rows, self._table)
+        raw = raw_logprobs(logits, self._table)
         tokens = pick_next_tokens(logits, self._table, self._batch.seen, outputs, in_place=True)
         self._batch.record_tokens(tokens)
         picked = tokens.tolist()
         self._observer.decode_step(len(self._rows), time.monotonic() - started)
         self._observer.tokens(len(self._rows))
-        self._keep_rows(self._accept_tokens(self._rows, picked, events))
+        logprobs = None if raw is None else raw.for_tokens(tokens)
+        self._keep_rows(self._accept_tokens(self._rows, picked, events, logprobs))
 
     def _report_cache(self) -> None:
         """Tell the observer how much KV cache the running batch holds (after every turn)."""
@@ -755,9 +771,26 @@ class TransformersEngine(Engine):
         else:
             self._observer.kv_cache(batch.size * batch.length, batch.cache_nbytes())
 
-    def _accept_tokens(self, seqs: list[_Sequence], tokens: list[int], events: _Events) -> list[int]:
-        """Process one new token per sequence; returns the indices of those still running."""
+    def _accept_tokens(
+        self,
+        seqs: list[_Sequence],
+        tokens: list[int],
+        events: _Events,
+        logprobs: list[RowLogprobs | None] | None = None,
+    ) -> list[int]:
+        """Process one new token per sequence (with its log probabilities, for the rows that asked);
+        returns the indices of those still running."""
+        if logprobs is not None:
+            for seq, token, row in zip(seqs, tokens, logprobs, strict=True):
+                if row is not None:
+                    seq.logprobs.append(self._token_logprob(token, row))
         return [i for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)) if self._accept(seq, token, events)]
+
+    def _token_logprob(self, token: int, row: RowLogprobs) -> TokenLogprob:
+        assert self._token_texts is not None
+        names = self._token_texts
+        top = tuple(TopLogprob(t, names(t), lp) for t, lp in row.top)
+        return TokenLogprob(token, names(token), row.logprob, top)
 
     def _accept(self, seq: _Sequence, token: int, events: _Events) -> bool:
         seq.generated += 1
@@ -768,17 +801,17 @@ class TransformersEngine(Engine):
             seq.ttft_ms = seq.handle.elapsed_ms()
             self._observer.first_token(seq.ttft_ms / 1000.0)
         if token in self._eos_ids:
-            self._emit(seq, self._final_text(seq), events)
+            self._emit(seq, self._final_text(seq), events, last=True)
             self._finish(seq, FinishReason.STOP, events)
             return False
         text = seq.stops.feed(seq.detokenizer.add(token))
         if seq.stops.stopped:
-            self._emit(seq, text, events)
+            self._emit(seq, text, events, last=True)
             self._finish(seq, FinishReason.STOP, events)
             return False
         if seq.generated >= seq.budget:
             text += self._final_text(seq)
-            self._emit(seq, text, events)
+            self._emit(seq, text, events, last=True)
             self._finish(seq, FinishReason.STOP if seq.stops.stopped else FinishReason.LENGTH, events)
             return False
         self._emit(seq, text, events)
@@ -791,10 +824,15 @@ class TransformersEngine(Engine):
         return text + seq.stops.flush()
 
     @staticmethod
-    def _emit(seq: _Sequence, text: str, events: _Events) -> None:
-        if text:
-            events.append((seq.handle, TextDelta(seq.handle.request_id, text, seq.unreported)))
+    def _emit(seq: _Sequence, text: str, events: _Events, *, last: bool = False) -> None:
+        """A delta with `text` and the tokens since the previous one; none while there is no text
+        (the tokens wait with the text they belong to), except at the `last` token of a sequence
+        whose log probabilities are still unsent (an end-of-sequence token adds no text)."""
+        if text or (last and seq.logprobs):
+            delta = TextDelta(seq.handle.request_id, text, seq.unreported, tuple(seq.logprobs))
+            events.append((seq.handle, delta))
             seq.unreported = 0
+            seq.logprobs.clear()
 
     def _finish(self, seq: _Sequence, reason: FinishReason, events: _Events) -> None:
         handle = seq.handle

@@ -44,6 +44,8 @@ from services.worker.engine import (
     SequenceFinished,
     SequenceHandle,
     TextDelta,
+    TokenLogprob,
+    TopLogprob,
     WorkItem,
 )
 from services.worker.prompt_encoding import PromptEncoder, PromptError
@@ -58,6 +60,7 @@ __all__ = [
     "engine_options",
     "finish_reason_of",
     "kv_cache_footprint",
+    "logprob_of",
     "needs_clean_config",
     "sampling_options",
     "settings_refusal",
@@ -146,7 +149,30 @@ def sampling_options(params: SamplingParams, budget: int) -> dict[str, Any]:
         options["seed"] = params.seed
     if params.logit_bias:
         options["logit_bias"] = dict(params.logit_bias)
+    if params.logprobs is not None:
+        # vLLM's default logprobs mode (`raw_logprobs`) is ours: the model's own distribution.
+        options["logprobs"] = params.logprobs
     return options
+
+
+#: vLLM's log probabilities are clamped to this, as ours are (no -inf on the wire).
+_MIN_LOGPROB = -9999.0
+
+
+def logprob_of(position: Mapping[int, Any], token_id: int, top: int) -> TokenLogprob:
+    """Our entry for one generated token from vLLM's for its position: a mapping of token id to
+    ``vllm.logprobs.Logprob`` (``logprob``, 1-based ``rank``, ``decoded_token``) that holds the
+    generated token and the `top` most likely ones (the generated one may be among them)."""
+
+    def entry(token: int, logprob: Any) -> TopLogprob:
+        return TopLogprob(token, logprob.decoded_token or "", max(_MIN_LOGPROB, float(logprob.logprob)))
+
+    ranked = sorted(
+        ((t, lp) for t, lp in position.items() if lp.rank is not None and lp.rank <= top),
+        key=lambda pair: pair[1].rank,
+    )
+    chosen = entry(token_id, position[token_id])
+    return TokenLogprob(chosen.token_id, chosen.token, chosen.logprob, tuple(entry(t, lp) for t, lp in ranked))
 
 
 def finish_reason_of(reason: str | None) -> FinishReason | None:
@@ -187,9 +213,14 @@ class CumulativeOutput:
         if not new_text:
             return "", 0
         self._sent_text += new_text
-        count = tokens - self._reported_tokens
-        self._reported_tokens = tokens
-        return new_text, count
+        return new_text, self.take_unreported()
+
+    def take_unreported(self) -> int:
+        """Tokens generated and not yet reported, now counted as reported (for the last delta of a
+        sequence whose final tokens added no text but whose log probabilities must go)."""
+        count = self.tokens - self._reported_tokens
+        self._reported_tokens = self.tokens
+        return count
 
 
 def kv_cache_footprint(usage: float, num_blocks: int, block_size: int, bytes_per_token: int) -> tuple[int, int]:
@@ -494,6 +525,8 @@ class VllmEngine(TaskPerSequenceEngine):
         # item may come back to this worker under the same id.
         request_id = f"{item.request_id}#{handle.key}"
         output = CumulativeOutput()
+        top_logprobs = item.params.logprobs
+        logprobs: list[TokenLogprob] = []  # of the tokens not yet reported (they wait with their text)
         last_at = time.monotonic()
         finish_reason: str | None = None
         finished = False
@@ -503,11 +536,18 @@ class VllmEngine(TaskPerSequenceEngine):
             async for result in self._llm.generate(self._token_prompt(encoded.ids), params, request_id):
                 completion = result.outputs[0]
                 before = output.tokens
+                if top_logprobs is not None and completion.logprobs is not None:
+                    for i in range(before, len(completion.token_ids)):
+                        logprobs.append(logprob_of(completion.logprobs[i], completion.token_ids[i], top_logprobs))
                 text, reported = output.advance(completion.text, len(completion.token_ids))
                 self._count_tokens(handle, progress, output.tokens - before, last_at)
                 last_at = time.monotonic()
-                if text:
-                    handle.sink(TextDelta(item.request_id, text, reported))
+                if text or (result.finished and logprobs):
+                    if not text:
+                        # The last tokens added no text (end of sequence); their log probabilities still go.
+                        reported = output.take_unreported()
+                    handle.sink(TextDelta(item.request_id, text, reported, tuple(logprobs)))
+                    logprobs.clear()
                 if result.finished:
                     finished, finish_reason = True, completion.finish_reason
         except self._client_errors as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.worker.delta_coalescing import DeltaCoalescer
-from services.worker.engine import TextDelta
+from services.worker.engine import TextDelta, TokenLogprob
 
 
 def feed(coalescer: DeltaCoalescer, deltas: list[TextDelta]) -> list[TextDelta | None]:
@@ -56,3 +56,14 @@ def test_tokens_without_text_wait_for_their_text() -> None:
 def test_an_interval_below_one_is_refused() -> None:
     with pytest.raises(ValueError):
         DeltaCoalescer(0)
+
+
+def test_logprobs_travel_with_the_tokens_they_belong_to() -> None:
+    first, second, third = (TokenLogprob(i, f"t{i}", -float(i)) for i in range(3))
+    coalescer = DeltaCoalescer(2)
+    assert coalescer.add(TextDelta("a", "t0", 1, (first,))) == TextDelta("a", "t0", 1, (first,))
+    assert coalescer.add(TextDelta("a", "", 1, (second,))) is None
+    assert coalescer.add(TextDelta("a", "t1t2", 1, (third,))) == TextDelta("a", "t1t2", 2, (second, third))
+    # An end-of-sequence token adds no text; its log probability still leaves at the end.
+    assert coalescer.add(TextDelta("a", "", 1, (first,))) is None
+    assert coalescer.flush("a") == TextDelta("a", "", 1, (first,))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from services.worker.detokenizer import IncrementalDetokenizer
+from services.worker.detokenizer import IncrementalDetokenizer, TokenTexts
 from shared.model_store import prepare_model, resolve_model
 
 
@@ -65,3 +65,14 @@ def test_long_generation_keeps_working(tokenizer) -> None:
     detokenizer = IncrementalDetokenizer(tokenizer, [])
     out = "".join(detokenizer.add(i) for i in ids) + detokenizer.flush()
     assert out == text
+
+
+def test_token_texts_name_single_tokens_as_vllm_does(tokenizer) -> None:
+    names = TokenTexts(tokenizer)
+    [hello] = tokenizer(" Hello", add_special_tokens=False)["input_ids"]
+    assert names(hello) == " Hello"
+    assert names(tokenizer.eos_token_id) == tokenizer.eos_token  # special tokens keep their names
+    # One piece of a multi-byte character reads as U+FFFD.
+    pieces = tokenizer("😀", add_special_tokens=False)["input_ids"]
+    assert len(pieces) > 1 and names(pieces[0]) == "\ufffd"
+    assert names(len(tokenizer) + 10) == ""  # an id the tokenizer does not know

@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from services.worker.engine import FailureCode, FinishReason, SequenceFailed, SequenceFinished, TextDelta
+from services.worker.engine import (
+    FailureCode,
+    FinishReason,
+    SequenceFailed,
+    SequenceFinished,
+    TextDelta,
+    TokenLogprob,
+    TopLogprob,
+)
 from services.worker.proto_convert import InvalidItemError, event_to_proto, work_item_from_proto
 from shared.protos import worker_pb2
 
@@ -22,6 +30,7 @@ def test_zero_values_take_their_documented_defaults() -> None:
     p = item.params
     assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.seed) == (0.0, 1.0, 0, 1.0, None)
     assert (p.presence_penalty, p.frequency_penalty) == (0.0, 0.0) and not p.penalises_output
+    assert p.logprobs is None
     assert item.deadline_unix is None and item.continuation == "" and item.messages == ()
 
 
@@ -62,6 +71,8 @@ def test_fields_are_carried_over() -> None:
         ({"logit_bias": {i: 1.0 for i in range(1025)}}, "logit_bias"),
         ({"stop": [""]}, "stop"),
         ({"stop": ["x"] * 17}, "stop"),
+        ({"top_logprobs": 2}, "top_logprobs needs params.logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs must be at most 20"),
     ],
 )
 def test_bad_params_are_rejected_with_a_reason(params: dict[str, object], message: str) -> None:
@@ -85,3 +96,20 @@ def test_events_to_proto() -> None:
     assert failed.failed.code == worker_pb2.FAILURE_CODE_DEADLINE_EXCEEDED and failed.failed.message == "late"
     for code in FailureCode:
         assert event_to_proto(SequenceFailed("r", code, "")).failed.code != worker_pb2.FAILURE_CODE_UNSPECIFIED
+
+
+def test_logprob_requests_become_the_number_of_alternatives() -> None:
+    assert work_item_from_proto(proto_item(logprobs=True)).params.logprobs == 0
+    assert work_item_from_proto(proto_item(logprobs=True, top_logprobs=20)).params.logprobs == 20
+
+
+def test_a_deltas_logprobs_go_out_in_order_with_their_alternatives() -> None:
+    entries = (
+        TokenLogprob(5, "Hi", -0.25, (TopLogprob(5, "Hi", -0.25), TopLogprob(7, "Hey", -1.5))),
+        TokenLogprob(2, "<|im_end|>", -9999.0),
+    )
+    delta = event_to_proto(TextDelta("r", "Hi", 2, entries)).delta
+    assert [(e.token_id, e.token, e.logprob) for e in delta.logprobs] == [(5, "Hi", -0.25), (2, "<|im_end|>", -9999.0)]
+    assert [(t.token_id, t.token, t.logprob) for t in delta.logprobs[0].top] == [(5, "Hi", -0.25), (7, "Hey", -1.5)]
+    assert list(delta.logprobs[1].top) == []
+    assert list(event_to_proto(TextDelta("r", "x", 1)).delta.logprobs) == []

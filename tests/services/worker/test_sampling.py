@@ -3,18 +3,21 @@ presence and frequency penalties."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from services.worker.engine import SamplingParams
 from services.worker.sampling import (
     CANDIDATES,
     DRAW_BLOCK,
+    MIN_LOGPROB,
     RowSampling,
     SamplingTable,
     draw_from_weights,
     filter_top_k_top_p,
     make_generator,
     pick_next_tokens,
+    raw_logprobs,
 )
 
 CPU = torch.device("cpu")
@@ -246,3 +249,28 @@ def test_two_level_draws_pick_what_one_cumulative_sum_picks_and_never_a_zero_wei
         draws += 4
         same += int((picks == expected).sum())
     assert same >= draws - 2  # a target on a rounding boundary may fall on either side
+
+
+def test_raw_logprobs_are_taken_before_picking_changes_the_logits_and_only_for_rows_that_asked() -> None:
+    asked = SamplingParams(temperature=0.5, logit_bias=((3, 100.0),), frequency_penalty=2.0, seed=1, logprobs=2)
+    table = table_for(SamplingParams(), asked, SamplingParams(logprobs=0))
+    logits = logits_with_favourite(7, rows=3)
+    logits[2, 11] = -float("inf")  # a token the model rules out: clamped, never -inf on the wire
+    expected = logits.log_softmax(dim=-1)
+    raw = raw_logprobs(logits, table)
+    assert raw is not None
+    tokens = pick_next_tokens(logits, table, None, [None, [], None], in_place=True)
+    assert int(tokens[1]) == 3  # the bias forced it
+    rows = raw.for_tokens(torch.tensor([7, 3, 11]))
+    assert rows[0] is None
+    second, third = rows[1], rows[2]
+    assert second is not None and third is not None
+    # The bias and the temperature do not show: the model's own log-softmax.
+    assert second.logprob == pytest.approx(float(expected[1, 3]))
+    assert [t for t, _ in second.top] == [7, VOCAB - 1]
+    assert [lp for _, lp in second.top] == pytest.approx([float(expected[1, 7]), float(expected[1, VOCAB - 1])])
+    assert third.top == () and third.logprob == MIN_LOGPROB
+
+
+def test_no_row_asking_for_logprobs_computes_nothing() -> None:
+    assert raw_logprobs(logits_with_favourite(1, rows=2), table_for(SamplingParams(), SamplingParams())) is None

@@ -203,3 +203,18 @@ async def test_many_sequences_do_not_spin(count: int) -> None:
                 pass
             ends.append(event)
     assert all(isinstance(e, SequenceFinished) and e.completion_tokens == 2 for e in ends)
+
+
+async def test_logprobs_are_reported_as_certain_and_labelled_by_shape_only() -> None:
+    engine = await started(make_settings())
+    params = SamplingParams(max_new_tokens=4, stop=("tok3",), logprobs=2)
+    result = await run_item(engine, WorkItem("r1", prompt="x", params=params))
+    entries = [e for d in result.deltas for e in d.logprobs]
+    # Four tokens generated (the stop string's too), each certain and its own only alternative.
+    assert [(e.token_id, e.token, e.logprob) for e in entries] == [
+        (0, "tok0", 0.0), (1, " tok1", 0.0), (2, " tok2", 0.0), (3, " tok3", 0.0),
+    ]
+    assert all(len(e.top) == 1 and e.top[0].token_id == e.token_id for e in entries)
+    assert all(len(d.logprobs) == d.tokens for d in result.deltas)
+    plain = await run_item(engine, WorkItem("r2", prompt="x", params=SamplingParams(max_new_tokens=2)))
+    assert all(d.logprobs == () for d in plain.deltas)

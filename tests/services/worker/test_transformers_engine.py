@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from services.worker.engine import (
     ChatTurn,
@@ -32,6 +33,7 @@ from services.worker.precision import cpu_computes_bfloat16
 from services.worker.realtime_scheduling import is_realtime, use_realtime_scheduling
 from services.worker.settings import WorkerSettings
 from services.worker.transformers_engine import TransformersEngine
+from shared.model_store import prepare_model, resolve_model
 from tests.services.worker.engine_runs import run_item
 
 PROMPTS = [
@@ -282,6 +284,74 @@ async def test_logit_bias_bans_and_forces_tokens_and_refuses_ids_beyond_the_voca
     beyond = await run_item(engine, greedy(prompt, logit_bias=((10**6, 1.0),)))
     assert isinstance(beyond.end, SequenceFailed) and beyond.end.code is FailureCode.INVALID_REQUEST
     assert "logit_bias names token id 1000000" in beyond.end.message
+
+
+@pytest.fixture(scope="module")
+def plain_model(model_state_dir: Path) -> Any:
+    """SmolLM2 as transformers loads it (the engine's own copy has its projections fused)."""
+    path = prepare_model(resolve_model("smollm2"), model_state_dir).path
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _teacher_forced_logprobs(model: Any, engine: TransformersEngine, prompt: str, generated: list[int]) -> torch.Tensor:
+    """The model's own log-softmax at each generated position ([tokens, vocab]), run plainly."""
+    prompt_ids = engine.tokenizer(prompt)["input_ids"]
+    ids = torch.tensor([prompt_ids + generated[:-1]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1 :]
+    return logits.float().log_softmax(dim=-1)
+
+
+async def test_logprobs_are_the_models_own_with_the_top_alternatives_and_only_where_asked(
+    engine: TransformersEngine, plain_model: Any
+) -> None:
+    prompt = "The capital of France is"
+    reference = await run_item(engine, greedy(prompt, max_new_tokens=6))
+    asked, neighbour = await asyncio.gather(
+        run_item(engine, greedy(prompt, max_new_tokens=6, request_id="lp", logprobs=3)),
+        run_item(engine, greedy(prompt, max_new_tokens=6, request_id="plain")),
+    )
+    assert neighbour.text == asked.text == reference.text
+    assert all(not d.logprobs for d in neighbour.deltas)
+    entries = [e for d in asked.deltas for e in d.logprobs]
+    assert isinstance(asked.end, SequenceFinished) and len(entries) == asked.end.completion_tokens == 6
+    # Each delta carries exactly the tokens it reports.
+    assert all(len(d.logprobs) == d.tokens for d in asked.deltas)
+    assert "".join(e.token for e in entries) == asked.text
+    expected = _teacher_forced_logprobs(plain_model, engine, prompt, [e.token_id for e in entries])
+    for position, entry in enumerate(entries):
+        assert len(entry.top) == 3
+        assert [t.logprob for t in entry.top] == sorted((t.logprob for t in entry.top), reverse=True)
+        # Greedy with nothing changing the logits: the pick is the most likely token.
+        assert entry.top[0].token_id == entry.token_id and entry.top[0].logprob == entry.logprob
+        assert entry.logprob == pytest.approx(float(expected[position, entry.token_id]), abs=1e-3)
+        top_ids = expected[position].topk(3).indices.tolist()
+        assert [t.token_id for t in entry.top] == top_ids
+
+
+async def test_logprobs_come_before_temperature_and_penalties_and_cover_the_end_of_sequence(
+    engine: TransformersEngine, plain_model: Any
+) -> None:
+    prompt = "1, 2, 3, 4,"
+    item = greedy(prompt, max_new_tokens=12, temperature=1.5, seed=7, frequency_penalty=1.0, logprobs=0)
+    sampled = await run_item(engine, item)
+    entries = [e for d in sampled.deltas for e in d.logprobs]
+    assert isinstance(sampled.end, SequenceFinished)
+    assert len(entries) == sampled.end.completion_tokens and all(e.top == () for e in entries)
+    expected = _teacher_forced_logprobs(plain_model, engine, prompt, [e.token_id for e in entries])
+    for position, entry in enumerate(entries):
+        # The raw distribution: neither the temperature nor the penalty shows in it.
+        assert entry.logprob == pytest.approx(float(expected[position, entry.token_id]), abs=1e-3)
+    # An answer that ends with the end-of-sequence token (forced here) reports that token too,
+    # by its name, on a delta of no text.
+    eos = engine.tokenizer.eos_token_id
+    forced = greedy(prompt, max_new_tokens=4, logprobs=1, logit_bias=((eos, 100.0),))
+    ended = await run_item(engine, forced)
+    assert isinstance(ended.end, SequenceFinished) and ended.end.reason is FinishReason.STOP
+    assert ended.end.completion_tokens == 1 and ended.text == ""
+    [entry] = [e for d in ended.deltas for e in d.logprobs]
+    assert entry.token_id == eos and entry.token == engine.tokenizer.eos_token
+    assert entry.logprob < entry.top[0].logprob  # raw: the bias that forced it does not show
 
 
 async def test_more_items_than_the_batch_wait_and_all_finish(engine: TransformersEngine) -> None:

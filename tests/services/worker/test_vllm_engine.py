@@ -33,6 +33,7 @@ from services.worker.vllm_engine import (
     engine_options,
     finish_reason_of,
     kv_cache_footprint,
+    logprob_of,
     needs_clean_config,
     sampling_options,
     settings_refusal,
@@ -111,7 +112,7 @@ def test_the_linked_folder_is_made_once_and_follows_the_config(tmp_path: Path) -
 def test_sampling_options_map_every_parameter() -> None:
     params = SamplingParams(
         max_new_tokens=64, temperature=0.7, top_p=0.9, top_k=40, stop=("\n\n", "END"), seed=7, repetition_penalty=1.2,
-        presence_penalty=0.5, frequency_penalty=-0.25, logit_bias=((13, -100.0),),
+        presence_penalty=0.5, frequency_penalty=-0.25, logit_bias=((13, -100.0),), logprobs=3,
     )
     assert sampling_options(params, budget=50) == {
         "n": 1,
@@ -127,6 +128,7 @@ def test_sampling_options_map_every_parameter() -> None:
         "skip_special_tokens": True,
         "seed": 7,
         "logit_bias": {13: -100.0},
+        "logprobs": 3,
     }
 
 
@@ -134,8 +136,25 @@ def test_sampling_options_greedy_and_without_seed() -> None:
     options = sampling_options(SamplingParams(max_new_tokens=8), budget=8)
     # temperature 0 is greedy and top_k 0 disables in vLLM as in ours; no seed: vLLM draws one.
     assert (options["temperature"], options["top_k"], options["top_p"]) == (0.0, 0, 1.0)
-    assert "seed" not in options
+    assert "seed" not in options and "logprobs" not in options
     assert options["stop"] == []
+
+
+class _Logprob:
+    """The shape of ``vllm.logprobs.Logprob``."""
+
+    def __init__(self, logprob: float, rank: int, decoded_token: str | None) -> None:
+        self.logprob, self.rank, self.decoded_token = logprob, rank, decoded_token
+
+
+def test_vllm_logprobs_become_ours_ranked_with_the_generated_token_first_class() -> None:
+    # vLLM's entry for a position: the top ones by rank, plus the generated token wherever it ranks.
+    position = {7: _Logprob(-0.1, 1, " Paris"), 9: _Logprob(-2.5, 2, " the"), 4: _Logprob(-7.0, 40, " a")}
+    entry = logprob_of(position, 4, top=2)
+    assert (entry.token_id, entry.token, entry.logprob) == (4, " a", -7.0)
+    assert [(t.token_id, t.token, t.logprob) for t in entry.top] == [(7, " Paris", -0.1), (9, " the", -2.5)]
+    picked_top = logprob_of({7: _Logprob(float("-inf"), 1, None)}, 7, top=0)
+    assert (picked_top.token, picked_top.logprob, picked_top.top) == ("", -9999.0, ())
 
 
 def test_finish_reasons() -> None:
@@ -385,6 +404,15 @@ async def _exercise(engine: VllmEngine) -> None:
     assert isinstance(banned.end, SequenceFinished) and banned.text != first
     beyond = await run_item(engine, one_token("beyond", logit_bias=((10**6, 1.0),)))
     assert isinstance(beyond.end, SequenceFailed) and beyond.end.code is FailureCode.INVALID_REQUEST, beyond.end
+
+    # Log probabilities come back per token, as vLLM computes them: greedy's pick is the top one.
+    with_logprobs = await run_item(
+        engine, WorkItem("lp", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=4, logprobs=2))
+    )
+    entries = [e for d in with_logprobs.deltas for e in d.logprobs]
+    assert isinstance(with_logprobs.end, SequenceFinished) and len(entries) == with_logprobs.end.completion_tokens == 4
+    assert "".join(e.token for e in entries) == with_logprobs.text == counting.text[: len(with_logprobs.text)]
+    assert all(len(e.top) == 2 and e.top[0].token_id == e.token_id and e.logprob <= 0 for e in entries)
 
     stopped = await run_item(
         engine, WorkItem("stop", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=20, stop=(" 7",)))
