@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 
@@ -27,10 +27,20 @@ from services.batcher.settings import BatcherSettings
 from services.batcher.stream_watchdog import StreamWatchdog
 from services.batcher.worker_pool import WorkerHandle, WorkerPool
 from shared.protos import worker_pb2
-from shared.records import ErrorCode, FinishReason, GenerationRequest
+from shared.records import (
+    MAX_TOKEN_CHARS,
+    MAX_TOKEN_ID,
+    MAX_TOP_LOGPROBS,
+    MIN_LOGPROB,
+    ErrorCode,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+    TopLogprob,
+)
 from shared.structured_logging import request_context
 
-__all__ = ["BatchDispatcher", "to_work_item"]
+__all__ = ["BatchDispatcher", "logprobs_from_proto", "to_work_item"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,8 @@ def to_work_item(state: RequestState) -> worker_pb2.WorkItem:
         presence_penalty=p.presence_penalty,
         frequency_penalty=p.frequency_penalty,
         logit_bias=p.logit_bias,
+        logprobs=p.logprobs,
+        top_logprobs=p.top_logprobs,
     )
     return worker_pb2.WorkItem(
         request_id=request.id,
@@ -81,6 +93,38 @@ def to_work_item(state: RequestState) -> worker_pb2.WorkItem:
         deadline_unix=request.deadline or 0.0,
         continuation=state.text,
         continuation_tokens=state.tokens,
+    )
+
+
+def _logprob(value: float) -> float:
+    """A worker's (float32) log probability within the records' range [MIN_LOGPROB, 0] (NaN ->
+    MIN_LOGPROB), to the 8 significant digits a float32 holds: -0.1234567 rather than the
+    -0.12345670163631439 of its widening, which would only make records longer."""
+    if not value >= MIN_LOGPROB:  # NaN and -inf too
+        return MIN_LOGPROB
+    return min(float(f"{value:.8g}"), 0.0)
+
+
+def _top(entry: worker_pb2.TopLogprob) -> TopLogprob:
+    return TopLogprob(
+        token_id=min(entry.token_id, MAX_TOKEN_ID),
+        token=entry.token[:MAX_TOKEN_CHARS],
+        logprob=_logprob(entry.logprob),
+    )
+
+
+def logprobs_from_proto(entries: Iterable[worker_pb2.TokenLogprob]) -> tuple[TokenLogprob, ...]:
+    """A TokenDelta's log probabilities as records. The one place they cross from the worker API:
+    values are bounded to what a record holds (a float32 rounding of a probability of 1 can be a
+    hair above 0, a masked token's is -inf), so that a worker's quirk cannot fail a whole stream."""
+    return tuple(
+        TokenLogprob(
+            token_id=min(entry.token_id, MAX_TOKEN_ID),
+            token=entry.token[:MAX_TOKEN_CHARS],
+            logprob=_logprob(entry.logprob),
+            top=tuple(_top(top) for top in entry.top[:MAX_TOP_LOGPROBS]),
+        )
+        for entry in entries
     )
 
 
@@ -323,7 +367,9 @@ class BatchDispatcher:
                 self._metrics.ttft_seconds.observe(state.first_token_at - state.dispatched_at)
         state.text += delta.text
         state.tokens += delta.tokens
-        await self._publisher.delta(state, delta.text)
+        # Only when asked for: a worker that sends them regardless must not make replies bigger.
+        logprobs = logprobs_from_proto(delta.logprobs) if delta.logprobs and state.request.params.logprobs else ()
+        await self._publisher.delta(state, delta.text, logprobs)
 
     async def _on_finished(self, state: RequestState, finished: worker_pb2.Finished) -> None:
         state.prompt_tokens = finished.prompt_tokens or state.prompt_tokens

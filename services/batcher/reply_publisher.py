@@ -9,12 +9,21 @@ durable before the offset moves.
 
 With a doorbell ringer (shared/doorbell.py), every reply record is announced to the gateway once
 acknowledged, so its reply consumer needs no fetch in flight to see it soon.
+
+Log probabilities (requests with `params.logprobs`) travel only on delta events, never on the final
+one, so that no record holds a whole long answer's worth of them: a streaming request gets them on
+the deltas of the tokens they belong to; a request that does not stream, or whose answer is held
+for the guardian, gets them as deltas of empty text just before its final event (Kafka keeps the
+partition's order, so they arrive first). No delta carries more than `LOGPROB_CHUNK_TOKENS` tokens'
+worth. A held answer that the guardian replaced by redacted text gets none: they would spell out,
+token by token, the text that was withheld.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
@@ -28,11 +37,18 @@ from shared.records import (
     ReplyEvent,
     ReplyKind,
     Timings,
+    TokenLogprob,
     Usage,
 )
 from shared.topics import Topics
 
-__all__ = ["ReplyPublisher"]
+__all__ = ["LOGPROB_CHUNK_TOKENS", "ReplyPublisher"]
+
+LOGPROB_CHUNK_TOKENS = 128
+"""Most tokens' log probabilities one delta event carries. Each position can carry 21 entries (the
+token and up to 20 alternatives, each with its text and id), so a delta of a long answer's worth
+would make a record of megabytes, beyond `kafka_max_record_bytes` (1 MiB by default); 128 positions
+of 21 entries of typical tokens make a record of about 150 kB."""
 
 
 class ReplyPublisher:
@@ -47,29 +63,55 @@ class ReplyPublisher:
         """Send a reply record; the returned future is its acknowledgement (then the doorbell rings)."""
         return await send_announced(self._producer, self._ringer, topic, value, key)
 
-    async def delta(self, state: RequestState, text: str) -> None:
-        """A piece of text for a streaming request (non-streaming ones only get the final event)."""
-        if not state.request.stream or not state.request.reply_to or not text or state.held:
+    async def delta(self, state: RequestState, text: str, logprobs: Sequence[TokenLogprob] = ()) -> None:
+        """A piece of the answer: `text` and its tokens' `logprobs` (empty unless asked for). A
+        streaming request gets it at once (also a piece of empty text that has log probabilities);
+        one that does not stream, or is held, gets only the final event, and its log probabilities
+        are kept for `final`."""
+        if not state.request.reply_to:
+            return  # nobody listens for replies: only the result is written
+        if not state.request.stream or state.held:
+            state.logprobs.extend(logprobs)
             return
-        event = ReplyEvent(
-            request_id=state.id,
-            kind=ReplyKind.DELTA,
-            seq=state.next_seq(),
-            text=text,
-            worker_id=state.worker_id,
-            model=state.model,
-        )
-        # Not awaited per record: ordering within the partition plus the awaited terminal event
-        # give durability; awaiting the send() call itself keeps memory bounded (it waits when the
-        # producer's buffer is full).
-        await self._send_reply(state.request.reply_to, event.to_bytes(), state.id)
+        if text or logprobs:
+            await self._send_deltas(state, text, logprobs)
+
+    async def _send_deltas(self, state: RequestState, text: str, logprobs: Sequence[TokenLogprob]) -> None:
+        """`text` and `logprobs` as delta events, at most `LOGPROB_CHUNK_TOKENS` tokens' log
+        probabilities each (the text goes on the first)."""
+        assert state.request.reply_to is not None
+        start = 0
+        while True:
+            chunk = tuple(logprobs[start : start + LOGPROB_CHUNK_TOKENS])
+            event = ReplyEvent(
+                request_id=state.id,
+                kind=ReplyKind.DELTA,
+                seq=state.next_seq(),
+                text=text,
+                worker_id=state.worker_id,
+                model=state.model,
+                logprobs=chunk,
+            )
+            # Not awaited per record: ordering within the partition plus the awaited terminal
+            # event give durability; awaiting the send() call itself keeps memory bounded (it
+            # waits when the producer's buffer is full).
+            await self._send_reply(state.request.reply_to, event.to_bytes(), state.id)
+            text = ""
+            start += LOGPROB_CHUNK_TOKENS
+            if start >= len(logprobs):
+                return
 
     async def final(self, state: RequestState, reason: FinishReason, *, reply_text: str | None = None) -> None:
-        """The request finished: the final event with the whole text (or `reply_text`, a held
-        answer's redacted text), then the result (always with the generated text)."""
+        """The request finished: the log probabilities kept back (as deltas of empty text), the
+        final event with the whole text (or `reply_text`, a held answer's redacted text), then the
+        result (always with the generated text). Kept log probabilities are dropped when
+        `reply_text` differs from the generated text: they would reveal the withheld text."""
         usage = Usage(prompt_tokens=state.prompt_tokens, completion_tokens=state.tokens)
+        kept, state.logprobs = state.logprobs, []
         sends = []
         if state.request.reply_to:
+            if kept and (reply_text is None or reply_text == state.text):
+                await self._send_deltas(state, "", kept)
             event = ReplyEvent(
                 request_id=state.id,
                 kind=ReplyKind.FINAL,
@@ -88,6 +130,7 @@ class ReplyPublisher:
     async def error(self, state: RequestState, code: ErrorCode, message: str, *, retryable: bool = False) -> None:
         """The request ended without a result: the error event, then the result with the error."""
         info = ErrorInfo(code=code, message=message[:4_000], retryable=retryable)
+        state.logprobs = []  # an error event carries none: the answer is not delivered
         sends = []
         if state.request.reply_to:
             event = ReplyEvent(

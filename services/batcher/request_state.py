@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
-from shared.records import GenerationRequest, Priority
+from shared.records import GenerationRequest, Priority, TokenLogprob
 
 __all__ = ["RequestState", "prompt_text"]
 
@@ -49,6 +49,10 @@ class RequestState:
     done: bool = False
     held: bool = False
     """Blocking mode: no deltas leave; the final answer is judged first (answer_guard.py)."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Log probabilities received and not published yet: those of a request that does not stream
+    (or is held) wait here for its end, where they leave as deltas just before the final event
+    (reply_publisher.py)."""
 
     @property
     def id(self) -> str:

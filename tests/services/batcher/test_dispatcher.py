@@ -1,14 +1,23 @@
-"""The batcher's translation of a request in flight into the worker API's WorkItem."""
+"""The batcher's translation of a request in flight into the worker API's WorkItem, and of the
+worker's deltas (their log probabilities) into what it publishes."""
 
 from __future__ import annotations
 
 import pytest
 from aiokafka import TopicPartition
 
-from services.batcher.dispatcher import to_work_item
+from services.batcher.dispatcher import BatchDispatcher, logprobs_from_proto, to_work_item
 from services.batcher.request_state import RequestState
 from services.worker.proto_convert import work_item_from_proto
-from shared.records import GenerationParams, GenerationRequest, Priority
+from shared.protos import worker_pb2
+from shared.records import (
+    MAX_TOP_LOGPROBS,
+    MIN_LOGPROB,
+    GenerationParams,
+    GenerationRequest,
+    Priority,
+    TokenLogprob,
+)
 
 
 def _state(params: GenerationParams, **progress: object) -> RequestState:
@@ -37,3 +46,60 @@ def test_a_retry_carries_the_text_already_delivered() -> None:
     item = work_item_from_proto(to_work_item(_state(GenerationParams(max_new_tokens=10), text="Once", tokens=2)))
     assert (item.continuation, item.continuation_tokens, item.remaining_tokens) == ("Once", 2, 8)
     assert item.params.seed is None and item.params.presence_penalty == 0.0 and item.params.logit_bias == ()
+
+
+def test_logprob_flags_reach_the_worker() -> None:
+    item = to_work_item(_state(GenerationParams(logprobs=True, top_logprobs=5)))
+    assert (item.params.logprobs, item.params.top_logprobs) == (True, 5)
+    plain = to_work_item(_state(GenerationParams()))
+    assert (plain.params.logprobs, plain.params.top_logprobs) == (False, 0)
+
+
+def test_logprobs_from_the_worker_are_bounded_to_what_a_record_holds() -> None:
+    entries = [
+        worker_pb2.TokenLogprob(
+            token_id=5, token="Hi", logprob=-0.25,
+            top=[worker_pb2.TopLogprob(token_id=5, token="Hi", logprob=1e-7)]
+            + [worker_pb2.TopLogprob(token_id=i, token=str(i), logprob=-1.0) for i in range(30)],
+        ),
+        worker_pb2.TokenLogprob(token_id=6, token="!", logprob=float("-inf")),
+        worker_pb2.TokenLogprob(token_id=7, token="?", logprob=float("nan")),
+        worker_pb2.TokenLogprob(token_id=8, token=".", logprob=-0.1),
+    ]
+    first, inf, nan, rounded = logprobs_from_proto(entries)
+    assert (first.token_id, first.token, first.logprob) == (5, "Hi", -0.25)
+    assert len(first.top) == MAX_TOP_LOGPROBS and first.top[0].logprob == 0.0  # float32 noise above 0
+    assert inf.logprob == MIN_LOGPROB and nan.logprob == MIN_LOGPROB and inf.top == ()
+    assert rounded.logprob == -0.1  # float32's -0.1 is -0.10000000149011612 widened
+
+
+class _RecordingPublisher:
+    """Stands in for ReplyPublisher: remembers what the dispatcher hands it."""
+
+    def __init__(self) -> None:
+        self.deltas: list[tuple[str, tuple[TokenLogprob, ...]]] = []
+
+    async def delta(self, state: RequestState, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> None:
+        self.deltas.append((text, tuple(logprobs)))
+
+
+def _dispatcher(publisher: _RecordingPublisher) -> BatchDispatcher:
+    # _on_delta needs only the publisher (metrics only once the request was dispatched).
+    return BatchDispatcher(None, None, publisher, None, lambda _s: None, None)  # type: ignore[arg-type]
+
+
+async def test_a_delta_hands_its_logprobs_to_the_publisher_only_when_asked_for() -> None:
+    publisher = _RecordingPublisher()
+    dispatcher = _dispatcher(publisher)
+    asked = _state(GenerationParams(logprobs=True))
+    not_asked = _state(GenerationParams())
+    delta = worker_pb2.TokenDelta(
+        text="Hi", tokens=1, logprobs=[worker_pb2.TokenLogprob(token_id=3, token="Hi", logprob=-0.5)]
+    )
+    await dispatcher._on_delta(asked, delta)  # noqa: SLF001 - the delta path on its own
+    await dispatcher._on_delta(not_asked, delta)  # noqa: SLF001
+    assert publisher.deltas == [
+        ("Hi", (TokenLogprob(token_id=3, token="Hi", logprob=-0.5),)),
+        ("Hi", ()),  # a worker that sends them unasked does not make replies bigger
+    ]
+    assert (asked.text, asked.tokens) == ("Hi", 1)

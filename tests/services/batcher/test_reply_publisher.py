@@ -1,0 +1,165 @@
+"""The reply publisher against the real Tansu broker: which delta events carry log probabilities,
+and where (the final event never does)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.batcher.reply_publisher import LOGPROB_CHUNK_TOKENS, ReplyPublisher
+from services.batcher.request_state import RequestState
+from shared.kafka_clients import make_consumer, make_producer
+from shared.records import (
+    FinishReason,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+    Priority,
+    ReplyEvent,
+    ReplyKind,
+    TokenLogprob,
+    TopLogprob,
+)
+from shared.settings import ClusterSettings
+from shared.topics import Topics, TopicSpec, ensure_topics
+
+
+@dataclass
+class Replies:
+    """A publisher on the real broker and consumers of what it writes."""
+
+    publisher: ReplyPublisher
+    reply_topic: str
+    replies: AIOKafkaConsumer
+    results: AIOKafkaConsumer
+
+    def state(self, *, stream: bool, held: bool = False, reply_to: bool = True) -> RequestState:
+        request = GenerationRequest(
+            id=f"r-{time.monotonic_ns()}",
+            model="m",
+            prompt="hi",
+            params=GenerationParams(max_new_tokens=1_000, logprobs=True, top_logprobs=2),
+            stream=stream,
+            reply_to=self.reply_topic if reply_to else None,
+        )
+        return RequestState(request, Priority.NORMAL, TopicPartition("x", 0), 0, held=held)
+
+    async def events_until_final(self, request_id: str, timeout: float = 20) -> list[ReplyEvent]:
+        events: list[ReplyEvent] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                event = ReplyEvent.from_bytes((await self.replies.getone()).value)
+                if event.request_id == request_id:
+                    events.append(event)
+                    if event.terminal:
+                        return events
+
+    async def result_for(self, request_id: str, timeout: float = 20) -> GenerationResult:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = GenerationResult.from_bytes((await self.results.getone()).value)
+                if result.request_id == request_id:
+                    return result
+
+
+@pytest.fixture
+async def replies(cluster_settings: ClusterSettings) -> AsyncIterator[Replies]:
+    topics = Topics.from_settings(cluster_settings)
+    reply_topic = f"{cluster_settings.topic_prefix}.replies.test"
+    await ensure_topics(cluster_settings, [TopicSpec(reply_topic, 1, 1), TopicSpec(topics.results, 1, 1)])
+    producer: AIOKafkaProducer = make_producer(cluster_settings, client_id="test-publisher")
+    reply_consumer = make_consumer(cluster_settings, reply_topic, client_id="test-replies", group_id=None)
+    result_consumer = make_consumer(cluster_settings, topics.results, client_id="test-results", group_id=None)
+    for client in (producer, reply_consumer, result_consumer):
+        await client.start()
+    try:
+        yield Replies(ReplyPublisher(producer, topics), reply_topic, reply_consumer, result_consumer)
+    finally:
+        for client in (reply_consumer, result_consumer, producer):
+            await client.stop()
+
+
+def logprobs(n: int, start: int = 0) -> tuple[TokenLogprob, ...]:
+    """`n` tokens' log probabilities, each with two alternatives; token ids count from `start`."""
+    return tuple(
+        TokenLogprob(
+            token_id=i,
+            token=f"t{i}",
+            logprob=-0.5,
+            top=(TopLogprob(token_id=i, token=f"t{i}", logprob=-0.5), TopLogprob(token_id=0, token="x", logprob=-2.0)),
+        )
+        for i in range(start, start + n)
+    )
+
+
+async def test_a_streaming_request_gets_its_logprobs_on_its_deltas(replies: Replies) -> None:
+    state = replies.state(stream=True)
+    await replies.publisher.delta(state, "Hel", logprobs(2))
+    await replies.publisher.delta(state, "", logprobs(1, start=2))  # no text yet: still sent
+    await replies.publisher.delta(state, "lo", ())
+    state.text, state.tokens = "Hello", 3
+    await replies.publisher.final(state, FinishReason.STOP)
+    events = await replies.events_until_final(state.id)
+    assert [(e.kind, e.text) for e in events] == [
+        (ReplyKind.DELTA, "Hel"), (ReplyKind.DELTA, ""), (ReplyKind.DELTA, "lo"), (ReplyKind.FINAL, "Hello"),
+    ]
+    assert [[lp.token_id for lp in e.logprobs] for e in events] == [[0, 1], [2], [], []]
+    assert [top.token for top in events[0].logprobs[0].top] == ["t0", "x"]
+    assert [e.seq for e in events] == [0, 1, 2, 3]
+    assert state.logprobs == []
+
+
+async def test_a_non_streaming_request_gets_them_in_chunks_just_before_its_final(replies: Replies) -> None:
+    state = replies.state(stream=False)
+    total = 2 * LOGPROB_CHUNK_TOKENS + 5
+    await replies.publisher.delta(state, "a" * 10, logprobs(LOGPROB_CHUNK_TOKENS + 3))
+    await replies.publisher.delta(state, "b" * 10, logprobs(total - LOGPROB_CHUNK_TOKENS - 3, LOGPROB_CHUNK_TOKENS + 3))
+    assert len(state.logprobs) == total  # kept, nothing published yet
+    state.text, state.tokens = "a" * 10 + "b" * 10, total
+    await replies.publisher.final(state, FinishReason.LENGTH)
+    events = await replies.events_until_final(state.id)
+    deltas, final = events[:-1], events[-1]
+    assert [len(e.logprobs) for e in deltas] == [LOGPROB_CHUNK_TOKENS, LOGPROB_CHUNK_TOKENS, 5]
+    assert all(e.kind is ReplyKind.DELTA and e.text == "" for e in deltas)
+    assert [lp.token_id for e in deltas for lp in e.logprobs] == list(range(total))
+    assert final.kind is ReplyKind.FINAL and final.text == state.text and final.logprobs == ()
+    assert [e.seq for e in events] == [0, 1, 2, 3]
+    assert (await replies.result_for(state.id)).text == state.text
+    assert state.logprobs == []
+
+
+async def test_a_held_answer_gets_them_before_its_final_when_it_is_sent_as_generated(replies: Replies) -> None:
+    state = replies.state(stream=True, held=True)
+    await replies.publisher.delta(state, "fine", logprobs(1))
+    state.text, state.tokens = "fine", 1
+    await replies.publisher.final(state, FinishReason.STOP, reply_text="fine")  # allowed: the same text
+    events = await replies.events_until_final(state.id)
+    assert [(e.kind, e.text, len(e.logprobs)) for e in events] == [
+        (ReplyKind.DELTA, "", 1), (ReplyKind.FINAL, "fine", 0),
+    ]
+
+
+async def test_a_redacted_held_answer_gets_no_logprobs(replies: Replies) -> None:
+    state = replies.state(stream=True, held=True)
+    await replies.publisher.delta(state, "call 555-0100", logprobs(4))
+    state.text, state.tokens = "call 555-0100", 4
+    await replies.publisher.final(state, FinishReason.STOP, reply_text="call [REDACTED]")
+    events = await replies.events_until_final(state.id)
+    assert [(e.kind, e.text) for e in events] == [(ReplyKind.FINAL, "call [REDACTED]")]
+    assert state.logprobs == []
+
+
+async def test_without_reply_to_nothing_is_kept_or_published(replies: Replies) -> None:
+    state = replies.state(stream=False, reply_to=False)
+    await replies.publisher.delta(state, "x", logprobs(3))
+    assert state.logprobs == []
+    state.text, state.tokens = "x", 3
+    await replies.publisher.final(state, FinishReason.STOP)
+    assert (await replies.result_for(state.id)).text == "x"
+    reply_partition = TopicPartition(replies.reply_topic, 0)
+    assert await replies.replies.end_offsets([reply_partition]) == {reply_partition: 0}
