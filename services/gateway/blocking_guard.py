@@ -19,6 +19,12 @@ The synchronous check is used rather than waiting for the verdict on the verdict
 is never sampled, needs no per-request subscription, and its failure is immediate and explicit. The
 result still goes to the results topic, so the usual asynchronous verdict follows (a verdict-cache
 hit in the guardian) and purges cached copies as for every tenant.
+
+Log probabilities (requests with `logprobs`) come on the deltas held back; they are kept, and let
+out with the judged answer when it is the answer as generated (`allow`, `flag`, fail open): on the
+one content chunk of a stream, or on a delta of empty text just before the final event of a whole
+answer (where GenerationCall.final gathers them). A redacted answer gets none: each generated
+token's text travels with its log probability, so they would spell out what was withheld.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from shared.records import GenerationRequest, ReplyEvent, ReplyKind, VerdictAction
+from shared.records import GenerationRequest, ReplyEvent, ReplyKind, TokenLogprob, VerdictAction
 
 from services.gateway.errors import ContentFilteredError, GuardianUnavailableError
 from services.gateway.guardian_client import GuardianClient
@@ -45,19 +51,23 @@ async def guarded_events(
     on_result: Callable[[str], None] = lambda _r: None,
 ) -> AsyncIterator[ReplyEvent]:
     """`events` with the answer judged before any of it is let through (see the module docstring)."""
+    kept: list[TokenLogprob] = []
     try:
         async for event in events:
             if event.kind is ReplyKind.DELTA:
+                kept.extend(event.logprobs)
                 continue  # held back: the final event carries the whole text
             if event.kind is ReplyKind.ERROR:
                 yield event
                 return
             text = await _judged_text(event, request, guardian, fail_open=fail_open, on_result=on_result)
+            # Dropped when the text was redacted (see the module docstring).
+            logprobs = tuple(kept) if text == event.text else ()
             seq = 0
-            if request.stream and text:
+            if (request.stream and text) or logprobs:
                 yield ReplyEvent(
-                    request_id=request.id, kind=ReplyKind.DELTA, seq=0, text=text,
-                    model=event.model, worker_id=event.worker_id,
+                    request_id=request.id, kind=ReplyKind.DELTA, seq=0, text=text if request.stream else "",
+                    model=event.model, worker_id=event.worker_id, logprobs=logprobs,
                 )
                 seq = 1
             yield event.model_copy(update={"text": text, "seq": seq})

@@ -5,18 +5,29 @@ answer replayed from a cache would silently remove the randomness the client ask
 `Cache-Control: no-cache` means "don't answer me from a cache" (the answer may still be stored),
 `no-store` means "don't keep my answer" (a cached answer may still be served); both together, or
 `no-cache, no-store`, bypass the caches completely.
+
+A request for log probabilities (`logprobs`) bypasses the caches whatever else it says: a cached
+answer has none to give, and storing its answer would only serve requests that have to bypass them
+too (the parameters are part of every cache key).
 """
 
 from __future__ import annotations
 
 from shared.records import CachePolicy, GenerationParams
 
-__all__ = ["is_deterministic", "policy_from_cache_control"]
+__all__ = ["is_cacheable", "is_deterministic", "policy_from_cache_control"]
 
 
 def is_deterministic(params: GenerationParams) -> bool:
     """Whether the same request always gets the same answer (greedy, or a fixed seed)."""
     return params.temperature == 0.0 or params.seed is not None
+
+
+def is_cacheable(params: GenerationParams, *, deterministic_only: bool) -> bool:
+    """Whether the caches may answer or store a request with these parameters (see above)."""
+    if params.logprobs:
+        return False
+    return not deterministic_only or is_deterministic(params)
 
 
 def policy_from_cache_control(header: str | None) -> CachePolicy:

@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared.protos import gateway_pb2, gateway_pb2_grpc
-from shared.records import ReplyKind, Usage
+from shared.records import ReplyKind, TokenLogprob, Usage
 from shared.structured_logging import request_context
 
 from services.gateway.errors import InvalidRequestError, ReplyError, grpc_status_for, map_exception, outcome_of
@@ -49,6 +49,19 @@ def _usage(usage: Usage | None) -> gateway_pb2.Usage:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
     )
+
+
+def _logprobs(logprobs: Iterable[TokenLogprob]) -> list[gateway_pb2.TokenLogprob]:
+    """Log probabilities as the public API sends them."""
+    return [
+        gateway_pb2.TokenLogprob(
+            token_id=lp.token_id,
+            token=lp.token,
+            logprob=lp.logprob,
+            top=[gateway_pb2.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in lp.top],
+        )
+        for lp in logprobs
+    ]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -81,6 +94,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 text=final.text,
                 finish_reason=final.finish_reason.value if final.finish_reason else "stop",
                 usage=_usage(final.usage),
+                logprobs=_logprobs(call.logprobs or ()),
             )
 
     async def GenerateStream(  # noqa: N802 (the proto names it)
@@ -100,8 +114,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     event = await call.next_event()
                     if event.kind is ReplyKind.DELTA:
                         streamed.append(event.text)
-                        if event.text:
-                            await context.write(gateway_pb2.GenerateChunk(id=request_id, text=event.text, model=call.model))
+                        # A delta of empty text that has log probabilities is sent too.
+                        logprobs = event.logprobs if call.request.params.logprobs else ()
+                        if event.text or logprobs:
+                            await context.write(
+                                gateway_pb2.GenerateChunk(
+                                    id=request_id, text=event.text, model=call.model, logprobs=_logprobs(logprobs)
+                                )
+                            )
                         continue
                     if event.kind is ReplyKind.ERROR:
                         assert event.error is not None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from shared.ops_server import add_ops_routes
-from shared.records import Priority, ReplyEvent, ReplyKind
+from shared.records import Priority, ReplyEvent, ReplyKind, TokenLogprob
 from shared.structured_logging import request_context
 
 from services.gateway.body_limit import BodySizeLimit
@@ -178,7 +178,7 @@ def build_http_app(
         endpoint: str,
         id_kind: str,
         translate: Callable[[Priority], TranslatedRequest],
-        whole: Callable[[str, int, str, ReplyEvent], ChatCompletion | TextCompletion],
+        whole: Callable[[str, int, str, ReplyEvent, Sequence[TokenLogprob] | None], ChatCompletion | TextCompletion],
         formatter_type: type[StreamFormatter],
     ) -> Response:
         started = time.monotonic()
@@ -208,7 +208,7 @@ def build_http_app(
                 if not translated.stream:
                     final = await _until_disconnect(request, call.final())
                     await call.close("ok")
-                    body = whole(request_id, call.created, call.model, final)
+                    body = whole(request_id, call.created, call.model, final, call.logprobs)
                     # Serialized by pydantic in one step (model_dump + json.dumps did it twice).
                     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
                 first = await _until_disconnect(request, call.next_event())
@@ -224,7 +224,13 @@ def build_http_app(
                 # The endpoint itself is being cancelled (server shutdown): close, then go on.
                 await call.close("disconnected")
                 raise
-        formatter = formatter_type(request_id, call.created, call.model, include_usage=call.include_usage)
+        formatter = formatter_type(
+            request_id,
+            call.created,
+            call.model,
+            include_usage=call.include_usage,
+            logprobs=call.request.params.logprobs,
+        )
         return _ClosingStreamingResponse(
             _sse_stream(call, first, formatter, retry_after_s),
             media_type="text/event-stream",

@@ -4,8 +4,8 @@ it sends (these models also make the published OpenAPI document).
 Acceptance rules, so that nothing that changes the answer is silently ignored:
 
 * supported parameters are typed and range-checked here;
-* OpenAI parameters the gateway cannot honour (tools, logprobs, n > 1, response formats other than
-  text, ...) are accepted only at their neutral value (absent, null, false, 0, empty, 1,
+* OpenAI parameters the gateway cannot honour (tools, n > 1, response formats other than text,
+  ...) are accepted only at their neutral value (absent, null, false, 0, empty, 1,
   `{"type": "text"}`) and refused with 400 naming the parameter otherwise;
 * parameters that cannot change the answer (`user`, `metadata`, `store`, ...) are accepted and
   ignored;
@@ -16,9 +16,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from shared.records import MAX_LOGIT_BIAS, MAX_MESSAGES, MAX_STOP_SEQUENCES, MAX_TEXT_CHARS, MAX_TOKEN_ID
+from shared.records import (
+    MAX_LOGIT_BIAS,
+    MAX_MESSAGES,
+    MAX_STOP_SEQUENCES,
+    MAX_TEXT_CHARS,
+    MAX_TOKEN_ID,
+    MAX_TOP_LOGPROBS,
+)
 
 __all__ = [
     "ChatChoice",
@@ -27,9 +34,11 @@ __all__ = [
     "ChatCompletionChunk",
     "ChatCompletionRequest",
     "ChatDelta",
+    "ChatLogprobs",
     "ChatMessageIn",
     "ChatMessageOut",
     "CompletionChoice",
+    "CompletionLogprobs",
     "CompletionRequest",
     "ContentPart",
     "ErrorBody",
@@ -38,6 +47,8 @@ __all__ = [
     "ModelList",
     "StreamOptions",
     "TextCompletion",
+    "TokenLogprobOut",
+    "TopLogprobOut",
     "UsageOut",
 ]
 
@@ -219,9 +230,11 @@ class ChatCompletionRequest(_GenerationBody):
     max_completion_tokens: int | None = Field(None, ge=1)
     """Same as `max_tokens` (the newer name); when both are given they must agree."""
     logprobs: bool | None = None
-    """Not supported; must be absent, null or false."""
-    top_logprobs: int | None = None
-    """Not supported; must be absent, null or 0."""
+    """Return the log probability of each generated token (`choices[].logprobs.content`): the
+    model's own distribution, before `logit_bias`, penalties, temperature and `top_k`/`top_p`
+    (as vLLM's default). Such a request bypasses the caches."""
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    """With `logprobs: true`: also the 0 to 20 most likely tokens at each position."""
     response_format: dict[str, Any] | None = None
     """Only `{"type": "text"}` is supported."""
     tools: list[Any] | None = None
@@ -251,15 +264,13 @@ class ChatCompletionRequest(_GenerationBody):
     prompt_cache_key: str | None = Field(None, max_length=256)
     """Accepted and ignored (the gateway caches by content)."""
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        return _refuse_unless(value, (False,), "logprobs")
-
     @field_validator("top_logprobs")
     @classmethod
-    def _no_top_logprobs(cls, value: int | None) -> int | None:
-        return _refuse_unless(value, (0,), "top_logprobs")
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # `logprobs` is declared before `top_logprobs`, so it is validated (and in `data`) by now.
+        if value and not info.data.get("logprobs"):
+            raise ValueError("'logprobs' must be true when 'top_logprobs' is used")
+        return value
 
     @field_validator("response_format")
     @classmethod
@@ -298,8 +309,12 @@ class CompletionRequest(_GenerationBody):
 
     prompt: str | list[str]
     """The text to continue: a string, or a list holding exactly one string."""
-    logprobs: int | None = None
-    """Not supported; must be absent or null."""
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    """Return the log probability of each generated token and of this many most likely tokens at
+    each position (`choices[].logprobs`; the generated token's is always included, so a position
+    may list one more). 0 to 20: OpenAI allows at most 5, vLLM 20, which is what the workers can
+    give. The model's own distribution, before `logit_bias`, penalties, temperature and
+    `top_k`/`top_p`. Such a request bypasses the caches."""
     echo: bool | None = None
     """Not supported; must be absent, null or false."""
     best_of: int | None = None
@@ -320,11 +335,6 @@ class CompletionRequest(_GenerationBody):
         elif prompt == "":
             raise ValueError("the prompt must not be empty")
         return prompt
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        return _refuse_unless(value, (), "logprobs")
 
     @field_validator("echo")
     @classmethod
@@ -375,6 +385,49 @@ class ChatMessageOut(_Out):
     """Always null."""
 
 
+class TopLogprobOut(_Out):
+    """A token that could stand at a position, with its log probability (OpenAI's `TopLogprob`)."""
+
+    token: str
+    """The token's text (U+FFFD where it is part of a multi-byte character)."""
+    logprob: float
+    """Natural log of its probability, -9999 at the lowest."""
+    bytes: list[int] | None
+    """The UTF-8 bytes of `token`."""
+
+
+class TokenLogprobOut(TopLogprobOut):
+    """A generated token's log probability and the most likely tokens at its position (OpenAI's
+    `ChatCompletionTokenLogprob`)."""
+
+    top_logprobs: list[TopLogprobOut]
+    """The `top_logprobs` most likely tokens, most likely first (empty when none were asked for)."""
+
+
+class ChatLogprobs(_Out):
+    """Log probabilities of a chat answer, or of a chunk's tokens."""
+
+    content: list[TokenLogprobOut] | None
+    """One entry per generated token, in order."""
+    refusal: list[TokenLogprobOut] | None = None
+    """Always null (the served models have no refusal channel)."""
+
+
+class CompletionLogprobs(_Out):
+    """Log probabilities of a text completion, or of a chunk's tokens (OpenAI's legacy shape)."""
+
+    tokens: list[str]
+    """The generated tokens' texts, in order."""
+    token_logprobs: list[float]
+    """Each token's log probability."""
+    top_logprobs: list[dict[str, float]]
+    """Per position: the requested number of most likely tokens and the generated one, text to log
+    probability (tokens of the same text appear once, with the higher value)."""
+    text_offset: list[int]
+    """Each token's character offset in the completion, cumulated from the tokens' texts (across
+    the chunks of a stream)."""
+
+
 class ChatChoice(_Out):
     """The (single) answer of a chat completion."""
 
@@ -382,8 +435,9 @@ class ChatChoice(_Out):
     """Always 0 (n=1)."""
     message: ChatMessageOut
     """The answer."""
-    logprobs: None = None
-    """Always null (logprobs are not supported)."""
+    logprobs: ChatLogprobs | None = None
+    """With `logprobs: true`: the generated tokens' log probabilities; null otherwise, and for an
+    answer the content filter redacted."""
     finish_reason: str
     """`stop`, `length` or `cancelled`."""
 
@@ -423,8 +477,8 @@ class ChatChunkChoice(_Out):
     """Always 0."""
     delta: ChatDelta
     """New content."""
-    logprobs: None = None
-    """Always null."""
+    logprobs: ChatLogprobs | None = None
+    """With `logprobs: true`: the log probabilities of this chunk's tokens; else null."""
     finish_reason: str | None = None
     """Set on the last content chunk."""
 
@@ -455,8 +509,8 @@ class CompletionChoice(_Out):
     """Always 0."""
     text: str
     """Generated text (new text in a chunk)."""
-    logprobs: None = None
-    """Always null."""
+    logprobs: CompletionLogprobs | None = None
+    """With `logprobs`: the log probabilities of the (chunk's) tokens; else null."""
     finish_reason: str | None = None
     """Set on the final answer or last chunk."""
 

@@ -26,6 +26,7 @@ from shared.records import (
     ReplyEvent,
     ReplyKind,
     Timings,
+    TokenLogprob,
 )
 
 from services.gateway.admission import InflightLimiter, Permit
@@ -77,6 +78,9 @@ class GenerationCall:
         self._started = started
         self._first_delta_seen = False
         self._closed = False
+        self.logprobs: list[TokenLogprob] | None = [] if request.params.logprobs else None
+        """The answer's log probabilities, gathered by `final` from the deltas that carry them
+        (they never come on the final event); None when the request did not ask for them."""
 
     @property
     def request_id(self) -> str:
@@ -93,7 +97,8 @@ class GenerationCall:
     async def next_event(self) -> ReplyEvent:
         """The next event (StopAsyncIteration after the terminal one)."""
         event = await anext(self._events)
-        if event.kind is ReplyKind.DELTA and not self._first_delta_seen:
+        # Streams only: a whole answer's deltas (its log probabilities) come just before its end.
+        if event.kind is ReplyKind.DELTA and self.request.stream and not self._first_delta_seen:
             self._first_delta_seen = True
             self._metrics.ttft.labels(endpoint=self.endpoint, priority=self.priority).observe(
                 time.monotonic() - self._started
@@ -106,13 +111,17 @@ class GenerationCall:
         return event
 
     async def final(self) -> ReplyEvent:
-        """Wait for the final event (deltas are skipped); ReplyError if the request failed."""
+        """Wait for the final event; ReplyError if the request failed. Deltas are skipped but
+        for their log probabilities, which are kept in `logprobs`."""
         while True:
             event = await self.next_event()
-            if event.kind is ReplyKind.ERROR:
+            if event.kind is ReplyKind.DELTA:
+                if self.logprobs is not None:
+                    self.logprobs.extend(event.logprobs)
+            elif event.kind is ReplyKind.ERROR:
                 assert event.error is not None
                 raise ReplyError(event.error)
-            if event.kind is ReplyKind.FINAL:
+            elif event.kind is ReplyKind.FINAL:
                 return event
 
     async def close(self, outcome: str) -> None:

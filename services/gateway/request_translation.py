@@ -18,6 +18,7 @@ from shared.records import (
     MAX_MESSAGES,
     MAX_STOP_SEQUENCES,
     MAX_TOKEN_ID,
+    MAX_TOP_LOGPROBS,
     ChatMessage,
     GenerationParams,
     GenerationRequest,
@@ -129,7 +130,14 @@ def translate_chat(
     messages = tuple(ChatMessage(role=m.role, content=t) for m, t in zip(body.messages, texts, strict=True))
     return TranslatedRequest(
         requested_model=body.model or None,
-        params=_body_params(body, settings, max_tokens=requested_tokens, max_tokens_param=param),
+        params=_body_params(
+            body,
+            settings,
+            max_tokens=requested_tokens,
+            max_tokens_param=param,
+            logprobs=bool(body.logprobs),
+            top_logprobs=body.top_logprobs or 0,
+        ),
         priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
         messages=messages,
@@ -150,7 +158,15 @@ def translate_completion(
     _check_prompt_size(len(prompt), settings, param="prompt")
     return TranslatedRequest(
         requested_model=body.model or None,
-        params=_body_params(body, settings, max_tokens=body.max_tokens, max_tokens_param="max_tokens"),
+        # Legacy `logprobs: N`: the generated tokens' log probabilities and the N most likely.
+        params=_body_params(
+            body,
+            settings,
+            max_tokens=body.max_tokens,
+            max_tokens_param="max_tokens",
+            logprobs=body.logprobs is not None,
+            top_logprobs=body.logprobs or 0,
+        ),
         priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
         prompt=prompt,
@@ -215,6 +231,10 @@ def translate_proto(
         raise InvalidRequestError(f"logit_bias token ids must be at most {MAX_TOKEN_ID}.", param="logit_bias")
     if message.top_k > 100_000:
         raise InvalidRequestError("top_k must be at most 100000.", param="top_k")
+    if message.top_logprobs > MAX_TOP_LOGPROBS:
+        raise InvalidRequestError(f"top_logprobs must be at most {MAX_TOP_LOGPROBS}.", param="top_logprobs")
+    if message.top_logprobs and not message.logprobs:
+        raise InvalidRequestError("logprobs must be true when top_logprobs is used.", param="top_logprobs")
     stops = list(message.stop)
     if len(stops) > MAX_STOP_SEQUENCES:
         raise InvalidRequestError(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
@@ -235,6 +255,8 @@ def translate_proto(
             presence_penalty=presence,
             frequency_penalty=frequency,
             logit_bias=logit_bias,
+            logprobs=message.logprobs,
+            top_logprobs=message.top_logprobs,
         ),
         priority=priority,
         stream=stream,
@@ -268,8 +290,11 @@ def _body_params(
     *,
     max_tokens: int | None,
     max_tokens_param: str,
+    logprobs: bool,
+    top_logprobs: int,
 ) -> GenerationParams:
-    """Sampling parameters from an OpenAI body (chat and text completions name them alike)."""
+    """Sampling parameters from an OpenAI body (chat and text completions name them alike, but for
+    the limit and the log probabilities, which the caller reads)."""
     return _params(
         settings,
         max_tokens=max_tokens,
@@ -283,6 +308,8 @@ def _body_params(
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         logit_bias={int(token): bias for token, bias in (body.logit_bias or {}).items()},
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
 
 
@@ -300,6 +327,8 @@ def _params(
     presence_penalty: float | None,
     frequency_penalty: float | None,
     logit_bias: dict[int, float],
+    logprobs: bool,
+    top_logprobs: int,
 ) -> GenerationParams:
     limit = settings.gateway_max_tokens_limit
     if max_tokens is None:
@@ -328,6 +357,8 @@ def _params(
         presence_penalty=presence_penalty or 0.0,
         frequency_penalty=frequency_penalty or 0.0,
         logit_bias=logit_bias,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
 
 

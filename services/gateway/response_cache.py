@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from shared.records import CachePolicy, CacheStatus, GenerationRequest, ReplyEvent
 
-from services.gateway.cache_policy import is_deterministic
+from services.gateway.cache_policy import is_cacheable
 from services.gateway.exact_cache import CachedAnswer, ExactCache
 from services.gateway.semantic_cache import SemanticCache, SemanticProbe
 
@@ -48,7 +48,8 @@ class ResponseCache:
         self._deterministic_only = deterministic_only
 
     def cacheable(self, request: GenerationRequest) -> bool:
-        return not self._deterministic_only or is_deterministic(request.params)
+        """Whether the caches may answer or store `request` (cache_policy.is_cacheable)."""
+        return is_cacheable(request.params, deterministic_only=self._deterministic_only)
 
     async def lookup(self, request: GenerationRequest, policy: CachePolicy) -> CacheLookup:
         if not self.cacheable(request) or not (policy.read or policy.write):

@@ -7,13 +7,22 @@ not streamed yet, else an empty delta). With `stream_options.include_usage` ever
 `"usage": null` and a last chunk has `usage` and empty `choices`. Every stream ends with
 `data: [DONE]`, errors included (an error after the stream started is an event
 `data: {"error": {...}}`).
+
+Log probabilities (requests with `logprobs`) come on delta events (services/batcher/README.md):
+a whole answer gets those of every delta (GenerationCall.logprobs), a stream gets each delta's on
+its chunk, also a delta of empty text (chat: `"content": ""`, as vLLM sends a token that adds no
+text yet). Where none are available for an answer that has text (the content filter redacted it),
+`logprobs` stays null rather than claiming an empty answer. The legacy completions' `text_offset`
+is cumulated from the tokens' texts, from 0 at the completion's start and across the chunks of a
+stream.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
-from shared.records import ReplyEvent, Usage
+from shared.records import ReplyEvent, TokenLogprob, Usage
 
 from services.gateway.errors import ApiError
 from services.gateway.openai_protocol import (
@@ -22,9 +31,13 @@ from services.gateway.openai_protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatDelta,
+    ChatLogprobs,
     ChatMessageOut,
     CompletionChoice,
+    CompletionLogprobs,
     TextCompletion,
+    TokenLogprobOut,
+    TopLogprobOut,
     UsageOut,
 )
 
@@ -34,6 +47,8 @@ __all__ = [
     "CompletionStreamFormatter",
     "StreamFormatter",
     "chat_completion",
+    "chat_logprobs",
+    "completion_logprobs",
     "sse_event",
     "text_completion",
     "usage_out",
@@ -62,36 +77,95 @@ def _finish_reason(event: ReplyEvent) -> str:
     return event.finish_reason.value if event.finish_reason is not None else "stop"
 
 
-def chat_completion(request_id: str, created: int, model: str, final: ReplyEvent) -> ChatCompletion:
-    """A whole chat answer from the final event."""
-    return ChatCompletion(
-        id=request_id,
-        created=created,
-        model=model,
-        choices=[ChatChoice(message=ChatMessageOut(content=final.text), finish_reason=_finish_reason(final))],
-        usage=usage_out(final.usage),
+def _utf8(token: str) -> list[int]:
+    # `replace`: a lone surrogate cannot be encoded; it is no real token's text anyway.
+    return list(token.encode("utf-8", "replace"))
+
+
+def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:
+    """Log probabilities in the chat shape (OpenAI's `ChoiceLogprobs`)."""
+    return ChatLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=lp.token,
+                logprob=lp.logprob,
+                bytes=_utf8(lp.token),
+                top_logprobs=[TopLogprobOut(token=t.token, logprob=t.logprob, bytes=_utf8(t.token)) for t in lp.top],
+            )
+            for lp in logprobs
+        ]
     )
 
 
-def text_completion(request_id: str, created: int, model: str, final: ReplyEvent) -> TextCompletion:
-    """A whole text completion from the final event."""
-    return TextCompletion(
-        id=request_id,
-        created=created,
-        model=model,
-        choices=[CompletionChoice(text=final.text, finish_reason=_finish_reason(final))],
-        usage=usage_out(final.usage),
+def completion_logprobs(logprobs: Sequence[TokenLogprob], *, text_offset: int = 0) -> CompletionLogprobs:
+    """Log probabilities in the legacy completions shape; `text_offset`: the first token's offset
+    (a stream's chunks continue where the previous one ended)."""
+    offsets = []
+    for lp in logprobs:
+        offsets.append(text_offset)
+        text_offset += len(lp.token)
+    top: list[dict[str, float]] = []
+    for lp in logprobs:
+        # OpenAI lists the generated token too when it is not among the most likely ones; a
+        # text that two tokens share keeps the first (higher) value.
+        position: dict[str, float] = {}
+        for entry in (*lp.top, lp):
+            position.setdefault(entry.token, entry.logprob)
+        top.append(position)
+    return CompletionLogprobs(
+        tokens=[lp.token for lp in logprobs],
+        token_logprobs=[lp.logprob for lp in logprobs],
+        top_logprobs=top,
+        text_offset=offsets,
     )
+
+
+def _available(logprobs: Sequence[TokenLogprob] | None, text: str) -> Sequence[TokenLogprob] | None:
+    """`logprobs`, unless there are none for a non-empty text (an answer the content filter
+    redacted): then None, as `[]` would claim that no token was generated."""
+    if logprobs is None or (not logprobs and text):
+        return None
+    return logprobs
+
+
+def chat_completion(
+    request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
+) -> ChatCompletion:
+    """A whole chat answer from the final event; `logprobs`: the answer's (None: not asked for)."""
+    available = _available(logprobs, final.text)
+    choice = ChatChoice(
+        message=ChatMessageOut(content=final.text),
+        logprobs=None if available is None else chat_logprobs(available),
+        finish_reason=_finish_reason(final),
+    )
+    return ChatCompletion(id=request_id, created=created, model=model, choices=[choice], usage=usage_out(final.usage))
+
+
+def text_completion(
+    request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
+) -> TextCompletion:
+    """A whole text completion from the final event; `logprobs`: the answer's (None: not asked for)."""
+    available = _available(logprobs, final.text)
+    choice = CompletionChoice(
+        text=final.text,
+        logprobs=None if available is None else completion_logprobs(available),
+        finish_reason=_finish_reason(final),
+    )
+    return TextCompletion(id=request_id, created=created, model=model, choices=[choice], usage=usage_out(final.usage))
 
 
 class StreamFormatter:
     """Turns one request's events into SSE text; subclasses fix the chunk shape."""
 
-    def __init__(self, request_id: str, created: int, model: str, *, include_usage: bool) -> None:
+    def __init__(
+        self, request_id: str, created: int, model: str, *, include_usage: bool, logprobs: bool = False
+    ) -> None:
         self.request_id = request_id
         self.created = created
         self.model = model
         self.include_usage = include_usage
+        self.logprobs = logprobs
+        """The request asked for log probabilities (else chunks carry none, whatever comes)."""
         self._streamed: list[str] = []
 
     def opening(self) -> list[str]:
@@ -99,18 +173,19 @@ class StreamFormatter:
         return []
 
     def delta(self, event: ReplyEvent) -> list[str]:
-        """Events for one delta."""
+        """Events for one delta (one with log probabilities is sent even without text)."""
         self._streamed.append(event.text)
-        if not event.text:
+        logprobs = _available(event.logprobs if self.logprobs else None, event.text)
+        if not event.text and not logprobs:
             return []
-        return [self._chunk(event.text, None)]
+        return [self._chunk(event.text, None, logprobs)]
 
     def final(self, event: ReplyEvent) -> list[str]:
         """Events for the final event, through `[DONE]`."""
         streamed = "".join(self._streamed)
         # A non-streaming producer, or one that lost deltas, may hold text not sent yet.
         rest = event.text[len(streamed):] if event.text.startswith(streamed) else ""
-        out = [self._chunk(rest, _finish_reason(event))]
+        out = [self._chunk(rest, _finish_reason(event), None)]
         if self.include_usage:
             out.append(self._usage_chunk(event.usage))
         out.append(DONE_EVENT)
@@ -124,7 +199,7 @@ class StreamFormatter:
         exclude = None if self.include_usage else {"usage"}
         return sse_event(chunk.model_dump_json(exclude=exclude))
 
-    def _chunk(self, text: str, finish_reason: str | None) -> str:
+    def _chunk(self, text: str, finish_reason: str | None, logprobs: Sequence[TokenLogprob] | None) -> str:
         raise NotImplementedError
 
     def _usage_chunk(self, usage: Usage | None) -> str:
@@ -137,16 +212,16 @@ class ChatStreamFormatter(StreamFormatter):
     def opening(self) -> list[str]:
         return [self._chat_chunk(ChatDelta(role="assistant", content=""), None)]
 
-    def _chunk(self, text: str, finish_reason: str | None) -> str:
+    def _chunk(self, text: str, finish_reason: str | None, logprobs: Sequence[TokenLogprob] | None) -> str:
         delta = ChatDelta(content=text) if text or finish_reason is None else ChatDelta()
-        return self._chat_chunk(delta, finish_reason)
+        return self._chat_chunk(delta, finish_reason, None if logprobs is None else chat_logprobs(logprobs))
 
-    def _chat_chunk(self, delta: ChatDelta, finish_reason: str | None) -> str:
+    def _chat_chunk(self, delta: ChatDelta, finish_reason: str | None, logprobs: ChatLogprobs | None = None) -> str:
         chunk = ChatCompletionChunk(
             id=self.request_id,
             created=self.created,
             model=self.model,
-            choices=[ChatChunkChoice(delta=delta, finish_reason=finish_reason)],
+            choices=[ChatChunkChoice(delta=delta, logprobs=logprobs, finish_reason=finish_reason)],
         )
         return self._dump_chat(chunk)
 
@@ -167,12 +242,23 @@ class ChatStreamFormatter(StreamFormatter):
 class CompletionStreamFormatter(StreamFormatter):
     """text_completion events."""
 
-    def _chunk(self, text: str, finish_reason: str | None) -> str:
+    def __init__(
+        self, request_id: str, created: int, model: str, *, include_usage: bool, logprobs: bool = False
+    ) -> None:
+        super().__init__(request_id, created, model, include_usage=include_usage, logprobs=logprobs)
+        self._text_offset = 0
+        """Where the next chunk's first token starts (`text_offset` continues across chunks)."""
+
+    def _chunk(self, text: str, finish_reason: str | None, logprobs: Sequence[TokenLogprob] | None) -> str:
+        out = None
+        if logprobs is not None:
+            out = completion_logprobs(logprobs, text_offset=self._text_offset)
+            self._text_offset += sum(len(lp.token) for lp in logprobs)
         chunk = TextCompletion(
             id=self.request_id,
             created=self.created,
             model=self.model,
-            choices=[CompletionChoice(text=text, finish_reason=finish_reason)],
+            choices=[CompletionChoice(text=text, logprobs=out, finish_reason=finish_reason)],
         )
         return self._dump(chunk)
 

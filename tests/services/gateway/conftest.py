@@ -11,6 +11,9 @@ with ReplyEvents, as the batcher does. The prompt steers it:
   delta);
 * `[dup]`: every event twice, and one more delta after the final event;
 * anything else: the canned answer, as deltas (streaming) then a final event.
+
+With `params.logprobs` it sends log probabilities as the batcher does (`fake_logprobs`): on each
+token's delta when streaming, else on one delta of empty text just before the final event.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from shared.records import (
     GenerationRequest,
     ReplyEvent,
     ReplyKind,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from shared.settings import ClusterSettings
@@ -44,6 +49,16 @@ from services.gateway.settings import GatewaySettings
 FAKE_MODEL = "fake-model"
 ANSWER_TOKENS = ("Hello", " from", " the", " fake", " batcher", ".")
 ANSWER = "".join(ANSWER_TOKENS)
+
+
+def fake_logprobs(position: int, token: str, top: int) -> TokenLogprob:
+    """The fake batcher's log probability of the answer's `position`-th token: -0.1 * (position +
+    1), with `top` alternatives: the token itself, then `alt1`, `alt2`, ... (each 1 lower)."""
+    logprob = round(-0.1 * (position + 1), 6)
+    alternatives = [TopLogprob(token_id=position, token=token, logprob=logprob)] + [
+        TopLogprob(token_id=1_000 + k, token=f"alt{k}", logprob=logprob - k) for k in range(1, top)
+    ]
+    return TokenLogprob(token_id=position, token=token, logprob=logprob, top=tuple(alternatives[:top]))
 
 
 def prompt_of(request: GenerationRequest) -> str:
@@ -134,15 +149,28 @@ class FakeBatcher:
             await asyncio.sleep(0.5)
         times = 2 if "[dup]" in prompt else 1
         tokens = ANSWER_TOKENS[: request.params.max_new_tokens]
+        params = request.params
+        logprobs = [fake_logprobs(i, t, params.top_logprobs) for i, t in enumerate(tokens)] if params.logprobs else []
         seq = 0
         if request.stream:
             if "[error:" in prompt:
                 limit = 1 if "[late]" in prompt else 0
             else:
                 limit = 1 if "[stall]" in prompt else len(tokens)
-            for token in tokens[:limit]:
-                await self._send(request, ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=seq, text=token), times)
+            for i, token in enumerate(tokens[:limit]):
+                delta = ReplyEvent(
+                    request_id=request.id,
+                    kind=ReplyKind.DELTA,
+                    seq=seq,
+                    text=token,
+                    logprobs=tuple(logprobs[i : i + 1]),
+                )
+                await self._send(request, delta, times)
                 seq += 1
+        elif logprobs and "[stall]" not in prompt and "[error:" not in prompt:
+            delta = ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=seq, text="", logprobs=tuple(logprobs))
+            await self._send(request, delta, times)
+            seq += 1
         if "[stall]" in prompt:
             return
         if "[error:" in prompt:

@@ -193,3 +193,42 @@ async def test_the_gateway_announces_its_blocking_tenants_to_the_batchers(
     finally:
         await redis.aclose()
     assert listed == {"default"}
+
+
+async def _sse_chunks(http: httpx.AsyncClient, body: dict) -> list[dict]:
+    async with http.stream("POST", "/v1/chat/completions", json=body) as stream:
+        lines = [line async for line in stream.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
+async def test_an_answer_sent_as_generated_keeps_its_logprobs(
+    start_gateway, fake_batcher: FakeBatcher, guardian: Guardian
+) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    async with http_for(service) as http:
+        whole = await http.post("/v1/chat/completions", json=_chat(logprobs=True, top_logprobs=1))
+        chunks = await _sse_chunks(http, _chat(stream=True, logprobs=True))
+    assert whole.status_code == 200
+    content = whole.json()["choices"][0]["logprobs"]["content"]
+    assert "".join(t["token"] for t in content) == ANSWER
+    assert [len(t["top_logprobs"]) for t in content] == [1] * len(content)
+    # The stream's one content chunk (the judged answer) carries every token's.
+    (judged,) = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert judged["choices"][0]["delta"]["content"] == ANSWER
+    assert "".join(t["token"] for t in judged["choices"][0]["logprobs"]["content"]) == ANSWER
+    assert _checks(service, "allow") == 2
+
+
+async def test_a_redacted_answer_has_no_logprobs(start_gateway, fake_batcher: FakeBatcher, guardian: Guardian) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    guardian.redactor.on = True
+    async with http_for(service) as http:
+        whole = await http.post("/v1/chat/completions", json=_chat(logprobs=True))
+        chunks = await _sse_chunks(http, _chat(stream=True, logprobs=True))
+    assert whole.status_code == 200
+    choice = whole.json()["choices"][0]
+    assert choice["message"]["content"] == ANSWER.replace("batcher", "[REDACTED]")
+    assert choice["logprobs"] is None  # the tokens would spell out the withheld word
+    assert all(c["choices"][0]["logprobs"] is None for c in chunks if c["choices"])
+    assert "batcher" not in whole.text and "batcher" not in json.dumps(chunks)

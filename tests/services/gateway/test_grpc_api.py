@@ -102,6 +102,7 @@ async def test_invalid_input_is_invalid_argument(start_gateway, fake_batcher: Fa
             (gateway_pb2.GenerateRequest(messages=[gateway_pb2.ChatMessage(role="robot", content="x")]), "role"),
             (gateway_pb2.GenerateRequest(prompt="x", stop=["a", "b", "c", "d", "e"]), "stop"),
             (gateway_pb2.GenerateRequest(prompt="x", priority=42), "priority"),
+            (gateway_pb2.GenerateRequest(prompt="x", logprobs=True, top_logprobs=21), "top_logprobs"),
         ]:
             with pytest.raises(grpc.aio.AioRpcError) as failed:
                 await stub.Generate(request, timeout=10)
@@ -213,3 +214,22 @@ async def test_grpc_and_http_share_the_inflight_bound(start_gateway, fake_batche
         assert failed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         held.cancel()
         await asyncio.gather(held_task, return_exceptions=True)
+
+
+async def test_logprobs_over_grpc(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    request = gateway_pb2.GenerateRequest(prompt="Once", max_tokens=3, logprobs=True, top_logprobs=2)
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        response = await stub.Generate(request, timeout=10)
+        chunks = [chunk async for chunk in stub.GenerateStream(request)]
+        plain = await stub.Generate(gateway_pb2.GenerateRequest(prompt="Once", max_tokens=3), timeout=10)
+    assert [lp.token for lp in response.logprobs] == list(ANSWER_TOKENS[:3])
+    assert [lp.token_id for lp in response.logprobs] == [0, 1, 2]
+    assert response.logprobs[0].logprob == pytest.approx(-0.1)  # float32 on the wire
+    assert [[t.token for t in lp.top] for lp in response.logprobs[:1]] == [["Hello", "alt1"]]
+    # Streamed: each chunk carries the log probabilities of its own tokens.
+    assert [[lp.token for lp in c.logprobs] for c in chunks if c.text] == [[t] for t in ANSWER_TOKENS[:3]]
+    assert chunks[-1].final and not chunks[-1].logprobs
+    assert not plain.logprobs  # not asked for
+    assert (fake_batcher.requests[0].params.logprobs, fake_batcher.requests[0].params.top_logprobs) == (True, 2)

@@ -16,7 +16,7 @@ from shared.worker_registry import WorkerInfo, WorkerRegistry
 
 from services.gateway.service import GatewayService
 
-from tests.services.gateway.conftest import ANSWER, ANSWER_TOKENS, FAKE_MODEL, FakeBatcher
+from tests.services.gateway.conftest import ANSWER, ANSWER_TOKENS, FAKE_MODEL, FakeBatcher, fake_logprobs
 
 pytestmark = pytest.mark.usefixtures("registered_worker")
 
@@ -184,7 +184,13 @@ async def test_refusals_are_openai_errors(start_gateway, fake_batcher: FakeBatch
             await client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], n=2)
         assert bad.value.body["param"] == "n"  # type: ignore[index]
         with pytest.raises(openai.BadRequestError) as bad:
-            await client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], logprobs=True)
+            await client.chat.completions.create(
+                model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], top_logprobs=2
+            )
+        assert bad.value.body["param"] == "top_logprobs"  # type: ignore[index]
+        assert "'logprobs' must be true" in bad.value.body["message"]  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.completions.create(model=FAKE_MODEL, prompt="hi", logprobs=21)
         assert bad.value.body["param"] == "logprobs"  # type: ignore[index]
         with pytest.raises(openai.NotFoundError) as missing:
             await client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
@@ -387,3 +393,64 @@ async def test_model_names_with_slashes(start_gateway, fake_batcher: FakeBatcher
     finally:
         await registry.deregister("w-slash")
         await redis.aclose()
+
+
+# ---- log probabilities -----------------------------------------------------------------------
+
+
+async def test_chat_completion_with_logprobs(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        response = await client.chat.completions.with_raw_response.create(
+            model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], temperature=0, logprobs=True, top_logprobs=2
+        )
+        plain = await client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}])
+    completion = response.parse()
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert [t.token for t in logprobs.content] == list(ANSWER_TOKENS)
+    expected = [fake_logprobs(i, t, 0).logprob for i, t in enumerate(ANSWER_TOKENS)]
+    assert [t.logprob for t in logprobs.content] == expected
+    assert logprobs.content[1].bytes == list(b" from")
+    assert [[a.token for a in t.top_logprobs] for t in logprobs.content[:2]] == [["Hello", "alt1"], [" from", "alt1"]]
+    assert completion.choices[0].message.content == ANSWER
+    # Cached answers have no log probabilities: a deterministic request still bypasses the caches.
+    assert response.headers["x-lgc-cache"] == "bypass"
+    assert plain.choices[0].logprobs is None  # not asked for: null
+    sent = fake_batcher.requests[0]
+    assert (sent.params.logprobs, sent.params.top_logprobs) == (True, 2)
+
+
+async def test_chat_stream_with_logprobs(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        stream = await client.chat.completions.create(
+            model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], stream=True, logprobs=True
+        )
+        chunks = [chunk async for chunk in stream]
+    with_tokens = [c for c in chunks if c.choices and c.choices[0].logprobs is not None]
+    assert [c.choices[0].delta.content for c in with_tokens] == list(ANSWER_TOKENS)
+    assert [[t.token for t in c.choices[0].logprobs.content or ()] for c in with_tokens] == [[t] for t in ANSWER_TOKENS]
+    assert all(t.top_logprobs == [] for c in with_tokens for t in c.choices[0].logprobs.content or ())
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].choices[0].logprobs is None
+
+
+async def test_text_completion_with_logprobs(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        completion = await client.completions.create(model=FAKE_MODEL, prompt="Once", max_tokens=3, logprobs=2)
+        stream = await client.completions.create(model=FAKE_MODEL, prompt="Once", stream=True, logprobs=0)
+        chunks = [chunk async for chunk in stream]
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.tokens == list(ANSWER_TOKENS[:3]) and completion.choices[0].text == "".join(ANSWER_TOKENS[:3])
+    assert logprobs.text_offset == [0, 5, 10]  # "Hello", " from", " the"
+    assert logprobs.top_logprobs is not None and logprobs.top_logprobs[0] == {"Hello": -0.1, "alt1": -1.1}
+    sent = fake_batcher.requests[0]
+    assert (sent.params.logprobs, sent.params.top_logprobs) == (True, 2)
+    # Streamed: each chunk's offsets continue where the previous chunk's tokens ended.
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    offsets = [o for lp in streamed for o in lp.text_offset or ()]
+    starts = [sum(len(t) for t in ANSWER_TOKENS[:i]) for i in range(len(ANSWER_TOKENS))]
+    assert offsets == starts
+    assert fake_batcher.requests[1].params.top_logprobs == 0 and fake_batcher.requests[1].params.logprobs

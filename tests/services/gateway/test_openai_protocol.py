@@ -32,8 +32,11 @@ def refused_param(model: type, body: dict[str, Any]) -> tuple[str | None, str]:
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"tool_choice": "auto"}, "tool_choice"),
         ({"function_call": "auto"}, "function_call"),
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": "maybe"}, "logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
         ({"n": 2}, "n"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"presence_penalty": 2.5}, "presence_penalty"),
@@ -95,6 +98,22 @@ def test_neutral_values_of_unsupported_options_are_accepted() -> None:
     assert body.n == 1
 
 
+def test_logprobs_are_accepted_in_openai_and_vllm_ranges() -> None:
+    assert (chat(logprobs=True).logprobs, chat(logprobs=True).top_logprobs) == (True, None)
+    assert chat(logprobs=True, top_logprobs=20).top_logprobs == 20
+    assert chat(logprobs=True, top_logprobs=0).top_logprobs == 0
+    assert chat(logprobs=None, top_logprobs=None).logprobs is None
+    # OpenAI accepts top_logprobs 0 without logprobs (it asks for nothing).
+    assert chat(top_logprobs=0).top_logprobs == 0
+    # Legacy completions: 0 to 20 (OpenAI stops at 5, vLLM at 20).
+    assert [CompletionRequest.model_validate({"prompt": "x", "logprobs": n}).logprobs for n in (0, 5, 20)] == [0, 5, 20]
+
+
+def test_top_logprobs_without_logprobs_says_what_is_missing() -> None:
+    param, message = refused_param(ChatCompletionRequest, {"messages": USER, "top_logprobs": 3})
+    assert param == "top_logprobs" and "'logprobs' must be true" in message
+
+
 def test_text_parts_are_joined_and_assistant_may_have_no_content() -> None:
     body = ChatCompletionRequest.model_validate(
         {
@@ -116,7 +135,8 @@ def test_text_parts_are_joined_and_assistant_may_have_no_content() -> None:
         ({"prompt": ""}, "prompt", "empty"),
         ({"prompt": "x", "echo": True}, "echo", "echo"),
         ({"prompt": "x", "best_of": 3}, "best_of", "best_of"),
-        ({"prompt": "x", "logprobs": 1}, "logprobs", "logprobs"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs", "20"),
+        ({"prompt": "x", "logprobs": -1}, "logprobs", "0"),
         ({"prompt": "x", "suffix": "end"}, "suffix", "suffix"),
         ({"prompt": "x", "n": 3}, "n", "n=1"),
         ({}, "prompt", "Missing"),

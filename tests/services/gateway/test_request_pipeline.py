@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from shared.records import ErrorCode, ErrorInfo, FinishReason, GenerationRequest, ReplyEvent, ReplyKind, Usage
+from shared.records import (
+    ErrorCode,
+    ErrorInfo,
+    FinishReason,
+    GenerationRequest,
+    ReplyEvent,
+    ReplyKind,
+    TokenLogprob,
+    Usage,
+)
 
 from services.gateway.admission import InflightLimiter
 from services.gateway.engine_client import EngineClient, ModelCard
@@ -108,3 +117,32 @@ async def test_refusals_release_the_permit() -> None:
         await pipeline.submit(translated(), request_id="cmpl-5", endpoint="completions", started=time.monotonic())
     await held.close("disconnected")
     assert pipeline.limiter.inflight == 0
+
+
+class LogprobEngine(InMemoryEngine):
+    """Answers as the batcher answers a request for log probabilities: deltas of empty text that
+    carry them, just before the final event."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[ReplyEvent]:
+        self.submitted.append(request)
+        for seq, token in enumerate(("a", "b")):
+            lp = TokenLogprob(token_id=seq, token=token, logprob=-0.5)
+            yield ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=seq, text="", logprobs=(lp,))
+        yield ReplyEvent(
+            request_id=request.id, kind=ReplyKind.FINAL, seq=2, text="ab", finish_reason=FinishReason.STOP,
+            usage=Usage(prompt_tokens=2, completion_tokens=2),
+        )
+
+
+async def test_final_gathers_the_logprobs_of_the_deltas() -> None:
+    pipeline, _engine, _metrics = make(GatewaySettings(gateway_max_inflight=2))
+    pipeline.engine = LogprobEngine()
+    asked = translate_completion(CompletionRequest.model_validate({"prompt": "p", "logprobs": 0}), GatewaySettings())
+    call = await pipeline.submit(asked, request_id="cmpl-6", endpoint="completions", started=time.monotonic())
+    final = await call.final()
+    await call.close("ok")
+    assert final.text == "ab" and [lp.token for lp in call.logprobs or ()] == ["a", "b"]
+    plain = await pipeline.submit(translated(), request_id="cmpl-7", endpoint="completions", started=time.monotonic())
+    await plain.final()
+    await plain.close("ok")
+    assert plain.logprobs is None  # not asked for: nothing is gathered

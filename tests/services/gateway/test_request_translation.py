@@ -178,6 +178,8 @@ def test_proto_zero_values_mean_defaults() -> None:
         ({"prompt": "p", "logit_bias": {2**31: 1.0}}, "logit_bias"),
         ({"prompt": "p", "logit_bias": {i: 1.0 for i in range(301)}}, "logit_bias"),
         ({"prompt": "p", "top_k": 200_000}, "top_k"),
+        ({"prompt": "p", "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"prompt": "p", "top_logprobs": 2}, "top_logprobs"),
         ({"prompt": "p", "stop": ["1", "2", "3", "4", "5"]}, "stop"),
         ({"prompt": "p", "stop": [""]}, "stop"),
         ({"prompt": "p", "priority": 9}, "priority"),
@@ -189,6 +191,23 @@ def test_proto_refusals(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequestError) as refused:
         translate_proto(gateway_pb2.GenerateRequest(**fields), SETTINGS, stream=False)
     assert refused.value.param == param
+
+
+def test_logprobs_requests() -> None:
+    asked = chat(logprobs=True, top_logprobs=4).params
+    assert (asked.logprobs, asked.top_logprobs) == (True, 4)
+    assert (chat(logprobs=True).params.top_logprobs, chat(logprobs=False).params.logprobs) == (0, False)
+
+    def completion(**body: Any) -> GenerationParams:
+        return translate_completion(CompletionRequest.model_validate({"prompt": "p", **body}), SETTINGS).params
+
+    # Legacy `logprobs: N`: the tokens' log probabilities and the N most likely; 0 still asks.
+    assert [(p.logprobs, p.top_logprobs) for p in (completion(logprobs=3), completion(logprobs=0), completion())] == [
+        (True, 3), (True, 0), (False, 0),
+    ]
+    message = gateway_pb2.GenerateRequest(prompt="p", logprobs=True, top_logprobs=20)
+    proto = translate_proto(message, SETTINGS, stream=False)
+    assert (proto.params.logprobs, proto.params.top_logprobs) == (True, 20)
 
 
 def test_request_ids_are_valid_record_ids() -> None:

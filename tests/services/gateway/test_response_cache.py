@@ -14,13 +14,14 @@ from openai import AsyncOpenAI
 
 from shared.kafka_clients import make_consumer
 from shared.protos import gateway_pb2, gateway_pb2_grpc
-from shared.records import CacheStatus, GenerationResult
+from shared.records import CachePolicy, CacheStatus, GenerationParams, GenerationRequest, GenerationResult
 from shared.settings import ClusterSettings
 from shared.topics import Topics
 
+from services.gateway.response_cache import ResponseCache
 from services.gateway.service import GatewayService
 
-from tests.services.gateway.conftest import ANSWER, FAKE_MODEL, FakeBatcher
+from tests.services.gateway.conftest import ANSWER, ANSWER_TOKENS, FAKE_MODEL, FakeBatcher
 
 pytestmark = pytest.mark.usefixtures("registered_worker")
 
@@ -165,3 +166,32 @@ async def test_grpc_hit_metadata(start_gateway, fake_batcher: FakeBatcher) -> No
         stream_status = dict(await stream.trailing_metadata())["x-lgc-cache"]
     assert statuses == ["miss", "hit-exact"] and response.text == ANSWER
     assert "".join(c.text for c in chunks) == ANSWER and stream_status == "bypass"
+
+
+async def test_logprobs_requests_neither_read_nor_write_the_caches(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    assert (await post(service, chat())).headers["x-lgc-cache"] == "miss"
+    assert (await post(service, chat())).headers["x-lgc-cache"] == "hit-exact"  # an entry exists
+    for _ in range(2):
+        asked = await post(service, chat(logprobs=True))
+        assert asked.headers["x-lgc-cache"] == "bypass"
+        assert [t["token"] for t in asked.json()["choices"][0]["logprobs"]["content"]] == list(ANSWER_TOKENS)
+    # Each went to the cluster, and nothing of theirs was stored.
+    assert len(fake_batcher.requests) == 3
+    assert service.registry.get_sample_value("lgc_gateway_cache_hits_total", {"kind": "hit-exact"}) == 1
+
+
+class _Untouchable:
+    """A cache that fails the test when it is used at all."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the cache was used: {name}")
+
+
+async def test_a_logprobs_request_touches_neither_cache() -> None:
+    cache = ResponseCache(_Untouchable(), _Untouchable(), deterministic_only=True)  # type: ignore[arg-type]
+    params = GenerationParams(temperature=0.0, logprobs=True)
+    request = GenerationRequest(id="chatcmpl-1", model="m", prompt="p", params=params)
+    lookup = await cache.lookup(request, CachePolicy())
+    assert lookup.status is CacheStatus.BYPASS and not lookup.store and lookup.answer is None
+    assert cache.cacheable(request.model_copy(update={"params": GenerationParams(temperature=0.0)}))

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from shared.records import ErrorCode, ErrorInfo, FinishReason, ReplyEvent, ReplyKind, Usage
+from openai.types.chat import ChatCompletion as OpenAIChatCompletion
+from openai.types.chat import ChatCompletionChunk as OpenAIChatCompletionChunk
+from openai.types.completion_choice import CompletionChoice as OpenAICompletionChoice
+from openai.types.completion_choice import Logprobs as OpenAILogprobs
+
+from shared.records import ErrorCode, ErrorInfo, FinishReason, ReplyEvent, ReplyKind, TokenLogprob, TopLogprob, Usage
 
 from services.gateway.errors import ReplyError, map_exception
 from services.gateway.response_format import (
@@ -104,3 +109,101 @@ def test_error_in_stream() -> None:
     assert decode(events[:-1]) == [
         {"error": {"message": "worker died", "type": "server_error", "param": None, "code": "worker_failed"}}
     ]
+
+
+# ---- log probabilities -----------------------------------------------------------------------
+
+
+def logprobs(*tokens: str, top: int = 2) -> tuple[TokenLogprob, ...]:
+    """One entry per token (logprob -0.5), each with `top` alternatives: itself, then "x" at -3."""
+    return tuple(
+        TokenLogprob(
+            token_id=i,
+            token=token,
+            logprob=-0.5,
+            top=(
+                TopLogprob(token_id=i, token=token, logprob=-0.5),
+                TopLogprob(token_id=99, token="x", logprob=-3.0),
+            )[:top],
+        )
+        for i, token in enumerate(tokens)
+    )
+
+
+def delta_with(seq: int, text: str, lps: tuple[TokenLogprob, ...]) -> ReplyEvent:
+    return ReplyEvent(request_id=RID, kind=ReplyKind.DELTA, seq=seq, text=text, logprobs=lps)
+
+
+def test_chat_completion_logprobs_parse_with_the_openai_client() -> None:
+    body = chat_completion(RID, 1, "m", final("Hé!"), logprobs("H", "é", "!")).model_dump(mode="json")
+    parsed = OpenAIChatCompletion.model_validate(body)
+    content = parsed.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert [(t.token, t.logprob) for t in content] == [("H", -0.5), ("é", -0.5), ("!", -0.5)]
+    assert content[1].bytes == [0xC3, 0xA9]  # the token's UTF-8 bytes
+    assert [(t.token, t.logprob, t.bytes) for t in content[0].top_logprobs] == [("H", -0.5, [72]), ("x", -3.0, [120])]
+    assert body["choices"][0]["logprobs"]["refusal"] is None
+
+
+def test_logprobs_are_null_unless_asked_for_and_available() -> None:
+    assert chat_completion(RID, 1, "m", final("Hi")).choices[0].logprobs is None  # not asked for
+    # Asked for, and none available for a text that has some (an answer the content filter redacted).
+    assert chat_completion(RID, 1, "m", final("Hi"), []).choices[0].logprobs is None
+    assert text_completion(RID, 1, "m", final("Hi"), []).choices[0].logprobs is None
+    empty = chat_completion(RID, 1, "m", final(""), []).choices[0].logprobs  # no token generated
+    assert empty is not None and empty.content == []
+
+
+def test_text_completion_logprobs_parse_with_the_openai_client() -> None:
+    lps = logprobs("ab", "x", "cde")
+    body = text_completion("cmpl-1", 1, "m", final("abxcde"), lps).model_dump(mode="json")
+    parsed = OpenAICompletionChoice.model_validate(body["choices"][0]).logprobs
+    assert parsed is not None
+    assert parsed.tokens == ["ab", "x", "cde"] and parsed.token_logprobs == [-0.5, -0.5, -0.5]
+    assert parsed.text_offset == [0, 2, 3]
+    # The generated token is listed too; "x" is both an alternative and generated: listed once.
+    assert parsed.top_logprobs == [{"ab": -0.5, "x": -3.0}, {"x": -0.5}, {"cde": -0.5, "x": -3.0}]
+    legacy_zero = text_completion("cmpl-1", 1, "m", final("ab"), logprobs("ab", top=0)).choices[0].logprobs
+    assert legacy_zero is not None and legacy_zero.top_logprobs == [{"ab": -0.5}]  # logprobs=0: the token only
+
+
+def test_chat_stream_chunks_carry_their_tokens_logprobs() -> None:
+    formatter = ChatStreamFormatter(RID, 7, "m", include_usage=False, logprobs=True)
+    events = (
+        formatter.opening()
+        + formatter.delta(delta_with(0, "He", logprobs("H", "e")))
+        + formatter.delta(delta_with(1, "", logprobs("l")))  # no text yet: still a chunk
+        + formatter.delta(delta_with(2, "llo", logprobs("lo")))
+        + formatter.delta(delta_with(3, "", ()))  # nothing at all: no chunk
+        + formatter.final(final("Hello"))
+    )
+    chunks = decode(events[:-1])
+    parsed = [OpenAIChatCompletionChunk.model_validate(c) for c in chunks]
+    assert [c.choices[0].delta.content for c in parsed] == ["", "He", "", "llo", None]
+    assert [[t.token for t in c.choices[0].logprobs.content] for c in parsed[1:4]] == [["H", "e"], ["l"], ["lo"]]
+    assert parsed[0].choices[0].logprobs is None and parsed[4].choices[0].logprobs is None
+    assert chunks[2]["choices"][0]["delta"] == {"content": ""}
+
+
+def test_stream_chunks_carry_no_logprobs_unless_asked_for() -> None:
+    formatter = ChatStreamFormatter(RID, 7, "m", include_usage=False)
+    events = formatter.delta(delta_with(0, "He", logprobs("He"))) + formatter.delta(delta_with(1, "", logprobs("x")))
+    (chunk,) = decode(events)
+    assert chunk["choices"][0]["logprobs"] is None
+
+
+def test_completion_stream_text_offsets_continue_across_chunks() -> None:
+    formatter = CompletionStreamFormatter("cmpl-1", 7, "m", include_usage=False, logprobs=True)
+    events = (
+        formatter.delta(delta_with(0, "ab", logprobs("a", "b")))
+        + formatter.delta(delta_with(1, "", logprobs("cd")))
+        + formatter.delta(delta_with(2, "cde", logprobs("e")))
+        + formatter.final(final("abcde"))
+    )
+    chunks = decode(events[:-1])
+    # OpenAI's chunk type requires a finish_reason the client does not check in streams: the
+    # log probabilities are parsed with its type on their own.
+    parsed = [OpenAILogprobs.model_validate(c["choices"][0]["logprobs"]) for c in chunks[:3]]
+    assert [p.text_offset for p in parsed] == [[0, 1], [2], [4]]
+    assert [p.tokens for p in parsed] == [["a", "b"], ["cd"], ["e"]]
+    assert [c["choices"][0]["text"] for c in chunks] == ["ab", "", "cde", ""]
+    assert chunks[3]["choices"][0]["logprobs"] is None and chunks[3]["choices"][0]["finish_reason"] == "stop"
