@@ -35,6 +35,18 @@ async def test_streaming_generate_matches_unary(stub) -> None:
     assert chunks[-1].usage.completion_tokens == unary.usage.completion_tokens
 
 
+async def test_logprobs_unary_and_streamed(stub) -> None:
+    no_cache = (("cache-control", "no-cache"),)
+    request = gateway_request(logprobs=True, top_logprobs=2)
+    unary = await stub.Generate(request, timeout=120, metadata=no_cache)
+    assert len(unary.logprobs) == unary.usage.completion_tokens > 0
+    assert all(len(e.top) == 2 and e.logprob <= 0 for e in unary.logprobs)
+    chunks = [c async for c in stub.GenerateStream(request, timeout=120, metadata=no_cache)]
+    streamed = [e for c in chunks for e in c.logprobs]
+    assert [(e.token_id, e.token) for e in streamed] == [(e.token_id, e.token) for e in unary.logprobs]
+    assert list((await stub.Generate(gateway_request(), timeout=120, metadata=no_cache)).logprobs) == []
+
+
 async def test_invalid_argument(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Generate(gateway_pb2.GenerateRequest(model=MODEL), timeout=30)  # neither prompt nor messages

@@ -80,6 +80,37 @@ async def test_request_produced_to_kafka_is_answered_on_reply_to(cluster) -> Non
         await results.stop()
 
 
+async def test_log_probabilities_of_a_request_that_does_not_stream_come_on_deltas_before_the_final(cluster) -> None:
+    settings = ClusterSettings(kafka_bootstrap=cluster.endpoints.kafka_bootstrap, topic_prefix="lgc")
+    topics = Topics.from_settings(settings)
+    reply_topic = f"lgc.replies.upstream-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(settings, [TopicSpec(reply_topic, 1, 1)])
+    replies = make_consumer(settings, reply_topic, client_id="upstream", group_id=None)
+    producer = make_producer(settings, client_id="upstream")
+    await replies.start()
+    await producer.start()
+    try:
+        request = _capital_question(reply_topic, tenant="upstream-system").model_copy(
+            update={"stream": False, "params": GenerationParams(max_new_tokens=6, temperature=0, logprobs=True, top_logprobs=2)}
+        )
+        await producer.send_and_wait(topics.requests(Priority.NORMAL), request.to_bytes(), key=request.id)
+        events = []
+        while not events or not events[-1].terminal:
+            events.append(await _next_for(replies, request.id, ReplyEvent.from_bytes))
+        final, deltas = events[-1], events[:-1]
+        assert final.kind is ReplyKind.FINAL and final.logprobs == ()
+        # Not streamed: the deltas carry no text, only the log probabilities, one per token.
+        assert deltas and all(d.kind is ReplyKind.DELTA and d.text == "" and d.logprobs for d in deltas)
+        entries = [e for d in deltas for e in d.logprobs]
+        assert final.usage is not None and len(entries) == final.usage.completion_tokens
+        assert all(len(e.top) == 2 and e.top[0].token_id == e.token_id for e in entries)  # greedy
+        if final.finish_reason == "length":
+            assert "".join(e.token for e in entries) == final.text
+    finally:
+        await producer.stop()
+        await replies.stop()
+
+
 async def test_unparseable_request_record_is_dead_lettered(cluster) -> None:
     settings = ClusterSettings(kafka_bootstrap=cluster.endpoints.kafka_bootstrap, topic_prefix="lgc")
     topics = Topics.from_settings(settings)

@@ -122,6 +122,57 @@ async def test_logit_bias_reaches_the_model_and_unknown_token_ids_are_400(client
     assert "logit_bias" in str(err.value.body)
 
 
+async def test_chat_logprobs_come_from_the_model_streamed_or_not(client) -> None:
+    # gateway -> Kafka -> batcher -> worker and back: per-token log probabilities of the real model,
+    # on the non-streaming answer (carried on deltas of no text before the final record) and on the
+    # stream's chunks, the same either way (greedy).
+    request = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
+    raw = await client.chat.completions.with_raw_response.create(**request)  # type: ignore[call-overload]
+    reply = raw.parse()
+    assert raw.headers["x-lgc-cache"] == "bypass"  # cached answers have no log probabilities
+    choice = reply.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    entries = choice.logprobs.content
+    assert len(entries) == reply.usage.completion_tokens
+    if choice.finish_reason == "length":
+        assert "".join(e.token for e in entries) == choice.message.content
+    for entry in entries:
+        assert entry.logprob <= 0 and entry.bytes == list(entry.token.encode())
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token  # greedy
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob >= entry.top_logprobs[2].logprob
+    stream = await client.chat.completions.create(**request, stream=True)  # type: ignore[call-overload]
+    streamed = [e async for chunk in stream for c in chunk.choices if c.logprobs for e in c.logprobs.content or ()]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1e-4)
+    # Not asked: null, as OpenAI answers.
+    plain = await client.chat.completions.create(**{**request, "logprobs": False, "top_logprobs": None})  # type: ignore[call-overload]
+    assert plain.choices[0].logprobs is None
+
+
+async def test_completion_logprobs_in_the_legacy_shape(client) -> None:
+    reply = await client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=2,
+    )
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and len(logprobs.tokens) == reply.usage.completion_tokens == 4
+    assert "".join(logprobs.tokens) == reply.choices[0].text
+    assert all(lp <= 0 for lp in logprobs.token_logprobs)
+    assert all(len(top) == 2 and token in top for token, top in zip(logprobs.tokens, logprobs.top_logprobs))
+    offsets = [0]
+    for token in logprobs.tokens[:-1]:
+        offsets.append(offsets[-1] + len(token))
+    assert logprobs.text_offset == offsets
+    with pytest.raises(BadRequestError):
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=1, logprobs=21)
+
+
 async def test_sse_ends_with_done(cluster) -> None:
     body = {"model": MODEL, "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
     async with httpx.AsyncClient(timeout=120) as http:
