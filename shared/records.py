@@ -57,6 +57,8 @@ MAX_LOGIT_BIAS = 300
 """Most tokens one request's `logit_bias` may name (OpenAI's limit)."""
 MAX_TOKEN_ID = 2**31 - 1
 """Largest token id a record may carry (the protos' uint32 holds it; no vocabulary comes near)."""
+MAX_STOP_TOKEN_IDS = 64
+"""Most token ids one request's `stop_token_ids` may name."""
 MAX_TOP_LOGPROBS = 20
 """Most alternatives per position a request may ask log probabilities of (OpenAI's and vLLM's
 default limit)."""
@@ -165,16 +167,27 @@ class GenerationParams(BaseModel):
     top_logprobs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS)
     """With `logprobs`: also the log probabilities of this many most likely tokens at each
     position."""
+    ignore_eos: bool = False
+    """vLLM's extension: generate past the end-of-sequence token, up to `max_new_tokens` (what
+    benchmarks use for answers of a fixed length); `stop` and `stop_token_ids` still end it."""
+    min_tokens: int = Field(0, ge=0, le=32_768)
+    """vLLM's extension: the end-of-sequence token and `stop_token_ids` cannot be picked before
+    this many tokens; at most `max_new_tokens`. 0 disables."""
+    stop_token_ids: tuple[_TokenId, ...] = Field((), max_length=MAX_STOP_TOKEN_IDS)
+    """vLLM's extension: token ids that end generation as the end-of-sequence token does (finish
+    reason `stop`; their text is not part of the answer)."""
 
     @model_validator(mode="after")
-    def _top_logprobs_need_logprobs(self) -> Self:
+    def _consistent(self) -> Self:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("'top_logprobs' needs 'logprobs'")
+        if self.min_tokens > self.max_new_tokens:
+            raise ValueError("'min_tokens' must not exceed 'max_new_tokens'")
         return self
 
     def group_key(self) -> tuple[object, ...]:
-        """Parameters that must be equal for two requests to share a batch (all but the length and
-        the log probabilities asked for, which each sequence has on its own)."""
+        """Parameters that must be equal for two requests to share a batch (all but the lengths,
+        the ways to stop and the log probabilities asked for, which each sequence has on its own)."""
         return (
             self.temperature, self.top_p, self.top_k, self.seed, self.repetition_penalty,
             self.presence_penalty, self.frequency_penalty, tuple(sorted(self.logit_bias.items())),

@@ -84,6 +84,9 @@ def to_work_item(state: RequestState) -> worker_pb2.WorkItem:
         logit_bias=p.logit_bias,
         logprobs=p.logprobs,
         top_logprobs=p.top_logprobs,
+        ignore_eos=p.ignore_eos,
+        min_tokens=p.min_tokens,
+        stop_token_ids=p.stop_token_ids,
     )
     return worker_pb2.WorkItem(
         request_id=request.id,

@@ -95,6 +95,13 @@ class SamplingParams:
     """None: no log probabilities. Otherwise each generated token's log probability and those of
     this many most likely tokens (0-20) travel on its TextDelta: the model's own distribution,
     before the logit bias, penalties, temperature and filters (vLLM's `raw_logprobs`)."""
+    ignore_eos: bool = False
+    """Generate past the end-of-sequence token (stop strings and `stop_token_ids` still end it)."""
+    min_tokens: int = 0
+    """The end-of-sequence token and `stop_token_ids` cannot be picked before this many tokens
+    (the continuation's count, as for max_new_tokens)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end generation as the end-of-sequence token does (no text)."""
 
     @property
     def penalises_output(self) -> bool:
@@ -135,6 +142,12 @@ class WorkItem:
     def remaining_tokens(self) -> int:
         """Tokens this worker may still generate."""
         return max(0, self.params.max_new_tokens - self.continuation_tokens)
+
+    @property
+    def remaining_min_tokens(self) -> int:
+        """Tokens this worker must generate before it may end the sequence with an end-of-sequence
+        token or a `stop_token_ids` token."""
+        return max(0, self.params.min_tokens - self.continuation_tokens)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ _MAX_STOP_STRINGS = 16
 _MAX_STOP_LENGTH = 1024
 _MAX_LOGIT_BIAS = 1024
 _MAX_TOP_LOGPROBS = 20
+_MAX_STOP_TOKEN_IDS = 1024
 
 _FINISH_REASONS = {
     FinishReason.STOP: worker_pb2.FINISH_REASON_STOP,
@@ -92,6 +93,10 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
         raise InvalidItemError("params.top_logprobs needs params.logprobs")
     if msg.top_logprobs > _MAX_TOP_LOGPROBS:
         raise InvalidItemError(f"params.top_logprobs must be at most {_MAX_TOP_LOGPROBS}, not {msg.top_logprobs}")
+    if msg.min_tokens > msg.max_new_tokens:
+        raise InvalidItemError(f"params.min_tokens ({msg.min_tokens}) must not exceed max_new_tokens ({msg.max_new_tokens})")
+    if len(msg.stop_token_ids) > _MAX_STOP_TOKEN_IDS:
+        raise InvalidItemError(f"params.stop_token_ids names {len(msg.stop_token_ids)} tokens; at most {_MAX_STOP_TOKEN_IDS}")
     stops = tuple(msg.stop)
     if len(stops) > _MAX_STOP_STRINGS:
         raise InvalidItemError(f"at most {_MAX_STOP_STRINGS} stop strings, not {len(stops)}")
@@ -109,6 +114,9 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
         frequency_penalty=frequency,
         logit_bias=logit_bias,
         logprobs=msg.top_logprobs if msg.logprobs else None,
+        ignore_eos=msg.ignore_eos,
+        min_tokens=msg.min_tokens,
+        stop_token_ids=tuple(sorted(set(msg.stop_token_ids))),
     )
 
 

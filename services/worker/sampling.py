@@ -25,6 +25,7 @@ __all__ = [
     "RowLogprobs",
     "RowSampling",
     "SamplingTable",
+    "ban_tokens",
     "draw_from_weights",
     "filter_top_k_top_p",
     "make_generator",
@@ -140,6 +141,18 @@ class RawLogprobs:
             top = tuple(zip(top_ids[j][:wanted], top_values[j][:wanted], strict=True))
             out[row] = RowLogprobs(chosen[j], top)
         return out
+
+
+def ban_tokens(logits: torch.Tensor, bans: Sequence[tuple[int, Sequence[int]]]) -> None:
+    """Make these tokens impossible picks, in place: (row, token ids) pairs get a -inf logit, which
+    every later step (penalties, temperature, filters, the draw) keeps at zero probability. For
+    `min_tokens`: a sequence's ends (end of sequence, `stop_token_ids`) before it may end."""
+    rows = [row for row, tokens in bans for _ in tokens]
+    if not rows:
+        return
+    tokens = [token for _, ids in bans for token in ids]
+    index = (torch.tensor(rows, device=logits.device), torch.tensor(tokens, device=logits.device))
+    logits.index_put_(index, torch.tensor(float("-inf"), device=logits.device))
 
 
 def raw_logprobs(logits: torch.Tensor, table: SamplingTable) -> RawLogprobs | None:

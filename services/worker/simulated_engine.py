@@ -7,7 +7,8 @@ seconds. At most `worker_max_batch_size` sequences run at once; the rest wait in
 predictable. It honours max_new_tokens, stop strings, cancellation and deadlines like the real
 engine, and everything it reports says it is simulated. No threads, no polling. Asked for log
 probabilities, it reports each token as certain (log probability 0, token id its index) and as
-the only alternative: the shape of real ones, for pipeline tests, with no model behind them.
+the only alternative: the shape of real ones, for pipeline tests, with no model behind them. Token ``i`` has id ``i``
+for `stop_token_ids`; it has no end-of-sequence token, so `ignore_eos` changes nothing.
 """
 
 from __future__ import annotations
@@ -147,10 +148,13 @@ class SimulatedEngine(TaskPerSequenceEngine):
                 self._observer.first_token(state.ttft_ms / 1000.0)
             self._observer.tokens(1)
             index = first_index + state.generated - 1
-            text = stops.feed(simulated_token(index))
+            # Token `index` has id `index`: a stop token id ends the sequence there, as the real
+            # engine's do (no text), once `min_tokens` tokens came before it.
+            ends_here = index in item.params.stop_token_ids and index >= item.params.min_tokens
+            text = "" if ends_here else stops.feed(simulated_token(index))
             if item.params.logprobs is not None:
                 logprobs.append(simulated_logprob(index, item.params.logprobs))
-            last = stops.stopped or state.generated >= budget
+            last = ends_here or stops.stopped or state.generated >= budget
             if last and not stops.stopped:
                 text += stops.flush()
             if text or (last and logprobs):
@@ -158,7 +162,7 @@ class SimulatedEngine(TaskPerSequenceEngine):
                 state.reported = state.generated
                 logprobs.clear()
             if last:
-                reason = FinishReason.STOP if stops.stopped else FinishReason.LENGTH
+                reason = FinishReason.STOP if stops.stopped or ends_here else FinishReason.LENGTH
                 return state.finished(handle, reason)
             await self._before_deadline(handle, state, asyncio.sleep(gap))
             self._observer.decode_step(self._running, time.monotonic() - token_at)

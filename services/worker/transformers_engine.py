@@ -54,6 +54,7 @@ from services.worker.engine import (
     FailureCode,
     FinishReason,
     NullObserver,
+    SamplingParams,
     SequenceFailed,
     SequenceFinished,
     SequenceHandle,
@@ -82,6 +83,7 @@ from services.worker.sampling import (
     SamplingTable,
     make_generator,
     pick_next_tokens,
+    ban_tokens,
     raw_logprobs,
 )
 from services.worker.settings import WorkerSettings
@@ -134,6 +136,11 @@ class _Sequence:
     frequency penalty needs them."""
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """Log probabilities of the tokens generated since the last delta (when the item asked)."""
+    ends: tuple[int, ...] = ()
+    """Token ids that end this sequence: the model's end of sequence (unless `ignore_eos`) and the
+    item's `stop_token_ids` (those the output head has)."""
+    min_new: int = 0
+    """Tokens to generate before one of `ends` may be picked (`min_tokens`)."""
 
 
 class TransformersEngine(Engine):
@@ -522,8 +529,17 @@ class TransformersEngine(Engine):
                 stops=StopStringMatcher(params.stop),
                 sampling=RowSampling(params, make_generator(params, self._device)),
                 output_ids=list(encoded.continuation_ids) if params.penalises_output else None,
+                ends=self._ends_of(params),
+                min_new=handle.item.remaining_min_tokens,
             )
         )
+
+    def _ends_of(self, params: SamplingParams) -> tuple[int, ...]:
+        """The token ids that end a sequence with these parameters (see `_Sequence.ends`)."""
+        ends = set() if params.ignore_eos else set(self._eos_ids)
+        # An id beyond the output head can never be picked, so it can never end anything.
+        ends.update(token for token in params.stop_token_ids if token < self._vocab_size)
+        return tuple(sorted(ends))
 
     def _stop_event(self, handle: SequenceHandle, now: float, seq: _Sequence | None) -> EngineEvent | None:
         """The terminal event if this sequence must stop before the next step, else None."""
@@ -708,6 +724,7 @@ class TransformersEngine(Engine):
         batch, logits = run.result()
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
         raw = raw_logprobs(logits, table)
+        ban_tokens(logits, _early_ends(chosen))
         tokens = pick_next_tokens(logits, table, batch.seen, _outputs(chosen, table), in_place=True)
         batch.record_tokens(tokens)
         self._observer.tokens(len(chosen))
@@ -755,6 +772,7 @@ class TransformersEngine(Engine):
         logits = self._batch.step()
         outputs = _outputs(self._rows, self._table)
         raw = raw_logprobs(logits, self._table)
+        ban_tokens(logits, _early_ends(self._rows))
         tokens = pick_next_tokens(logits, self._table, self._batch.seen, outputs, in_place=True)
         self._batch.record_tokens(tokens)
         picked = tokens.tolist()
@@ -800,7 +818,7 @@ class TransformersEngine(Engine):
         if seq.generated == 1:
             seq.ttft_ms = seq.handle.elapsed_ms()
             self._observer.first_token(seq.ttft_ms / 1000.0)
-        if token in self._eos_ids:
+        if token in seq.ends:
             self._emit(seq, self._final_text(seq), events, last=True)
             self._finish(seq, FinishReason.STOP, events)
             return False
@@ -879,6 +897,11 @@ class TransformersEngine(Engine):
 def _outputs(seqs: list[_Sequence], table: SamplingTable) -> list[list[int] | None] | None:
     """Each row's answer so far, for `pick_next_tokens` (None: no row of `table` needs them)."""
     return [s.output_ids for s in seqs] if table.output_penalties else None
+
+
+def _early_ends(seqs: list[_Sequence]) -> list[tuple[int, tuple[int, ...]]]:
+    """(row, token ids) that row may not pick yet: its ends, until it has `min_new` tokens."""
+    return [(row, seq.ends) for row, seq in enumerate(seqs) if seq.generated < seq.min_new and seq.ends]
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

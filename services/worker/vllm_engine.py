@@ -126,8 +126,9 @@ def _link_folder(folder: Path, config: dict[str, Any], target: Path) -> None:
     os.replace(tmp, target)
 
 
-def sampling_options(params: SamplingParams, budget: int) -> dict[str, Any]:
-    """Keyword arguments for ``vllm.SamplingParams`` from ours, for `budget` new tokens.
+def sampling_options(params: SamplingParams, budget: int, min_tokens: int = 0) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.SamplingParams`` from ours, for `budget` new tokens of which
+    `min_tokens` must come before an end (both less a continuation's tokens).
 
     Temperature 0 is greedy in vLLM too; top_k 0 disables in both. Stop strings are left out
     of the text, as ours are (vLLM's default), and the text comes cumulative (vLLM's default),
@@ -152,6 +153,12 @@ def sampling_options(params: SamplingParams, budget: int) -> dict[str, Any]:
     if params.logprobs is not None:
         # vLLM's default logprobs mode (`raw_logprobs`) is ours: the model's own distribution.
         options["logprobs"] = params.logprobs
+    if params.ignore_eos:
+        options["ignore_eos"] = True
+    if min_tokens:
+        options["min_tokens"] = min_tokens
+    if params.stop_token_ids:
+        options["stop_token_ids"] = list(params.stop_token_ids)
     return options
 
 
@@ -518,7 +525,8 @@ class VllmEngine(TaskPerSequenceEngine):
             # The continuation already used up max_new_tokens: nothing left to generate.
             return progress.finished(handle, FinishReason.LENGTH)
         try:
-            params = self._vllm_sampling_params(**sampling_options(item.params, encoded.budget))
+            options = sampling_options(item.params, encoded.budget, item.remaining_min_tokens)
+            params = self._vllm_sampling_params(**options)
         except self._client_errors as exc:
             raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
         # Unique per submission: vLLM refuses a request id that is still running, and a retried

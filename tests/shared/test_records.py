@@ -62,6 +62,9 @@ def test_exactly_one_of_messages_and_prompt() -> None:
         {"logit_bias": {str(i): 1 for i in range(301)}},
         {"logprobs": True, "top_logprobs": 21},
         {"top_logprobs": 2},
+        {"max_new_tokens": 4, "min_tokens": 5},
+        {"stop_token_ids": [-1]},
+        {"stop_token_ids": list(range(65))},
     ],
 )
 def test_out_of_range_params_are_refused(params) -> None:
@@ -119,6 +122,9 @@ def test_group_key_ignores_length_only() -> None:
     assert a.group_key() == b.group_key() != c.group_key()
     # Log probabilities are per sequence on the worker: requests that ask share batches with others.
     assert GenerationParams(max_new_tokens=5, temperature=0, logprobs=True, top_logprobs=3).group_key() == a.group_key()
+    # So are the ways to stop (the worker ends each sequence on its own).
+    stops = {"ignore_eos": True, "min_tokens": 2, "stop_token_ids": (7,)}
+    assert GenerationParams(max_new_tokens=5, temperature=0, **stops).group_key() == a.group_key()
     for penalty in ({"presence_penalty": 0.5}, {"frequency_penalty": 0.5}, {"logit_bias": {7: 1.0}}):
         assert GenerationParams(max_new_tokens=5, temperature=0, **penalty).group_key() != a.group_key()
 

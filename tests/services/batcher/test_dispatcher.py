@@ -55,6 +55,13 @@ def test_logprob_flags_reach_the_worker() -> None:
     assert (plain.params.logprobs, plain.params.top_logprobs) == (False, 0)
 
 
+def test_work_items_carry_the_ways_to_stop() -> None:
+    item = to_work_item(_state(GenerationParams(ignore_eos=True, min_tokens=3, stop_token_ids=(2, 7))))
+    assert (item.params.ignore_eos, item.params.min_tokens, list(item.params.stop_token_ids)) == (True, 3, [2, 7])
+    plain = to_work_item(_state(GenerationParams()))
+    assert (plain.params.ignore_eos, plain.params.min_tokens, list(plain.params.stop_token_ids)) == (False, 0, [])
+
+
 def test_logprobs_from_the_worker_are_bounded_to_what_a_record_holds() -> None:
     entries = [
         worker_pb2.TokenLogprob(

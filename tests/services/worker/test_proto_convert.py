@@ -73,6 +73,8 @@ def test_fields_are_carried_over() -> None:
         ({"stop": ["x"] * 17}, "stop"),
         ({"top_logprobs": 2}, "top_logprobs needs params.logprobs"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs must be at most 20"),
+        ({"min_tokens": 5}, "min_tokens"),
+        ({"stop_token_ids": list(range(1025))}, "stop_token_ids"),
     ],
 )
 def test_bad_params_are_rejected_with_a_reason(params: dict[str, object], message: str) -> None:
@@ -113,3 +115,15 @@ def test_a_deltas_logprobs_go_out_in_order_with_their_alternatives() -> None:
     assert [(t.token_id, t.token, t.logprob) for t in delta.logprobs[0].top] == [(5, "Hi", -0.25), (7, "Hey", -1.5)]
     assert list(delta.logprobs[1].top) == []
     assert list(event_to_proto(TextDelta("r", "x", 1)).delta.logprobs) == []
+
+
+def test_ways_to_stop_are_carried_over() -> None:
+    params = work_item_from_proto(proto_item(ignore_eos=True, min_tokens=3, stop_token_ids=[9, 2, 9])).params
+    assert (params.ignore_eos, params.min_tokens, params.stop_token_ids) == (True, 3, (2, 9))
+    item = work_item_from_proto(
+        worker_pb2.WorkItem(
+            request_id="r", prompt="x", params=worker_pb2.SamplingParams(max_new_tokens=8, min_tokens=5),
+            continuation="ab", continuation_tokens=2,
+        )
+    )
+    assert item.remaining_min_tokens == 3  # the continuation's tokens count, as for max_new_tokens

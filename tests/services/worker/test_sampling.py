@@ -13,6 +13,7 @@ from services.worker.sampling import (
     MIN_LOGPROB,
     RowSampling,
     SamplingTable,
+    ban_tokens,
     draw_from_weights,
     filter_top_k_top_p,
     make_generator,
@@ -274,3 +275,15 @@ def test_raw_logprobs_are_taken_before_picking_changes_the_logits_and_only_for_r
 
 def test_no_row_asking_for_logprobs_computes_nothing() -> None:
     assert raw_logprobs(logits_with_favourite(1, rows=2), table_for(SamplingParams(), SamplingParams())) is None
+
+
+def test_banned_tokens_are_never_picked_greedy_or_sampled() -> None:
+    table = table_for(SamplingParams(), SamplingParams(temperature=2.0, seed=3, top_p=0.9))
+    for _ in range(20):
+        logits = logits_with_favourite(7, rows=2)
+        ban_tokens(logits, [(0, (7, VOCAB - 1)), (1, (7,))])
+        tokens = pick_next_tokens(logits, table, None, None, in_place=True)
+        assert int(tokens[0]) not in (7, VOCAB - 1) and int(tokens[1]) != 7
+    untouched = logits_with_favourite(7)
+    ban_tokens(untouched, [])
+    assert torch.equal(untouched, logits_with_favourite(7))

@@ -218,3 +218,14 @@ async def test_logprobs_are_reported_as_certain_and_labelled_by_shape_only() -> 
     assert all(len(d.logprobs) == d.tokens for d in result.deltas)
     plain = await run_item(engine, WorkItem("r2", prompt="x", params=SamplingParams(max_new_tokens=2)))
     assert all(d.logprobs == () for d in plain.deltas)
+
+
+async def test_stop_token_ids_end_at_their_token_after_min_tokens() -> None:
+    engine = await started(make_settings())
+    stopped = await run_item(engine, WorkItem("r1", prompt="x", params=SamplingParams(max_new_tokens=9, stop_token_ids=(2,))))
+    assert isinstance(stopped.end, SequenceFinished) and stopped.end.reason is FinishReason.STOP
+    assert (stopped.text, stopped.end.completion_tokens) == ("tok0 tok1", 3)
+    params = SamplingParams(max_new_tokens=9, stop_token_ids=(2, 4), min_tokens=3)
+    later = await run_item(engine, WorkItem("r2", prompt="x", params=params))
+    assert isinstance(later.end, SequenceFinished) and later.end.reason is FinishReason.STOP
+    assert (later.text, later.end.completion_tokens) == ("tok0 tok1 tok2 tok3", 5)

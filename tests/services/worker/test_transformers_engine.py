@@ -354,6 +354,32 @@ async def test_logprobs_come_before_temperature_and_penalties_and_cover_the_end_
     assert entry.logprob < entry.top[0].logprob  # raw: the bias that forced it does not show
 
 
+async def test_ignore_eos_min_tokens_and_stop_token_ids(engine: TransformersEngine) -> None:
+    prompt = "1, 2, 3, 4,"
+    eos = engine.tokenizer.eos_token_id
+    forced_eos = ((eos, 100.0),)  # the model's end of sequence is its first choice at every step
+    ignored = await run_item(engine, greedy(prompt, max_new_tokens=4, logit_bias=forced_eos, ignore_eos=True))
+    assert isinstance(ignored.end, SequenceFinished)
+    assert (ignored.end.reason, ignored.end.completion_tokens) == (FinishReason.LENGTH, 4)
+    # min_tokens: the end of sequence cannot be picked for the first 3 tokens, then it is.
+    delayed = await run_item(
+        engine, greedy(prompt, max_new_tokens=10, logit_bias=forced_eos, min_tokens=3, logprobs=0)
+    )
+    assert isinstance(delayed.end, SequenceFinished)
+    assert (delayed.end.reason, delayed.end.completion_tokens) == (FinishReason.STOP, 4)
+    entries = [e.token_id for d in delayed.deltas for e in d.logprobs]
+    assert eos not in entries[:3] and entries[3] == eos
+    # A stop token id ends the answer like the end of sequence, its text left out: greedy counting
+    # goes " 5, 6, ...", so stopping at "," leaves " 5".
+    reference = await run_item(engine, greedy(prompt, max_new_tokens=4))
+    comma = engine.tokenizer(",", add_special_tokens=False)["input_ids"][0]
+    assert reference.text.startswith(" 5,")
+    stopped = await run_item(engine, greedy(prompt, max_new_tokens=8, stop_token_ids=(comma, 10**6)))
+    assert isinstance(stopped.end, SequenceFinished)
+    five = len(engine.tokenizer(" 5", add_special_tokens=False)["input_ids"])
+    assert (stopped.text, stopped.end.reason, stopped.end.completion_tokens) == (" 5", FinishReason.STOP, five + 1)
+
+
 async def test_more_items_than_the_batch_wait_and_all_finish(engine: TransformersEngine) -> None:
     items = [greedy(f"Count to {i}:", max_new_tokens=3, request_id=f"w{i}") for i in range(12)]
     tasks = [asyncio.create_task(run_item(engine, item)) for item in items]

@@ -113,8 +113,9 @@ def test_sampling_options_map_every_parameter() -> None:
     params = SamplingParams(
         max_new_tokens=64, temperature=0.7, top_p=0.9, top_k=40, stop=("\n\n", "END"), seed=7, repetition_penalty=1.2,
         presence_penalty=0.5, frequency_penalty=-0.25, logit_bias=((13, -100.0),), logprobs=3,
+        ignore_eos=True, min_tokens=6, stop_token_ids=(2, 5),
     )
-    assert sampling_options(params, budget=50) == {
+    assert sampling_options(params, budget=50, min_tokens=4) == {
         "n": 1,
         "max_tokens": 50,
         "temperature": 0.7,
@@ -129,6 +130,9 @@ def test_sampling_options_map_every_parameter() -> None:
         "seed": 7,
         "logit_bias": {13: -100.0},
         "logprobs": 3,
+        "ignore_eos": True,
+        "min_tokens": 4,
+        "stop_token_ids": [2, 5],
     }
 
 
@@ -136,7 +140,7 @@ def test_sampling_options_greedy_and_without_seed() -> None:
     options = sampling_options(SamplingParams(max_new_tokens=8), budget=8)
     # temperature 0 is greedy and top_k 0 disables in vLLM as in ours; no seed: vLLM draws one.
     assert (options["temperature"], options["top_k"], options["top_p"]) == (0.0, 0, 1.0)
-    assert "seed" not in options and "logprobs" not in options
+    assert not {"seed", "logprobs", "ignore_eos", "min_tokens", "stop_token_ids"} & options.keys()
     assert options["stop"] == []
 
 
@@ -278,6 +282,9 @@ def test_sampling_options_are_accepted_by_vllm() -> None:
     assert (converted.max_tokens, converted.top_k, converted.seed, converted.stop) == (9, 5, 3, ["x"])
     greedy = VllmSamplingParams(**sampling_options(SamplingParams(), budget=4))
     assert greedy.temperature == 0.0
+    stops = SamplingParams(max_new_tokens=9, ignore_eos=True, min_tokens=2, stop_token_ids=(7,), logprobs=2)
+    converted = VllmSamplingParams(**sampling_options(stops, budget=9, min_tokens=2))
+    assert (converted.ignore_eos, converted.min_tokens, converted.stop_token_ids, converted.logprobs) == (True, 2, [7], 2)
 
 
 @needs_vllm
@@ -413,6 +420,14 @@ async def _exercise(engine: VllmEngine) -> None:
     assert isinstance(with_logprobs.end, SequenceFinished) and len(entries) == with_logprobs.end.completion_tokens == 4
     assert "".join(e.token for e in entries) == with_logprobs.text == counting.text[: len(with_logprobs.text)]
     assert all(len(e.top) == 2 and e.top[0].token_id == e.token_id and e.logprob <= 0 for e in entries)
+
+    # Stop token ids reach vLLM: stopping at "," leaves " 5" of greedy counting.
+    comma = engine._encoder.encode(WorkItem("x", prompt=",")).ids[-1]
+    by_id = await run_item(
+        engine, WorkItem("id", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=8, stop_token_ids=(comma,)))
+    )
+    assert isinstance(by_id.end, SequenceFinished) and by_id.end.reason is FinishReason.STOP
+    assert by_id.text == " 5"
 
     stopped = await run_item(
         engine, WorkItem("stop", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=20, stop=(" 7",)))
