@@ -234,6 +234,7 @@ class BatchDispatcher:
         now = time.time()
         for state in batch:
             state.attempts += 1
+            state.tokens_before_attempt = state.tokens
             state.tried.add(worker.worker_id)
             state.worker_id = worker.worker_id
             state.model = worker.info.model
@@ -376,6 +377,9 @@ class BatchDispatcher:
 
     async def _on_finished(self, state: RequestState, finished: worker_pb2.Finished) -> None:
         state.prompt_tokens = finished.prompt_tokens or state.prompt_tokens
+        # The worker's count: tokens that added no text (an end-of-sequence token) were never on a
+        # delta, yet they were generated (and are counted, as vLLM and OpenAI count them).
+        state.tokens = max(state.tokens, state.tokens_before_attempt + finished.completion_tokens)
         if finished.reason == worker_pb2.FINISH_REASON_CANCELLED or state.cancelled:
             # A request cancelled while its last tokens were on the way ends as cancelled too.
             await self._fail(state, ErrorCode.CANCELLED, f"cancelled: {state.cancelled or 'on the worker'}")

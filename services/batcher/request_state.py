@@ -34,6 +34,9 @@ class RequestState:
     """Text delivered so far (over every attempt)."""
     tokens: int = 0
     """Tokens delivered so far (over every attempt)."""
+    tokens_before_attempt: int = 0
+    """`tokens` when the current attempt was dispatched (its continuation): the worker's
+    `Finished.completion_tokens` counts only the attempt's own."""
     prompt_tokens: int = 0
     attempts: int = 0
     tried: set[str] = field(default_factory=set)

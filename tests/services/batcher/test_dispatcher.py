@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
 
 from services.batcher.dispatcher import BatchDispatcher, logprobs_from_proto, to_work_item
+from services.batcher.metrics import BatcherMetrics
 from services.batcher.request_state import RequestState
 from services.worker.proto_convert import work_item_from_proto
 from shared.protos import worker_pb2
 from shared.records import (
     MAX_TOP_LOGPROBS,
     MIN_LOGPROB,
+    FinishReason,
     GenerationParams,
     GenerationRequest,
     Priority,
@@ -85,9 +88,13 @@ class _RecordingPublisher:
 
     def __init__(self) -> None:
         self.deltas: list[tuple[str, tuple[TokenLogprob, ...]]] = []
+        self.finals: list[tuple[FinishReason, int]] = []
 
     async def delta(self, state: RequestState, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> None:
         self.deltas.append((text, tuple(logprobs)))
+
+    async def final(self, state: RequestState, reason: FinishReason, *, reply_text: str | None = None) -> None:
+        self.finals.append((reason, state.tokens))
 
 
 def _dispatcher(publisher: _RecordingPublisher) -> BatchDispatcher:
@@ -110,3 +117,16 @@ async def test_a_delta_hands_its_logprobs_to_the_publisher_only_when_asked_for()
         ("Hi", ()),  # a worker that sends them unasked does not make replies bigger
     ]
     assert (asked.text, asked.tokens) == ("Hi", 1)
+
+
+async def test_the_answer_counts_the_tokens_the_worker_generated_also_those_without_text() -> None:
+    publisher = _RecordingPublisher()
+    dispatcher = BatchDispatcher(None, None, publisher, BatcherMetrics(CollectorRegistry()), lambda _s: None, None)  # type: ignore[arg-type]
+    # A retry continuing after 3 delivered tokens: the worker reports 2 with text, then ends with an
+    # end-of-sequence token (no text, so on no delta) and counts 3 of its own.
+    state = _state(GenerationParams())
+    state.tokens = state.tokens_before_attempt = 3
+    await dispatcher._on_delta(state, worker_pb2.TokenDelta(text=" a b", tokens=2))  # noqa: SLF001
+    finished = worker_pb2.Finished(reason=worker_pb2.FINISH_REASON_STOP, completion_tokens=3, prompt_tokens=9)
+    await dispatcher._on_finished(state, finished)  # noqa: SLF001
+    assert publisher.finals == [(FinishReason.STOP, 6)]
