@@ -2,7 +2,8 @@
 
 For requests whose `guard` is `blocking` (from the tenant's `guard_mode`), the pipeline wraps the
 request's event stream — the cluster's, or a cache replay's, so cached answers are never served
-without a verdict either — with :func:`guarded_events`:
+without a verdict either; with `n` > 1, each choice's stream, so each choice is judged on its own —
+with :func:`guarded_events`:
 
 * token deltas are held back; on the final event the whole answer goes to the guardian's
   `POST /v1/guard/check` (bounded by `gateway_guard_timeout_s`);

@@ -9,6 +9,11 @@ after that are sent as an SSE `data: {"error": ...}` event followed by `data: [D
 
 A client that disconnects while waiting is noticed (the ASGI `http.disconnect` message) and its
 request is cancelled in the cluster.
+
+A request for `n` > 1 choices (parallel_sampling.py) is answered from a ChoicesCall: a whole answer
+once every choice is finished (or the error of the first that fails, the others cancelled); a
+stream with every choice's chunks interleaved as they come (`_sse_choices_stream`). Requests of one
+choice take the single-choice path, unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from shared.ops_server import add_ops_routes
-from shared.records import Priority, ReplyEvent, ReplyKind, TokenLogprob
+from shared.records import Priority, ReplyEvent, ReplyKind, TokenLogprob, Usage
 from shared.structured_logging import request_context
 
 from services.gateway.body_limit import BodySizeLimit
@@ -50,7 +55,8 @@ from services.gateway.openai_protocol import (
     ModelList,
     TextCompletion,
 )
-from services.gateway.request_pipeline import GenerationCall, RequestPipeline
+from services.gateway.parallel_sampling import ChoiceEvent, ChoiceResult
+from services.gateway.request_pipeline import ChoicesCall, GenerationCall, RequestPipeline
 from services.gateway.request_translation import (
     PRIORITY_HEADER,
     TranslatedRequest,
@@ -63,7 +69,9 @@ from services.gateway.response_format import (
     CompletionStreamFormatter,
     StreamFormatter,
     chat_completion,
+    chat_completion_choices,
     text_completion,
+    text_completion_choices,
 )
 
 __all__ = ["CACHE_HEADER", "REQUEST_ID_HEADER", "build_http_app"]
@@ -107,6 +115,11 @@ _SSE_RESPONSE = {
 }
 
 T = TypeVar("T")
+
+#: A whole answer of one choice: (request id, created, model, final event, log probabilities).
+_WholeAnswer = Callable[[str, int, str, ReplyEvent, Sequence[TokenLogprob] | None], ChatCompletion | TextCompletion]
+#: A whole answer of several choices: (request id, created, model, the choices, their usage).
+_WholeChoices = Callable[[str, int, str, Sequence[ChoiceResult], Usage], ChatCompletion | TextCompletion]
 
 
 def build_http_app(
@@ -178,7 +191,8 @@ def build_http_app(
         endpoint: str,
         id_kind: str,
         translate: Callable[[Priority], TranslatedRequest],
-        whole: Callable[[str, int, str, ReplyEvent, Sequence[TokenLogprob] | None], ChatCompletion | TextCompletion],
+        whole: _WholeAnswer,
+        whole_choices: _WholeChoices,
         formatter_type: type[StreamFormatter],
     ) -> Response:
         started = time.monotonic()
@@ -190,7 +204,8 @@ def build_http_app(
                 tenant = request.state.tenant  # set by `authenticated`, before the body was read
                 translated = translate(tenant.default_priority)
                 priority = translated.priority.value
-                call = await pipeline.submit(
+                submit = pipeline.submit if translated.n == 1 else pipeline.submit_choices
+                call = await submit(
                     translated,
                     request_id=request_id,
                     endpoint=endpoint,
@@ -204,6 +219,8 @@ def build_http_app(
                 api = map_exception(exc, retry_after_s=retry_after_s, request_id=request_id)
                 pipeline.count_refused(endpoint, priority, api.outcome, started)
                 return error_response(api, headers)
+            if isinstance(call, ChoicesCall):
+                return await answer_choices(request, call, whole_choices, formatter_type, headers)
             try:
                 if not translated.stream:
                     final = await _until_disconnect(request, call.final())
@@ -237,6 +254,52 @@ def build_http_app(
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    async def answer_choices(
+        request: Request,
+        call: ChoicesCall,
+        whole_choices: _WholeChoices,
+        formatter_type: type[StreamFormatter],
+        headers: dict[str, str],
+    ) -> Response:
+        """The answer to a request of several choices (see the module docstring); as for one
+        choice, a failure before the stream starts is a real HTTP status."""
+        request_id = call.request_id
+        try:
+            if not call.request.stream:
+                results = await _until_disconnect(request, call.results())
+                await call.close("ok")
+                body = whole_choices(request_id, call.created, call.model, results, call.usage())
+                return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+            first = await _until_disconnect(request, call.next_event())
+            if first.event.kind is ReplyKind.ERROR:
+                assert first.event.error is not None
+                raise ReplyError(first.event.error)
+        except Exception as exc:
+            # Safe: the call is closed (cancelling every unfinished choice) and the client answered.
+            api = map_exception(exc, retry_after_s=retry_after_s, request_id=request_id)
+            await call.close(api.outcome)
+            return error_response(api, headers)
+        except BaseException:
+            # The endpoint itself is being cancelled (server shutdown): close, then go on.
+            await call.close("disconnected")
+            raise
+        formatters = [
+            formatter_type(
+                request_id,
+                call.created,
+                call.model,
+                include_usage=call.include_usage,
+                logprobs=call.request.params.logprobs,
+                index=index,
+            )
+            for index in range(call.n)
+        ]
+        return _ClosingStreamingResponse(
+            _sse_choices_stream(call, first, formatters, retry_after_s),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
     @app.post(
         "/v1/chat/completions",
         dependencies=[Depends(authenticated)],
@@ -259,6 +322,7 @@ def build_http_app(
                 body, settings, priority_header=x_lgc_priority, default_priority=default
             ),
             whole=chat_completion,
+            whole_choices=chat_completion_choices,
             formatter_type=ChatStreamFormatter,
         )
 
@@ -284,6 +348,7 @@ def build_http_app(
                 body, settings, priority_header=x_lgc_priority, default_priority=default
             ),
             whole=text_completion,
+            whole_choices=text_completion_choices,
             formatter_type=CompletionStreamFormatter,
         )
 
@@ -365,6 +430,51 @@ async def _sse_stream(
         api = map_exception(exc, retry_after_s=retry_after_s, request_id=call.request_id)
         outcome = api.outcome
         for chunk in formatter.error(api):
+            yield chunk
+    finally:
+        await call.close(outcome)
+
+
+async def _sse_choices_stream(
+    call: ChoicesCall, first: ChoiceEvent, formatters: Sequence[StreamFormatter], retry_after_s: int
+) -> AsyncIterator[str]:
+    """The SSE body of a streamed answer of several choices: every choice's opening, their chunks
+    as they come (each formatter keeps its choice's state), each choice's last chunk, then once the
+    usage of all (when asked for) and `[DONE]`. A failure of any choice ends the stream with the
+    error event and `[DONE]`; closing the call, however it ends, cancels the unfinished choices."""
+    outcome = "disconnected"
+    try:
+        for formatter in formatters:
+            for chunk in formatter.opening():
+                yield chunk
+        item = first
+        while True:
+            event = item.event
+            formatter = formatters[item.index]
+            if event.kind is ReplyKind.DELTA:
+                for chunk in formatter.delta(event):
+                    yield chunk
+            elif event.kind is ReplyKind.FINAL:
+                for chunk in formatter.finish(event):
+                    yield chunk
+                if call.finished == call.n:
+                    outcome = "ok"
+                    for chunk in formatter.ending(call.usage()):
+                        yield chunk
+                    return
+            else:
+                assert event.error is not None
+                api = map_exception(ReplyError(event.error), retry_after_s=retry_after_s)
+                outcome = api.outcome
+                for chunk in formatter.error(api):
+                    yield chunk
+                return
+            item = await call.next_event()
+    except Exception as exc:
+        # Safe: headers are gone, so the failure is told in the stream, which then ends.
+        api = map_exception(exc, retry_after_s=retry_after_s, request_id=call.request_id)
+        outcome = api.outcome
+        for chunk in formatters[0].error(api):
             yield chunk
     finally:
         await call.close(outcome)

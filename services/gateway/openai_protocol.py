@@ -4,8 +4,8 @@ it sends (these models also make the published OpenAPI document).
 Acceptance rules, so that nothing that changes the answer is silently ignored:
 
 * supported parameters are typed and range-checked here;
-* OpenAI parameters the gateway cannot honour (tools, n > 1, response formats other than text,
-  ...) are accepted only at their neutral value (absent, null, false, 0, empty, 1,
+* OpenAI parameters the gateway cannot honour (tools, response formats other than text, `best_of`
+  other than `n`, ...) are accepted only at their neutral value (absent, null, false, 0, empty,
   `{"type": "text"}`) and refused with 400 naming the parameter otherwise;
 * parameters that cannot change the answer (`user`, `metadata`, `store`, ...) are accepted and
   ignored;
@@ -22,12 +22,14 @@ from shared.records import (
     MAX_LOGIT_BIAS,
     MAX_MESSAGES,
     MAX_STOP_SEQUENCES,
+    MAX_STOP_TOKEN_IDS,
     MAX_TEXT_CHARS,
     MAX_TOKEN_ID,
     MAX_TOP_LOGPROBS,
 )
 
 __all__ = [
+    "MAX_CHOICES",
     "ChatChoice",
     "ChatChunkChoice",
     "ChatCompletion",
@@ -53,6 +55,9 @@ __all__ = [
 ]
 
 PriorityName = Literal["high", "normal", "low"]
+
+#: OpenAI's largest `n`; the gateway's own limit (`gateway_max_choices`) is at most this.
+MAX_CHOICES = 128
 
 
 def _refuse_unless(value: Any, neutral: tuple[Any, ...], what: str) -> Any:
@@ -167,8 +172,12 @@ class _GenerationBody(_Body):
     """Stream the answer as server-sent events ending in `data: [DONE]`."""
     stream_options: StreamOptions | None = None
     """Streaming options; only with `stream: true`."""
-    n: int | None = Field(None, ge=1)
-    """Number of answers; only 1 is supported."""
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    """How many choices (answers) to generate for the prompt, 1 by default; at most the
+    gateway's `gateway_max_choices` (16 unless the operator says otherwise). Each is sampled on
+    its own; with a `seed`, choice i uses seed + i; with temperature 0 all are the same greedy
+    answer. Usage counts the prompt once and sums the choices' completion tokens. Requests with
+    n > 1 bypass the caches."""
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     """Subtracted from the logit of every token the answer already holds (generated tokens only,
     as OpenAI and vLLM do); > 0 favours new tokens. Null or 0: none."""
@@ -190,6 +199,15 @@ class _GenerationBody(_Body):
     """Extension: > 1 discourages repetition; 1 disables."""
     priority: PriorityName | None = None
     """Extension: scheduling class (overrides the `X-LGC-Priority` header)."""
+    ignore_eos: bool | None = None
+    """Extension (vLLM's): generate past the model's end-of-sequence token, up to `max_tokens`
+    (answers of a fixed length, as benchmarks want); `stop` and `stop_token_ids` still end it."""
+    min_tokens: int | None = Field(None, ge=0)
+    """Extension (vLLM's): the end-of-sequence token and `stop_token_ids` cannot end the answer
+    before this many tokens; at most `max_tokens`. Null or 0: none."""
+    stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    """Extension (vLLM's): up to 64 token ids of the served model that end the answer as its
+    end-of-sequence token does (finish reason `stop`; not part of the text)."""
 
     @field_validator("stop")
     @classmethod
@@ -202,12 +220,12 @@ class _GenerationBody(_Body):
                 raise ValueError("each stop sequence must have 1 to 256 characters")
         return stop
 
-    @field_validator("n")
+    @field_validator("stop_token_ids")
     @classmethod
-    def _single_choice(cls, n: int | None) -> int | None:
-        if n is not None and n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
+    def _stop_token_ids(cls, value: list[int] | None) -> list[int] | None:
+        if any(not 0 <= token <= MAX_TOKEN_ID for token in value or ()):
+            raise ValueError(f"stop_token_ids must be token ids (integers 0 to {MAX_TOKEN_ID})")
+        return value
 
     @field_validator("logit_bias")
     @classmethod
@@ -318,7 +336,8 @@ class CompletionRequest(_GenerationBody):
     echo: bool | None = None
     """Not supported; must be absent, null or false."""
     best_of: int | None = None
-    """Not supported; must be absent, null or 1."""
+    """Only as many as `n` (absent, null or equal to `n`): every choice generated is returned, so
+    there is no "best" to pick among more."""
     suffix: str | None = None
     """Not supported (no insertion); must be absent, null or empty."""
 
@@ -343,8 +362,13 @@ class CompletionRequest(_GenerationBody):
 
     @field_validator("best_of")
     @classmethod
-    def _no_best_of(cls, value: int | None) -> int | None:
-        return _refuse_unless(value, (1,), "best_of > 1")
+    def _best_of_is_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # `n` (a field of the base class) is validated before `best_of`; when it is invalid it is
+        # missing here, and its own error comes first.
+        n = info.data.get("n") or 1
+        if value is not None and (type(value) is not int or value != n):
+            raise ValueError(f"best_of other than n ({n}) is not supported (every generated choice is returned)")
+        return value
 
     @field_validator("suffix")
     @classmethod
@@ -367,9 +391,9 @@ class UsageOut(_Out):
     """Token counts."""
 
     prompt_tokens: int
-    """Tokens in the prompt (after the chat template)."""
+    """Tokens in the prompt (after the chat template); once, whatever `n`."""
     completion_tokens: int
-    """Tokens generated."""
+    """Tokens generated (by all `n` choices together)."""
     total_tokens: int
     """Sum of both."""
 
@@ -429,10 +453,10 @@ class CompletionLogprobs(_Out):
 
 
 class ChatChoice(_Out):
-    """The (single) answer of a chat completion."""
+    """One answer of a chat completion."""
 
     index: int = 0
-    """Always 0 (n=1)."""
+    """Which of the request's `n` answers this is (0 to n-1); `choices` are in this order."""
     message: ChatMessageOut
     """The answer."""
     logprobs: ChatLogprobs | None = None
@@ -454,7 +478,7 @@ class ChatCompletion(_Out):
     model: str
     """Model that answered."""
     choices: list[ChatChoice]
-    """One answer."""
+    """The `n` answers (one by default), by `index`."""
     usage: UsageOut
     """Token counts."""
     system_fingerprint: str | None = None
@@ -471,10 +495,11 @@ class ChatDelta(_Out):
 
 
 class ChatChunkChoice(_Out):
-    """The (single) choice of a chat chunk."""
+    """The choice a chat chunk continues."""
 
     index: int = 0
-    """Always 0."""
+    """Which of the request's `n` answers this chunk continues (0 to n-1); with n > 1 the answers'
+    chunks are interleaved as they come."""
     delta: ChatDelta
     """New content."""
     logprobs: ChatLogprobs | None = None
@@ -495,18 +520,20 @@ class ChatCompletionChunk(_Out):
     model: str
     """Model that answers."""
     choices: list[ChatChunkChoice]
-    """One choice; empty in the usage chunk."""
+    """One choice (see its `index`); empty in the usage chunk."""
     usage: UsageOut | None = None
-    """Only with `stream_options.include_usage`: null except in the last chunk."""
+    """Only with `stream_options.include_usage`: null except in the last chunk (all choices
+    together)."""
     system_fingerprint: str | None = None
     """Always null."""
 
 
 class CompletionChoice(_Out):
-    """The (single) choice of a text completion or text completion chunk."""
+    """One choice of a text completion, or the choice a text completion chunk continues."""
 
     index: int = 0
-    """Always 0."""
+    """Which of the request's `n` answers this is (0 to n-1); chunks of several answers are
+    interleaved as they come."""
     text: str
     """Generated text (new text in a chunk)."""
     logprobs: CompletionLogprobs | None = None
@@ -527,7 +554,7 @@ class TextCompletion(_Out):
     model: str
     """Model that answered."""
     choices: list[CompletionChoice]
-    """One choice; empty in the usage chunk."""
+    """The `n` choices by `index` (a chunk: one); empty in the usage chunk."""
     usage: UsageOut | None = None
     """Token counts (streams: only with `stream_options.include_usage`, in the last chunk)."""
     system_fingerprint: str | None = None

@@ -8,6 +8,12 @@ client, recording the answer into the caches when it comes. For tenants in block
 answer (fresh or replayed) passes the guardian's synchronous check before any of it is let out, and
 before it is recorded (blocking_guard.py). And the bookkeeping of the end: permit and tenant slot
 release (tokens reconciled with the real usage), metrics.
+
+A request for `n` > 1 choices (`submit_choices`, parallel_sampling.py) is admitted once, as a
+whole (its token estimate counts every choice), bypasses the caches, and fans out into `n` child
+requests on the same engine client, each judged on its own in blocking guard mode; its
+:class:`ChoicesCall` merges their events. Requests of one choice (`submit`, :class:`GenerationCall`)
+take the path above unchanged: no task or queue of the fan-out is made for them.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from shared.records import (
+    CachePolicy,
     CacheStatus,
     FinishReason,
     GenerationRequest,
@@ -27,6 +35,7 @@ from shared.records import (
     ReplyKind,
     Timings,
     TokenLogprob,
+    Usage,
 )
 
 from services.gateway.admission import InflightLimiter, Permit
@@ -37,19 +46,102 @@ from services.gateway.engine_client import EngineClient
 from services.gateway.errors import GuardianUnavailableError, ReplyError
 from services.gateway.guardian_client import GuardianClient
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.parallel_sampling import (
+    ChoiceEvent,
+    ChoiceResult,
+    ChoiceStreams,
+    child_requests,
+    summed_usage,
+)
 from services.gateway.rate_limits import RateLimiter, TenantSlot, estimate_tokens
 from services.gateway.request_translation import TranslatedRequest
 from services.gateway.response_cache import CacheLookup, ResponseCache
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants import OPEN_TENANT, Tenant, TenantDirectory, cap_priority
 
-__all__ = ["GenerationCall", "RequestPipeline"]
+__all__ = ["ChoicesCall", "GenerationCall", "RequestPipeline"]
 
 log = logging.getLogger(__name__)
 
 
-class GenerationCall:
-    """One admitted request in progress: its events, and what happens when it ends."""
+class _Call:
+    """What every admitted request has, however many choices it makes: its record, the permit and
+    tenant slot it holds, and the bookkeeping of its end (`close`)."""
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        *,
+        endpoint: str,
+        include_usage: bool,
+        permit: Permit,
+        metrics: GatewayMetrics,
+        started: float,
+        cache_status: CacheStatus = CacheStatus.MISS,
+        slot: TenantSlot | None = None,
+    ) -> None:
+        self.request = request
+        self.cache_status = cache_status
+        """How the caches were involved (the `X-LGC-Cache` header)."""
+        self._slot = slot
+        self._used_tokens: int | None = None
+        """Tokens the request really used, once known (None: keep the up-front count)."""
+        self.endpoint = endpoint
+        self.include_usage = include_usage
+        self.created = int(request.created_at)
+        self._permit = permit
+        self._metrics = metrics
+        self._started = started
+        self._first_delta_seen = False
+        self._closed = False
+
+    @property
+    def request_id(self) -> str:
+        return self.request.id
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+    @property
+    def priority(self) -> str:
+        return self.request.priority.value
+
+    def _note_first_delta(self) -> None:
+        """Time to first token; called for the first delta of a stream only (a whole answer's
+        deltas, its log probabilities, come just before its end)."""
+        self._first_delta_seen = True
+        self._metrics.ttft.labels(endpoint=self.endpoint, priority=self.priority).observe(
+            time.monotonic() - self._started
+        )
+
+    def _count_usage(self, usage: Usage) -> None:
+        """Token metrics count what the cluster generated (a replayed cached answer cost nothing)."""
+        if self.cache_status in (CacheStatus.MISS, CacheStatus.BYPASS):
+            self._metrics.completion_tokens.inc(usage.completion_tokens)
+            self._metrics.prompt_tokens.inc(usage.prompt_tokens)
+
+    async def _stop(self) -> None:
+        """Stop listening to the cluster (which cancels unfinished work)."""
+        raise NotImplementedError
+
+    async def close(self, outcome: str) -> None:
+        """End the call: stop listening (which cancels unfinished work), free the permit, count it.
+        Safe to call more than once; only the first outcome counts."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._stop()
+        finally:
+            self._permit.release()
+            if self._slot is not None:
+                await self._slot.release(self._used_tokens)
+            self._metrics.observe_request(self.endpoint, outcome, self.priority, time.monotonic() - self._started)
+
+
+class GenerationCall(_Call):
+    """One admitted request of one choice in progress: its events, and what happens when it ends."""
 
     def __init__(
         self,
@@ -64,50 +156,29 @@ class GenerationCall:
         cache_status: CacheStatus = CacheStatus.MISS,
         slot: TenantSlot | None = None,
     ) -> None:
-        self.request = request
-        self.cache_status = cache_status
-        """How the caches were involved (the `X-LGC-Cache` header)."""
-        self._slot = slot
-        self._used_tokens: int | None = None
-        self.endpoint = endpoint
-        self.include_usage = include_usage
-        self.created = int(request.created_at)
+        super().__init__(
+            request,
+            endpoint=endpoint,
+            include_usage=include_usage,
+            permit=permit,
+            metrics=metrics,
+            started=started,
+            cache_status=cache_status,
+            slot=slot,
+        )
         self._events = events
-        self._permit = permit
-        self._metrics = metrics
-        self._started = started
-        self._first_delta_seen = False
-        self._closed = False
         self.logprobs: list[TokenLogprob] | None = [] if request.params.logprobs else None
         """The answer's log probabilities, gathered by `final` from the deltas that carry them
         (they never come on the final event); None when the request did not ask for them."""
 
-    @property
-    def request_id(self) -> str:
-        return self.request.id
-
-    @property
-    def model(self) -> str:
-        return self.request.model
-
-    @property
-    def priority(self) -> str:
-        return self.request.priority.value
-
     async def next_event(self) -> ReplyEvent:
         """The next event (StopAsyncIteration after the terminal one)."""
         event = await anext(self._events)
-        # Streams only: a whole answer's deltas (its log probabilities) come just before its end.
         if event.kind is ReplyKind.DELTA and self.request.stream and not self._first_delta_seen:
-            self._first_delta_seen = True
-            self._metrics.ttft.labels(endpoint=self.endpoint, priority=self.priority).observe(
-                time.monotonic() - self._started
-            )
+            self._note_first_delta()
         elif event.kind is ReplyKind.FINAL and event.usage is not None:
             self._used_tokens = event.usage.total_tokens
-            if self.cache_status in (CacheStatus.MISS, CacheStatus.BYPASS):
-                self._metrics.completion_tokens.inc(event.usage.completion_tokens)
-                self._metrics.prompt_tokens.inc(event.usage.prompt_tokens)
+            self._count_usage(event.usage)
         return event
 
     async def final(self) -> ReplyEvent:
@@ -124,19 +195,116 @@ class GenerationCall:
             elif event.kind is ReplyKind.FINAL:
                 return event
 
-    async def close(self, outcome: str) -> None:
-        """End the call: stop listening (which cancels unfinished work), free the permit, count it.
-        Safe to call more than once; only the first outcome counts."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._events.aclose()  # type: ignore[attr-defined]
-        finally:
-            self._permit.release()
-            if self._slot is not None:
-                await self._slot.release(self._used_tokens)
-            self._metrics.observe_request(self.endpoint, outcome, self.priority, time.monotonic() - self._started)
+    async def _stop(self) -> None:
+        await self._events.aclose()  # type: ignore[attr-defined]
+
+
+class ChoicesCall(_Call):
+    """One admitted request of `n` > 1 choices in progress (parallel_sampling.py): its children's
+    events, merged, and what happens when it ends. Closing it cancels every unfinished choice."""
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        *,
+        children: tuple[GenerationRequest, ...],
+        endpoint: str,
+        include_usage: bool,
+        choices: ChoiceStreams,
+        permit: Permit,
+        metrics: GatewayMetrics,
+        started: float,
+        slot: TenantSlot | None = None,
+    ) -> None:
+        super().__init__(
+            request,
+            endpoint=endpoint,
+            include_usage=include_usage,
+            permit=permit,
+            metrics=metrics,
+            started=started,
+            cache_status=CacheStatus.BYPASS,
+            slot=slot,
+        )
+        self.children = children
+        """The requests that make the choices, choice i at index i (ids `<request id>.<i>`)."""
+        self._choices = choices
+        self._finals: dict[int, ReplyEvent] = {}
+
+    @property
+    def n(self) -> int:
+        """How many choices."""
+        return len(self.children)
+
+    async def next_event(self) -> ChoiceEvent:
+        """The next event of any choice, in arrival order. Raises what a choice's stream raised
+        (GatewayTimeoutError, ...); error events are returned, as GenerationCall does."""
+        item = await self._choices.next()
+        event = item.event
+        if event.kind is ReplyKind.DELTA and self.request.stream and not self._first_delta_seen:
+            self._note_first_delta()
+        elif event.kind is ReplyKind.FINAL:
+            self._finals[item.index] = event
+            if event.usage is not None:
+                self._count_usage(event.usage)
+            if len(self._finals) == self.n and all(f.usage is not None for f in self._finals.values()):
+                # What the cluster computed: every choice's prompt and completion.
+                self._used_tokens = sum(f.usage.total_tokens for f in self._finals.values() if f.usage is not None)
+        return item
+
+    @property
+    def finished(self) -> int:
+        """How many choices have their final event."""
+        return len(self._finals)
+
+    def usage(self) -> Usage:
+        """The answer's usage so far (parallel_sampling.summed_usage): the prompt once, every
+        finished choice's completion tokens summed."""
+        return summed_usage(list(self._finals.values()))
+
+    async def results(self) -> list[ChoiceResult]:
+        """Wait for every choice's final event; ReplyError as soon as one fails (the caller closes
+        the call, which cancels the others). Sorted by index, each with its log probabilities
+        when the request asked for them."""
+        logprobs: list[list[TokenLogprob]] | None = None
+        if self.request.params.logprobs:
+            logprobs = [[] for _ in range(self.n)]
+        while self.finished < self.n:
+            item = await self.next_event()
+            event = item.event
+            if event.kind is ReplyKind.DELTA:
+                if logprobs is not None:
+                    logprobs[item.index].extend(event.logprobs)
+            elif event.kind is ReplyKind.ERROR:
+                assert event.error is not None
+                raise ReplyError(event.error)
+        return [
+            ChoiceResult(index, self._finals[index], None if logprobs is None else logprobs[index])
+            for index in range(self.n)
+        ]
+
+    async def _stop(self) -> None:
+        await self._choices.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A request past admission: what it holds until its call is closed."""
+
+    request: GenerationRequest
+    """The record (id = the client's request id), priority capped, cache policy and guard set."""
+    tenant: Tenant
+    policy: CachePolicy
+    permit: Permit
+    slot: TenantSlot | None
+    choices: int
+    """The request's `n`."""
+
+    async def release(self) -> None:
+        """Give back what was taken (nothing was used)."""
+        self.permit.release()
+        if self.slot is not None:
+            await self.slot.release(0)
 
 
 class RequestPipeline:
@@ -199,8 +367,86 @@ class RequestPipeline:
         tenant: Tenant | None = None,
         cache_control: str | None = None,
     ) -> GenerationCall:
-        """Admit the request and start it; the caller must `close()` the call it gets. Raises
-        TooManyRequestsError, ModelNotFoundError, NoWorkersError, EngineUnavailableError."""
+        """Admit a request of one choice and start it; the caller must `close()` the call it gets.
+        Raises TooManyRequestsError, ModelNotFoundError, NoWorkersError, EngineUnavailableError."""
+        assert translated.n == 1, "requests of several choices go through submit_choices"
+        admitted = await self._admit(
+            translated, request_id=request_id, timeout_s=timeout_s, tenant=tenant, cache_control=cache_control
+        )
+        request = admitted.request
+        try:
+            lookup = CacheLookup(CacheStatus.BYPASS)
+            if self.cache is not None and self.settings.gateway_cache_enabled:
+                lookup = await self.cache.lookup(request, admitted.policy)
+            if lookup.answer is not None:
+                events = self._guarded(self._replay(request, lookup, started), request)
+            else:
+                events = self._guarded(self.engine.generate(request), request)
+                if lookup.store:
+                    events = self._recording(events, request, lookup)
+        except BaseException:
+            # Failed before a call exists: give the slots back, then report why.
+            await admitted.release()
+            raise
+        self._log_admitted(admitted, endpoint, lookup.status)
+        return GenerationCall(
+            request,
+            endpoint=endpoint,
+            include_usage=translated.include_usage,
+            events=events,
+            permit=admitted.permit,
+            metrics=self.metrics,
+            started=started,
+            cache_status=lookup.status,
+            slot=admitted.slot,
+        )
+
+    async def submit_choices(
+        self,
+        translated: TranslatedRequest,
+        *,
+        request_id: str,
+        endpoint: str,
+        started: float,
+        timeout_s: float | None = None,
+        tenant: Tenant | None = None,
+        cache_control: str | None = None,
+    ) -> ChoicesCall:
+        """Admit a request of `translated.n` > 1 choices and start its children
+        (parallel_sampling.py); the caller must `close()` the call it gets. Admission (in-flight
+        bound, lag, rate limits with the token estimate times n) is the whole request's, once.
+        The caches are bypassed: a cached answer is one choice, and storing one of the choices
+        would replay one sample n times. In blocking guard mode each choice is judged on its own."""
+        admitted = await self._admit(
+            translated, request_id=request_id, timeout_s=timeout_s, tenant=tenant, cache_control=cache_control
+        )
+        request = admitted.request
+        children = child_requests(request, translated.n)
+        choices = ChoiceStreams([self._guarded(self.engine.generate(child), child) for child in children])
+        self._log_admitted(admitted, endpoint, CacheStatus.BYPASS)
+        return ChoicesCall(
+            request,
+            children=children,
+            endpoint=endpoint,
+            include_usage=translated.include_usage,
+            choices=choices,
+            permit=admitted.permit,
+            metrics=self.metrics,
+            started=started,
+            slot=admitted.slot,
+        )
+
+    async def _admit(
+        self,
+        translated: TranslatedRequest,
+        *,
+        request_id: str,
+        timeout_s: float | None,
+        tenant: Tenant | None,
+        cache_control: str | None,
+    ) -> _Admitted:
+        """In-flight bound -> request lag -> model -> priority cap, cache policy, guard mode and
+        deadline -> tenant rate limits, once per client request whatever its `n`."""
         tenant = tenant or self.open_tenant
         permit = self.limiter.acquire()
         slot: TenantSlot | None = None
@@ -221,47 +467,34 @@ class RequestPipeline:
                 raise GuardianUnavailableError("This tenant's answers must be judged, and no guardian is configured.")
             if self.rate_limiter is not None:
                 prompt_chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages or ())
-                slot = await self.rate_limiter.acquire(
-                    tenant, estimate_tokens(prompt_chars, request.params.max_new_tokens)
-                )
-            lookup = CacheLookup(CacheStatus.BYPASS)
-            if self.cache is not None and self.settings.gateway_cache_enabled:
-                lookup = await self.cache.lookup(request, policy)
-            if lookup.answer is not None:
-                events = self._guarded(self._replay(request, lookup, started), request)
-            else:
-                events = self._guarded(self.engine.generate(request), request)
-                if lookup.store:
-                    events = self._recording(events, request, lookup)
+                # Each choice is a whole request in the cluster: its prompt and its completion.
+                cost = estimate_tokens(prompt_chars, request.params.max_new_tokens) * translated.n
+                slot = await self.rate_limiter.acquire(tenant, cost)
         except BaseException:
             # Refused or failed before a call exists: give the slots back, then report why.
             permit.release()
             if slot is not None:
                 await slot.release(0)
             raise
+        return _Admitted(
+            request=request, tenant=tenant, policy=policy, permit=permit, slot=slot, choices=translated.n
+        )
+
+    def _log_admitted(self, admitted: _Admitted, endpoint: str, cache_status: CacheStatus) -> None:
+        request = admitted.request
         log.info(
             "request admitted",
             extra={
                 "endpoint": endpoint,
-                "model": model,
-                "tenant": tenant.name,
-                "key_id": tenant.key_id,
+                "model": request.model,
+                "tenant": admitted.tenant.name,
+                "key_id": admitted.tenant.key_id,
                 "priority": request.priority.value,
                 "stream": request.stream,
                 "max_new_tokens": request.params.max_new_tokens,
-                "cache": lookup.status.value,
+                "cache": cache_status.value,
+                "choices": admitted.choices,
             },
-        )
-        return GenerationCall(
-            request,
-            endpoint=endpoint,
-            include_usage=translated.include_usage,
-            events=events,
-            permit=permit,
-            metrics=self.metrics,
-            started=started,
-            cache_status=lookup.status,
-            slot=slot,
         )
 
     def _guarded(self, events: AsyncIterator[ReplyEvent], request: GenerationRequest) -> AsyncIterator[ReplyEvent]:

@@ -17,6 +17,7 @@ from shared.records import (
     MAX_LOGIT_BIAS,
     MAX_MESSAGES,
     MAX_STOP_SEQUENCES,
+    MAX_STOP_TOKEN_IDS,
     MAX_TOKEN_ID,
     MAX_TOP_LOGPROBS,
     ChatMessage,
@@ -75,6 +76,9 @@ class TranslatedRequest:
     """Raw prompt (completion requests)."""
     include_usage: bool = False
     """Streams: send a usage chunk at the end."""
+    n: int = 1
+    """How many choices (OpenAI's `n`; the gRPC API has one). Each is a request of its own in the
+    cluster (parallel_sampling.py); this record's params are those of choice 0."""
 
     def to_generation_request(
         self, *, request_id: str, model: str, deadline: float, tenant: str = "default"
@@ -142,6 +146,7 @@ def translate_chat(
         stream=bool(body.stream),
         messages=messages,
         include_usage=_include_usage(body),
+        n=_choices(body, settings),
     )
 
 
@@ -171,6 +176,7 @@ def translate_completion(
         stream=bool(body.stream),
         prompt=prompt,
         include_usage=_include_usage(body),
+        n=_choices(body, settings),
     )
 
 
@@ -181,7 +187,8 @@ def translate_proto(
     stream: bool,
     default_priority: Priority | None = None,
 ) -> TranslatedRequest:
-    """Check a gRPC GenerateRequest (proto3 zero values mean "default", as the proto documents)."""
+    """Check a gRPC GenerateRequest (proto3 zero values mean "default", as the proto documents).
+    One choice: gateway.proto has no `n` (several choices are an HTTP feature)."""
     if bool(message.messages) == bool(message.prompt):
         raise InvalidRequestError("Exactly one of 'messages' and 'prompt' must be given.", param="messages")
     messages: tuple[ChatMessage, ...] | None = None
@@ -235,6 +242,12 @@ def translate_proto(
         raise InvalidRequestError(f"top_logprobs must be at most {MAX_TOP_LOGPROBS}.", param="top_logprobs")
     if message.top_logprobs and not message.logprobs:
         raise InvalidRequestError("logprobs must be true when top_logprobs is used.", param="top_logprobs")
+    if len(message.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidRequestError(
+            f"stop_token_ids may name at most {MAX_STOP_TOKEN_IDS} tokens.", param="stop_token_ids"
+        )
+    if any(token > MAX_TOKEN_ID for token in message.stop_token_ids):
+        raise InvalidRequestError(f"stop_token_ids must be at most {MAX_TOKEN_ID}.", param="stop_token_ids")
     stops = list(message.stop)
     if len(stops) > MAX_STOP_SEQUENCES:
         raise InvalidRequestError(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
@@ -257,6 +270,9 @@ def translate_proto(
             logit_bias=logit_bias,
             logprobs=message.logprobs,
             top_logprobs=message.top_logprobs,
+            ignore_eos=message.ignore_eos,
+            min_tokens=message.min_tokens,
+            stop_token_ids=tuple(message.stop_token_ids),
         ),
         priority=priority,
         stream=stream,
@@ -272,6 +288,16 @@ def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
     if body.stream_options is not None and not body.stream:
         raise InvalidRequestError("stream_options is only allowed when stream is true.", param="stream_options")
     return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _choices(body: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings) -> int:
+    """`n`, within the gateway's limit (the body's own range is OpenAI's, 1 to 128): each choice
+    is a whole request in the cluster, so the operator bounds how many one client request makes."""
+    n = body.n or 1
+    limit = settings.gateway_max_choices
+    if n > limit:
+        raise InvalidRequestError(f"n is too large: {n}. This gateway allows at most {limit}.", param="n")
+    return n
 
 
 def _check_prompt_size(chars: int, settings: GatewaySettings, *, param: str) -> None:
@@ -310,6 +336,9 @@ def _body_params(
         logit_bias={int(token): bias for token, bias in (body.logit_bias or {}).items()},
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        ignore_eos=bool(body.ignore_eos),
+        min_tokens=body.min_tokens or 0,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
     )
 
 
@@ -329,6 +358,9 @@ def _params(
     logit_bias: dict[int, float],
     logprobs: bool,
     top_logprobs: int,
+    ignore_eos: bool = False,
+    min_tokens: int = 0,
+    stop_token_ids: tuple[int, ...] = (),
 ) -> GenerationParams:
     limit = settings.gateway_max_tokens_limit
     if max_tokens is None:
@@ -346,6 +378,11 @@ def _params(
         # A nucleus of mass 0 holds only the most likely token: that is greedy decoding.
         temperature, top_p = 0.0, 1.0
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if min_tokens > max_new_tokens:
+        raise InvalidRequestError(
+            f"min_tokens ({min_tokens}) must not exceed the answer's length limit ({max_new_tokens}).",
+            param="min_tokens",
+        )
     return GenerationParams(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -359,6 +396,9 @@ def _params(
         logit_bias=logit_bias,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        ignore_eos=ignore_eos,
+        min_tokens=min_tokens,
+        stop_token_ids=stop_token_ids,
     )
 
 

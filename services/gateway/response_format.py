@@ -15,6 +15,13 @@ text yet). Where none are available for an answer that has text (the content fil
 `logprobs` stays null rather than claiming an empty answer. The legacy completions' `text_offset`
 is cumulated from the tokens' texts, from 0 at the completion's start and across the chunks of a
 stream.
+
+Several choices (`n` > 1, parallel_sampling.py): a whole answer lists them by `index` with their own
+finish reasons and log probabilities, and a usage that counts the prompt once and sums the choices'
+completion tokens. A stream uses one formatter per choice (each keeps its own streamed text and
+text offsets; its chunks carry its `index`): every choice's opening, the choices' chunks as they
+come, each choice's last chunk with its finish reason (`finish`), then once the usage chunk and
+`[DONE]` (`ending`), as vLLM streams them.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from services.gateway.openai_protocol import (
     TopLogprobOut,
     UsageOut,
 )
+from services.gateway.parallel_sampling import ChoiceResult
 
 __all__ = [
     "DONE_EVENT",
@@ -47,10 +55,12 @@ __all__ = [
     "CompletionStreamFormatter",
     "StreamFormatter",
     "chat_completion",
+    "chat_completion_choices",
     "chat_logprobs",
     "completion_logprobs",
     "sse_event",
     "text_completion",
+    "text_completion_choices",
     "usage_out",
 ]
 
@@ -128,37 +138,70 @@ def _available(logprobs: Sequence[TokenLogprob] | None, text: str) -> Sequence[T
     return logprobs
 
 
-def chat_completion(
-    request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
-) -> ChatCompletion:
-    """A whole chat answer from the final event; `logprobs`: the answer's (None: not asked for)."""
+def _chat_choice(index: int, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None) -> ChatChoice:
     available = _available(logprobs, final.text)
-    choice = ChatChoice(
+    return ChatChoice(
+        index=index,
         message=ChatMessageOut(content=final.text),
         logprobs=None if available is None else chat_logprobs(available),
         finish_reason=_finish_reason(final),
     )
+
+
+def _completion_choice(index: int, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None) -> CompletionChoice:
+    available = _available(logprobs, final.text)
+    return CompletionChoice(
+        index=index,
+        text=final.text,
+        logprobs=None if available is None else completion_logprobs(available),
+        finish_reason=_finish_reason(final),
+    )
+
+
+def chat_completion(
+    request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
+) -> ChatCompletion:
+    """A whole chat answer from the final event; `logprobs`: the answer's (None: not asked for)."""
+    choice = _chat_choice(0, final, logprobs)
     return ChatCompletion(id=request_id, created=created, model=model, choices=[choice], usage=usage_out(final.usage))
+
+
+def chat_completion_choices(
+    request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage
+) -> ChatCompletion:
+    """A whole chat answer of several choices, listed by index; `usage`: all of them together."""
+    choices = [_chat_choice(r.index, r.final, r.logprobs) for r in sorted(results, key=lambda r: r.index)]
+    return ChatCompletion(id=request_id, created=created, model=model, choices=choices, usage=usage_out(usage))
 
 
 def text_completion(
     request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
 ) -> TextCompletion:
     """A whole text completion from the final event; `logprobs`: the answer's (None: not asked for)."""
-    available = _available(logprobs, final.text)
-    choice = CompletionChoice(
-        text=final.text,
-        logprobs=None if available is None else completion_logprobs(available),
-        finish_reason=_finish_reason(final),
-    )
+    choice = _completion_choice(0, final, logprobs)
     return TextCompletion(id=request_id, created=created, model=model, choices=[choice], usage=usage_out(final.usage))
 
 
+def text_completion_choices(
+    request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage
+) -> TextCompletion:
+    """A whole text completion of several choices, listed by index; `usage`: all of them together."""
+    choices = [_completion_choice(r.index, r.final, r.logprobs) for r in sorted(results, key=lambda r: r.index)]
+    return TextCompletion(id=request_id, created=created, model=model, choices=choices, usage=usage_out(usage))
+
+
 class StreamFormatter:
-    """Turns one request's events into SSE text; subclasses fix the chunk shape."""
+    """Turns one choice's events into SSE text; subclasses fix the chunk shape."""
 
     def __init__(
-        self, request_id: str, created: int, model: str, *, include_usage: bool, logprobs: bool = False
+        self,
+        request_id: str,
+        created: int,
+        model: str,
+        *,
+        include_usage: bool,
+        logprobs: bool = False,
+        index: int = 0,
     ) -> None:
         self.request_id = request_id
         self.created = created
@@ -166,6 +209,8 @@ class StreamFormatter:
         self.include_usage = include_usage
         self.logprobs = logprobs
         """The request asked for log probabilities (else chunks carry none, whatever comes)."""
+        self.index = index
+        """The choice whose chunks this formats (its `index`; 0 unless the request has n > 1)."""
         self._streamed: list[str] = []
 
     def opening(self) -> list[str]:
@@ -181,15 +226,22 @@ class StreamFormatter:
         return [self._chunk(event.text, None, logprobs)]
 
     def final(self, event: ReplyEvent) -> list[str]:
-        """Events for the final event, through `[DONE]`."""
+        """Events for the final event of the only choice, through `[DONE]`."""
+        return [*self.finish(event), *self.ending(event.usage)]
+
+    def finish(self, event: ReplyEvent) -> list[str]:
+        """This choice's last chunk, with its finish reason (and any text not streamed yet)."""
         streamed = "".join(self._streamed)
         # A non-streaming producer, or one that lost deltas, may hold text not sent yet.
         rest = event.text[len(streamed):] if event.text.startswith(streamed) else ""
-        out = [self._chunk(rest, _finish_reason(event), None)]
+        return [self._chunk(rest, _finish_reason(event), None)]
+
+    def ending(self, usage: Usage | None) -> list[str]:
+        """The end of the stream once every choice is finished: the usage chunk (when asked for;
+        `usage`: all choices together) and `[DONE]`."""
         if self.include_usage:
-            out.append(self._usage_chunk(event.usage))
-        out.append(DONE_EVENT)
-        return out
+            return [self._usage_chunk(usage), DONE_EVENT]
+        return [DONE_EVENT]
 
     def error(self, error: ApiError) -> list[str]:
         """Events for a failure after the stream started, through `[DONE]`."""
@@ -221,7 +273,7 @@ class ChatStreamFormatter(StreamFormatter):
             id=self.request_id,
             created=self.created,
             model=self.model,
-            choices=[ChatChunkChoice(delta=delta, logprobs=logprobs, finish_reason=finish_reason)],
+            choices=[ChatChunkChoice(index=self.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)],
         )
         return self._dump_chat(chunk)
 
@@ -243,9 +295,16 @@ class CompletionStreamFormatter(StreamFormatter):
     """text_completion events."""
 
     def __init__(
-        self, request_id: str, created: int, model: str, *, include_usage: bool, logprobs: bool = False
+        self,
+        request_id: str,
+        created: int,
+        model: str,
+        *,
+        include_usage: bool,
+        logprobs: bool = False,
+        index: int = 0,
     ) -> None:
-        super().__init__(request_id, created, model, include_usage=include_usage, logprobs=logprobs)
+        super().__init__(request_id, created, model, include_usage=include_usage, logprobs=logprobs, index=index)
         self._text_offset = 0
         """Where the next chunk's first token starts (`text_offset` continues across chunks)."""
 
@@ -258,7 +317,7 @@ class CompletionStreamFormatter(StreamFormatter):
             id=self.request_id,
             created=self.created,
             model=self.model,
-            choices=[CompletionChoice(text=text, logprobs=out, finish_reason=finish_reason)],
+            choices=[CompletionChoice(index=self.index, text=text, logprobs=out, finish_reason=finish_reason)],
         )
         return self._dump(chunk)
 

@@ -10,6 +10,8 @@ from pydantic import Field
 from shared.records import GuardMode, Priority
 from shared.settings import ClusterSettings
 
+from services.gateway.openai_protocol import MAX_CHOICES
+
 __all__ = ["GatewaySettings"]
 
 
@@ -48,6 +50,11 @@ class GatewaySettings(ClusterSettings):
 
     gateway_default_max_tokens: int = Field(256, ge=1, le=32_768)
     """`max_tokens` when a client gives none (capped by `gateway_max_tokens_limit`)."""
+
+    gateway_max_choices: int = Field(16, ge=1, le=MAX_CHOICES)
+    """Largest `n` (choices per request) a client may ask for; more gets 400. OpenAI allows up to
+    128; the default is lower because each choice is a whole request in the cluster (queued,
+    batched and generated on its own), so one client request of n choices costs as much as n."""
 
     gateway_default_priority: Priority = Priority.NORMAL
     """Priority of requests that name none (body `priority`, header `X-LGC-Priority`, gRPC field)."""

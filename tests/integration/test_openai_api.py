@@ -173,6 +173,32 @@ async def test_completion_logprobs_in_the_legacy_shape(client) -> None:
         await client.completions.create(model=MODEL, prompt="x", max_tokens=1, logprobs=21)
 
 
+async def test_vllm_ways_to_stop_reach_the_model(client) -> None:
+    # vLLM's extensions as its own clients send them (extra_body): the end of sequence forced by a
+    # logit bias is ignored, or held off for min_tokens; a stop token id ends the answer.
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(resolve_model("smollm2"), model_cache_dir()).path)
+    eos = {str(tokenizer.eos_token_id): 100}
+
+    async def complete(max_tokens: int, **extra: object):
+        return await client.completions.create(
+            model=MODEL, prompt="1, 2, 3, 4,", max_tokens=max_tokens, temperature=0, extra_headers=NO_CACHE,
+            logit_bias=eos if extra.pop("force_eos", False) else None, extra_body=extra,
+        )
+
+    ended = await complete(6, force_eos=True)
+    assert (ended.usage.completion_tokens, ended.choices[0].finish_reason) == (1, "stop")
+    ignored = await complete(6, force_eos=True, ignore_eos=True)
+    assert (ignored.usage.completion_tokens, ignored.choices[0].finish_reason) == (6, "length")
+    delayed = await complete(6, force_eos=True, min_tokens=3)
+    assert (delayed.usage.completion_tokens, delayed.choices[0].finish_reason) == (4, "stop")
+    comma = tokenizer(",", add_special_tokens=False)["input_ids"][0]
+    stopped = await complete(8, stop_token_ids=[comma])
+    assert (stopped.choices[0].text, stopped.choices[0].finish_reason) == (" 5", "stop")
+    with pytest.raises(BadRequestError) as err:
+        await complete(4, min_tokens=5)
+    assert "min_tokens" in str(err.value.body)
+
+
 async def test_sse_ends_with_done(cluster) -> None:
     body = {"model": MODEL, "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
     async with httpx.AsyncClient(timeout=120) as http:
@@ -190,7 +216,34 @@ async def test_unknown_model_is_404(client) -> None:
     assert err.value.body["code"] == "model_not_found"
 
 
-async def test_unsupported_n_is_400(client) -> None:
+async def test_several_choices_from_the_real_model(client) -> None:
+    messages = [{"role": "user", "content": "Write a word."}]
+    raw = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages, n=3, temperature=0.9, seed=5, max_tokens=8
+    )
+    reply = raw.parse()
+    assert raw.headers["x-lgc-cache"] == "bypass"  # a cached answer is one choice
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
+    # Each choice's own token count is not in the answer: summed, they lie between 3 (one token
+    # each at least) and 3 * max_tokens.
+    assert 3 <= reply.usage.completion_tokens <= 24
+    assert reply.usage.prompt_tokens > 0  # the prompt once
+
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=messages, n=2, temperature=0.9, max_tokens=8, stream=True
+    )
+    indices, finished = set(), set()
+    async for chunk in stream:
+        for choice in chunk.choices:
+            indices.add(choice.index)
+            if choice.finish_reason is not None:
+                finished.add(choice.index)
+    assert indices == {0, 1} and finished == {0, 1}
+
+
+async def test_more_choices_than_the_gateway_allows_is_400(client) -> None:
     with pytest.raises(BadRequestError) as err:
-        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=2)
-    assert "n" in str(err.value.body)
+        # The gateway's default limit (LGC_GATEWAY_MAX_CHOICES) is 16.
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=17)
+    assert err.value.body["param"] == "n"  # type: ignore[index]

@@ -10,6 +10,9 @@ with ReplyEvents, as the batcher does. The prompt steers it:
 * `[error:<code>]`: an error event with that ErrorCode (with `[late]` and streaming: after one
   delta);
 * `[dup]`: every event twice, and one more delta after the final event;
+* `[fail-choice:<i>]`: choice i of a request of several choices (id `<request id>.<i>`) fails with
+  `worker_failed` after 0.3 s (so that its siblings' first events come first); the other choices
+  are answered as the rest of the prompt says;
 * anything else: the canned answer, as deltas (streaming) then a final event.
 
 With `params.logprobs` it sends log probabilities as the batcher does (`fake_logprobs`): on each
@@ -143,6 +146,13 @@ class FakeBatcher:
 
     async def _answer(self, request: GenerationRequest) -> None:
         prompt = prompt_of(request)
+        if "[fail-choice:" in prompt:
+            failing = prompt.split("[fail-choice:", 1)[1].split("]", 1)[0]
+            if request.id.endswith(f".{failing}"):
+                await asyncio.sleep(0.3)
+                error = ErrorInfo(code=ErrorCode.WORKER_FAILED, message="fake batcher says worker_failed")
+                await self._send(request, ReplyEvent(request_id=request.id, kind=ReplyKind.ERROR, seq=0, error=error))
+                return
         if "[hold]" in prompt:
             return
         if "[slow]" in prompt:

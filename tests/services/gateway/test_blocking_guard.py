@@ -232,3 +232,34 @@ async def test_a_redacted_answer_has_no_logprobs(start_gateway, fake_batcher: Fa
     assert choice["logprobs"] is None  # the tokens would spell out the withheld word
     assert all(c["choices"][0]["logprobs"] is None for c in chunks if c["choices"])
     assert "batcher" not in whole.text and "batcher" not in json.dumps(chunks)
+
+
+async def test_each_choice_is_judged_on_its_own(start_gateway, fake_batcher: FakeBatcher, guardian: Guardian) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    guardian.redactor.on = True
+    redacted = ANSWER.replace("batcher", "[REDACTED]")
+    async with http_for(service) as http:
+        whole = await http.post("/v1/chat/completions", json=_chat(n=2))
+        chunks = await _sse_chunks(http, _chat(n=3, stream=True))
+    assert whole.status_code == 200
+    assert [c["message"]["content"] for c in whole.json()["choices"]] == [redacted, redacted]
+    assert _checks(service, "redact") == 2 + 3  # one check per choice
+    # The stream: per choice, one content chunk (its judged answer), then its finish.
+    for index in range(3):
+        own = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
+        assert [c["delta"].get("content") for c in own if c["delta"].get("content")] == [redacted]
+        assert own[-1]["finish_reason"] == "stop"
+    assert "batcher" not in json.dumps(chunks)
+    # Each choice went to the cluster as a request of its own (`<request id>.<i>`).
+    assert sorted(r.id.rsplit(".", 1)[1] for r in fake_batcher.requests) == ["0", "0", "1", "1", "2"]
+
+
+async def test_one_blocked_choice_blocks_the_answer(
+    start_gateway, fake_batcher: FakeBatcher, guardian: Guardian
+) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    guardian.blocker.on = True
+    async with http_for(service) as http:
+        blocked = await http.post("/v1/chat/completions", json=_chat(n=2))
+    assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "content_filter"
+    assert ANSWER not in blocked.text

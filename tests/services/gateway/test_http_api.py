@@ -181,7 +181,12 @@ async def test_refusals_are_openai_errors(start_gateway, fake_batcher: FakeBatch
         assert bad.value.body["param"] == "tools"  # type: ignore[index]
         assert "not supported" in bad.value.body["message"]  # type: ignore[index]
         with pytest.raises(openai.BadRequestError) as bad:
-            await client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], n=2)
+            # Above gateway_max_choices (16 by default).
+            await client.chat.completions.create(model=FAKE_MODEL, messages=[{"role": "user", "content": "hi"}], n=17)
+        assert bad.value.body["param"] == "n"  # type: ignore[index]
+        assert "at most 16" in bad.value.body["message"]  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.completions.create(model=FAKE_MODEL, prompt="hi", n=0)
         assert bad.value.body["param"] == "n"  # type: ignore[index]
         with pytest.raises(openai.BadRequestError) as bad:
             await client.chat.completions.create(
@@ -454,3 +459,188 @@ async def test_text_completion_with_logprobs(start_gateway, fake_batcher: FakeBa
     starts = [sum(len(t) for t in ANSWER_TOKENS[:i]) for i in range(len(ANSWER_TOKENS))]
     assert offsets == starts
     assert fake_batcher.requests[1].params.top_logprobs == 0 and fake_batcher.requests[1].params.logprobs
+
+
+# ---- several choices (n > 1) -------------------------------------------------------------------
+
+
+def sse_chunks(body: str) -> list[dict]:
+    """The JSON chunks of a raw SSE body, checking that it ends with exactly one `[DONE]`."""
+    events = [e for e in body.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]" and events.count("data: [DONE]") == 1
+    return [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+
+
+async def test_chat_with_several_choices(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        response = await client.chat.completions.with_raw_response.create(
+            model=FAKE_MODEL,
+            messages=[{"role": "user", "content": "Say hello twice"}],
+            n=3,
+            temperature=0.9,
+            seed=5,
+            max_tokens=50,
+        )
+        unseeded = await client.chat.completions.create(
+            model=FAKE_MODEL, messages=[{"role": "user", "content": "again"}], n=2
+        )
+    completion = response.parse()
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert all(c.message.content == ANSWER and c.finish_reason == "stop" for c in completion.choices)
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == 3  # the prompt once ("Say hello twice")
+    assert completion.usage.completion_tokens == 3 * len(ANSWER_TOKENS)  # every choice's tokens
+    assert response.headers["x-lgc-cache"] == "bypass"
+    sent = sorted(fake_batcher.requests[:3], key=lambda r: r.id)
+    assert [r.id for r in sent] == [f"{completion.id}.{i}" for i in range(3)]
+    assert [r.params.seed for r in sent] == [5, 6, 7]
+    assert all(r.params.temperature == 0.9 and r.params.max_new_tokens == 50 for r in sent)
+    assert len(unseeded.choices) == 2
+    assert [r.params.seed for r in fake_batcher.requests[3:]] == [None, None]
+
+
+async def test_text_completion_with_several_choices(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        completion = await client.completions.create(model=FAKE_MODEL, prompt="Once", n=2, max_tokens=2, logprobs=1)
+    assert [(c.index, c.text, c.finish_reason) for c in completion.choices] == [
+        (i, "".join(ANSWER_TOKENS[:2]), "length") for i in range(2)
+    ]
+    assert all(c.logprobs is not None and c.logprobs.tokens == list(ANSWER_TOKENS[:2]) for c in completion.choices)
+    assert completion.usage is not None and completion.usage.completion_tokens == 4
+
+
+async def test_chat_stream_with_several_choices(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    body = {
+        "model": FAKE_MODEL,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "n": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with http_for(service) as http:
+        response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200 and response.headers["x-lgc-cache"] == "bypass"
+    chunks = sse_chunks(response.text)
+    assert len({c["id"] for c in chunks}) == 1
+    with_choices = [c["choices"][0] for c in chunks if c["choices"]]
+    # One opening role chunk per choice, before any content.
+    roles = [(i, c["index"]) for i, c in enumerate(with_choices) if c["delta"].get("role") == "assistant"]
+    assert [index for _, index in roles] == [0, 1] and [at for at, _ in roles] == [0, 1]
+    for index in (0, 1):
+        own = [c for c in with_choices if c["index"] == index]
+        assert "".join(c["delta"].get("content") or "" for c in own) == ANSWER
+        assert [c["finish_reason"] for c in own if c["finish_reason"]] == ["stop"]
+        assert own[-1]["finish_reason"] == "stop"  # its last chunk
+    # One usage chunk, at the end, for both choices.
+    assert [c for c in chunks if not c["choices"]] == [chunks[-1]]
+    assert chunks[-1]["usage"]["completion_tokens"] == 2 * len(ANSWER_TOKENS)
+    assert chunks[-1]["usage"]["prompt_tokens"] == 2
+    assert all(c["usage"] is None for c in chunks[:-1])
+
+
+async def test_completion_stream_with_several_choices(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        stream = await client.completions.create(model=FAKE_MODEL, prompt="Once", n=3, stream=True, logprobs=0)
+        chunks = [chunk async for chunk in stream]
+    for index in range(3):
+        own = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        assert "".join(c.text for c in own) == ANSWER
+        # Each choice's text offsets start at 0 and continue across its own chunks only.
+        offsets = [o for c in own if c.logprobs for o in c.logprobs.text_offset or ()]
+        assert offsets == [sum(len(t) for t in ANSWER_TOKENS[:i]) for i in range(len(ANSWER_TOKENS))]
+
+
+async def test_choices_above_the_gateways_limit_are_400(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway(gateway_max_choices=2)
+    async with http_for(service) as http:
+        refused = await http.post("/v1/completions", json={"prompt": "x", "n": 3})
+        allowed = await http.post("/v1/completions", json={"prompt": "x", "n": 2})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "n"
+    assert "at most 2" in refused.json()["error"]["message"]
+    assert allowed.status_code == 200 and len(allowed.json()["choices"]) == 2
+    assert len(fake_batcher.requests) == 2  # only the allowed request's choices were queued
+
+
+async def test_a_failing_choice_fails_the_answer_and_cancels_its_siblings(
+    start_gateway, fake_batcher: FakeBatcher
+) -> None:
+    service = await start_gateway()
+    async with http_for(service) as http:
+        whole = await http.post("/v1/completions", json={"prompt": "[fail-choice:1][hold]", "n": 3})
+    assert whole.status_code == 502 and whole.json()["error"]["code"] == "worker_failed"
+    request_id = whole.headers["x-request-id"]
+    for index in (0, 2):
+        cancel = await fake_batcher.wait_for_cancel(f"{request_id}.{index}")
+        assert cancel.reason == "client_disconnected"
+    assert f"{request_id}.1" not in fake_batcher.cancels  # it ended on its own
+
+
+async def test_a_failing_choice_ends_the_stream_with_the_error(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    body = {"prompt": "[fail-choice:1][stall]", "n": 3, "stream": True}
+    async with http_for(service) as http:
+        streamed = await http.post("/v1/completions", json=body)
+    # The stalled choices' first tokens came first: the stream had started.
+    assert streamed.status_code == 200
+    chunks = sse_chunks(streamed.text)
+    assert chunks[-1]["error"]["code"] == "worker_failed"
+    assert {c["choices"][0]["index"] for c in chunks[:-1]} == {0, 2}
+    request_id = streamed.headers["x-request-id"]
+    for index in (0, 2):
+        await fake_batcher.wait_for_cancel(f"{request_id}.{index}")
+
+
+async def test_disconnect_cancels_every_choice(start_gateway, fake_batcher: FakeBatcher) -> None:
+    # One request of three choices holds one in-flight permit, whatever its n.
+    service = await start_gateway(gateway_max_inflight=1)
+    async with http_for(service) as http:
+        waiting = asyncio.create_task(http.post("/v1/completions", json={"prompt": "[hold]", "n": 3}))
+        requests = list(await fake_batcher.wait_for_requests(3))
+        refused = await http.post("/v1/completions", json={"prompt": "hi"})
+        assert refused.status_code == 429
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+    for request in requests:
+        assert (await fake_batcher.wait_for_cancel(request.id)).reason == "client_disconnected"
+    async with http_for(service) as http:  # the permit is back
+        assert (await http.post("/v1/completions", json={"prompt": "hi", "n": 2})).status_code == 200
+
+
+async def test_disconnect_mid_stream_cancels_every_choice(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with http_for(service) as http:
+        body = {"prompt": "[stall]", "n": 2, "stream": True}
+        async with http.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            first = await anext(response.aiter_lines())
+            assert json.loads(first.removeprefix("data: "))["choices"][0]["text"] == ANSWER_TOKENS[0]
+    for request in fake_batcher.requests:
+        assert (await fake_batcher.wait_for_cancel(request.id)).reason == "client_disconnected"
+    assert len(fake_batcher.requests) == 2
+
+
+async def test_several_choices_bypass_the_caches(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    body = {"prompt": "cache me", "temperature": 0}  # deterministic: cacheable with n = 1
+    async with http_for(service) as http:
+        several = await http.post("/v1/completions", json={**body, "n": 2})
+        assert several.headers["x-lgc-cache"] == "bypass"
+        # Nothing was stored: the first single-choice request is a miss...
+        single = await http.post("/v1/completions", json=body)
+        assert single.headers["x-lgc-cache"] == "miss"
+        for _ in range(50):  # ...and its answer is stored in the background
+            hit = await http.post("/v1/completions", json=body)
+            if hit.headers["x-lgc-cache"] == "hit-exact":
+                break
+            await asyncio.sleep(0.05)
+        assert hit.headers["x-lgc-cache"] == "hit-exact"
+        queued = len(fake_batcher.requests)
+        again = await http.post("/v1/completions", json={**body, "n": 2})
+    # A cached answer is one choice: n = 2 is never answered from it.
+    assert again.headers["x-lgc-cache"] == "bypass" and len(again.json()["choices"]) == 2
+    assert len(fake_batcher.requests) == queued + 2

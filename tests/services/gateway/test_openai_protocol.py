@@ -37,7 +37,8 @@ def refused_param(model: type, body: dict[str, Any]) -> tuple[str | None, str]:
         ({"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": 129}, "n"),  # OpenAI's own maximum is 128
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"frequency_penalty": -2.01}, "frequency_penalty"),
@@ -46,6 +47,9 @@ def refused_param(model: type, body: dict[str, Any]) -> tuple[str | None, str]:
         ({"logit_bias": {"-5": 1}}, "logit_bias"),
         ({"logit_bias": {str(2**31): 1}}, "logit_bias"),
         ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"stop_token_ids": list(range(65))}, "stop_token_ids"),
+        ({"min_tokens": -1}, "min_tokens"),
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"audio": {"voice": "alloy"}}, "audio"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
@@ -138,7 +142,9 @@ def test_text_parts_are_joined_and_assistant_may_have_no_content() -> None:
         ({"prompt": "x", "logprobs": 21}, "logprobs", "20"),
         ({"prompt": "x", "logprobs": -1}, "logprobs", "0"),
         ({"prompt": "x", "suffix": "end"}, "suffix", "suffix"),
-        ({"prompt": "x", "n": 3}, "n", "n=1"),
+        ({"prompt": "x", "n": 0}, "n", "greater than or equal to 1"),
+        ({"prompt": "x", "n": 2, "best_of": 3}, "best_of", "best_of other than n (2)"),
+        ({"prompt": "x", "n": 3, "best_of": 1}, "best_of", "best_of"),
         ({}, "prompt", "Missing"),
     ],
 )
@@ -150,3 +156,10 @@ def test_completion_refusals(extra: dict[str, Any], param: str, needle: str) -> 
 def test_completion_prompt_forms() -> None:
     assert CompletionRequest.model_validate({"prompt": "a"}).prompt_text() == "a"
     assert CompletionRequest.model_validate({"prompt": ["b"], "echo": False, "best_of": 1}).prompt_text() == "b"
+
+
+def test_several_choices_are_accepted_up_to_openais_maximum() -> None:
+    assert chat(n=2).n == 2 and chat(n=128).n == 128
+    assert chat().n is None  # absent: one choice
+    completion = CompletionRequest.model_validate({"prompt": "x", "n": 3, "best_of": 3})
+    assert (completion.n, completion.best_of) == (3, 3)  # best_of = n: every choice is returned

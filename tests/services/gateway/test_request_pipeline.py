@@ -3,6 +3,7 @@ once: the pipeline depends only on the interface; the Kafka engine has its own t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -10,24 +11,29 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shared.records import (
+    CacheStatus,
     ErrorCode,
     ErrorInfo,
     FinishReason,
     GenerationRequest,
+    GuardianVerdict,
+    GuardMode,
     ReplyEvent,
     ReplyKind,
     TokenLogprob,
     Usage,
+    VerdictAction,
 )
 
 from services.gateway.admission import InflightLimiter
 from services.gateway.engine_client import EngineClient, ModelCard
 from services.gateway.errors import ModelNotFoundError, ReplyError, TooManyRequestsError
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.request_pipeline import RequestPipeline
+from services.gateway.request_pipeline import GenerationCall, RequestPipeline
 from services.gateway.request_translation import translate_completion
 from services.gateway.openai_protocol import CompletionRequest
 from services.gateway.settings import GatewaySettings
+from services.gateway.tenants import Tenant
 
 
 class InMemoryEngine(EngineClient):
@@ -146,3 +152,176 @@ async def test_final_gathers_the_logprobs_of_the_deltas() -> None:
     await plain.final()
     await plain.close("ok")
     assert plain.logprobs is None  # not asked for: nothing is gathered
+
+
+# ---- several choices (n > 1) -------------------------------------------------------------------
+
+
+class ChoicesEngine(InMemoryEngine):
+    """Answers each child on its own: `hold` never answers; `fail-<i>` fails choice i at once and
+    holds the others; anything else is answered with a text and usage of its own per choice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abandoned: list[str] = []
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[ReplyEvent]:
+        self.submitted.append(request)
+        index = int(request.id.rsplit(".", 1)[1]) if "." in request.id else 0
+        prompt = request.prompt or ""
+        finished = False  # as KafkaEngineClient: closed after its terminal event is no cancellation
+        try:
+            if prompt == f"fail-{index}":
+                error = ErrorInfo(code=ErrorCode.WORKER_FAILED, message="x")
+                finished = True
+                yield ReplyEvent(request_id=request.id, kind=ReplyKind.ERROR, seq=0, error=error)
+                return
+            if prompt == "hold" or prompt.startswith("fail-"):
+                await asyncio.Event().wait()
+            finished = True
+            yield ReplyEvent(
+                request_id=request.id,
+                kind=ReplyKind.FINAL,
+                seq=0,
+                text=f"choice {index}",
+                # The last choice runs out of tokens: each choice has its own finish reason.
+                finish_reason=FinishReason.LENGTH if index == 2 else FinishReason.STOP,
+                usage=Usage(prompt_tokens=2, completion_tokens=index + 1),
+            )
+        except (asyncio.CancelledError, GeneratorExit):
+            if not finished:
+                self.abandoned.append(request.id)  # a real engine client sends a Cancel here
+            raise
+
+
+class CountingRateLimiter:
+    """Records the tokens each request takes up front and the usage it is reconciled with."""
+
+    def __init__(self) -> None:
+        self.taken: list[int] = []
+        self.reconciled: list[int | None] = []
+
+    async def acquire(self, tenant: object, tokens: int) -> CountingRateLimiter:
+        self.taken.append(tokens)
+        return self
+
+    async def release(self, used_tokens: int | None) -> None:
+        self.reconciled.append(used_tokens)
+
+
+def choices_pipeline(**settings: object) -> tuple[RequestPipeline, ChoicesEngine, CountingRateLimiter]:
+    pipeline, _engine, _metrics = make(GatewaySettings(gateway_max_inflight=1, **settings))
+    pipeline.engine = engine = ChoicesEngine()
+    pipeline.rate_limiter = limiter = CountingRateLimiter()  # type: ignore[assignment]
+    return pipeline, engine, limiter
+
+
+def several(prompt: str = "hi", n: int = 3, **body: object):
+    return translate_completion(
+        CompletionRequest.model_validate({"prompt": prompt, "n": n, "max_tokens": 10, **body}), GatewaySettings()
+    )
+
+
+async def test_choices_are_admitted_once_and_fan_out() -> None:
+    pipeline, engine, limiter = choices_pipeline()
+    call = await pipeline.submit_choices(
+        several(seed=5), request_id="cmpl-8", endpoint="completions", started=time.monotonic()
+    )
+    assert pipeline.limiter.inflight == 1  # one permit for the whole request (the bound is 1)
+    results = await call.results()
+    assert [r.index for r in results] == [0, 1, 2]
+    assert [r.final.text for r in results] == ["choice 0", "choice 1", "choice 2"]
+    assert [r.final.finish_reason for r in results] == [FinishReason.STOP, FinishReason.STOP, FinishReason.LENGTH]
+    assert call.usage() == Usage(prompt_tokens=2, completion_tokens=1 + 2 + 3)
+    assert [r.id for r in engine.submitted] == ["cmpl-8.0", "cmpl-8.1", "cmpl-8.2"]
+    assert [r.params.seed for r in engine.submitted] == [5, 6, 7]
+    await call.close("ok")
+    assert pipeline.limiter.inflight == 0 and engine.abandoned == []
+    # Tokens up front: the estimate times n (prompt "hi" = 1, max_tokens 10); reconciled with
+    # what the cluster computed for every choice.
+    assert limiter.taken == [(1 + 10) * 3]
+    assert limiter.reconciled == [(2 + 1) + (2 + 2) + (2 + 3)]
+
+
+async def test_a_failing_choice_fails_the_request_and_its_siblings_are_cancelled() -> None:
+    pipeline, engine, limiter = choices_pipeline()
+    call = await pipeline.submit_choices(
+        several("fail-1"), request_id="cmpl-9", endpoint="completions", started=time.monotonic()
+    )
+    with pytest.raises(ReplyError) as failed:
+        await call.results()
+    assert failed.value.status == 502
+    await call.close(failed.value.outcome)
+    assert sorted(engine.abandoned) == ["cmpl-9.0", "cmpl-9.2"]
+    assert pipeline.limiter.inflight == 0
+    assert limiter.reconciled == [None]  # unfinished choices: the up-front count stays
+
+
+async def test_closing_a_call_of_several_choices_cancels_every_choice() -> None:
+    pipeline, engine, _limiter = choices_pipeline()
+    call = await pipeline.submit_choices(
+        several("hold", stream=True), request_id="cmpl-10", endpoint="completions", started=time.monotonic()
+    )
+    waiting = asyncio.ensure_future(call.next_event())
+    await asyncio.sleep(0.01)
+    waiting.cancel()  # the client went away
+    await asyncio.gather(waiting, return_exceptions=True)
+    await call.close("disconnected")
+    assert sorted(engine.abandoned) == ["cmpl-10.0", "cmpl-10.1", "cmpl-10.2"]
+    assert pipeline.limiter.inflight == 0
+
+
+class RefusingCache:
+    """A response cache that must not be asked."""
+
+    async def lookup(self, request: GenerationRequest, policy: object) -> object:
+        raise AssertionError("requests of several choices bypass the caches")
+
+
+async def test_several_choices_bypass_the_caches() -> None:
+    pipeline, engine, _limiter = choices_pipeline()
+    pipeline.cache = RefusingCache()  # type: ignore[assignment]
+    call = await pipeline.submit_choices(
+        several(temperature=0), request_id="cmpl-11", endpoint="completions", started=time.monotonic()
+    )
+    assert call.cache_status is CacheStatus.BYPASS
+    assert len(await call.results()) == 3
+    await call.close("ok")
+
+
+class RedactingGuardian:
+    """Redacts every answer; records which request each check was for."""
+
+    def __init__(self) -> None:
+        self.checked: list[str] = []
+
+    async def check(self, text: str, *, kind: str, tenant: str, request_id: str) -> GuardianVerdict:
+        self.checked.append(request_id)
+        return GuardianVerdict(
+            request_id=request_id, tenant=tenant, action=VerdictAction.REDACT, redacted_text=f"[{text}]"
+        )
+
+
+async def test_in_blocking_mode_each_choice_is_judged_on_its_own() -> None:
+    pipeline, _engine, _limiter = choices_pipeline()
+    pipeline.guardian = guardian = RedactingGuardian()  # type: ignore[assignment]
+    tenant = Tenant(name="bank", guard_mode=GuardMode.BLOCKING)
+    call = await pipeline.submit_choices(
+        several(), request_id="cmpl-12", endpoint="completions", started=time.monotonic(), tenant=tenant
+    )
+    results = await call.results()
+    await call.close("ok")
+    assert sorted(guardian.checked) == ["cmpl-12.0", "cmpl-12.1", "cmpl-12.2"]
+    assert [r.final.text for r in results] == ["[choice 0]", "[choice 1]", "[choice 2]"]
+
+
+async def test_one_choice_takes_the_single_choice_path() -> None:
+    pipeline, engine, limiter = choices_pipeline()
+    engine_calls = len(engine.submitted)
+    call = await pipeline.submit(several(n=1), request_id="cmpl-13", endpoint="completions", started=time.monotonic())
+    assert isinstance(call, GenerationCall)
+    assert (await call.final()).text == "choice 0"
+    await call.close("ok")
+    # One request, under the client's own id (no child ids for n = 1), estimate not multiplied.
+    assert [r.id for r in engine.submitted[engine_calls:]] == ["cmpl-13"]
+    assert limiter.taken == [1 + 10]

@@ -108,6 +108,7 @@ def test_sampling_edge_cases() -> None:
         ({"max_tokens": 5, "max_completion_tokens": 6}, "max_tokens", "invalid_value"),
         ({"messages": [{"role": "user", "content": "x" * 51}]}, "messages", "context_length_exceeded"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
+        ({"n": 17}, "n", "invalid_value"),  # above gateway_max_choices (16 by default)
     ],
 )
 def test_chat_limits(body: dict[str, Any], param: str, code: str) -> None:
@@ -180,6 +181,9 @@ def test_proto_zero_values_mean_defaults() -> None:
         ({"prompt": "p", "top_k": 200_000}, "top_k"),
         ({"prompt": "p", "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"prompt": "p", "top_logprobs": 2}, "top_logprobs"),
+        ({"prompt": "p", "stop_token_ids": list(range(65))}, "stop_token_ids"),
+        ({"prompt": "p", "stop_token_ids": [2**31]}, "stop_token_ids"),
+        ({"prompt": "p", "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
         ({"prompt": "p", "stop": ["1", "2", "3", "4", "5"]}, "stop"),
         ({"prompt": "p", "stop": [""]}, "stop"),
         ({"prompt": "p", "priority": 9}, "priority"),
@@ -213,3 +217,36 @@ def test_logprobs_requests() -> None:
 def test_request_ids_are_valid_record_ids() -> None:
     ids = {new_request_id("chatcmpl") for _ in range(100)}
     assert len(ids) == 100 and all(i.startswith("chatcmpl-") and len(i) == 9 + 32 for i in ids)
+
+
+def test_choices_are_carried_within_the_gateways_limit() -> None:
+    assert chat().n == 1 and chat(n=1).n == 1 and chat(n=16).n == 16
+    strict = GatewaySettings(gateway_max_choices=2)
+    body = CompletionRequest.model_validate({"prompt": "x", "n": 2})
+    assert translate_completion(body, strict).n == 2
+    with pytest.raises(InvalidRequestError) as refused:
+        translate_completion(CompletionRequest.model_validate({"prompt": "x", "n": 3}), strict)
+    assert refused.value.param == "n" and "at most 2" in refused.value.message
+    # gRPC has no `n`: always one choice.
+    proto = gateway_pb2.GenerateRequest(prompt="x")
+    assert translate_proto(proto, SETTINGS, stream=False).n == 1
+
+
+def test_vllm_ways_to_stop() -> None:
+    asked = chat(ignore_eos=True, min_tokens=3, stop_token_ids=[2, 7]).params
+    assert (asked.ignore_eos, asked.min_tokens, asked.stop_token_ids) == (True, 3, (2, 7))
+    plain = chat().params
+    assert (plain.ignore_eos, plain.min_tokens, plain.stop_token_ids) == (False, 0, ())
+    completion = translate_completion(
+        CompletionRequest.model_validate({"prompt": "p", "max_tokens": 8, "min_tokens": 8, "ignore_eos": True}),
+        SETTINGS,
+    )
+    assert (completion.params.min_tokens, completion.params.ignore_eos) == (8, True)
+    # min_tokens is checked against the length the request gets, the gateway's default included.
+    with pytest.raises(InvalidRequestError) as refused:
+        chat(min_tokens=SETTINGS.gateway_default_max_tokens + 1)
+    assert refused.value.param == "min_tokens"
+    proto = translate_proto(
+        gateway_pb2.GenerateRequest(prompt="p", ignore_eos=True, min_tokens=2, stop_token_ids=[5]), SETTINGS, stream=False
+    )
+    assert (proto.params.ignore_eos, proto.params.min_tokens, proto.params.stop_token_ids) == (True, 2, (5,))

@@ -17,8 +17,11 @@ from services.gateway.response_format import (
     ChatStreamFormatter,
     CompletionStreamFormatter,
     chat_completion,
+    chat_completion_choices,
     text_completion,
+    text_completion_choices,
 )
+from services.gateway.parallel_sampling import ChoiceResult
 
 RID = "chatcmpl-abc"
 
@@ -207,3 +210,72 @@ def test_completion_stream_text_offsets_continue_across_chunks() -> None:
     assert [p.tokens for p in parsed] == [["a", "b"], ["cd"], ["e"]]
     assert [c["choices"][0]["text"] for c in chunks] == ["ab", "", "cde", ""]
     assert chunks[3]["choices"][0]["logprobs"] is None and chunks[3]["choices"][0]["finish_reason"] == "stop"
+
+
+# ---- several choices (n > 1) -------------------------------------------------------------------
+
+
+def test_whole_answer_of_several_choices_lists_them_by_index() -> None:
+    results = [  # out of order, as they may finish
+        ChoiceResult(2, final("C", FinishReason.LENGTH), logprobs("C")),
+        ChoiceResult(0, final("A"), logprobs("A")),
+        ChoiceResult(1, final("B"), logprobs("B")),
+    ]
+    usage = Usage(prompt_tokens=3, completion_tokens=6)
+    body = chat_completion_choices(RID, 1, "m", results, usage).model_dump(mode="json")
+    parsed = OpenAIChatCompletion.model_validate(body)
+    assert [c.index for c in parsed.choices] == [0, 1, 2]
+    assert [c.message.content for c in parsed.choices] == ["A", "B", "C"]
+    assert [c.finish_reason for c in parsed.choices] == ["stop", "stop", "length"]
+    tokens = [[t.token for t in c.logprobs.content or ()] for c in parsed.choices]  # type: ignore[union-attr]
+    assert tokens == [["A"], ["B"], ["C"]]
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}
+    texts = text_completion_choices("cmpl-1", 1, "m", results[1:], usage).model_dump(mode="json")
+    assert [(c["index"], c["text"]) for c in texts["choices"]] == [(0, "A"), (1, "B")]
+    assert all(c["logprobs"] is not None for c in texts["choices"])
+    unasked = text_completion_choices("cmpl-1", 1, "m", [ChoiceResult(0, final("A"))], usage)
+    assert unasked.choices[0].logprobs is None
+
+
+def test_stream_formatters_of_several_choices() -> None:
+    first = ChatStreamFormatter(RID, 7, "m", include_usage=True, index=0)
+    second = ChatStreamFormatter(RID, 7, "m", include_usage=True, index=1)
+    events = (
+        first.opening()
+        + second.opening()
+        + second.delta(delta(0, "B"))
+        + first.delta(delta(0, "A"))
+        + second.finish(final("Bb", FinishReason.LENGTH))
+        + first.finish(final("A"))
+    )
+    assert DONE_EVENT not in events  # a choice's end is not the stream's
+    events += first.ending(Usage(prompt_tokens=3, completion_tokens=4))
+    assert events[-1] == DONE_EVENT and events.count(DONE_EVENT) == 1
+    chunks = [OpenAIChatCompletionChunk.model_validate(c) for c in decode(events[:-1])]
+    assert [(c.choices[0].index, c.choices[0].delta.role) for c in chunks[:2]] == [(0, "assistant"), (1, "assistant")]
+    assert [(c.choices[0].index, c.choices[0].delta.content) for c in chunks[2:4]] == [(1, "B"), (0, "A")]
+    # Each choice's last chunk: its own finish reason, and the text it had not streamed yet.
+    assert [(c.choices[0].index, c.choices[0].delta.content, c.choices[0].finish_reason) for c in chunks[4:6]] == [
+        (1, "b", "length"),
+        (0, None, "stop"),
+    ]
+    assert chunks[6].choices == [] and chunks[6].usage is not None and chunks[6].usage.total_tokens == 7
+
+
+def test_completion_stream_offsets_are_per_choice() -> None:
+    first = CompletionStreamFormatter("cmpl-1", 7, "m", include_usage=False, logprobs=True, index=0)
+    second = CompletionStreamFormatter("cmpl-1", 7, "m", include_usage=False, logprobs=True, index=1)
+    chunks = decode(
+        first.delta(delta_with(0, "ab", logprobs("a", "b")))
+        + second.delta(delta_with(0, "xy", logprobs("xy")))
+        + first.delta(delta_with(1, "c", logprobs("c")))
+    )
+    assert [c["choices"][0]["index"] for c in chunks] == [0, 1, 0]
+    assert [c["choices"][0]["logprobs"]["text_offset"] for c in chunks] == [[0, 1], [0], [2]]
+
+
+def test_final_is_finish_then_ending() -> None:
+    one = ChatStreamFormatter(RID, 7, "m", include_usage=True)
+    other = ChatStreamFormatter(RID, 7, "m", include_usage=True)
+    event = final("Hi")
+    assert one.final(event) == other.finish(event) + other.ending(event.usage)

@@ -23,6 +23,7 @@ def test_defaults_match_the_documented_interface(monkeypatch: pytest.MonkeyPatch
     assert settings.gateway_max_prompt_chars == 100_000
     assert (settings.gateway_max_tokens_limit, settings.gateway_default_max_tokens) == (4096, 256)
     assert settings.gateway_default_priority is Priority.NORMAL
+    assert settings.gateway_max_choices == 16
 
 
 def test_read_from_lgc_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,6 +46,8 @@ def test_read_from_lgc_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         {"gateway_default_priority": "urgent"},
         {"gateway_max_body_bytes": 10},
         {"gateway_max_prompt_chars": 300_000},
+        {"gateway_max_choices": 0},
+        {"gateway_max_choices": 129},  # OpenAI's own maximum is 128
     ],
 )
 def test_constraints(bad: dict[str, object]) -> None:

@@ -1,0 +1,144 @@
+"""Several choices for one request (OpenAI's `n`), as vLLM's parallel sampling makes them
+(`vllm/v1/engine/parallel_sampling.py`): the request fans out into `n` independent requests, and
+their answers are gathered into the one answer the client asked for.
+
+* **Children.** Child `i` is the request itself with id `<request id>.<i>` (distinct, within the
+  record id pattern and its 128 characters: the gateway's ids have 45 at most with `n` up to 128)
+  and, when the request has a seed, seed `seed + i` (folded into 0..2^63-1 as every seed is), so
+  that a seeded request repeats all of its choices and no two choices share a sample; without a
+  seed each child draws its own. With temperature 0 every choice is the same greedy answer (OpenAI
+  and vLLM do the same). Each child is a whole request for the batchers and workers: it is queued,
+  batched, cancelled and answered on its own (only `n` = 1 requests exist in the cluster).
+* **Merging.** :class:`ChoiceStreams` interleaves the children's events as they come, each tagged
+  with its choice's index; a child's failure (an exception from its event stream) is raised to the
+  reader, and closing the merge closes every child's stream, which cancels the unfinished ones in
+  the cluster. One task per child reads its stream: only requests with `n` > 1 pay for them.
+* **Usage.** The prompt is counted once (every child has the same prompt) and the completion tokens
+  of every choice are summed, as vLLM reports them (:func:`summed_usage`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from shared.records import GenerationRequest, ReplyEvent, TokenLogprob, Usage
+
+__all__ = ["ChoiceEvent", "ChoiceResult", "ChoiceStreams", "child_id", "child_requests", "summed_usage"]
+
+#: Seeds are non-negative 63-bit integers (GenerationParams.seed); `seed + i` wraps around.
+_SEED_MODULUS = 2**63
+
+
+def child_id(request_id: str, index: int) -> str:
+    """The id of choice `index` of request `request_id` (its events, results and Cancel use it)."""
+    return f"{request_id}.{index}"
+
+
+def child_requests(request: GenerationRequest, n: int) -> tuple[GenerationRequest, ...]:
+    """The `n` requests that make the choices of `request` (see the module docstring)."""
+    seed = request.params.seed
+    children = []
+    for index in range(n):
+        params = request.params
+        if seed is not None:
+            params = params.model_copy(update={"seed": (seed + index) % _SEED_MODULUS})
+        children.append(request.model_copy(update={"id": child_id(request.id, index), "params": params}))
+    return tuple(children)
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceEvent:
+    """One event of one choice."""
+
+    index: int
+    """Which choice (0 to n-1)."""
+    event: ReplyEvent
+    """The child request's event."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceResult:
+    """A finished choice of a whole (not streamed) answer."""
+
+    index: int
+    """Which choice (0 to n-1)."""
+    final: ReplyEvent
+    """Its final event (text, finish reason, usage)."""
+    logprobs: Sequence[TokenLogprob] | None = None
+    """Its log probabilities, gathered from its deltas; None when the request did not ask for them."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ChoiceFailed:
+    """A child's event stream raised: the reader raises it in turn."""
+
+    index: int
+    error: Exception
+
+
+def summed_usage(finals: Sequence[ReplyEvent]) -> Usage:
+    """The usage of an answer made of these choices: the prompt once (the largest count, should
+    workers disagree), the completion tokens of every choice summed."""
+    usages = [final.usage for final in finals if final.usage is not None]
+    return Usage(
+        prompt_tokens=max((u.prompt_tokens for u in usages), default=0),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+    )
+
+
+class ChoiceStreams:
+    """The event streams of a request's choices, merged in arrival order (see the module docstring).
+
+    Nothing is read before the first :meth:`next` (as an engine client's stream submits its request
+    only when first read); :meth:`aclose` must be called however the reader ends."""
+
+    def __init__(self, streams: Sequence[AsyncIterator[ReplyEvent]]) -> None:
+        self._streams = tuple(streams)
+        self._queue: asyncio.Queue[ChoiceEvent | _ChoiceFailed] = asyncio.Queue()
+        self._readers: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    async def next(self) -> ChoiceEvent:
+        """The next event of any choice; raises what a choice's stream raised."""
+        if not self._readers and not self._closed:
+            self._readers = [
+                asyncio.ensure_future(self._read(index, stream)) for index, stream in enumerate(self._streams)
+            ]
+        item = await self._queue.get()
+        if isinstance(item, _ChoiceFailed):
+            raise item.error
+        return item
+
+    async def _read(self, index: int, stream: AsyncIterator[ReplyEvent]) -> None:
+        """Move one choice's events to the queue, until its terminal event or failure."""
+        try:
+            async for event in stream:
+                self._queue.put_nowait(ChoiceEvent(index, event))
+                if event.terminal:
+                    return
+            # An engine client's stream always ends with a terminal event; one that does not
+            # would leave the reader waiting for ever.
+            self._queue.put_nowait(_ChoiceFailed(index, RuntimeError(f"choice {index} ended without a final event")))
+        except Exception as exc:
+            # Safe: the failure is handed to the reader, who answers the client with it.
+            self._queue.put_nowait(_ChoiceFailed(index, exc))
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        """Stop reading every choice: a stream closed before its terminal event cancels its request
+        in the cluster. Waits until every reader is down. Idempotent."""
+        self._closed = True
+        for reader in self._readers:
+            reader.cancel()
+        if self._readers:
+            await asyncio.gather(*self._readers, return_exceptions=True)
+        else:
+            # Never read: nothing was submitted; the streams are closed all the same.
+            for stream in self._streams:
+                await stream.aclose()  # type: ignore[attr-defined]
