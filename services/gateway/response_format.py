@@ -162,14 +162,13 @@ def chat_completion(
     request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
 ) -> ChatCompletion:
     """A whole chat answer from the final event; `logprobs`: the answer's (None: not asked for)."""
-    choice = _chat_choice(0, final, logprobs)
-    return ChatCompletion(id=request_id, created=created, model=model, choices=[choice], usage=usage_out(final.usage))
+    return chat_completion_choices(request_id, created, model, [ChoiceResult(0, final, logprobs)], final.usage)
 
 
 def chat_completion_choices(
-    request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage
+    request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage | None
 ) -> ChatCompletion:
-    """A whole chat answer of several choices, listed by index; `usage`: all of them together."""
+    """A whole chat answer of one or more choices, listed by index; `usage`: all of them together."""
     choices = [_chat_choice(r.index, r.final, r.logprobs) for r in sorted(results, key=lambda r: r.index)]
     return ChatCompletion(id=request_id, created=created, model=model, choices=choices, usage=usage_out(usage))
 
@@ -178,14 +177,13 @@ def text_completion(
     request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
 ) -> TextCompletion:
     """A whole text completion from the final event; `logprobs`: the answer's (None: not asked for)."""
-    choice = _completion_choice(0, final, logprobs)
-    return TextCompletion(id=request_id, created=created, model=model, choices=[choice], usage=usage_out(final.usage))
+    return text_completion_choices(request_id, created, model, [ChoiceResult(0, final, logprobs)], final.usage)
 
 
 def text_completion_choices(
-    request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage
+    request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage | None
 ) -> TextCompletion:
-    """A whole text completion of several choices, listed by index; `usage`: all of them together."""
+    """A whole text completion of one or more choices, listed by index; `usage`: all of them together."""
     choices = [_completion_choice(r.index, r.final, r.logprobs) for r in sorted(results, key=lambda r: r.index)]
     return TextCompletion(id=request_id, created=created, model=model, choices=choices, usage=usage_out(usage))
 
