@@ -81,9 +81,9 @@ from services.worker.sampling import (
     RowLogprobs,
     RowSampling,
     SamplingTable,
+    ban_tokens,
     make_generator,
     pick_next_tokens,
-    ban_tokens,
     raw_logprobs,
 )
 from services.worker.settings import WorkerSettings
