@@ -151,7 +151,8 @@ class SimulatedEngine(TaskPerSequenceEngine):
             # Token `index` has id `index`: a stop token id ends the sequence there, as the real
             # engine's do (no text), once `min_tokens` tokens came before it.
             ends_here = index in item.params.stop_token_ids and index >= item.params.min_tokens
-            text = "" if ends_here else stops.feed(simulated_token(index))
+            # Stop strings are looked for once min_tokens tokens exist, as vLLM does.
+            text = "" if ends_here else stops.feed(simulated_token(index), match=index >= item.params.min_tokens)
             if item.params.logprobs is not None:
                 logprobs.append(simulated_logprob(index, item.params.logprobs))
             last = ends_here or stops.stopped or state.generated >= budget

@@ -4,6 +4,10 @@ Text that ends in a prefix of a stop string is kept until the next text decides 
 stop string completes (generation ends and the stop string is never emitted) or it does not (the
 held text is released). Any stop match must begin in the held-back text, because a suffix that
 could start one is always held, so only the pending text needs searching.
+
+Text fed with `match=False` (a sequence's first `min_tokens` tokens, as vLLM does it) is never
+searched and never held: it is released at once, and a later stop string can only match text fed
+after it.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ class StopStringMatcher:
         self.stopped = False
         """True once a stop string matched; nothing more is emitted after that."""
 
-    def feed(self, text: str) -> str:
-        """Add `text`; return what may be emitted now (possibly empty)."""
+    def feed(self, text: str, *, match: bool = True) -> str:
+        """Add `text`; return what may be emitted now (possibly empty). `match=False`: the text
+        (and anything held) is released unsearched."""
         if self.stopped or not text:
             return ""
         if not self._stops:
             return text
+        if not match:
+            released, self._pending = self._pending + text, ""
+            return released
         pending = self._pending + text
         cut = min((i for i in (pending.find(s) for s in self._stops) if i >= 0), default=-1)
         if cut >= 0:

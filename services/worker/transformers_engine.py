@@ -822,7 +822,7 @@ class TransformersEngine(Engine):
             self._emit(seq, self._final_text(seq), events, last=True)
             self._finish(seq, FinishReason.STOP, events)
             return False
-        text = seq.stops.feed(seq.detokenizer.add(token))
+        text = seq.stops.feed(seq.detokenizer.add(token), match=seq.generated > seq.min_new)
         if seq.stops.stopped:
             self._emit(seq, text, events, last=True)
             self._finish(seq, FinishReason.STOP, events)
@@ -838,7 +838,7 @@ class TransformersEngine(Engine):
     @staticmethod
     def _final_text(seq: _Sequence) -> str:
         """Everything held back, at the end of generation (unless a stop string cuts it)."""
-        text = seq.stops.feed(seq.detokenizer.flush())
+        text = seq.stops.feed(seq.detokenizer.flush(), match=seq.generated > seq.min_new)
         return text + seq.stops.flush()
 
     @staticmethod

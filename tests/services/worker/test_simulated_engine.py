@@ -229,3 +229,11 @@ async def test_stop_token_ids_end_at_their_token_after_min_tokens() -> None:
     later = await run_item(engine, WorkItem("r2", prompt="x", params=params))
     assert isinstance(later.end, SequenceFinished) and later.end.reason is FinishReason.STOP
     assert (later.text, later.end.completion_tokens) == ("tok0 tok1 tok2 tok3", 5)
+
+
+async def test_stop_strings_are_looked_for_after_min_tokens() -> None:
+    engine = await started(make_settings())
+    params = SamplingParams(max_new_tokens=9, stop=("tok",), min_tokens=2)
+    result = await run_item(engine, WorkItem("r1", prompt="x", params=params))
+    assert isinstance(result.end, SequenceFinished) and result.end.reason is FinishReason.STOP
+    assert (result.text, result.end.completion_tokens) == ("tok0 tok1 ", 3)

@@ -63,3 +63,12 @@ def test_longest_partial_match_is_held() -> None:
     assert matcher.feed("xxabc") == "xx"
     assert matcher.feed("d") == ""
     assert matcher.stopped
+
+
+def test_text_fed_without_matching_is_released_unsearched() -> None:
+    matcher = StopStringMatcher(["END"])
+    assert matcher.feed("a E") == "a "  # "E" may start "END": held
+    assert matcher.feed("ND b", match=False) == "END b"  # min_tokens not reached: released as it is
+    assert not matcher.stopped
+    assert matcher.feed(" c END d") == " c "
+    assert matcher.stopped

@@ -371,13 +371,19 @@ async def test_ignore_eos_min_tokens_and_stop_token_ids(engine: TransformersEngi
     assert eos not in entries[:3] and entries[3] == eos
     # A stop token id ends the answer like the end of sequence, its text left out: greedy counting
     # goes " 5, 6, ...", so stopping at "," leaves " 5".
-    reference = await run_item(engine, greedy(prompt, max_new_tokens=4))
+    reference = await run_item(engine, greedy(prompt, max_new_tokens=8))
     comma = engine.tokenizer(",", add_special_tokens=False)["input_ids"][0]
     assert reference.text.startswith(" 5,")
     stopped = await run_item(engine, greedy(prompt, max_new_tokens=8, stop_token_ids=(comma, 10**6)))
     assert isinstance(stopped.end, SequenceFinished)
     five = len(engine.tokenizer(" 5", add_special_tokens=False)["input_ids"])
     assert (stopped.text, stopped.end.reason, stopped.end.completion_tokens) == (" 5", FinishReason.STOP, five + 1)
+    # Stop strings, as in vLLM, are looked for once min_tokens tokens exist: the first "," comes
+    # too early to count, the second ends the answer.
+    assert reference.text.startswith(" 5, 6")
+    later = await run_item(engine, greedy(prompt, max_new_tokens=12, stop=(",",), min_tokens=five + 1))
+    assert isinstance(later.end, SequenceFinished) and later.end.reason is FinishReason.STOP
+    assert later.text == " 5, 6"
 
 
 async def test_more_items_than_the_batch_wait_and_all_finish(engine: TransformersEngine) -> None:
