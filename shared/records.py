@@ -57,6 +57,8 @@ MAX_LOGIT_BIAS = 300
 """Most tokens one request's `logit_bias` may name (OpenAI's limit)."""
 MAX_TOKEN_ID = 2**31 - 1
 """Largest token id a record may carry (the protos' uint32 holds it; no vocabulary comes near)."""
+SEED_MODULUS = 2**63
+"""Seeds are integers in [0, SEED_MODULUS); a larger one from a client is folded into it."""
 MAX_STOP_TOKEN_IDS = 64
 """Most token ids one request's `stop_token_ids` may name."""
 MAX_TOP_LOGPROBS = 20
@@ -146,7 +148,7 @@ class GenerationParams(BaseModel):
     """Sample among the k most likely tokens; 0 disables."""
     stop: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = Field((), max_length=MAX_STOP_SEQUENCES)
     """Generation ends before any of these strings; they are not part of the output."""
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=SEED_MODULUS - 1)
     """Seed for sampling; with the same seed and parameters the same worker repeats itself."""
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     """>1 discourages repeating tokens (CTRL-style), 1 disables."""

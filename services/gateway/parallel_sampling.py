@@ -23,12 +23,10 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from shared.records import GenerationRequest, ReplyEvent, TokenLogprob, Usage
+from shared.records import SEED_MODULUS, GenerationRequest, ReplyEvent, TokenLogprob, Usage
 
 __all__ = ["ChoiceEvent", "ChoiceResult", "ChoiceStreams", "child_id", "child_requests", "summed_usage"]
 
-#: Seeds are non-negative 63-bit integers (GenerationParams.seed); `seed + i` wraps around.
-_SEED_MODULUS = 2**63
 
 
 def child_id(request_id: str, index: int) -> str:
@@ -43,7 +41,7 @@ def child_requests(request: GenerationRequest, n: int) -> tuple[GenerationReques
     for index in range(n):
         params = request.params
         if seed is not None:
-            params = params.model_copy(update={"seed": (seed + index) % _SEED_MODULUS})
+            params = params.model_copy(update={"seed": (seed + index) % SEED_MODULUS})
         children.append(request.model_copy(update={"id": child_id(request.id, index), "params": params}))
     return tuple(children)
 

@@ -20,6 +20,7 @@ from shared.records import (
     MAX_STOP_TOKEN_IDS,
     MAX_TOKEN_ID,
     MAX_TOP_LOGPROBS,
+    SEED_MODULUS,
     ChatMessage,
     GenerationParams,
     GenerationRequest,
@@ -42,9 +43,6 @@ __all__ = [
 
 #: Header that sets a request's priority (a `priority` field in the body wins over it).
 PRIORITY_HEADER = "X-LGC-Priority"
-
-#: Seeds are carried as non-negative 63-bit integers; other integers are folded into that range.
-_SEED_MODULUS = 2**63
 
 _PROTO_PRIORITIES = {
     gateway_pb2.PRIORITY_HIGH: Priority.HIGH,
@@ -389,7 +387,7 @@ def _params(
         top_p=top_p,
         top_k=top_k or 0,
         stop=stops,
-        seed=None if seed is None else seed % _SEED_MODULUS,
+        seed=None if seed is None else seed % SEED_MODULUS,
         repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
         presence_penalty=presence_penalty or 0.0,
         frequency_penalty=frequency_penalty or 0.0,

@@ -22,6 +22,7 @@ from services.worker.engine import (
     WorkItem,
 )
 from shared.protos import worker_pb2
+from shared.records import MAX_TOP_LOGPROBS
 
 __all__ = [
     "InvalidArgumentError",
@@ -36,7 +37,6 @@ MAX_REQUEST_ID_LENGTH = 256
 _MAX_STOP_STRINGS = 16
 _MAX_STOP_LENGTH = 1024
 _MAX_LOGIT_BIAS = 1024
-_MAX_TOP_LOGPROBS = 20
 _MAX_STOP_TOKEN_IDS = 1024
 
 _FINISH_REASONS = {
@@ -91,8 +91,8 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
         raise InvalidItemError("params.logit_bias values must be in [-100, 100]")
     if msg.top_logprobs and not msg.logprobs:
         raise InvalidItemError("params.top_logprobs needs params.logprobs")
-    if msg.top_logprobs > _MAX_TOP_LOGPROBS:
-        raise InvalidItemError(f"params.top_logprobs must be at most {_MAX_TOP_LOGPROBS}, not {msg.top_logprobs}")
+    if msg.top_logprobs > MAX_TOP_LOGPROBS:
+        raise InvalidItemError(f"params.top_logprobs must be at most {MAX_TOP_LOGPROBS}, not {msg.top_logprobs}")
     if msg.min_tokens > msg.max_new_tokens:
         raise InvalidItemError(f"params.min_tokens ({msg.min_tokens}) must not exceed max_new_tokens ({msg.max_new_tokens})")
     if len(msg.stop_token_ids) > _MAX_STOP_TOKEN_IDS:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from services.worker.engine import SamplingParams
+from shared.records import MIN_LOGPROB
 
 __all__ = [
     "CANDIDATES",
     "DRAW_BLOCK",
-    "MIN_LOGPROB",
     "RawLogprobs",
     "RowLogprobs",
     "RowSampling",
@@ -40,9 +40,6 @@ CANDIDATES = 1024
 #: Tokens per block of a draw's first level (`draw_from_weights`).
 DRAW_BLOCK = 256
 
-#: Log probabilities are clamped to this: the wire formats (JSON, and OpenAI's answers) have no
-#: -inf (vLLM's OpenAI server clamps to the same value).
-MIN_LOGPROB = -9999.0
 
 
 @dataclass(slots=True)

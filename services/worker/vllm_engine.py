@@ -52,6 +52,7 @@ from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.sequence_tasks import SequenceAbort, SequenceProgress, TaskPerSequenceEngine
 from services.worker.settings import WorkerSettings
 from shared.model_store import prepare_model, resolve_model
+from shared.records import MIN_LOGPROB
 
 __all__ = [
     "CPU_KV_CACHE_GB_DEFAULT",
@@ -162,17 +163,13 @@ def sampling_options(params: SamplingParams, budget: int, min_tokens: int = 0) -
     return options
 
 
-#: vLLM's log probabilities are clamped to this, as ours are (no -inf on the wire).
-_MIN_LOGPROB = -9999.0
-
-
 def logprob_of(position: Mapping[int, Any], token_id: int, top: int) -> TokenLogprob:
     """Our entry for one generated token from vLLM's for its position: a mapping of token id to
     ``vllm.logprobs.Logprob`` (``logprob``, 1-based ``rank``, ``decoded_token``) that holds the
     generated token and the `top` most likely ones (the generated one may be among them)."""
 
     def entry(token: int, logprob: Any) -> TopLogprob:
-        return TopLogprob(token, logprob.decoded_token or "", max(_MIN_LOGPROB, float(logprob.logprob)))
+        return TopLogprob(token, logprob.decoded_token or "", max(MIN_LOGPROB, float(logprob.logprob)))
 
     ranked = sorted(
         ((t, lp) for t, lp in position.items() if lp.rank is not None and lp.rank <= top),

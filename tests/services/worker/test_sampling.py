@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from services.worker.engine import SamplingParams
+from shared.records import MIN_LOGPROB
 from services.worker.sampling import (
     CANDIDATES,
     DRAW_BLOCK,
-    MIN_LOGPROB,
     RowSampling,
     SamplingTable,
     ban_tokens,
