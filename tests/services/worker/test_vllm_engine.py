@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,11 @@ from services.worker.engine import (
 from services.worker.precision import cpu_computes_bfloat16
 from services.worker.settings import WorkerSettings
 from services.worker.vllm_engine import (
+    CPU_BIND_VARIABLE,
     CPU_KV_CACHE_GB_DEFAULT,
     CumulativeOutput,
     VllmEngine,
+    cpu_core_binding,
     engine_options,
     finish_reason_of,
     kv_cache_footprint,
@@ -219,6 +222,12 @@ def test_engine_options_on_cuda_and_explicit_values() -> None:
     assert options["max_num_batched_tokens"] == 1024
 
 
+def test_cpu_core_binding_is_vllms_list_syntax() -> None:
+    assert cpu_core_binding([0, 1]) == "0-1"
+    assert cpu_core_binding({3}) == "3"
+    assert cpu_core_binding([9, 0, 1, 2, 5, 7, 8, 2]) == "0-2,5,7-9"
+
+
 def test_kv_cache_footprint_counts_whole_blocks() -> None:
     # 100 blocks of 16 token slots, 3 KiB per token.
     assert kv_cache_footprint(0.0, 100, 16, 3072) == (0, 0)
@@ -341,7 +350,13 @@ class RecordingObserver:
 
 @needs_vllm
 @pytest.mark.timeout(900)
-async def test_real_vllm_generates_cancels_and_expires(model_state_dir: Path, tmp_path: Path) -> None:
+async def test_real_vllm_generates_cancels_and_expires(
+    model_state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unset, as for a user who never heard of it: the worker binds vLLM to every usable core.
+    # (Set first so that monkeypatch records the original state and restores it afterwards.)
+    monkeypatch.setenv(CPU_BIND_VARIABLE, "")
+    monkeypatch.delenv(CPU_BIND_VARIABLE)
     # The folder vLLM would refuse as it is: this also proves the cleaned folder works.
     folder = folder_with_gguf_config(model_state_dir, tmp_path)
     observer = RecordingObserver()
@@ -360,6 +375,7 @@ async def test_real_vllm_generates_cancels_and_expires(model_state_dir: Path, tm
         observer,
     )
     await engine.start()
+    assert os.environ[CPU_BIND_VARIABLE] == cpu_core_binding(os.sched_getaffinity(0))
     try:
         await _exercise(engine)
     finally:
