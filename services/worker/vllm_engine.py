@@ -55,6 +55,7 @@ from shared.model_store import prepare_model, resolve_model
 from shared.records import MIN_LOGPROB
 
 __all__ = [
+    "CPU_BIND_VARIABLE",
     "CPU_KV_CACHE_GB_DEFAULT",
     "CumulativeOutput",
     "VllmEngine",
@@ -273,9 +274,9 @@ def cpu_core_binding(cores: Iterable[int]) -> str:
     Set by the worker (to every core it may use) unless the variable is already set: vLLM's own
     default, ``auto``, keeps one core of each NUMA node for its scheduler process and binds the
     model's threads to the rest, which on a 2-core machine is one core. Measured on the 2-core
-    AVX2 EPYC (2026-12-07, SmolLM2 float32, 32 streams x 64 tokens): the engine alone made 124
-    output tokens/s with ``auto`` against 176 on both cores (3 runs each, medians; `vllm serve`
-    with both cores, 177), and through the cluster 106.9 on one core against 131.0 on both."""
+    AVX2 EPYC (2026-12-07, SmolLM2 float32, 32 streams x 64 tokens, medians of 3 runs): the
+    engine alone made 110.6 output tokens/s with ``auto`` against 167.2 on both cores (`vllm
+    serve` on both cores, same hour: 177.3), and through the embedded cluster 118.4 against 139.6."""
     ordered = sorted(set(cores))
     runs: list[str] = []
     start = previous = None
