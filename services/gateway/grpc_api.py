@@ -23,11 +23,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared.protos import gateway_pb2, gateway_pb2_grpc
-from shared.records import ReplyKind, TokenLogprob, Usage
+from shared.records import ReplyEvent, ReplyKind, TokenLogprob, Usage
 from shared.structured_logging import request_context
 
 from services.gateway.errors import InvalidRequestError, ReplyError, grpc_status_for, map_exception, outcome_of
-from services.gateway.request_pipeline import GenerationCall, RequestPipeline
+from services.gateway.parallel_sampling import ChoiceEvent, ChoiceResult
+from services.gateway.request_pipeline import ChoicesCall, GenerationCall, RequestPipeline
 from services.gateway.request_translation import new_request_id, translate_proto
 
 __all__ = ["CACHE_METADATA", "ErrorBoundaryInterceptor", "GatewayGrpcServer", "GatewayServicer", "REQUEST_ID_METADATA"]
@@ -49,6 +50,10 @@ def _usage(usage: Usage | None) -> gateway_pb2.Usage:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
     )
+
+
+def _finish_reason(final: ReplyEvent) -> str:
+    return final.finish_reason.value if final.finish_reason else "stop"
 
 
 def _logprobs(logprobs: Iterable[TokenLogprob]) -> list[gateway_pb2.TokenLogprob]:
@@ -80,7 +85,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             call = await self._start(request, context, request_id=request_id, stream=False, started=started)
             outcome = "disconnected"
             try:
-                final = await call.final()
+                if isinstance(call, ChoicesCall):
+                    results = await call.results()
+                    usage = call.usage()
+                else:
+                    final = await call.final()
+                    results = [ChoiceResult(0, final, call.logprobs)]
+                    usage = final.usage or Usage()
                 outcome = "ok"
             except BaseException as exc:
                 # Only notes the outcome for metrics; the interceptor answers the client.
@@ -88,13 +99,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 raise
             finally:
                 await call.close(outcome)
+            choices = [
+                gateway_pb2.Choice(
+                    index=result.index,
+                    text=result.final.text,
+                    finish_reason=_finish_reason(result.final),
+                    logprobs=_logprobs(result.logprobs or ()),
+                )
+                for result in results
+            ]
+            first = choices[0]
             return gateway_pb2.GenerateResponse(
                 id=request_id,
-                model=final.model or call.model,
-                text=final.text,
-                finish_reason=final.finish_reason.value if final.finish_reason else "stop",
-                usage=_usage(final.usage),
-                logprobs=_logprobs(call.logprobs or ()),
+                model=results[0].final.model or call.model,
+                text=first.text,
+                finish_reason=first.finish_reason,
+                usage=_usage(usage),
+                logprobs=first.logprobs,
+                choices=choices,
             )
 
     async def GenerateStream(  # noqa: N802 (the proto names it)
@@ -108,39 +130,54 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         with request_context(request_id):
             call = await self._start(request, context, request_id=request_id, stream=True, started=started)
             outcome = "disconnected"
-            streamed: list[str] = []
+            choices = call.n if isinstance(call, ChoicesCall) else 1
+            streamed: list[list[str]] = [[] for _ in range(choices)]
+            ended = 0
+            wants_logprobs = call.request.params.logprobs
             try:
                 while True:
-                    event = await call.next_event()
+                    item = await call.next_event()
+                    index, event = (item.index, item.event) if isinstance(item, ChoiceEvent) else (0, item)
                     if event.kind is ReplyKind.DELTA:
-                        streamed.append(event.text)
+                        streamed[index].append(event.text)
                         # A delta of empty text that has log probabilities is sent too.
-                        logprobs = event.logprobs if call.request.params.logprobs else ()
+                        logprobs = event.logprobs if wants_logprobs else ()
                         if event.text or logprobs:
                             await context.write(
                                 gateway_pb2.GenerateChunk(
-                                    id=request_id, text=event.text, model=call.model, logprobs=_logprobs(logprobs)
+                                    id=request_id, text=event.text, model=call.model,
+                                    logprobs=_logprobs(logprobs), index=index,
                                 )
                             )
                         continue
                     if event.kind is ReplyKind.ERROR:
                         assert event.error is not None
                         raise ReplyError(event.error)
-                    outcome = "ok"
-                    sent = "".join(streamed)
+                    # The choice's final event: any text its deltas did not carry, then its end.
+                    ended += 1
+                    sent = "".join(streamed[index])
                     rest = event.text[len(sent):] if event.text.startswith(sent) else ""
                     if rest:
-                        await context.write(gateway_pb2.GenerateChunk(id=request_id, text=rest, model=call.model))
+                        await context.write(
+                            gateway_pb2.GenerateChunk(id=request_id, text=rest, model=call.model, index=index)
+                        )
+                    last = ended == choices
+                    usage = None  # only on the stream's last chunk: every choice's
+                    if last:
+                        outcome = "ok"
+                        usage = _usage(call.usage() if isinstance(call, ChoicesCall) else event.usage)
                     await context.write(
                         gateway_pb2.GenerateChunk(
                             id=request_id,
-                            finish_reason=event.finish_reason.value if event.finish_reason else "stop",
-                            usage=_usage(event.usage),
-                            final=True,
+                            finish_reason=_finish_reason(event),
+                            usage=usage,
+                            final=last,
                             model=event.model or call.model,
+                            index=index,
                         )
                     )
-                    return
+                    if last:
+                        return
             except BaseException as exc:
                 # Only notes the outcome for metrics; the interceptor answers the client.
                 if outcome != "ok":
@@ -157,7 +194,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         request_id: str,
         stream: bool,
         started: float,
-    ) -> GenerationCall:
+    ) -> GenerationCall | ChoicesCall:
         endpoint = "grpc_generate_stream" if stream else "grpc_generate"
         priority = "unknown"
         try:
@@ -167,7 +204,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 request, self._pipeline.settings, stream=stream, default_priority=tenant.default_priority
             )
             priority = translated.priority.value
-            call = await self._pipeline.submit(
+            submit = self._pipeline.submit if translated.n == 1 else self._pipeline.submit_choices
+            call = await submit(
                 translated,
                 request_id=request_id,
                 endpoint=endpoint,

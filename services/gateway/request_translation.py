@@ -75,7 +75,7 @@ class TranslatedRequest:
     include_usage: bool = False
     """Streams: send a usage chunk at the end."""
     n: int = 1
-    """How many choices (OpenAI's `n`; the gRPC API has one). Each is a request of its own in the
+    """How many choices (OpenAI's `n`, the gRPC API's too). Each is a request of its own in the
     cluster (parallel_sampling.py); this record's params are those of choice 0."""
 
     def to_generation_request(
@@ -144,7 +144,7 @@ def translate_chat(
         stream=bool(body.stream),
         messages=messages,
         include_usage=_include_usage(body),
-        n=_choices(body, settings),
+        n=_choices(body.n or 1, settings),
     )
 
 
@@ -174,7 +174,7 @@ def translate_completion(
         stream=bool(body.stream),
         prompt=prompt,
         include_usage=_include_usage(body),
-        n=_choices(body, settings),
+        n=_choices(body.n or 1, settings),
     )
 
 
@@ -185,8 +185,7 @@ def translate_proto(
     stream: bool,
     default_priority: Priority | None = None,
 ) -> TranslatedRequest:
-    """Check a gRPC GenerateRequest (proto3 zero values mean "default", as the proto documents).
-    One choice: gateway.proto has no `n` (several choices are an HTTP feature)."""
+    """Check a gRPC GenerateRequest (proto3 zero values mean "default", as the proto documents)."""
     if bool(message.messages) == bool(message.prompt):
         raise InvalidRequestError("Exactly one of 'messages' and 'prompt' must be given.", param="messages")
     messages: tuple[ChatMessage, ...] | None = None
@@ -276,6 +275,7 @@ def translate_proto(
         stream=stream,
         messages=messages,
         prompt=prompt,
+        n=_choices(message.n or 1, settings),
     )
 
 
@@ -288,10 +288,10 @@ def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def _choices(body: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings) -> int:
-    """`n`, within the gateway's limit (the body's own range is OpenAI's, 1 to 128): each choice
-    is a whole request in the cluster, so the operator bounds how many one client request makes."""
-    n = body.n or 1
+def _choices(n: int, settings: GatewaySettings) -> int:
+    """`n`, within the gateway's limit (an HTTP body's own range is OpenAI's, 1 to 128): each
+    choice is a whole request in the cluster, so the operator bounds how many one client request
+    makes."""
     limit = settings.gateway_max_choices
     if n > limit:
         raise InvalidRequestError(f"n is too large: {n}. This gateway allows at most {limit}.", param="n")

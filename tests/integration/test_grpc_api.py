@@ -47,6 +47,28 @@ async def test_logprobs_unary_and_streamed(stub) -> None:
     assert list((await stub.Generate(gateway_request(), timeout=120, metadata=no_cache)).logprobs) == []
 
 
+async def test_several_choices_unary_and_streamed(stub) -> None:
+    # Greedy, every choice is the one-choice answer; streamed, each choice's chunks spell it.
+    no_cache = (("cache-control", "no-cache"),)
+    one = await stub.Generate(gateway_request(), timeout=120, metadata=no_cache)
+    unary = await stub.Generate(gateway_request(n=2), timeout=120)
+    chunks = [c async for c in stub.GenerateStream(gateway_request(n=2), timeout=120)]
+    assert [(c.index, c.text) for c in unary.choices] == [(0, one.text), (1, one.text)]
+    assert unary.text == one.text
+    assert ["".join(c.text for c in chunks if c.index == i) for i in (0, 1)] == [one.text, one.text]
+    assert [c.final for c in chunks].count(True) == 1 and chunks[-1].final
+    # The prompt counted once, every choice's tokens.
+    expected = (one.usage.prompt_tokens, 2 * one.usage.completion_tokens)
+    for usage in (unary.usage, chunks[-1].usage):
+        assert (usage.prompt_tokens, usage.completion_tokens) == expected
+    # Sampled with a seed: choice i runs with seed + i, so the choices are different samples.
+    sampled = await stub.Generate(
+        gateway_request("Tell me a story.", n=3, temperature=1.0, seed=7, has_seed=True), timeout=120
+    )
+    assert [c.index for c in sampled.choices] == [0, 1, 2]
+    assert len({c.text for c in sampled.choices}) > 1
+
+
 async def test_invalid_argument(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Generate(gateway_pb2.GenerateRequest(model=MODEL), timeout=30)  # neither prompt nor messages

@@ -233,3 +233,76 @@ async def test_logprobs_over_grpc(start_gateway, fake_batcher: FakeBatcher) -> N
     assert chunks[-1].final and not chunks[-1].logprobs
     assert not plain.logprobs  # not asked for
     assert (fake_batcher.requests[0].params.logprobs, fake_batcher.requests[0].params.top_logprobs) == (True, 2)
+
+
+async def test_several_choices_over_grpc(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        call = stub.Generate(
+            gateway_pb2.GenerateRequest(prompt="Once", max_tokens=2, n=3, seed=5, has_seed=True, logprobs=True),
+            timeout=10,
+        )
+        response = await call
+        metadata = trailing(await call.trailing_metadata())
+        one = await stub.Generate(gateway_pb2.GenerateRequest(prompt="Once", max_tokens=2), timeout=10)
+    two_tokens = "".join(ANSWER_TOKENS[:2])
+    assert [(c.index, c.text, c.finish_reason) for c in response.choices] == [
+        (i, two_tokens, "length") for i in range(3)
+    ]
+    assert all([lp.token for lp in c.logprobs] == list(ANSWER_TOKENS[:2]) for c in response.choices)
+    # Choice 0 is also where a one-choice client reads it.
+    assert (response.text, response.finish_reason, len(response.logprobs)) == (two_tokens, "length", 2)
+    # The prompt once, every choice's tokens.
+    assert response.usage.completion_tokens == 6
+    assert response.usage.total_tokens == response.usage.prompt_tokens + 6
+    assert metadata["x-lgc-cache"] == "bypass"
+    sent = sorted(fake_batcher.requests[:3], key=lambda r: r.id)
+    assert [r.id for r in sent] == [f"{response.id}.{i}" for i in range(3)]
+    assert [r.params.seed for r in sent] == [5, 6, 7]
+    # One choice: the same answer, listed once under choices too.
+    assert [(c.index, c.text) for c in one.choices] == [(0, two_tokens)] and one.text == two_tokens
+
+
+async def test_several_choices_streamed_over_grpc(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        chunks = [chunk async for chunk in stub.GenerateStream(gateway_pb2.GenerateRequest(prompt="Once", n=2))]
+    for index in (0, 1):
+        own = [c for c in chunks if c.index == index]
+        assert "".join(c.text for c in own) == ANSWER
+        # Each choice ends with one chunk that says why.
+        assert [c.finish_reason for c in own if c.finish_reason] == ["stop"] and own[-1].finish_reason == "stop"
+    # One final chunk, the stream's last, with the usage of both choices.
+    assert [c.final for c in chunks].count(True) == 1 and chunks[-1].final
+    assert chunks[-1].usage.completion_tokens == 2 * len(ANSWER_TOKENS)
+    assert not any(c.HasField("usage") for c in chunks[:-1])
+    assert len({c.id for c in chunks}) == 1
+
+
+async def test_choices_over_grpc_within_the_gateways_limit(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway(gateway_max_choices=2)
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Generate(gateway_pb2.GenerateRequest(prompt="x", n=3), timeout=10)
+        allowed = await stub.Generate(gateway_pb2.GenerateRequest(prompt="x", n=2), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 2" in (refused.value.details() or "")
+    assert len(allowed.choices) == 2
+    assert not fake_batcher.requests[2:]  # the refused request sent nothing
+
+
+async def test_a_failing_choice_fails_the_grpc_call_and_cancels_the_rest(
+    start_gateway, fake_batcher: FakeBatcher
+) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Generate(gateway_pb2.GenerateRequest(prompt="[fail-choice:1][hold]", n=3), timeout=10)
+        request_id = trailing(failed.value.trailing_metadata())["x-request-id"]
+        cancels = [await fake_batcher.wait_for_cancel(f"{request_id}.{i}") for i in (0, 2)]
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert [c.request_id for c in cancels] == [f"{request_id}.0", f"{request_id}.2"]

@@ -227,9 +227,12 @@ def test_choices_are_carried_within_the_gateways_limit() -> None:
     with pytest.raises(InvalidRequestError) as refused:
         translate_completion(CompletionRequest.model_validate({"prompt": "x", "n": 3}), strict)
     assert refused.value.param == "n" and "at most 2" in refused.value.message
-    # gRPC has no `n`: always one choice.
-    proto = gateway_pb2.GenerateRequest(prompt="x")
-    assert translate_proto(proto, SETTINGS, stream=False).n == 1
+    # gRPC: 0 (unset) is one choice; the same limit.
+    assert translate_proto(gateway_pb2.GenerateRequest(prompt="x"), SETTINGS, stream=False).n == 1
+    assert translate_proto(gateway_pb2.GenerateRequest(prompt="x", n=2), strict, stream=False).n == 2
+    with pytest.raises(InvalidRequestError) as refused:
+        translate_proto(gateway_pb2.GenerateRequest(prompt="x", n=3), strict, stream=False)
+    assert refused.value.param == "n"
 
 
 def test_vllm_ways_to_stop() -> None:
