@@ -222,10 +222,10 @@ def test_engine_options_on_cuda_and_explicit_values() -> None:
     assert options["max_num_batched_tokens"] == 1024
 
 
-def test_cpu_core_binding_is_vllms_list_syntax() -> None:
-    assert cpu_core_binding([0, 1]) == "0-1"
+def test_cpu_core_binding_lists_each_core_once_in_order() -> None:
+    assert cpu_core_binding([1, 0]) == "0,1"
     assert cpu_core_binding({3}) == "3"
-    assert cpu_core_binding([9, 0, 1, 2, 5, 7, 8, 2]) == "0-2,5,7-9"
+    assert cpu_core_binding([9, 0, 2, 2]) == "0,2,9"
 
 
 def test_kv_cache_footprint_counts_whole_blocks() -> None:
@@ -308,6 +308,15 @@ def test_token_prompts_go_to_vllm_already_rendered() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="checks the build without vLLM")
 def test_token_prompts_without_vllm_fall_back_to_the_plain_dict() -> None:
     assert token_prompt_builder()([5, 6, 7]) == {"prompt_token_ids": [5, 6, 7]}
+
+
+@needs_vllm
+def test_cpu_core_binding_is_what_vllm_parses() -> None:
+    from vllm.utils.cpu_resource_utils import parse_id_list
+
+    cores = sorted(os.sched_getaffinity(0))
+    assert parse_id_list(cpu_core_binding(cores)) == cores
+    assert parse_id_list(cpu_core_binding([9, 0, 2])) == [0, 2, 9]
 
 
 def folder_with_gguf_config(model_state_dir: Path, root: Path) -> Path:
