@@ -16,7 +16,9 @@ on its own (the embedded cluster gives its worker one core less, `LGC_WORKER_THR
 
 Prints one JSON object: per run, output tokens/s (tokens / wall time from the first submit to
 the last end), TTFT p50/p99, time per output token p50 and the engine's decode steps (count,
-median, total, from its observer); and the median run. A timing, not a test: nothing is asserted.
+median, total, from its observer: the transformers engine reports each step, the vllm backend each
+sequence's time per token between two outputs, so there the count is about the tokens); and the
+median run. A timing, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
