@@ -31,7 +31,10 @@ each step with its arg-max pick, medians of 30 steps, two runs each): with those
 threads, a step of 32 rows took 34.3-34.4 ms against 39.6-41.9 ms on one; 16 rows 24.7-25.7
 against 26.9-27.7 ms; 64 rows 58.0-58.6 against 63.4-67.2 ms; but 1, 4 and 8 rows took 17.3-17.5
 against 15.2-15.4, 18.1-19.9 against 17.1-17.5 and 22.3-24.8 against 20.3-21.9 ms (too little
-work per product to pay for waking the second thread), hence `WIDE_MIN_ROWS`.
+work per product to pay for waking the second thread), hence `WIDE_MIN_ROWS`. It holds in float32
+on the AVX2-only 2-core EPYC too (2026-12-07, engine alone, medians of 40 steps, one thread
+against two for every wide product): 1 row 51.0 against 56.9 ms, 4 rows 62.6 against 62.0, 8 rows
+82.2 against 80.0 (a step of few rows reads the weights, and a second core reads no faster).
 
 In float32 the products are slower (no bfloat16 instructions on the CPUs where it is chosen), so
 the attention block's (the fused q/k/v and output projections, the two attention products) gain
