@@ -91,7 +91,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 else:
                     final = await call.final()
                     results = [ChoiceResult(0, final, call.logprobs)]
-                    usage = final.usage or Usage()
+                    usage = final.usage
                 outcome = "ok"
             except BaseException as exc:
                 # Only notes the outcome for metrics; the interceptor answers the client.

@@ -28,7 +28,6 @@ from shared.records import SEED_MODULUS, GenerationRequest, ReplyEvent, TokenLog
 __all__ = ["ChoiceEvent", "ChoiceResult", "ChoiceStreams", "child_id", "child_requests", "summed_usage"]
 
 
-
 def child_id(request_id: str, index: int) -> str:
     """The id of choice `index` of request `request_id` (its events, results and Cancel use it)."""
     return f"{request_id}.{index}"
