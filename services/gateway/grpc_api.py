@@ -204,7 +204,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 request, self._pipeline.settings, stream=stream, default_priority=tenant.default_priority
             )
             priority = translated.priority.value
-            submit = self._pipeline.submit if translated.n == 1 else self._pipeline.submit_choices
+            submit = self._pipeline.submit if translated.choice_count == 1 else self._pipeline.submit_choices
             call = await submit(
                 translated,
                 request_id=request_id,

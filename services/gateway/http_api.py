@@ -10,16 +10,23 @@ after that are sent as an SSE `data: {"error": ...}` event followed by `data: [D
 A client that disconnects while waiting is noticed (the ASGI `http.disconnect` message) and its
 request is cancelled in the cluster.
 
-A request for `n` > 1 choices (parallel_sampling.py) is answered from a ChoicesCall: a whole answer
-once every choice is finished (or the error of the first that fails, the others cancelled); a
-stream with every choice's chunks interleaved as they come (`_sse_choices_stream`). Requests of one
-choice take the single-choice path, unchanged.
+A request of several choices (`n` > 1, or a completion request's list of prompts;
+parallel_sampling.py) is answered from a ChoicesCall: a whole answer once every choice is finished
+(or the error of the first that fails, the others cancelled); a stream with every choice's chunks
+interleaved as they come (`_sse_choices_stream`). Requests of one choice take the single-choice
+path, unchanged.
+
+A completion request with `echo` gets each choice's prompt before its text: in a whole answer, in
+the choice's `text`; in a stream, as the choice's first chunk (vLLM puts it in the first chunk that
+has text). It is added here, at the edge, so the cluster and the caches only ever hold generated
+text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -70,6 +77,7 @@ from services.gateway.response_format import (
     StreamFormatter,
     chat_completion,
     chat_completion_choices,
+    echoed,
     text_completion,
     text_completion_choices,
 )
@@ -204,7 +212,7 @@ def build_http_app(
                 tenant = request.state.tenant  # set by `authenticated`, before the body was read
                 translated = translate(tenant.default_priority)
                 priority = translated.priority.value
-                submit = pipeline.submit if translated.n == 1 else pipeline.submit_choices
+                submit = pipeline.submit if translated.choice_count == 1 else pipeline.submit_choices
                 call = await submit(
                     translated,
                     request_id=request_id,
@@ -220,11 +228,13 @@ def build_http_app(
                 pipeline.count_refused(endpoint, priority, api.outcome, started)
                 return error_response(api, headers)
             if isinstance(call, ChoicesCall):
-                return await answer_choices(request, call, whole_choices, formatter_type, headers)
+                return await answer_choices(request, call, translated.echo, whole_choices, formatter_type, headers)
             try:
                 if not translated.stream:
                     final = await _until_disconnect(request, call.final())
                     await call.close("ok")
+                    if translated.echo:
+                        final = echoed(final, call.request.prompt or "")
                     body = whole(request_id, call.created, call.model, final, call.logprobs)
                     # Serialized by pydantic in one step (model_dump + json.dumps did it twice).
                     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
@@ -247,6 +257,7 @@ def build_http_app(
             call.model,
             include_usage=call.include_usage,
             logprobs=call.request.params.logprobs,
+            echo=(call.request.prompt or "") if translated.echo else "",
         )
         return _ClosingStreamingResponse(
             _sse_stream(call, first, formatter, retry_after_s),
@@ -257,17 +268,24 @@ def build_http_app(
     async def answer_choices(
         request: Request,
         call: ChoicesCall,
+        echo: bool,
         whole_choices: _WholeChoices,
         formatter_type: type[StreamFormatter],
         headers: dict[str, str],
     ) -> Response:
         """The answer to a request of several choices (see the module docstring); as for one
-        choice, a failure before the stream starts is a real HTTP status."""
+        choice, a failure before the stream starts is a real HTTP status. `echo`: each choice's
+        text comes after its prompt."""
         request_id = call.request_id
         try:
             if not call.request.stream:
                 results = await _until_disconnect(request, call.results())
                 await call.close("ok")
+                if echo:
+                    results = [
+                        replace(result, final=echoed(result.final, call.children[result.index].prompt or ""))
+                        for result in results
+                    ]
                 body = whole_choices(request_id, call.created, call.model, results, call.usage())
                 return Response(body.model_dump_json(), media_type="application/json", headers=headers)
             first = await _until_disconnect(request, call.next_event())
@@ -291,6 +309,7 @@ def build_http_app(
                 include_usage=call.include_usage,
                 logprobs=call.request.params.logprobs,
                 index=index,
+                echo=(call.children[index].prompt or "") if echo else "",
             )
             for index in range(call.n)
         ]

@@ -326,7 +326,9 @@ class CompletionRequest(_GenerationBody):
     """Body of POST /v1/completions."""
 
     prompt: str | list[str]
-    """The text to continue: a string, or a list holding exactly one string."""
+    """The text to continue: a string, or a list of strings, each continued on its own (`n`
+    choices each, numbered prompt by prompt: choice `i * n + j` is choice `j` of prompt `i`, as
+    OpenAI and vLLM number them). At most `LGC_GATEWAY_MAX_CHOICES` choices in all."""
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     """Return the log probability of each generated token and of this many most likely tokens at
     each position (`choices[].logprobs`; the generated token's is always included, so a position
@@ -334,7 +336,9 @@ class CompletionRequest(_GenerationBody):
     give. The model's own distribution, before `logit_bias`, penalties, temperature and
     `top_k`/`top_p`. Such a request bypasses the caches."""
     echo: bool | None = None
-    """Not supported; must be absent, null or false."""
+    """Put the prompt before each choice's text (in a stream, as the choice's first chunk). Not
+    together with `logprobs`: that needs the prompt tokens' log probabilities, which the workers
+    do not compute."""
     best_of: int | None = None
     """Only as many as `n` (absent, null or equal to `n`): every choice generated is returned, so
     there is no "best" to pick among more."""
@@ -347,18 +351,26 @@ class CompletionRequest(_GenerationBody):
         if isinstance(prompt, list):
             if any(isinstance(item, int | list) for item in prompt):
                 raise ValueError("prompts given as token ids are not supported; send text")
-            if len(prompt) != 1:
-                raise ValueError("exactly one prompt per request is supported (a string or a list of one string)")
-            if prompt[0] == "":
-                raise ValueError("the prompt must not be empty")
+            if not prompt:
+                raise ValueError("the list of prompts must not be empty")
+            if MAX_CHOICES < len(prompt):
+                raise ValueError(f"at most {MAX_CHOICES} prompts are allowed in one request")
+            if any(item == "" for item in prompt):
+                raise ValueError("the prompts must not be empty")
         elif prompt == "":
             raise ValueError("the prompt must not be empty")
         return prompt
 
     @field_validator("echo")
     @classmethod
-    def _no_echo(cls, value: bool | None) -> bool | None:
-        return _refuse_unless(value, (False,), "echo")
+    def _echo_without_logprobs(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        # `logprobs` is declared before `echo`, so it is validated first (missing when invalid).
+        if value and info.data.get("logprobs") is not None:
+            raise ValueError(
+                "echo together with logprobs is not supported: the workers do not compute the prompt "
+                "tokens' log probabilities"
+            )
+        return value
 
     @field_validator("best_of")
     @classmethod
@@ -375,9 +387,9 @@ class CompletionRequest(_GenerationBody):
     def _no_suffix(cls, value: str | None) -> str | None:
         return _refuse_unless(value, ("",), "suffix")
 
-    def prompt_text(self) -> str:
-        """The prompt as one string."""
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompt_texts(self) -> tuple[str, ...]:
+        """The prompts, in order (one for a string)."""
+        return (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt)
 
 
 # ---- answers ---------------------------------------------------------------------------------
@@ -532,8 +544,8 @@ class CompletionChoice(_Out):
     """One choice of a text completion, or the choice a text completion chunk continues."""
 
     index: int = 0
-    """Which of the request's `n` answers this is (0 to n-1); chunks of several answers are
-    interleaved as they come."""
+    """Which of the request's answers this is (0 to n-1; with a list of prompts, `i * n + j` for
+    choice `j` of prompt `i`); chunks of several answers are interleaved as they come."""
     text: str
     """Generated text (new text in a chunk)."""
     logprobs: CompletionLogprobs | None = None

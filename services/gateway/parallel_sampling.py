@@ -1,6 +1,7 @@
-"""Several choices for one request (OpenAI's `n`), as vLLM's parallel sampling makes them
-(`vllm/v1/engine/parallel_sampling.py`): the request fans out into `n` independent requests, and
-their answers are gathered into the one answer the client asked for.
+"""Several choices for one request (OpenAI's `n`, and the legacy completions' list of prompts), as
+vLLM makes them (`vllm/v1/engine/parallel_sampling.py`, and `serving_completion.py` for a list of
+prompts): the request fans out into independent requests, and their answers are gathered into the
+one answer the client asked for.
 
 * **Children.** Child `i` is the request itself with id `<request id>.<i>` (distinct, within the
   record id pattern and its 128 characters: the gateway's ids have 45 at most with `n` up to 128)
@@ -9,18 +10,22 @@ their answers are gathered into the one answer the client asked for.
   seed each child draws its own. With temperature 0 every choice is the same greedy answer (OpenAI
   and vLLM do the same). Each child is a whole request for the batchers and workers: it is queued,
   batched, cancelled and answered on its own (only `n` = 1 requests exist in the cluster).
+* **Several prompts.** A completion request with a list of prompts makes `n` choices for each:
+  choice `i * n + j` is choice `j` of prompt `i` (OpenAI's and vLLM's numbering), with id
+  `<request id>.<i * n + j>` and seed `seed + j`, so that every prompt's choices are those the same
+  request with that prompt alone would make.
 * **Merging.** :class:`ChoiceStreams` interleaves the children's events as they come, each tagged
   with its choice's index; a child's failure (an exception from its event stream) is raised to the
   reader, and closing the merge closes every child's stream, which cancels the unfinished ones in
   the cluster. One task per child reads its stream: only requests with `n` > 1 pay for them.
-* **Usage.** The prompt is counted once (every child has the same prompt) and the completion tokens
-  of every choice are summed, as vLLM reports them (:func:`summed_usage`).
+* **Usage.** Each prompt is counted once (its `n` children share it) and the completion tokens of
+  every choice are summed, as vLLM reports them (:func:`summed_usage`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.records import SEED_MODULUS, GenerationRequest, ReplyEvent, TokenLogprob, Usage
@@ -33,15 +38,22 @@ def child_id(request_id: str, index: int) -> str:
     return f"{request_id}.{index}"
 
 
-def child_requests(request: GenerationRequest, n: int) -> tuple[GenerationRequest, ...]:
-    """The `n` requests that make the choices of `request` (see the module docstring)."""
+def child_requests(
+    request: GenerationRequest, n: int, prompts: Sequence[str] = ()
+) -> tuple[GenerationRequest, ...]:
+    """The requests that make the choices of `request`: `n` of them, or `n` for each of `prompts`
+    when given (a completion request's list of prompts; `request.prompt` is then ignored). See the
+    module docstring."""
     seed = request.params.seed
     children = []
-    for index in range(n):
-        params = request.params
-        if seed is not None:
-            params = params.model_copy(update={"seed": (seed + index) % SEED_MODULUS})
-        children.append(request.model_copy(update={"id": child_id(request.id, index), "params": params}))
+    for prompt_index, prompt in enumerate(prompts or (None,)):
+        base = request if prompt is None else request.model_copy(update={"prompt": prompt})
+        for index in range(n):
+            params = request.params
+            if seed is not None:
+                params = params.model_copy(update={"seed": (seed + index) % SEED_MODULUS})
+            choice = prompt_index * n + index
+            children.append(base.model_copy(update={"id": child_id(request.id, choice), "params": params}))
     return tuple(children)
 
 
@@ -50,7 +62,7 @@ class ChoiceEvent:
     """One event of one choice."""
 
     index: int
-    """Which choice (0 to n-1)."""
+    """Which choice (0 to the number of choices - 1)."""
     event: ReplyEvent
     """The child request's event."""
 
@@ -60,7 +72,7 @@ class ChoiceResult:
     """A finished choice of a whole (not streamed) answer."""
 
     index: int
-    """Which choice (0 to n-1)."""
+    """Which choice (0 to the number of choices - 1)."""
     final: ReplyEvent
     """Its final event (text, finish reason, usage)."""
     logprobs: Sequence[TokenLogprob] | None = None
@@ -75,14 +87,19 @@ class _ChoiceFailed:
     error: Exception
 
 
-def summed_usage(finals: Sequence[ReplyEvent]) -> Usage:
-    """The usage of an answer made of these choices: the prompt once (the largest count, should
-    workers disagree), the completion tokens of every choice summed."""
-    usages = [final.usage for final in finals if final.usage is not None]
-    return Usage(
-        prompt_tokens=max((u.prompt_tokens for u in usages), default=0),
-        completion_tokens=sum(u.completion_tokens for u in usages),
-    )
+def summed_usage(finals: Mapping[int, ReplyEvent], n: int) -> Usage:
+    """The usage of an answer made of these choices (by index, `n` per prompt): each prompt once
+    (the largest count among its choices, should workers disagree), the completion tokens of every
+    choice summed."""
+    prompt_tokens: dict[int, int] = {}
+    completion_tokens = 0
+    for index, final in finals.items():
+        if final.usage is None:
+            continue
+        prompt = index // n
+        prompt_tokens[prompt] = max(prompt_tokens.get(prompt, 0), final.usage.prompt_tokens)
+        completion_tokens += final.usage.completion_tokens
+    return Usage(prompt_tokens=sum(prompt_tokens.values()), completion_tokens=completion_tokens)
 
 
 class ChoiceStreams:

@@ -9,9 +9,10 @@ answer (fresh or replayed) passes the guardian's synchronous check before any of
 before it is recorded (blocking_guard.py). And the bookkeeping of the end: permit and tenant slot
 release (tokens reconciled with the real usage), metrics.
 
-A request for `n` > 1 choices (`submit_choices`, parallel_sampling.py) is admitted once, as a
-whole (its token estimate counts every choice), bypasses the caches, and fans out into `n` child
-requests on the same engine client, each judged on its own in blocking guard mode; its
+A request of several choices (`n` > 1, or a completion request's list of prompts;
+`submit_choices`, parallel_sampling.py) is admitted once, as a whole (its token estimate counts
+every choice), bypasses the caches, and fans out into one child request per choice on the same
+engine client, each judged on its own in blocking guard mode; its
 :class:`ChoicesCall` merges their events. Requests of one choice (`submit`, :class:`GenerationCall`)
 take the path above unchanged: no task or queue of the fan-out is made for them.
 """
@@ -200,7 +201,7 @@ class GenerationCall(_Call):
 
 
 class ChoicesCall(_Call):
-    """One admitted request of `n` > 1 choices in progress (parallel_sampling.py): its children's
+    """One admitted request of several choices in progress (parallel_sampling.py): its children's
     events, merged, and what happens when it ends. Closing it cancels every unfinished choice."""
 
     def __init__(
@@ -208,6 +209,7 @@ class ChoicesCall(_Call):
         request: GenerationRequest,
         *,
         children: tuple[GenerationRequest, ...],
+        per_prompt: int,
         endpoint: str,
         include_usage: bool,
         choices: ChoiceStreams,
@@ -228,12 +230,14 @@ class ChoicesCall(_Call):
         )
         self.children = children
         """The requests that make the choices, choice i at index i (ids `<request id>.<i>`)."""
+        self.per_prompt = per_prompt
+        """The request's `n`: choices `i * n` to `i * n + n - 1` continue prompt `i`."""
         self._choices = choices
         self._finals: dict[int, ReplyEvent] = {}
 
     @property
     def n(self) -> int:
-        """How many choices."""
+        """How many choices (`n` for each prompt)."""
         return len(self.children)
 
     async def next_event(self) -> ChoiceEvent:
@@ -258,9 +262,9 @@ class ChoicesCall(_Call):
         return len(self._finals)
 
     def usage(self) -> Usage:
-        """The answer's usage so far (parallel_sampling.summed_usage): the prompt once, every
+        """The answer's usage so far (parallel_sampling.summed_usage): each prompt once, every
         finished choice's completion tokens summed."""
-        return summed_usage(list(self._finals.values()))
+        return summed_usage(self._finals, self.per_prompt)
 
     async def results(self) -> list[ChoiceResult]:
         """Wait for every choice's final event; ReplyError as soon as one fails (the caller closes
@@ -369,7 +373,7 @@ class RequestPipeline:
     ) -> GenerationCall:
         """Admit a request of one choice and start it; the caller must `close()` the call it gets.
         Raises TooManyRequestsError, ModelNotFoundError, NoWorkersError, EngineUnavailableError."""
-        assert translated.n == 1, "requests of several choices go through submit_choices"
+        assert translated.choice_count == 1, "requests of several choices go through submit_choices"
         admitted = await self._admit(
             translated, request_id=request_id, timeout_s=timeout_s, tenant=tenant, cache_control=cache_control
         )
@@ -412,21 +416,22 @@ class RequestPipeline:
         tenant: Tenant | None = None,
         cache_control: str | None = None,
     ) -> ChoicesCall:
-        """Admit a request of `translated.n` > 1 choices and start its children
+        """Admit a request of several choices (`translated.choice_count` > 1) and start its children
         (parallel_sampling.py); the caller must `close()` the call it gets. Admission (in-flight
-        bound, lag, rate limits with the token estimate times n) is the whole request's, once.
+        bound, lag, rate limits with the token estimate of every choice) is the whole request's, once.
         The caches are bypassed: a cached answer is one choice, and storing one of the choices
         would replay one sample n times. In blocking guard mode each choice is judged on its own."""
         admitted = await self._admit(
             translated, request_id=request_id, timeout_s=timeout_s, tenant=tenant, cache_control=cache_control
         )
         request = admitted.request
-        children = child_requests(request, translated.n)
+        children = child_requests(request, translated.n, translated.prompts)
         choices = ChoiceStreams([self._guarded(self.engine.generate(child), child) for child in children])
         self._log_admitted(admitted, endpoint, CacheStatus.BYPASS)
         return ChoicesCall(
             request,
             children=children,
+            per_prompt=translated.n,
             endpoint=endpoint,
             include_usage=translated.include_usage,
             choices=choices,
@@ -446,7 +451,7 @@ class RequestPipeline:
         cache_control: str | None,
     ) -> _Admitted:
         """In-flight bound -> request lag -> model -> priority cap, cache policy, guard mode and
-        deadline -> tenant rate limits, once per client request whatever its `n`."""
+        deadline -> tenant rate limits, once per client request however many choices it makes."""
         tenant = tenant or self.open_tenant
         permit = self.limiter.acquire()
         slot: TenantSlot | None = None
@@ -466,9 +471,12 @@ class RequestPipeline:
             if request.guard is GuardMode.BLOCKING and self.guardian is None:
                 raise GuardianUnavailableError("This tenant's answers must be judged, and no guardian is configured.")
             if self.rate_limiter is not None:
-                prompt_chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages or ())
+                prompt_chars = [len(prompt) for prompt in translated.prompts] or [
+                    len(request.prompt or "") + sum(len(m.content) for m in request.messages or ())
+                ]
                 # Each choice is a whole request in the cluster: its prompt and its completion.
-                cost = estimate_tokens(prompt_chars, request.params.max_new_tokens) * translated.n
+                max_new = request.params.max_new_tokens
+                cost = sum(estimate_tokens(chars, max_new) for chars in prompt_chars) * translated.n
                 slot = await self.rate_limiter.acquire(tenant, cost)
         except BaseException:
             # Refused or failed before a call exists: give the slots back, then report why.
@@ -477,7 +485,7 @@ class RequestPipeline:
                 await slot.release(0)
             raise
         return _Admitted(
-            request=request, tenant=tenant, policy=policy, permit=permit, slot=slot, choices=translated.n
+            request=request, tenant=tenant, policy=policy, permit=permit, slot=slot, choices=translated.choice_count
         )
 
     def _log_admitted(self, admitted: _Admitted, endpoint: str, cache_status: CacheStatus) -> None:

@@ -75,8 +75,19 @@ class TranslatedRequest:
     include_usage: bool = False
     """Streams: send a usage chunk at the end."""
     n: int = 1
-    """How many choices (OpenAI's `n`, the gRPC API's too). Each is a request of its own in the
-    cluster (parallel_sampling.py); this record's params are those of choice 0."""
+    """How many choices (OpenAI's `n`, the gRPC API's too), for each prompt. Each is a request of
+    its own in the cluster (parallel_sampling.py); this record's params are those of choice 0."""
+    prompts: tuple[str, ...] = ()
+    """A completion request's list of several prompts, in order (`prompt` is the first); empty
+    otherwise. Each makes `n` choices (parallel_sampling.py)."""
+    echo: bool = False
+    """Completions: each choice's text comes after its prompt."""
+
+    @property
+    def choice_count(self) -> int:
+        """How many choices the answer has: `n` for each prompt. One goes through
+        `RequestPipeline.submit`, more through `submit_choices`."""
+        return self.n * max(1, len(self.prompts))
 
     def to_generation_request(
         self, *, request_id: str, model: str, deadline: float, tenant: str = "default"
@@ -157,8 +168,9 @@ def translate_completion(
 ) -> TranslatedRequest:
     """Check a text completion body against the gateway's limits (`default_priority`: the
     tenant's, else the gateway's)."""
-    prompt = body.prompt_text()
-    _check_prompt_size(len(prompt), settings, param="prompt")
+    prompts = body.prompt_texts()
+    for prompt in prompts:
+        _check_prompt_size(len(prompt), settings, param="prompt")
     return TranslatedRequest(
         requested_model=body.model or None,
         # Legacy `logprobs: N`: the generated tokens' log probabilities and the N most likely.
@@ -172,9 +184,11 @@ def translate_completion(
         ),
         priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
-        prompt=prompt,
+        prompt=prompts[0],
         include_usage=_include_usage(body),
-        n=_choices(body.n or 1, settings),
+        n=_choices(body.n or 1, settings, prompts=len(prompts)),
+        prompts=prompts if len(prompts) > 1 else (),
+        echo=bool(body.echo),
     )
 
 
@@ -288,13 +302,19 @@ def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def _choices(n: int, settings: GatewaySettings) -> int:
-    """`n`, within the gateway's limit (an HTTP body's own range is OpenAI's, 1 to 128): each
-    choice is a whole request in the cluster, so the operator bounds how many one client request
-    makes."""
+def _choices(n: int, settings: GatewaySettings, *, prompts: int = 1) -> int:
+    """`n`, when `n` choices for each of `prompts` prompts are within the gateway's limit (an HTTP
+    body's own range is OpenAI's, 1 to 128): each choice is a whole request in the cluster, so the
+    operator bounds how many one client request makes."""
     limit = settings.gateway_max_choices
-    if n > limit:
-        raise InvalidRequestError(f"n is too large: {n}. This gateway allows at most {limit}.", param="n")
+    if n * prompts > limit:
+        if prompts == 1:
+            raise InvalidRequestError(f"n is too large: {n}. This gateway allows at most {limit}.", param="n")
+        raise InvalidRequestError(
+            f"Too many choices: {prompts} prompts with n = {n} make {n * prompts}. This gateway allows at most "
+            f"{limit} in one request.",
+            param="prompt",
+        )
     return n
 
 

@@ -21,7 +21,12 @@ finish reasons and log probabilities, and a usage that counts the prompt once an
 completion tokens. A stream uses one formatter per choice (each keeps its own streamed text and
 text offsets; its chunks carry its `index`): every choice's opening, the choices' chunks as they
 come, each choice's last chunk with its finish reason (`finish`), then once the usage chunk and
-`[DONE]` (`ending`), as vLLM streams them.
+`[DONE]` (`ending`), as vLLM streams them. With a list of prompts, choice `i * n + j` is choice
+`j` of prompt `i`.
+
+`echo` (completions): a whole answer's choice is given its prompt before its text (:func:`echoed`);
+a stream's choice sends its prompt as its first chunk (`opening`), without log probabilities
+(`echo` with `logprobs` is refused: the prompt's are not computed).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ __all__ = [
     "chat_completion_choices",
     "chat_logprobs",
     "completion_logprobs",
+    "echoed",
     "sse_event",
     "text_completion",
     "text_completion_choices",
@@ -81,6 +87,11 @@ def usage_out(usage: Usage | None) -> UsageOut:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
     )
+
+
+def echoed(final: ReplyEvent, prompt: str) -> ReplyEvent:
+    """A choice's final event with its prompt before its text (a completion request's `echo`)."""
+    return final.model_copy(update={"text": prompt + final.text})
 
 
 def _finish_reason(event: ReplyEvent) -> str:
@@ -200,6 +211,7 @@ class StreamFormatter:
         include_usage: bool,
         logprobs: bool = False,
         index: int = 0,
+        echo: str = "",
     ) -> None:
         self.request_id = request_id
         self.created = created
@@ -208,12 +220,15 @@ class StreamFormatter:
         self.logprobs = logprobs
         """The request asked for log probabilities (else chunks carry none, whatever comes)."""
         self.index = index
-        """The choice whose chunks this formats (its `index`; 0 unless the request has n > 1)."""
+        """The choice whose chunks this formats (its `index`; 0 unless the request has several)."""
+        self.echo = echo
+        """Text sent as the choice's first chunk, before its deltas: the prompt of a completion
+        request with `echo` (chat requests have none)."""
         self._streamed: list[str] = []
 
     def opening(self) -> list[str]:
         """Events sent before the first delta."""
-        return []
+        return [self._chunk(self.echo, None, None)] if self.echo else []
 
     def delta(self, event: ReplyEvent) -> list[str]:
         """Events for one delta (one with log probabilities is sent even without text)."""
@@ -301,8 +316,11 @@ class CompletionStreamFormatter(StreamFormatter):
         include_usage: bool,
         logprobs: bool = False,
         index: int = 0,
+        echo: str = "",
     ) -> None:
-        super().__init__(request_id, created, model, include_usage=include_usage, logprobs=logprobs, index=index)
+        super().__init__(
+            request_id, created, model, include_usage=include_usage, logprobs=logprobs, index=index, echo=echo
+        )
         self._text_offset = 0
         """Where the next chunk's first token starts (`text_offset` continues across chunks)."""
 

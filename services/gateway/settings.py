@@ -52,9 +52,10 @@ class GatewaySettings(ClusterSettings):
     """`max_tokens` when a client gives none (capped by `gateway_max_tokens_limit`)."""
 
     gateway_max_choices: int = Field(16, ge=1, le=MAX_CHOICES)
-    """Largest `n` (choices per request) a client may ask for; more gets 400. OpenAI allows up to
-    128; the default is lower because each choice is a whole request in the cluster (queued,
-    batched and generated on its own), so one client request of n choices costs as much as n."""
+    """Most choices one request may make: its `n`, times its prompts for a completion request with a
+    list of them; more gets 400. OpenAI allows `n` up to 128; the default is lower because each
+    choice is a whole request in the cluster (queued, batched and generated on its own), so one
+    client request of n choices costs as much as n."""
 
     gateway_default_priority: Priority = Priority.NORMAL
     """Priority of requests that name none (body `priority`, header `X-LGC-Priority`, gRPC field)."""

@@ -242,6 +242,26 @@ async def test_several_choices_from_the_real_model(client) -> None:
     assert indices == {0, 1} and finished == {0, 1}
 
 
+async def test_several_prompts_with_echo_from_the_real_model(client) -> None:
+    prompts = ["The capital of France is", "One, two, three,"]
+    singles = [
+        await client.completions.create(model=MODEL, prompt=p, max_tokens=6, temperature=0, extra_headers=NO_CACHE)
+        for p in prompts
+    ]
+    reply = await client.completions.create(
+        model=MODEL, prompt=prompts, n=2, max_tokens=6, temperature=0, echo=True, extra_headers=NO_CACHE
+    )
+    # Choice i * n + j continues prompt i, after the prompt itself (echo).
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    for choice in reply.choices:
+        prompt = prompts[choice.index // 2]
+        assert choice.text.startswith(prompt) and len(choice.text) > len(prompt)
+    assert "Paris" in reply.choices[0].text[len(prompts[0]) :]  # greedy, as alone
+    # Each prompt counted once, as the same prompt alone counts it.
+    assert reply.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
+    assert 4 <= reply.usage.completion_tokens <= 4 * 6
+
+
 async def test_more_choices_than_the_gateway_allows_is_400(client) -> None:
     with pytest.raises(BadRequestError) as err:
         # The gateway's default limit (LGC_GATEWAY_MAX_CHOICES) is 16.

@@ -644,3 +644,67 @@ async def test_several_choices_bypass_the_caches(start_gateway, fake_batcher: Fa
     # A cached answer is one choice: n = 2 is never answered from it.
     assert again.headers["x-lgc-cache"] == "bypass" and len(again.json()["choices"]) == 2
     assert len(fake_batcher.requests) == queued + 2
+
+
+async def test_several_prompts_make_n_choices_each(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        completion = await client.completions.create(
+            model=FAKE_MODEL, prompt=["one two", "three"], n=2, max_tokens=2, seed=7, echo=True
+        )
+    # Choice i * n + j is choice j of prompt i, its text after its own prompt (echo).
+    expected = ["one two", "one two", "three", "three"]
+    assert [(c.index, c.text) for c in completion.choices] == [
+        (i, prompt + "".join(ANSWER_TOKENS[:2])) for i, prompt in enumerate(expected)
+    ]
+    queued = sorted(fake_batcher.requests, key=lambda r: r.id)
+    assert [r.id.rsplit(".", 1)[1] for r in queued] == ["0", "1", "2", "3"]
+    assert [r.prompt for r in queued] == expected
+    assert [r.params.seed for r in queued] == [7, 8, 7, 8]
+    # Each prompt once (the fake batcher counts words: 2 + 1), every choice's completion.
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (3, 8)
+
+
+async def test_several_prompts_stream_with_echo_first(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    body = {"prompt": ["alpha", "beta gamma"], "stream": True, "echo": True, "stream_options": {"include_usage": True}}
+    async with http_for(service) as http:
+        response = await http.post("/v1/completions", json=body)
+    assert response.status_code == 200
+    chunks = sse_chunks(response.text)
+    with_choices = [c["choices"][0] for c in chunks if c["choices"]]
+    for index, prompt in enumerate(["alpha", "beta gamma"]):
+        own = [c for c in with_choices if c["index"] == index]
+        assert own[0]["text"] == prompt and own[0]["finish_reason"] is None  # the echo comes first
+        assert "".join(c["text"] for c in own) == prompt + ANSWER
+        assert own[-1]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] == 3
+
+
+async def test_echo_of_one_prompt_whole_and_streamed(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        whole = await client.completions.create(model=FAKE_MODEL, prompt="Once", echo=True, max_tokens=3)
+        stream = await client.completions.create(model=FAKE_MODEL, prompt="Once", echo=True, stream=True)
+        chunks = [chunk async for chunk in stream]
+    assert whole.choices[0].text == "Once" + "".join(ANSWER_TOKENS[:3])
+    assert chunks[0].choices[0].text == "Once"
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "Once" + ANSWER
+    # The cluster only ever sees and returns the generated text.
+    assert all(r.prompt == "Once" for r in fake_batcher.requests)
+
+
+async def test_too_many_prompts_times_n_and_echo_with_logprobs_are_400(
+    start_gateway, fake_batcher: FakeBatcher
+) -> None:
+    service = await start_gateway(gateway_max_choices=4)
+    async with http_for(service) as http:
+        too_many = await http.post("/v1/completions", json={"prompt": ["a", "b", "c"], "n": 2})
+        echo_logprobs = await http.post("/v1/completions", json={"prompt": "a", "echo": True, "logprobs": 1})
+        allowed = await http.post("/v1/completions", json={"prompt": ["a", "b"], "n": 2})
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "prompt"
+    assert "3 prompts with n = 2 make 6" in too_many.json()["error"]["message"]
+    assert echo_logprobs.status_code == 400 and echo_logprobs.json()["error"]["param"] == "echo"
+    assert allowed.status_code == 200 and len(allowed.json()["choices"]) == 4
+    assert len(fake_batcher.requests) == 4  # only the allowed request's choices were queued

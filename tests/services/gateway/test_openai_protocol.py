@@ -135,9 +135,11 @@ def test_text_parts_are_joined_and_assistant_may_have_no_content() -> None:
     [
         ({"prompt": [1, 2, 3]}, "prompt", "token ids"),
         ({"prompt": [[1, 2]]}, "prompt", "token ids"),
-        ({"prompt": ["a", "b"]}, "prompt", "exactly one prompt"),
+        ({"prompt": []}, "prompt", "must not be empty"),
+        ({"prompt": ["a", ""]}, "prompt", "must not be empty"),
+        ({"prompt": ["a"] * 129}, "prompt", "at most 128 prompts"),
         ({"prompt": ""}, "prompt", "empty"),
-        ({"prompt": "x", "echo": True}, "echo", "echo"),
+        ({"prompt": "x", "echo": True, "logprobs": 0}, "echo", "prompt tokens' log probabilities"),
         ({"prompt": "x", "best_of": 3}, "best_of", "best_of"),
         ({"prompt": "x", "logprobs": 21}, "logprobs", "20"),
         ({"prompt": "x", "logprobs": -1}, "logprobs", "0"),
@@ -154,8 +156,11 @@ def test_completion_refusals(extra: dict[str, Any], param: str, needle: str) -> 
 
 
 def test_completion_prompt_forms() -> None:
-    assert CompletionRequest.model_validate({"prompt": "a"}).prompt_text() == "a"
-    assert CompletionRequest.model_validate({"prompt": ["b"], "echo": False, "best_of": 1}).prompt_text() == "b"
+    assert CompletionRequest.model_validate({"prompt": "a"}).prompt_texts() == ("a",)
+    assert CompletionRequest.model_validate({"prompt": ["b"], "echo": False, "best_of": 1}).prompt_texts() == ("b",)
+    several = CompletionRequest.model_validate({"prompt": ["b", "c", "b"], "echo": True, "n": 2})
+    assert several.prompt_texts() == ("b", "c", "b")
+    assert several.echo is True
 
 
 def test_several_choices_are_accepted_up_to_openais_maximum() -> None:

@@ -35,14 +35,14 @@ def delta(request_id: str, seq: int, text: str) -> ReplyEvent:
     return ReplyEvent(request_id=request_id, kind=ReplyKind.DELTA, seq=seq, text=text)
 
 
-def final(request_id: str, seq: int, text: str, completion_tokens: int = 1) -> ReplyEvent:
+def final(request_id: str, seq: int, text: str, completion_tokens: int = 1, prompt_tokens: int = 4) -> ReplyEvent:
     return ReplyEvent(
         request_id=request_id,
         kind=ReplyKind.FINAL,
         seq=seq,
         text=text,
         finish_reason=FinishReason.STOP,
-        usage=Usage(prompt_tokens=4, completion_tokens=completion_tokens),
+        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
     )
 
 
@@ -73,10 +73,24 @@ def test_seeds_wrap_within_63_bits() -> None:
     assert [c.params.seed for c in children] == [2**63 - 2, 2**63 - 1, 0]
 
 
-def test_usage_counts_the_prompt_once_and_sums_the_completions() -> None:
-    finals = [final("a", 1, "x", 3), final("b", 1, "y", 5)]
-    assert summed_usage(finals) == Usage(prompt_tokens=4, completion_tokens=8)
-    assert summed_usage([]) == Usage()
+def test_several_prompts_make_n_choices_each_numbered_prompt_by_prompt() -> None:
+    parent = request(seed=5)
+    children = child_requests(parent, 2, ("first", "second", "third"))
+    assert [c.id for c in children] == [f"{parent.id}.{i}" for i in range(6)]
+    assert [c.prompt for c in children] == ["first", "first", "second", "second", "third", "third"]
+    # Each prompt's choices are seeded as that prompt alone with n = 2 would be.
+    assert [c.params.seed for c in children] == [5, 6] * 3
+    for child in children:
+        GenerationRequest.from_bytes(child.to_bytes())
+
+
+def test_usage_counts_each_prompt_once_and_sums_the_completions() -> None:
+    finals = {0: final("a", 1, "x", 3), 1: final("b", 1, "y", 5)}
+    assert summed_usage(finals, 2) == Usage(prompt_tokens=4, completion_tokens=8)
+    # Two prompts of 4 and 7 tokens, two choices each (one of the second still running).
+    finals = {0: final("a", 1, "x", 3), 1: final("b", 1, "y", 5), 3: final("d", 1, "z", 2, prompt_tokens=7)}
+    assert summed_usage(finals, 2) == Usage(prompt_tokens=11, completion_tokens=10)
+    assert summed_usage({}, 1) == Usage()
 
 
 class Scripted:

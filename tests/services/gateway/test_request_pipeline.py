@@ -216,7 +216,7 @@ def choices_pipeline(**settings: object) -> tuple[RequestPipeline, ChoicesEngine
     return pipeline, engine, limiter
 
 
-def several(prompt: str = "hi", n: int = 3, **body: object):
+def several(prompt: str | list[str] = "hi", n: int = 3, **body: object):
     return translate_completion(
         CompletionRequest.model_validate({"prompt": prompt, "n": n, "max_tokens": 10, **body}), GatewaySettings()
     )
@@ -241,6 +241,21 @@ async def test_choices_are_admitted_once_and_fan_out() -> None:
     # what the cluster computed for every choice.
     assert limiter.taken == [(1 + 10) * 3]
     assert limiter.reconciled == [(2 + 1) + (2 + 2) + (2 + 3)]
+
+
+async def test_several_prompts_are_admitted_once_with_every_prompts_estimate() -> None:
+    pipeline, engine, limiter = choices_pipeline()
+    call = await pipeline.submit_choices(
+        several(["hi", "a longer prompt"], n=2), request_id="cmpl-11", endpoint="completions", started=time.monotonic()
+    )
+    results = await call.results()
+    await call.close("ok")
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    assert [r.prompt for r in engine.submitted] == ["hi", "hi", "a longer prompt", "a longer prompt"]
+    # Two prompts of 2 tokens each (the fake engine's count), four choices of 1 to 4 tokens.
+    assert call.usage() == Usage(prompt_tokens=4, completion_tokens=1 + 2 + 3 + 4)
+    # Up front: each prompt's estimate ("hi" 1, "a longer prompt" 4 tokens, max_tokens 10), n each.
+    assert limiter.taken == [((1 + 10) + (4 + 10)) * 2]
 
 
 async def test_a_failing_choice_fails_the_request_and_its_siblings_are_cancelled() -> None:

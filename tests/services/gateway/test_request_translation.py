@@ -235,6 +235,24 @@ def test_choices_are_carried_within_the_gateways_limit() -> None:
     assert refused.value.param == "n"
 
 
+def test_several_prompts_and_echo() -> None:
+    body = CompletionRequest.model_validate({"prompt": ["a", "bb", "a"], "n": 2, "echo": True})
+    translated = translate_completion(body, SETTINGS)
+    assert translated.prompt == "a" and translated.prompts == ("a", "bb", "a")
+    assert translated.n == 2 and translated.choice_count == 6 and translated.echo
+    one = translate_completion(CompletionRequest.model_validate({"prompt": ["a"], "n": 3}), SETTINGS)
+    assert one.prompts == () and one.choice_count == 3 and not one.echo
+    assert chat(n=2).choice_count == 2
+    # The limit counts every choice of every prompt; each prompt has the size limit.
+    strict = GatewaySettings(gateway_max_choices=4)
+    with pytest.raises(InvalidRequestError) as refused:
+        translate_completion(body, strict)
+    assert refused.value.param == "prompt" and "make 6" in refused.value.message
+    with pytest.raises(InvalidRequestError) as refused:
+        translate_completion(CompletionRequest.model_validate({"prompt": ["a", "y" * 51]}), SETTINGS)
+    assert refused.value.code == "context_length_exceeded"
+
+
 def test_vllm_ways_to_stop() -> None:
     asked = chat(ignore_eos=True, min_tokens=3, stop_token_ids=[2, 7]).params
     assert (asked.ignore_eos, asked.min_tokens, asked.stop_token_ids) == (True, 3, (2, 7))

@@ -18,6 +18,7 @@ from services.gateway.response_format import (
     CompletionStreamFormatter,
     chat_completion,
     chat_completion_choices,
+    echoed,
     text_completion,
     text_completion_choices,
 )
@@ -102,6 +103,19 @@ def test_completion_stream_chunks() -> None:
     assert chunks[1]["choices"][0]["finish_reason"] == "length"
     assert chunks[2]["choices"] == [] and chunks[2]["usage"]["total_tokens"] == 5
     assert all(c["object"] == "text_completion" for c in chunks)
+
+
+def test_echo_puts_the_prompt_first() -> None:
+    # A whole answer: the prompt before the text, nothing else changed.
+    whole = echoed(final("ab", FinishReason.LENGTH), "Say: ")
+    assert whole.text == "Say: ab" and whole.finish_reason is FinishReason.LENGTH and whole.usage is not None
+    assert text_completion("cmpl-1", 7, "m", whole).choices[0].text == "Say: ab"
+    # A stream: the prompt is the choice's first chunk; the final chunk sends no text twice.
+    formatter = CompletionStreamFormatter("cmpl-1", 7, "m", include_usage=False, index=2, echo="Say: ")
+    events = formatter.opening() + formatter.delta(delta(0, "a")) + formatter.final(final("ab"))
+    chunks = decode(events[:-1])
+    assert [(c["choices"][0]["index"], c["choices"][0]["text"]) for c in chunks] == [(2, "Say: "), (2, "a"), (2, "b")]
+    assert chunks[0]["choices"][0]["finish_reason"] is None and chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
 def test_error_in_stream() -> None:
