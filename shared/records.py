@@ -178,6 +178,11 @@ class GenerationParams(BaseModel):
     stop_token_ids: tuple[_TokenId, ...] = Field((), max_length=MAX_STOP_TOKEN_IDS)
     """vLLM's extension: token ids that end generation as the end-of-sequence token does (finish
     reason `stop`; their text is not part of the answer)."""
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    """vLLM's `prompt_logprobs`: None for none; otherwise the log probability of every prompt
+    token given the ones before it, and of this many most likely tokens at each prompt position
+    (on the reply's delta events, `ReplyEvent.prompt_logprobs`). The model's own distribution, as
+    `logprobs`. What a completion request with `echo` and `logprobs` asks for."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -393,6 +398,11 @@ class ReplyEvent(Record):
     previous delta, in order. Log probabilities travel only on deltas, also for requests that do
     not stream (then deltas of empty text carry them just before the final event), so that no
     record holds a whole long answer's worth of them."""
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    """`delta` only, when the request asked for `prompt_logprobs`: the next of the prompt's tokens
+    (after the chat template), in order, on deltas of empty text before any other delta. The
+    prompt's first token has no log probability (nothing comes before it): its entry has
+    `logprob` 0 and no `top` (the API shows null)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -400,8 +410,8 @@ class ReplyEvent(Record):
             raise ValueError("an 'error' event needs 'error'")
         if self.kind is ReplyKind.FINAL and self.finish_reason is None:
             raise ValueError("a 'final' event needs 'finish_reason'")
-        if self.logprobs and self.kind is not ReplyKind.DELTA:
-            raise ValueError("only 'delta' events carry 'logprobs'")
+        if (self.logprobs or self.prompt_logprobs) and self.kind is not ReplyKind.DELTA:
+            raise ValueError("only 'delta' events carry 'logprobs' and 'prompt_logprobs'")
         return self
 
     @property

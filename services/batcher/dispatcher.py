@@ -87,6 +87,9 @@ def to_work_item(state: RequestState) -> worker_pb2.WorkItem:
         ignore_eos=p.ignore_eos,
         min_tokens=p.min_tokens,
         stop_token_ids=p.stop_token_ids,
+        # Once received they are the request's; a retry after a failure does not ask again.
+        prompt_logprobs=p.prompt_logprobs is not None and not state.prompt_logprobs_received,
+        prompt_top_logprobs=p.prompt_logprobs or 0,
     )
     return worker_pb2.WorkItem(
         request_id=request.id,
@@ -373,7 +376,12 @@ class BatchDispatcher:
         state.tokens += delta.tokens
         # Only when asked for: a worker that sends them regardless must not make replies bigger.
         logprobs = logprobs_from_proto(delta.logprobs) if delta.logprobs and state.request.params.logprobs else ()
-        await self._publisher.delta(state, delta.text, logprobs)
+        prompt_logprobs: tuple[TokenLogprob, ...] = ()
+        if delta.prompt_logprobs and state.request.params.prompt_logprobs is not None:
+            if not state.prompt_logprobs_received:  # a worker that repeats them is not believed twice
+                state.prompt_logprobs_received = True
+                prompt_logprobs = logprobs_from_proto(delta.prompt_logprobs)
+        await self._publisher.delta(state, delta.text, logprobs, prompt_logprobs)
 
     async def _on_finished(self, state: RequestState, finished: worker_pb2.Finished) -> None:
         state.prompt_tokens = finished.prompt_tokens or state.prompt_tokens

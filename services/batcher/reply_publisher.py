@@ -17,6 +17,11 @@ for the guardian, gets them as deltas of empty text just before its final event 
 partition's order, so they arrive first). No delta carries more than `LOGPROB_CHUNK_TOKENS` tokens'
 worth. A held answer that the guardian replaced by redacted text gets none: they would spell out,
 token by token, the text that was withheld.
+
+The prompt tokens' log probabilities (requests with `params.prompt_logprobs`) travel the same way,
+on their own deltas of empty text (`prompt_logprobs`, at most `LOGPROB_CHUNK_TOKENS` positions
+each), before any delta of the answer: at once for a streaming request, just before the generated
+tokens' for the others. They are about the client's own prompt, so a held answer keeps them.
 """
 
 from __future__ import annotations
@@ -63,18 +68,43 @@ class ReplyPublisher:
         """Send a reply record; the returned future is its acknowledgement (then the doorbell rings)."""
         return await send_announced(self._producer, self._ringer, topic, value, key)
 
-    async def delta(self, state: RequestState, text: str, logprobs: Sequence[TokenLogprob] = ()) -> None:
-        """A piece of the answer: `text` and its tokens' `logprobs` (empty unless asked for). A
-        streaming request gets it at once (also a piece of empty text that has log probabilities);
-        one that does not stream, or is held, gets only the final event, and its log probabilities
-        are kept for `final`."""
+    async def delta(
+        self,
+        state: RequestState,
+        text: str,
+        logprobs: Sequence[TokenLogprob] = (),
+        prompt_logprobs: Sequence[TokenLogprob] = (),
+    ) -> None:
+        """A piece of the answer: `text` and its tokens' `logprobs` (empty unless asked for), after
+        the prompt's `prompt_logprobs` (the first delta's, when asked for). A streaming request gets
+        it at once (also a piece of empty text that has log probabilities); one that does not
+        stream, or is held, gets only the final event, and its log probabilities are kept for
+        `final`."""
         if not state.request.reply_to:
             return  # nobody listens for replies: only the result is written
         if not state.request.stream or state.held:
+            state.prompt_logprobs.extend(prompt_logprobs)
             state.logprobs.extend(logprobs)
             return
+        if prompt_logprobs:
+            await self._send_prompt_logprobs(state, prompt_logprobs)
         if text or logprobs:
             await self._send_deltas(state, text, logprobs)
+
+    async def _send_prompt_logprobs(self, state: RequestState, entries: Sequence[TokenLogprob]) -> None:
+        """The prompt's log probabilities as deltas of empty text, `LOGPROB_CHUNK_TOKENS` positions
+        at most each."""
+        assert state.request.reply_to is not None
+        for start in range(0, len(entries), LOGPROB_CHUNK_TOKENS):
+            event = ReplyEvent(
+                request_id=state.id,
+                kind=ReplyKind.DELTA,
+                seq=state.next_seq(),
+                worker_id=state.worker_id,
+                model=state.model,
+                prompt_logprobs=tuple(entries[start : start + LOGPROB_CHUNK_TOKENS]),
+            )
+            await self._send_reply(state.request.reply_to, event.to_bytes(), state.id)
 
     async def _send_deltas(self, state: RequestState, text: str, logprobs: Sequence[TokenLogprob]) -> None:
         """`text` and `logprobs` as delta events, at most `LOGPROB_CHUNK_TOKENS` tokens' log
@@ -108,8 +138,11 @@ class ReplyPublisher:
         `reply_text` differs from the generated text: they would reveal the withheld text."""
         usage = Usage(prompt_tokens=state.prompt_tokens, completion_tokens=state.tokens)
         kept, state.logprobs = state.logprobs, []
+        kept_prompt, state.prompt_logprobs = state.prompt_logprobs, []
         sends = []
         if state.request.reply_to:
+            if kept_prompt:
+                await self._send_prompt_logprobs(state, kept_prompt)
             if kept and (reply_text is None or reply_text == state.text):
                 await self._send_deltas(state, "", kept)
             event = ReplyEvent(
@@ -130,7 +163,8 @@ class ReplyPublisher:
     async def error(self, state: RequestState, code: ErrorCode, message: str, *, retryable: bool = False) -> None:
         """The request ended without a result: the error event, then the result with the error."""
         info = ErrorInfo(code=code, message=message[:4_000], retryable=retryable)
-        state.logprobs = []  # an error event carries none: the answer is not delivered
+        # An error event carries none: no answer is delivered.
+        state.logprobs, state.prompt_logprobs = [], []
         sends = []
         if state.request.reply_to:
             event = ReplyEvent(

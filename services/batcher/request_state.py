@@ -56,6 +56,11 @@ class RequestState:
     """Log probabilities received and not published yet: those of a request that does not stream
     (or is held) wait here for its end, where they leave as deltas just before the final event
     (reply_publisher.py)."""
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    """The prompt tokens' log probabilities (requests with `params.prompt_logprobs`) not published
+    yet: as `logprobs`, those of a request that does not stream wait here for its end."""
+    prompt_logprobs_received: bool = False
+    """A worker sent the prompt's log probabilities: a retry elsewhere does not ask for them again."""
 
     @property
     def id(self) -> str:

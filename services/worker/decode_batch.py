@@ -30,6 +30,7 @@ from transformers.cache_utils import DynamicLayer
 
 from services.worker.llama_decode import LlamaDecoder
 from services.worker.prefix_cache import PrefixCache
+from services.worker.prompt_logprobs import PromptPosition, PromptScorer
 
 __all__ = [
     "DecodeBatch", "KVCache", "ModelSteps", "PrefillRun", "TransformersForward", "TransformersKV", "supports_joining",
@@ -74,6 +75,15 @@ class ModelSteps(Protocol):
         """Run the next columns of left-padded prompts ([rows, new] `ids`, `mask` 0 over their
         padding, `positions`) into `cache`, after the columns it holds (`held`: [rows, held], 0
         over padding); returns each row's last float32 logits, or None without `logits`."""
+
+    def prefill_hidden(
+        self, cache: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor
+    ) -> torch.Tensor:
+        """As `prefill_columns`, but returns every new column's final hidden state ([rows, new,
+        hidden]; `head` makes logits of them), for the prompt's log probabilities."""
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head over final hidden states: [..., hidden] -> [..., vocab] logits."""
 
     def step(self, cache: Any, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (`mask` already covers it); returns the next float32 logits."""
@@ -143,6 +153,23 @@ class TransformersForward:
             logits_to_keep=1,
         )
         return out.logits[:, -1, :].float() if logits else None
+
+    def prefill_hidden(
+        self, cache: TransformersKV, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor
+    ) -> torch.Tensor:
+        """The decoder without its head (`get_decoder`): its last hidden state, the final norm's
+        output, is what the head takes."""
+        out = self.model.get_decoder()(
+            input_ids=ids,
+            attention_mask=torch.cat([held, mask], dim=1),
+            position_ids=positions,
+            past_key_values=cache.dynamic,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(hidden)
 
     def step(
         self, cache: TransformersKV, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
@@ -300,14 +327,18 @@ class PrefillRun:
         decoder: LlamaDecoder | None = None,
         prefixes: PrefixCache | None = None,
         chunk_tokens: int | None = None,
+        prompt_logprobs: Sequence[int | None] = (),
     ) -> None:
         """Lay out the prompts (left-padded, after a shared prefix if `prefixes` has or makes one:
         that prefix is run here, at once) and make the cache; nothing more runs until
-        `advance`. `chunk_tokens` None: one chunk."""
+        `advance`. `chunk_tokens` None: one chunk. `prompt_logprobs`: per prompt, None or how many
+        most likely tokens to list at each position, for prompts whose log probabilities are
+        wanted (`prompt_logprobs.py`; with any, no shared prefix is used)."""
         self._vocab_size = vocab_size
         self._steps: ModelSteps = decoder if decoder is not None else TransformersForward(model)
         self._shared = None
-        if prefixes is not None:
+        wanted = any(top is not None for top in prompt_logprobs)
+        if prefixes is not None and not wanted:
             self._shared = prefixes.prefix_for(prompts, lambda tokens: self._steps.run_prefix(tokens, device))
         skip = len(self._shared.tokens) if self._shared is not None else 0
         rests = [prompt[skip:] for prompt in prompts]
@@ -327,6 +358,7 @@ class PrefillRun:
         self._done_columns = 0
         self._logits: torch.Tensor | None = None
         self._cache = self._steps.prefill_cache(rows, longest, self._shared.cache if self._shared is not None else None)
+        self._scorer = PromptScorer(prompt_logprobs, self._ids, self._mask) if wanted else None
 
     @property
     def done(self) -> bool:
@@ -340,7 +372,13 @@ class PrefillRun:
         final = last == self._ids.shape[1]
         ids, mask, positions = (t[:, first:last] for t in (self._ids, self._mask, self._positions))
         held = self._full_mask[:, : self._skip + first]
-        self._logits = self._steps.prefill_columns(self._cache, ids, mask, positions, held, logits=final)
+        if self._scorer is None:
+            self._logits = self._steps.prefill_columns(self._cache, ids, mask, positions, held, logits=final)
+        else:
+            hidden = self._steps.prefill_hidden(self._cache, ids, mask, positions, held)
+            self._scorer.score(hidden, first, self._steps.head)
+            if final:
+                self._logits = self._steps.head(hidden[:, -1, :]).float()
         self._done_columns = last
 
     def result(self) -> tuple[DecodeBatch, torch.Tensor]:
@@ -357,3 +395,11 @@ class PrefillRun:
             seen[:, prefix_ids.clamp(max=self._vocab_size - 1)] = True
         full_mask = self._full_mask
         return DecodeBatch(self._cache, full_mask, full_mask.sum(-1), seen, self._steps), self._logits
+
+    def prompt_logprobs(self) -> list[list[PromptPosition] | None]:
+        """Per prompt, once every chunk has run: its positions after the first with their log
+        probabilities (None for prompts that did not ask)."""
+        assert self._logits is not None, "chunks are left to run"
+        if self._scorer is None:
+            return [None] * int(self._ids.shape[0])
+        return self._scorer.result()

@@ -102,6 +102,10 @@ class SamplingParams:
     (the continuation's count, as for max_new_tokens)."""
     stop_token_ids: tuple[int, ...] = ()
     """Token ids that end generation as the end-of-sequence token does (no text)."""
+    prompt_logprobs: int | None = None
+    """None: none. Otherwise every prompt token's log probability given the ones before it and
+    those of this many most likely tokens at each prompt position (0-20), on the sequence's first
+    TextDelta (vLLM's `prompt_logprobs`; the model's own distribution, as `logprobs`)."""
 
     @property
     def penalises_output(self) -> bool:
@@ -182,6 +186,9 @@ class TextDelta:
     """Tokens generated since the previous delta (text may lag tokens by a partial character)."""
     logprobs: tuple[TokenLogprob, ...] = ()
     """When the item asked for them: one entry per token this delta covers, in order."""
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    """When the item asked for them, on its first delta only: one entry per prompt token (after
+    the chat template), in order; the first has none (nothing comes before it): logprob 0, no `top`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -321,6 +321,14 @@ class LlamaDecoder:
         (nothing held), the rest after a shared prefix (all of it held), or a chunk of a longer
         prefill (the chunks before it). Returns each row's logits after the last of them, or
         None without `logits` (a chunk that is not the last: its output head would be wasted)."""
+        return self._prefill(slab, ids, mask, positions, held, logits=logits)
+
+    def _prefill(
+        self, slab: KVSlab, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor,
+        *, logits: bool = True, every_column: bool = False,
+    ) -> torch.Tensor | None:
+        """`prefill_columns`, or with `every_column` `prefill_hidden`: the attention bias of a
+        prefill's columns, then the forward."""
         rows, length = ids.shape
         columns = torch.arange(length, device=ids.device)
         causal = columns[None, :] <= columns[:, None]  # [query, key] among the new columns
@@ -330,7 +338,20 @@ class LlamaDecoder:
         allowed = torch.cat([held.bool()[:, None, :].expand(rows, length, held.shape[1]), new], dim=-1)
         bias = torch.zeros((rows, length, held.shape[1] + length), dtype=torch.float32, device=ids.device)
         bias.masked_fill_(~allowed, float("-inf"))
-        return self._forward(slab, ids, positions, bias, logits=logits)
+        return self._forward(slab, ids, positions, bias, logits=logits, every_column=every_column)
+
+    def prefill_hidden(
+        self, slab: KVSlab, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor
+    ) -> torch.Tensor:
+        """As `prefill_columns`, but returns every new column's final hidden state (after the
+        final norm: [rows, new, hidden]), which `head` makes logits of."""
+        hidden = self._prefill(slab, ids, mask, positions, held, every_column=True)
+        assert hidden is not None
+        return hidden
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head over final hidden states: [..., hidden] -> [..., vocab] logits."""
+        return self._model.lm_head(hidden)
 
     def step(self, slab: KVSlab, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; `mask` ([rows, columns + 1]) already covers the new column.
@@ -343,10 +364,11 @@ class LlamaDecoder:
 
     def _forward(
         self, slab: KVSlab, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, wide: int = 1,
-        *, logits: bool = True,
+        *, logits: bool = True, every_column: bool = False,
     ) -> torch.Tensor | None:
         """Write `ids` ([rows, new]) at the slab's next columns and return the logits after the last
-        of them (None without `logits`). `bias` ([rows, new, width]) is 0 where a query may attend
+        of them (None without `logits`; with `every_column`, every column's final hidden state
+        instead: [rows, new, hidden]). `bias` ([rows, new, width]) is 0 where a query may attend
         and -inf elsewhere; `wide`: torch threads for the MLP projections and the output head, and
         with `wide_attention` for the attention block's products (`_widely`). A parameter, not
         state: the prefill thread runs this beside the engine thread's steps."""
@@ -385,6 +407,8 @@ class LlamaDecoder:
             x = x + _widely(narrow, attn.o_proj, out)
             x = x + self._mlp(layer, layer.post_attention_layernorm(x), wide)
         slab.length = width
+        if every_column:
+            return inner.norm(x)
         if not logits:
             return None
         return _widely(wide, self._model.lm_head, inner.norm(x[:, -1:]))[:, -1, :].float()

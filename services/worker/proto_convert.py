@@ -93,6 +93,12 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
         raise InvalidItemError("params.top_logprobs needs params.logprobs")
     if msg.top_logprobs > MAX_TOP_LOGPROBS:
         raise InvalidItemError(f"params.top_logprobs must be at most {MAX_TOP_LOGPROBS}, not {msg.top_logprobs}")
+    if msg.prompt_top_logprobs and not msg.prompt_logprobs:
+        raise InvalidItemError("params.prompt_top_logprobs needs params.prompt_logprobs")
+    if msg.prompt_top_logprobs > MAX_TOP_LOGPROBS:
+        raise InvalidItemError(
+            f"params.prompt_top_logprobs must be at most {MAX_TOP_LOGPROBS}, not {msg.prompt_top_logprobs}"
+        )
     if msg.min_tokens > msg.max_new_tokens:
         raise InvalidItemError(f"params.min_tokens ({msg.min_tokens}) must not exceed max_new_tokens ({msg.max_new_tokens})")
     if len(msg.stop_token_ids) > _MAX_STOP_TOKEN_IDS:
@@ -117,6 +123,7 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
         ignore_eos=msg.ignore_eos,
         min_tokens=msg.min_tokens,
         stop_token_ids=tuple(sorted(set(msg.stop_token_ids))),
+        prompt_logprobs=msg.prompt_top_logprobs if msg.prompt_logprobs else None,
     )
 
 
@@ -147,6 +154,8 @@ def event_to_proto(event: EngineEvent) -> worker_pb2.GenerateEvent:
         delta = worker_pb2.TokenDelta(text=event.text, tokens=event.tokens)
         if event.logprobs:
             delta.logprobs.extend(_logprob_to_proto(entry) for entry in event.logprobs)
+        if event.prompt_logprobs:
+            delta.prompt_logprobs.extend(_logprob_to_proto(entry) for entry in event.prompt_logprobs)
         return worker_pb2.GenerateEvent(request_id=event.request_id, delta=delta)
     if isinstance(event, SequenceFinished):
         return worker_pb2.GenerateEvent(

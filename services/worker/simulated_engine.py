@@ -35,7 +35,9 @@ from services.worker.sequence_tasks import SequenceAbort, SequenceProgress, Task
 from services.worker.settings import WorkerSettings
 from services.worker.stop_strings import StopStringMatcher
 
-__all__ = ["SIMULATED_MODEL_NAME", "SimulatedEngine", "simulated_logprob", "simulated_token"]
+__all__ = [
+    "SIMULATED_MODEL_NAME", "SimulatedEngine", "simulated_logprob", "simulated_prompt_logprobs", "simulated_token",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,19 @@ def simulated_logprob(index: int, top: int) -> TokenLogprob:
     """The log probabilities reported for the `index`-th token: certain, its only alternative."""
     text = simulated_token(index)
     return TokenLogprob(index, text, 0.0, (TopLogprob(index, text, 0.0),)[:top])
+
+
+def simulated_prompt_logprobs(item: WorkItem, top: int) -> tuple[TokenLogprob, ...]:
+    """The prompt's log probabilities reported: one simulated token per word of the prompt (of the
+    messages' contents for chat), id its position, each certain and its only alternative; the first
+    has none (logprob 0, no alternatives), as a real engine reports it."""
+    words = [w for m in item.messages for w in m.content.split()] if item.messages else item.prompt.split()
+    entries = []
+    for index, word in enumerate(words):
+        text = word if index == 0 else f" {word}"
+        top_entries = () if index == 0 else (TopLogprob(index, text, 0.0),)[:top]
+        entries.append(TokenLogprob(index, text, 0.0, top_entries))
+    return tuple(entries)
 
 
 def _count_words(item: WorkItem) -> int:
@@ -158,8 +173,12 @@ class SimulatedEngine(TaskPerSequenceEngine):
             last = ends_here or stops.stopped or state.generated >= budget
             if last and not stops.stopped:
                 text += stops.flush()
-            if text or (last and logprobs):
-                handle.sink(TextDelta(item.request_id, text, state.generated - state.reported, tuple(logprobs)))
+            prompt_logprobs: tuple[TokenLogprob, ...] = ()
+            if state.generated == 1 and item.params.prompt_logprobs is not None:
+                prompt_logprobs = simulated_prompt_logprobs(item, item.params.prompt_logprobs)
+            if text or (last and logprobs) or prompt_logprobs:
+                unreported = state.generated - state.reported
+                handle.sink(TextDelta(item.request_id, text, unreported, tuple(logprobs), prompt_logprobs))
                 state.reported = state.generated
                 logprobs.clear()
             if last:

@@ -76,6 +76,7 @@ from services.worker.precision import (
 )
 from services.worker.prefix_cache import PrefixCache
 from services.worker.prompt_encoding import PromptEncoder, PromptError
+from services.worker.prompt_logprobs import PromptPosition
 from services.worker.realtime_scheduling import REALTIME_PRIORITY, use_realtime_scheduling
 from services.worker.sampling import (
     RowLogprobs,
@@ -136,6 +137,8 @@ class _Sequence:
     frequency penalty needs them."""
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """Log probabilities of the tokens generated since the last delta (when the item asked)."""
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    """The prompt's log probabilities (when the item asked), until the first delta takes them."""
     ends: tuple[int, ...] = ()
     """Token ids that end this sequence: the model's end of sequence (unless `ignore_eos`) and the
     item's `stop_token_ids` (those the output head has)."""
@@ -711,6 +714,7 @@ class TransformersEngine(Engine):
             self._decoder,
             self._prefixes,
             self._settings.worker_prefill_chunk_tokens,
+            [s.sampling.params.prompt_logprobs for s in chosen],
         )
         if self._prefixes is not None and self._prefixes.reused_tokens > reused_before:
             self._observer.prefix_reused(self._prefixes.reused_tokens - reused_before)
@@ -722,6 +726,9 @@ class TransformersEngine(Engine):
         """The finished prefill's batch with `chosen`'s first tokens picked; returns that batch
         (None if every sequence ended at once) and the sequences still running, in its row order."""
         batch, logits = run.result()
+        for seq, positions in zip(chosen, run.prompt_logprobs(), strict=True):
+            if positions is not None:
+                seq.prompt_logprobs = self._prompt_logprobs(seq.prompt_ids[0], positions)
         table = SamplingTable([s.sampling for s in chosen], self._vocab_size, self._device)
         raw = raw_logprobs(logits, table)
         ban_tokens(logits, _early_ends(chosen))
@@ -804,6 +811,17 @@ class TransformersEngine(Engine):
                     seq.logprobs.append(self._token_logprob(token, row))
         return [i for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)) if self._accept(seq, token, events)]
 
+    def _prompt_logprobs(self, first: int, positions: list[PromptPosition]) -> tuple[TokenLogprob, ...]:
+        """A prompt's log probabilities as TokenLogprobs: its first token without one (logprob 0,
+        no alternatives: nothing comes before it), then each later position's."""
+        assert self._token_texts is not None
+        names = self._token_texts
+        later = (
+            TokenLogprob(p.token_id, names(p.token_id), p.logprob, tuple(TopLogprob(t, names(t), v) for t, v in p.top))
+            for p in positions
+        )
+        return (TokenLogprob(first, names(first), 0.0), *later)
+
     def _token_logprob(self, token: int, row: RowLogprobs) -> TokenLogprob:
         assert self._token_texts is not None
         names = self._token_texts
@@ -845,12 +863,15 @@ class TransformersEngine(Engine):
     def _emit(seq: _Sequence, text: str, events: _Events, *, last: bool = False) -> None:
         """A delta with `text` and the tokens since the previous one; none while there is no text
         (the tokens wait with the text they belong to), except at the `last` token of a sequence
-        whose log probabilities are still unsent (an end-of-sequence token adds no text)."""
-        if text or (last and seq.logprobs):
-            delta = TextDelta(seq.handle.request_id, text, seq.unreported, tuple(seq.logprobs))
+        whose log probabilities are still unsent (an end-of-sequence token adds no text), and for
+        the first token of a sequence that asked for its prompt's log probabilities (they leave at
+        once, on this delta)."""
+        if text or (last and seq.logprobs) or seq.prompt_logprobs:
+            delta = TextDelta(seq.handle.request_id, text, seq.unreported, tuple(seq.logprobs), seq.prompt_logprobs)
             events.append((seq.handle, delta))
             seq.unreported = 0
             seq.logprobs.clear()
+            seq.prompt_logprobs = ()
 
     def _finish(self, seq: _Sequence, reason: FinishReason, events: _Events) -> None:
         handle = seq.handle

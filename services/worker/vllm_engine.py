@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from services.worker.engine import (
     TopLogprob,
     WorkItem,
 )
+from services.worker.detokenizer import TokenTexts
 from services.worker.prompt_encoding import PromptEncoder, PromptError
 from services.worker.sequence_tasks import SequenceAbort, SequenceProgress, TaskPerSequenceEngine
 from services.worker.settings import WorkerSettings
@@ -65,6 +66,7 @@ __all__ = [
     "kv_cache_footprint",
     "logprob_of",
     "needs_clean_config",
+    "prompt_logprobs_of",
     "sampling_options",
     "settings_refusal",
     "token_prompt_builder",
@@ -156,6 +158,8 @@ def sampling_options(params: SamplingParams, budget: int, min_tokens: int = 0) -
     if params.logprobs is not None:
         # vLLM's default logprobs mode (`raw_logprobs`) is ours: the model's own distribution.
         options["logprobs"] = params.logprobs
+    if params.prompt_logprobs is not None:
+        options["prompt_logprobs"] = params.prompt_logprobs
     if params.ignore_eos:
         options["ignore_eos"] = True
     if min_tokens:
@@ -179,6 +183,19 @@ def logprob_of(position: Mapping[int, Any], token_id: int, top: int) -> TokenLog
     )
     chosen = entry(token_id, position[token_id])
     return TokenLogprob(chosen.token_id, chosen.token, chosen.logprob, tuple(entry(t, lp) for t, lp in ranked))
+
+
+def prompt_logprobs_of(
+    positions: Sequence[Mapping[int, Any] | None], prompt_ids: Sequence[int], top: int, first_text: str
+) -> tuple[TokenLogprob, ...]:
+    """Ours from vLLM's `RequestOutput.prompt_logprobs`: one position per prompt token, None at the
+    first (nothing comes before it), which becomes logprob 0 without alternatives, named
+    `first_text`."""
+    entries = [TokenLogprob(prompt_ids[0], first_text, 0.0)]
+    for position, token in zip(positions[1:], prompt_ids[1:], strict=True):
+        assert position is not None, "vLLM gives every prompt position after the first"
+        entries.append(logprob_of(position, token, top))
+    return tuple(entries)
 
 
 def finish_reason_of(reason: str | None) -> FinishReason | None:
@@ -472,6 +489,7 @@ class VllmEngine(TaskPerSequenceEngine):
         # The engine core process is gone: every later call fails the same way.
         self._dead_errors = (EngineDeadError,)
         self._encoder = PromptEncoder(tokenizer, int(model_config.max_model_len))
+        self._token_texts = TokenTexts(tokenizer)
         self._info = EngineInfo(
             model=source.served_name,
             backend="vllm",
@@ -561,6 +579,8 @@ class VllmEngine(TaskPerSequenceEngine):
         output = CumulativeOutput()
         top_logprobs = item.params.logprobs
         logprobs: list[TokenLogprob] = []  # of the tokens not yet reported (they wait with their text)
+        prompt_top = item.params.prompt_logprobs
+        prompt_logprobs: tuple[TokenLogprob, ...] = ()
         last_at = time.monotonic()
         finish_reason: str | None = None
         finished = False
@@ -573,15 +593,22 @@ class VllmEngine(TaskPerSequenceEngine):
                 if top_logprobs is not None and completion.logprobs is not None:
                     for i in range(before, len(completion.token_ids)):
                         logprobs.append(logprob_of(completion.logprobs[i], completion.token_ids[i], top_logprobs))
+                if prompt_top is not None and result.prompt_logprobs:
+                    # On the first output only (once taken, not asked for again).
+                    first = self._token_texts(encoded.ids[0])
+                    prompt_logprobs = prompt_logprobs_of(result.prompt_logprobs, encoded.ids, prompt_top, first)
+                    prompt_top = None
                 text, reported = output.advance(completion.text, len(completion.token_ids))
                 self._count_tokens(handle, progress, output.tokens - before, last_at)
                 last_at = time.monotonic()
-                if text or (result.finished and logprobs):
+                if text or (result.finished and logprobs) or prompt_logprobs:
                     if not text:
-                        # The last tokens added no text (end of sequence); their log probabilities still go.
+                        # The last tokens added no text (end of sequence), or the prompt's log
+                        # probabilities go first: what was generated is counted on this delta.
                         reported = output.take_unreported()
-                    handle.sink(TextDelta(item.request_id, text, reported, tuple(logprobs)))
+                    handle.sink(TextDelta(item.request_id, text, reported, tuple(logprobs), prompt_logprobs))
                     logprobs.clear()
+                    prompt_logprobs = ()
                 if result.finished:
                     finished, finish_reason = True, completion.finish_reason
         except self._client_errors as exc:

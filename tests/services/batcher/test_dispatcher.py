@@ -58,6 +58,17 @@ def test_logprob_flags_reach_the_worker() -> None:
     assert (plain.params.logprobs, plain.params.top_logprobs) == (False, 0)
 
 
+def test_prompt_logprobs_are_asked_for_until_a_worker_sent_them() -> None:
+    state = _state(GenerationParams(prompt_logprobs=3))
+    item = to_work_item(state)
+    assert (item.params.prompt_logprobs, item.params.prompt_top_logprobs) == (True, 3)
+    assert work_item_from_proto(item).params.prompt_logprobs == 3
+    state.prompt_logprobs_received = True  # a retry after the first delta: not again
+    assert to_work_item(state).params.prompt_logprobs is False
+    plain = to_work_item(_state(GenerationParams()))
+    assert (plain.params.prompt_logprobs, plain.params.prompt_top_logprobs) == (False, 0)
+
+
 def test_work_items_carry_the_ways_to_stop() -> None:
     item = to_work_item(_state(GenerationParams(ignore_eos=True, min_tokens=3, stop_token_ids=(2, 7))))
     assert (item.params.ignore_eos, item.params.min_tokens, list(item.params.stop_token_ids)) == (True, 3, [2, 7])
@@ -88,10 +99,18 @@ class _RecordingPublisher:
 
     def __init__(self) -> None:
         self.deltas: list[tuple[str, tuple[TokenLogprob, ...]]] = []
+        self.prompt_deltas: list[tuple[TokenLogprob, ...]] = []
         self.finals: list[tuple[FinishReason, int]] = []
 
-    async def delta(self, state: RequestState, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> None:
+    async def delta(
+        self,
+        state: RequestState,
+        text: str,
+        logprobs: tuple[TokenLogprob, ...] = (),
+        prompt_logprobs: tuple[TokenLogprob, ...] = (),
+    ) -> None:
         self.deltas.append((text, tuple(logprobs)))
+        self.prompt_deltas.append(tuple(prompt_logprobs))
 
     async def final(self, state: RequestState, reason: FinishReason, *, reply_text: str | None = None) -> None:
         self.finals.append((reason, state.tokens))
@@ -117,6 +136,20 @@ async def test_a_delta_hands_its_logprobs_to_the_publisher_only_when_asked_for()
         ("Hi", ()),  # a worker that sends them unasked does not make replies bigger
     ]
     assert (asked.text, asked.tokens) == ("Hi", 1)
+
+
+async def test_a_delta_hands_the_prompts_logprobs_on_once_and_only_when_asked_for() -> None:
+    publisher = _RecordingPublisher()
+    dispatcher = _dispatcher(publisher)
+    asked = _state(GenerationParams(prompt_logprobs=0))
+    not_asked = _state(GenerationParams())
+    entries = [worker_pb2.TokenLogprob(token_id=1, token="A", logprob=0.0), worker_pb2.TokenLogprob(token_id=2, token="b")]
+    delta = worker_pb2.TokenDelta(text="Hi", tokens=1, prompt_logprobs=entries)
+    await dispatcher._on_delta(asked, delta)  # noqa: SLF001 - the delta path on its own
+    await dispatcher._on_delta(asked, delta)  # noqa: SLF001 - a worker repeating them
+    await dispatcher._on_delta(not_asked, delta)  # noqa: SLF001
+    assert [[e.token_id for e in p] for p in publisher.prompt_deltas] == [[1, 2], [], []]
+    assert asked.prompt_logprobs_received and not not_asked.prompt_logprobs_received
 
 
 async def test_the_answer_counts_the_tokens_the_worker_generated_also_those_without_text() -> None:

@@ -163,3 +163,27 @@ async def test_without_reply_to_nothing_is_kept_or_published(replies: Replies) -
     assert (await replies.result_for(state.id)).text == "x"
     reply_partition = TopicPartition(replies.reply_topic, 0)
     assert await replies.replies.end_offsets([reply_partition]) == {reply_partition: 0}
+
+
+async def test_prompt_logprobs_come_first_in_chunks_streamed_or_not(replies: Replies) -> None:
+    prompt = LOGPROB_CHUNK_TOKENS + 2
+    streamed = replies.state(stream=True)
+    await replies.publisher.delta(streamed, "Hi", logprobs(1, start=500), logprobs(prompt))
+    streamed.text, streamed.tokens = "Hi", 1
+    await replies.publisher.final(streamed, FinishReason.STOP)
+    events = await replies.events_until_final(streamed.id)
+    # The prompt's, in two deltas of empty text, before the answer's first delta.
+    assert [(e.text, len(e.prompt_logprobs), len(e.logprobs)) for e in events[:-1]] == [
+        ("", LOGPROB_CHUNK_TOKENS, 0), ("", 2, 0), ("Hi", 0, 1),
+    ]
+    assert [lp.token_id for e in events for lp in e.prompt_logprobs] == list(range(prompt))
+    assert events[-1].kind is ReplyKind.FINAL and events[-1].prompt_logprobs == ()
+
+    whole = replies.state(stream=False)
+    await replies.publisher.delta(whole, "Hi", logprobs(1, start=500), logprobs(3))
+    assert len(whole.prompt_logprobs) == 3  # kept for the end
+    whole.text, whole.tokens = "Hi", 1
+    await replies.publisher.final(whole, FinishReason.STOP)
+    events = await replies.events_until_final(whole.id)
+    assert [(len(e.prompt_logprobs), len(e.logprobs)) for e in events] == [(3, 0), (0, 1), (0, 0)]
+    assert whole.prompt_logprobs == []

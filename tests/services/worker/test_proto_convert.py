@@ -117,6 +117,18 @@ def test_a_deltas_logprobs_go_out_in_order_with_their_alternatives() -> None:
     assert list(event_to_proto(TextDelta("r", "x", 1)).delta.logprobs) == []
 
 
+def test_prompt_logprobs_are_asked_for_and_go_out_on_the_delta() -> None:
+    assert work_item_from_proto(proto_item(prompt_logprobs=True, prompt_top_logprobs=4)).params.prompt_logprobs == 4
+    assert work_item_from_proto(proto_item()).params.prompt_logprobs is None
+    for bad in ({"prompt_top_logprobs": 2}, {"prompt_logprobs": True, "prompt_top_logprobs": 21}):
+        with pytest.raises(InvalidItemError, match="prompt_top_logprobs"):
+            work_item_from_proto(proto_item(**bad))
+    prompt = (TokenLogprob(1, "The", 0.0), TokenLogprob(2, " cat", -3.5, (TopLogprob(3, " dog", -0.5),)))
+    delta = event_to_proto(TextDelta("r", "", 1, (), prompt)).delta
+    assert [(e.token_id, e.token, e.logprob) for e in delta.prompt_logprobs] == [(1, "The", 0.0), (2, " cat", -3.5)]
+    assert [t.token for t in delta.prompt_logprobs[1].top] == [" dog"] and list(delta.logprobs) == []
+
+
 def test_ways_to_stop_are_carried_over() -> None:
     params = work_item_from_proto(proto_item(ignore_eos=True, min_tokens=3, stop_token_ids=[9, 2, 9])).params
     assert (params.ignore_eos, params.min_tokens, params.stop_token_ids) == (True, 3, (2, 9))

@@ -220,6 +220,19 @@ async def test_logprobs_are_reported_as_certain_and_labelled_by_shape_only() -> 
     assert all(d.logprobs == () for d in plain.deltas)
 
 
+async def test_prompt_logprobs_are_one_certain_entry_per_word_on_the_first_delta() -> None:
+    engine = await started(make_settings())
+    params = SamplingParams(max_new_tokens=3, prompt_logprobs=1)
+    result = await run_item(engine, WorkItem("r1", prompt="the quick fox", params=params))
+    first, *rest = result.deltas
+    assert [(e.token_id, e.token, e.logprob, len(e.top)) for e in first.prompt_logprobs] == [
+        (0, "the", 0.0, 0), (1, " quick", 0.0, 1), (2, " fox", 0.0, 1),
+    ]
+    assert rest and all(d.prompt_logprobs == () for d in rest)
+    plain = await run_item(engine, WorkItem("r2", prompt="x", params=SamplingParams(max_new_tokens=2)))
+    assert all(d.prompt_logprobs == () for d in plain.deltas)
+
+
 async def test_stop_token_ids_end_at_their_token_after_min_tokens() -> None:
     engine = await started(make_settings())
     stopped = await run_item(engine, WorkItem("r1", prompt="x", params=SamplingParams(max_new_tokens=9, stop_token_ids=(2,))))

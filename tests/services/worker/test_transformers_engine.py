@@ -354,6 +354,34 @@ async def test_logprobs_come_before_temperature_and_penalties_and_cover_the_end_
     assert entry.logprob < entry.top[0].logprob  # raw: the bias that forced it does not show
 
 
+async def test_prompt_logprobs_come_on_the_first_delta_only_where_asked(
+    engine: TransformersEngine, plain_model: Any
+) -> None:
+    prompt = "The capital of France is"
+    asked, neighbour = await asyncio.gather(
+        run_item(engine, greedy(prompt, max_new_tokens=4, request_id="pl", prompt_logprobs=1, logprobs=0)),
+        run_item(engine, greedy("1, 2, 3, 4,", max_new_tokens=4, request_id="plain")),
+    )
+    assert all(not d.prompt_logprobs for d in neighbour.deltas)
+    first, *rest = asked.deltas
+    assert all(not d.prompt_logprobs for d in rest)
+    prompt_ids = engine.tokenizer(prompt)["input_ids"]
+    entries = first.prompt_logprobs
+    assert [e.token_id for e in entries] == prompt_ids
+    assert "".join(e.token for e in entries) == prompt
+    # The first token has none (nothing comes before it); the others are the model's own.
+    assert (entries[0].logprob, entries[0].top) == (0.0, ())
+    with torch.no_grad():
+        expected = plain_model(torch.tensor([prompt_ids])).logits[0].float().log_softmax(dim=-1)
+    for position, entry in enumerate(entries[1:]):
+        assert entry.logprob == pytest.approx(float(expected[position, entry.token_id]), abs=1e-3)
+        assert [t.token_id for t in entry.top] == [int(expected[position].argmax())]
+    # The answer itself is unchanged, its own log probabilities on its deltas as usual.
+    reference = await run_item(engine, greedy(prompt, max_new_tokens=4))
+    assert asked.text == reference.text
+    assert len([e for d in asked.deltas for e in d.logprobs]) == 4
+
+
 async def test_ignore_eos_min_tokens_and_stop_token_ids(engine: TransformersEngine) -> None:
     prompt = "1, 2, 3, 4,"
     eos = engine.tokenizer.eos_token_id

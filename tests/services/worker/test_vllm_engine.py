@@ -38,6 +38,7 @@ from services.worker.vllm_engine import (
     kv_cache_footprint,
     logprob_of,
     needs_clean_config,
+    prompt_logprobs_of,
     sampling_options,
     settings_refusal,
     token_prompt_builder,
@@ -162,6 +163,15 @@ def test_vllm_logprobs_become_ours_ranked_with_the_generated_token_first_class()
     assert [(t.token_id, t.token, t.logprob) for t in entry.top] == [(7, " Paris", -0.1), (9, " the", -2.5)]
     picked_top = logprob_of({7: _Logprob(float("-inf"), 1, None)}, 7, top=0)
     assert (picked_top.token, picked_top.logprob, picked_top.top) == ("", -9999.0, ())
+
+
+def test_vllm_prompt_logprobs_become_ours_with_the_first_token_without_one() -> None:
+    positions = [None, {5: _Logprob(-3.0, 4, " cat"), 7: _Logprob(-0.5, 1, " dog")}]
+    entries = prompt_logprobs_of(positions, [2, 5], top=1, first_text="The")
+    assert [(e.token_id, e.token, e.logprob) for e in entries] == [(2, "The", 0.0), (5, " cat", -3.0)]
+    assert entries[0].top == () and [t.token for t in entries[1].top] == [" dog"]
+    assert sampling_options(SamplingParams(prompt_logprobs=3), 4, 0)["prompt_logprobs"] == 3
+    assert "prompt_logprobs" not in sampling_options(SamplingParams(), 4, 0)
 
 
 def test_finish_reasons() -> None:
@@ -445,6 +455,17 @@ async def _exercise(engine: VllmEngine) -> None:
     assert isinstance(with_logprobs.end, SequenceFinished) and len(entries) == with_logprobs.end.completion_tokens == 4
     assert "".join(e.token for e in entries) == with_logprobs.text == counting.text[: len(with_logprobs.text)]
     assert all(len(e.top) == 2 and e.top[0].token_id == e.token_id and e.logprob <= 0 for e in entries)
+
+    # The prompt's log probabilities come on the first delta: one per prompt token, the first without.
+    scored = await run_item(
+        engine, WorkItem("plp", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=2, prompt_logprobs=1))
+    )
+    prompt_ids = engine._encoder.encode(WorkItem("x", prompt="1, 2, 3, 4,")).ids
+    first, *rest = scored.deltas
+    assert [e.token_id for e in first.prompt_logprobs] == prompt_ids and not any(d.prompt_logprobs for d in rest)
+    assert "".join(e.token for e in first.prompt_logprobs) == "1, 2, 3, 4,"
+    assert first.prompt_logprobs[0].logprob == 0.0
+    assert all(e.logprob <= 0 and len(e.top) == 1 for e in first.prompt_logprobs[1:])
 
     # Stop token ids reach vLLM: stopping at "," leaves " 5" of greedy counting.
     comma = engine._encoder.encode(WorkItem("x", prompt=",")).ids[-1]
