@@ -25,7 +25,9 @@ Log probabilities (requests with `logprobs`) come on the deltas held back; they 
 out with the judged answer when it is the answer as generated (`allow`, `flag`, fail open): on the
 one content chunk of a stream, or on a delta of empty text just before the final event of a whole
 answer (where GenerationCall.final gathers them). A redacted answer gets none: each generated
-token's text travels with its log probability, so they would spell out what was withheld.
+token's text travels with its log probability, so they would spell out what was withheld. The
+prompt's log probabilities (`echo` with `logprobs`) are about the client's own prompt: they are
+let out in every case, on a delta of their own before the answer's.
 """
 
 from __future__ import annotations
@@ -53,10 +55,12 @@ async def guarded_events(
 ) -> AsyncIterator[ReplyEvent]:
     """`events` with the answer judged before any of it is let through (see the module docstring)."""
     kept: list[TokenLogprob] = []
+    kept_prompt: list[TokenLogprob] = []
     try:
         async for event in events:
             if event.kind is ReplyKind.DELTA:
                 kept.extend(event.logprobs)
+                kept_prompt.extend(event.prompt_logprobs)
                 continue  # held back: the final event carries the whole text
             if event.kind is ReplyKind.ERROR:
                 yield event
@@ -65,12 +69,18 @@ async def guarded_events(
             # Dropped when the text was redacted (see the module docstring).
             logprobs = tuple(kept) if text == event.text else ()
             seq = 0
+            if kept_prompt:
+                yield ReplyEvent(
+                    request_id=request.id, kind=ReplyKind.DELTA, seq=seq, model=event.model,
+                    worker_id=event.worker_id, prompt_logprobs=tuple(kept_prompt),
+                )
+                seq += 1
             if (request.stream and text) or logprobs:
                 yield ReplyEvent(
-                    request_id=request.id, kind=ReplyKind.DELTA, seq=0, text=text if request.stream else "",
+                    request_id=request.id, kind=ReplyKind.DELTA, seq=seq, text=text if request.stream else "",
                     model=event.model, worker_id=event.worker_id, logprobs=logprobs,
                 )
-                seq = 1
+                seq += 1
             yield event.model_copy(update={"text": text, "seq": seq})
             return
     finally:

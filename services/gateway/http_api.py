@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from shared.ops_server import add_ops_routes
-from shared.records import Priority, ReplyEvent, ReplyKind, TokenLogprob, Usage
+from shared.records import Priority, ReplyEvent, ReplyKind, Usage
 from shared.structured_logging import request_context
 
 from services.gateway.body_limit import BodySizeLimit
@@ -75,10 +75,8 @@ from services.gateway.response_format import (
     ChatStreamFormatter,
     CompletionStreamFormatter,
     StreamFormatter,
-    chat_completion,
     chat_completion_choices,
     echoed,
-    text_completion,
     text_completion_choices,
 )
 
@@ -124,9 +122,7 @@ _SSE_RESPONSE = {
 
 T = TypeVar("T")
 
-#: A whole answer of one choice: (request id, created, model, final event, log probabilities).
-_WholeAnswer = Callable[[str, int, str, ReplyEvent, Sequence[TokenLogprob] | None], ChatCompletion | TextCompletion]
-#: A whole answer of several choices: (request id, created, model, the choices, their usage).
+#: A whole answer: (request id, created, model, the choices, their usage).
 _WholeChoices = Callable[[str, int, str, Sequence[ChoiceResult], Usage], ChatCompletion | TextCompletion]
 
 
@@ -199,7 +195,6 @@ def build_http_app(
         endpoint: str,
         id_kind: str,
         translate: Callable[[Priority], TranslatedRequest],
-        whole: _WholeAnswer,
         whole_choices: _WholeChoices,
         formatter_type: type[StreamFormatter],
     ) -> Response:
@@ -235,7 +230,8 @@ def build_http_app(
                     await call.close("ok")
                     if translated.echo:
                         final = echoed(final, call.request.prompt or "")
-                    body = whole(request_id, call.created, call.model, final, call.logprobs)
+                    result = ChoiceResult(0, final, call.logprobs, call.prompt_logprobs)
+                    body = whole_choices(request_id, call.created, call.model, [result], final.usage)
                     # Serialized by pydantic in one step (model_dump + json.dumps did it twice).
                     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
                 first = await _until_disconnect(request, call.next_event())
@@ -340,7 +336,6 @@ def build_http_app(
             translate=lambda default: translate_chat(
                 body, settings, priority_header=x_lgc_priority, default_priority=default
             ),
-            whole=chat_completion,
             whole_choices=chat_completion_choices,
             formatter_type=ChatStreamFormatter,
         )
@@ -366,7 +361,6 @@ def build_http_app(
             translate=lambda default: translate_completion(
                 body, settings, priority_header=x_lgc_priority, default_priority=default
             ),
-            whole=text_completion,
             whole_choices=text_completion_choices,
             formatter_type=CompletionStreamFormatter,
         )

@@ -336,9 +336,9 @@ class CompletionRequest(_GenerationBody):
     give. The model's own distribution, before `logit_bias`, penalties, temperature and
     `top_k`/`top_p`. Such a request bypasses the caches."""
     echo: bool | None = None
-    """Put the prompt before each choice's text (in a stream, as the choice's first chunk). Not
-    together with `logprobs`: that needs the prompt tokens' log probabilities, which the workers
-    do not compute."""
+    """Put the prompt before each choice's text (in a stream, as the choice's first chunk). With
+    `logprobs`, the prompt's tokens come first in `logprobs` too, each with its log probability
+    given the tokens before it (the first has none: null), as OpenAI and vLLM give them."""
     best_of: int | None = None
     """Only as many as `n` (absent, null or equal to `n`): every choice generated is returned, so
     there is no "best" to pick among more."""
@@ -360,17 +360,6 @@ class CompletionRequest(_GenerationBody):
         elif prompt == "":
             raise ValueError("the prompt must not be empty")
         return prompt
-
-    @field_validator("echo")
-    @classmethod
-    def _echo_without_logprobs(cls, value: bool | None, info: ValidationInfo) -> bool | None:
-        # `logprobs` is declared before `echo`, so it is validated first (missing when invalid).
-        if value and info.data.get("logprobs") is not None:
-            raise ValueError(
-                "echo together with logprobs is not supported: the workers do not compute the prompt "
-                "tokens' log probabilities"
-            )
-        return value
 
     @field_validator("best_of")
     @classmethod
@@ -453,15 +442,17 @@ class CompletionLogprobs(_Out):
     """Log probabilities of a text completion, or of a chunk's tokens (OpenAI's legacy shape)."""
 
     tokens: list[str]
-    """The generated tokens' texts, in order."""
-    token_logprobs: list[float]
-    """Each token's log probability."""
-    top_logprobs: list[dict[str, float]]
-    """Per position: the requested number of most likely tokens and the generated one, text to log
-    probability (tokens of the same text appear once, with the higher value)."""
+    """The tokens' texts, in order: with `echo`, the prompt's first, then the generated ones."""
+    token_logprobs: list[float | None]
+    """Each token's log probability; null for the prompt's first token (with `echo`: nothing comes
+    before it)."""
+    top_logprobs: list[dict[str, float] | None]
+    """Per position: the requested number of most likely tokens and the token itself, text to log
+    probability (tokens of the same text appear once, with the higher value); null for the
+    prompt's first token."""
     text_offset: list[int]
-    """Each token's character offset in the completion, cumulated from the tokens' texts (across
-    the chunks of a stream)."""
+    """Each token's character offset in the text, cumulated from the tokens' texts (across the
+    chunks of a stream; with `echo`, from the prompt's start)."""
 
 
 class ChatChoice(_Out):

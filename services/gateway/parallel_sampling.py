@@ -77,6 +77,9 @@ class ChoiceResult:
     """Its final event (text, finish reason, usage)."""
     logprobs: Sequence[TokenLogprob] | None = None
     """Its log probabilities, gathered from its deltas; None when the request did not ask for them."""
+    prompt_logprobs: Sequence[TokenLogprob] | None = None
+    """Its prompt's log probabilities (`echo` with `logprobs`), gathered from its deltas; None when
+    the request did not ask for them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,8 @@ class GenerationCall(_Call):
         self.logprobs: list[TokenLogprob] | None = [] if request.params.logprobs else None
         """The answer's log probabilities, gathered by `final` from the deltas that carry them
         (they never come on the final event); None when the request did not ask for them."""
+        self.prompt_logprobs: list[TokenLogprob] | None = [] if request.params.prompt_logprobs is not None else None
+        """The prompt's, likewise (requests with `prompt_logprobs`: `echo` with `logprobs`)."""
 
     async def next_event(self) -> ReplyEvent:
         """The next event (StopAsyncIteration after the terminal one)."""
@@ -190,6 +192,8 @@ class GenerationCall(_Call):
             if event.kind is ReplyKind.DELTA:
                 if self.logprobs is not None:
                     self.logprobs.extend(event.logprobs)
+                if self.prompt_logprobs is not None:
+                    self.prompt_logprobs.extend(event.prompt_logprobs)
             elif event.kind is ReplyKind.ERROR:
                 assert event.error is not None
                 raise ReplyError(event.error)
@@ -269,21 +273,31 @@ class ChoicesCall(_Call):
     async def results(self) -> list[ChoiceResult]:
         """Wait for every choice's final event; ReplyError as soon as one fails (the caller closes
         the call, which cancels the others). Sorted by index, each with its log probabilities
-        when the request asked for them."""
+        (and its prompt's) when the request asked for them."""
         logprobs: list[list[TokenLogprob]] | None = None
         if self.request.params.logprobs:
             logprobs = [[] for _ in range(self.n)]
+        prompt_logprobs: list[list[TokenLogprob]] | None = None
+        if self.request.params.prompt_logprobs is not None:
+            prompt_logprobs = [[] for _ in range(self.n)]
         while self.finished < self.n:
             item = await self.next_event()
             event = item.event
             if event.kind is ReplyKind.DELTA:
                 if logprobs is not None:
                     logprobs[item.index].extend(event.logprobs)
+                if prompt_logprobs is not None:
+                    prompt_logprobs[item.index].extend(event.prompt_logprobs)
             elif event.kind is ReplyKind.ERROR:
                 assert event.error is not None
                 raise ReplyError(event.error)
         return [
-            ChoiceResult(index, self._finals[index], None if logprobs is None else logprobs[index])
+            ChoiceResult(
+                index,
+                self._finals[index],
+                None if logprobs is None else logprobs[index],
+                None if prompt_logprobs is None else prompt_logprobs[index],
+            )
             for index in range(self.n)
         ]
 

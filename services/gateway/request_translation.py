@@ -173,7 +173,8 @@ def translate_completion(
         _check_prompt_size(len(prompt), settings, param="prompt")
     return TranslatedRequest(
         requested_model=body.model or None,
-        # Legacy `logprobs: N`: the generated tokens' log probabilities and the N most likely.
+        # Legacy `logprobs: N`: the generated tokens' log probabilities and the N most likely;
+        # with `echo`, the prompt's too (vLLM's `prompt_logprobs`).
         params=_body_params(
             body,
             settings,
@@ -181,6 +182,7 @@ def translate_completion(
             max_tokens_param="max_tokens",
             logprobs=body.logprobs is not None,
             top_logprobs=body.logprobs or 0,
+            prompt_logprobs=body.logprobs if body.echo else None,
         ),
         priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
@@ -336,6 +338,7 @@ def _body_params(
     max_tokens_param: str,
     logprobs: bool,
     top_logprobs: int,
+    prompt_logprobs: int | None = None,
 ) -> GenerationParams:
     """Sampling parameters from an OpenAI body (chat and text completions name them alike, but for
     the limit and the log probabilities, which the caller reads)."""
@@ -357,6 +360,7 @@ def _body_params(
         ignore_eos=bool(body.ignore_eos),
         min_tokens=body.min_tokens or 0,
         stop_token_ids=tuple(body.stop_token_ids or ()),
+        prompt_logprobs=prompt_logprobs,
     )
 
 
@@ -379,6 +383,7 @@ def _params(
     ignore_eos: bool = False,
     min_tokens: int = 0,
     stop_token_ids: tuple[int, ...] = (),
+    prompt_logprobs: int | None = None,
 ) -> GenerationParams:
     limit = settings.gateway_max_tokens_limit
     if max_tokens is None:
@@ -417,6 +422,7 @@ def _params(
         ignore_eos=ignore_eos,
         min_tokens=min_tokens,
         stop_token_ids=stop_token_ids,
+        prompt_logprobs=prompt_logprobs,
     )
 
 

@@ -25,8 +25,11 @@ come, each choice's last chunk with its finish reason (`finish`), then once the 
 `j` of prompt `i`.
 
 `echo` (completions): a whole answer's choice is given its prompt before its text (:func:`echoed`);
-a stream's choice sends its prompt as its first chunk (`opening`), without log probabilities
-(`echo` with `logprobs` is refused: the prompt's are not computed).
+a stream's choice sends its prompt as its first chunk (`opening`). With `logprobs` too, the
+prompt's tokens come first in `logprobs`, the first with null values (nothing comes before it),
+as OpenAI and vLLM give them, and `text_offset` counts from the prompt's start; in a stream the
+prompt's chunk waits for the prompt's log probabilities (they come on the first deltas) and
+carries them.
 """
 
 from __future__ import annotations
@@ -118,26 +121,30 @@ def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:
     )
 
 
-def completion_logprobs(logprobs: Sequence[TokenLogprob], *, text_offset: int = 0) -> CompletionLogprobs:
+def completion_logprobs(
+    logprobs: Sequence[TokenLogprob], *, text_offset: int = 0, prompt: Sequence[TokenLogprob] = ()
+) -> CompletionLogprobs:
     """Log probabilities in the legacy completions shape; `text_offset`: the first token's offset
-    (a stream's chunks continue where the previous one ended)."""
+    (a stream's chunks continue where the previous one ended); `prompt`: the prompt's, listed
+    first (`echo`), the prompt's first token with null values."""
+    entries = [*prompt, *logprobs]
     offsets = []
-    for lp in logprobs:
+    for lp in entries:
         offsets.append(text_offset)
         text_offset += len(lp.token)
-    top: list[dict[str, float]] = []
-    for lp in logprobs:
+    top: list[dict[str, float] | None] = []
+    for lp in entries:
         # OpenAI lists the generated token too when it is not among the most likely ones; a
         # text that two tokens share keeps the first (higher) value.
         position: dict[str, float] = {}
         for entry in (*lp.top, lp):
             position.setdefault(entry.token, entry.logprob)
         top.append(position)
+    values: list[float | None] = [lp.logprob for lp in entries]
+    if prompt:
+        values[0] = top[0] = None  # the prompt's first token: nothing comes before it
     return CompletionLogprobs(
-        tokens=[lp.token for lp in logprobs],
-        token_logprobs=[lp.logprob for lp in logprobs],
-        top_logprobs=top,
-        text_offset=offsets,
+        tokens=[lp.token for lp in entries], token_logprobs=values, top_logprobs=top, text_offset=offsets
     )
 
 
@@ -159,14 +166,17 @@ def _chat_choice(index: int, final: ReplyEvent, logprobs: Sequence[TokenLogprob]
     )
 
 
-def _completion_choice(index: int, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None) -> CompletionChoice:
+def _completion_choice(
+    index: int,
+    final: ReplyEvent,
+    logprobs: Sequence[TokenLogprob] | None,
+    prompt_logprobs: Sequence[TokenLogprob] | None = None,
+) -> CompletionChoice:
     available = _available(logprobs, final.text)
-    return CompletionChoice(
-        index=index,
-        text=final.text,
-        logprobs=None if available is None else completion_logprobs(available),
-        finish_reason=_finish_reason(final),
-    )
+    out = None
+    if available is not None:
+        out = completion_logprobs(available, prompt=prompt_logprobs or ())
+    return CompletionChoice(index=index, text=final.text, logprobs=out, finish_reason=_finish_reason(final))
 
 
 def chat_completion(
@@ -195,7 +205,10 @@ def text_completion_choices(
     request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage | None
 ) -> TextCompletion:
     """A whole text completion of one or more choices, listed by index; `usage`: all of them together."""
-    choices = [_completion_choice(r.index, r.final, r.logprobs) for r in sorted(results, key=lambda r: r.index)]
+    choices = [
+        _completion_choice(r.index, r.final, r.logprobs, r.prompt_logprobs)
+        for r in sorted(results, key=lambda r: r.index)
+    ]
     return TextCompletion(id=request_id, created=created, model=model, choices=choices, usage=usage_out(usage))
 
 
@@ -323,6 +336,36 @@ class CompletionStreamFormatter(StreamFormatter):
         )
         self._text_offset = 0
         """Where the next chunk's first token starts (`text_offset` continues across chunks)."""
+        self._echo_waits = bool(echo) and logprobs
+        """`echo` with `logprobs`: the prompt's chunk waits for the prompt's log probabilities."""
+        self._prompt_logprobs: list[TokenLogprob] = []
+
+    def opening(self) -> list[str]:
+        return [] if self._echo_waits else super().opening()
+
+    def delta(self, event: ReplyEvent) -> list[str]:
+        if not self._echo_waits:
+            return super().delta(event)
+        self._prompt_logprobs.extend(event.prompt_logprobs)
+        if not event.text and not event.logprobs:
+            return []  # more of the prompt's log probabilities may follow
+        return [*self._echo_chunk(), *super().delta(event)]
+
+    def finish(self, event: ReplyEvent) -> list[str]:
+        return [*self._echo_chunk(), *super().finish(event)] if self._echo_waits else super().finish(event)
+
+    def _echo_chunk(self) -> list[str]:
+        """The prompt's chunk with the prompt's log probabilities (`echo` with `logprobs`)."""
+        self._echo_waits = False
+        out = completion_logprobs((), prompt=self._prompt_logprobs) if self._prompt_logprobs else None
+        self._text_offset = sum(len(lp.token) for lp in self._prompt_logprobs)
+        chunk = TextCompletion(
+            id=self.request_id,
+            created=self.created,
+            model=self.model,
+            choices=[CompletionChoice(index=self.index, text=self.echo, logprobs=out)],
+        )
+        return [self._dump(chunk)]
 
     def _chunk(self, text: str, finish_reason: str | None, logprobs: Sequence[TokenLogprob] | None) -> str:
         out = None

@@ -173,6 +173,29 @@ async def test_completion_logprobs_in_the_legacy_shape(client) -> None:
         await client.completions.create(model=MODEL, prompt="x", max_tokens=1, logprobs=21)
 
 
+async def test_echo_with_logprobs_scores_prompts_as_lm_eval_asks(client) -> None:
+    # lm-evaluation-harness's `local-completions` loglikelihood request: a list of prompts, echo,
+    # logprobs 1, one token. The prompt tokens' log probabilities come from the real model.
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(resolve_model("smollm2"), model_cache_dir()).path)
+    prompts = ["The capital of France is Paris", "The capital of France is London"]
+    reply = await client.completions.create(
+        model=MODEL, prompt=prompts, echo=True, logprobs=1, max_tokens=1, temperature=0
+    )
+    scores = []
+    for choice, prompt in zip(reply.choices, prompts, strict=True):
+        assert choice.text.startswith(prompt)
+        logprobs = choice.logprobs
+        assert logprobs is not None and logprobs.token_logprobs is not None and logprobs.top_logprobs is not None
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        assert "".join(logprobs.tokens[: len(prompt_ids)]) == prompt
+        assert len(logprobs.tokens) == len(prompt_ids) + 1  # and the one generated token
+        assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+        assert all(lp is not None and lp <= 0 for lp in logprobs.token_logprobs[1:])
+        scores.append(logprobs.token_logprobs[len(prompt_ids) - 1])  # the last word's token
+    assert scores[0] > scores[1]  # SmolLM2 knows the capital of France
+    assert reply.usage.prompt_tokens == sum(len(tokenizer(p)["input_ids"]) for p in prompts)
+
+
 async def test_vllm_ways_to_stop_reach_the_model(client) -> None:
     # vLLM's extensions as its own clients send them (extra_body): the end of sequence forced by a
     # logit bias is ignored, or held off for min_tokens; a stop token id ends the answer.

@@ -64,6 +64,17 @@ def fake_logprobs(position: int, token: str, top: int) -> TokenLogprob:
     return TokenLogprob(token_id=position, token=token, logprob=logprob, top=tuple(alternatives[:top]))
 
 
+def fake_prompt_logprobs(prompt: str, top: int) -> tuple[TokenLogprob, ...]:
+    """The fake batcher's prompt log probabilities: one token per word (with its leading space),
+    the first with none (0), the others as `fake_logprobs` gives position `position`."""
+    words = prompt.split(" ")
+    entries = [TokenLogprob(token_id=5_000, token=words[0], logprob=0.0)]
+    for position, word in enumerate(words[1:], start=1):
+        entry = fake_logprobs(position, f" {word}", top)
+        entries.append(entry.model_copy(update={"token_id": 5_000 + position}))
+    return tuple(entries)
+
+
 def prompt_of(request: GenerationRequest) -> str:
     if request.prompt is not None:
         return request.prompt
@@ -162,6 +173,11 @@ class FakeBatcher:
         params = request.params
         logprobs = [fake_logprobs(i, t, params.top_logprobs) for i, t in enumerate(tokens)] if params.logprobs else []
         seq = 0
+        if params.prompt_logprobs is not None:
+            prompt_entries = fake_prompt_logprobs(prompt, params.prompt_logprobs)
+            event = ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=seq, prompt_logprobs=prompt_entries)
+            await self._send(request, event, times)
+            seq += 1
         if request.stream:
             if "[error:" in prompt:
                 limit = 1 if "[late]" in prompt else 0

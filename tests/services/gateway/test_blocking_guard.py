@@ -19,7 +19,7 @@ from shared.launcher.infra import find_free_port
 from shared.protos import gateway_pb2, gateway_pb2_grpc
 from shared.records import GuardMode
 from tests.guardian_check_server import Guardian, serve_guardian_check
-from tests.services.gateway.conftest import ANSWER, FAKE_MODEL, FakeBatcher
+from tests.services.gateway.conftest import ANSWER, ANSWER_TOKENS, FAKE_MODEL, FakeBatcher
 
 pytestmark = pytest.mark.usefixtures("registered_worker")
 
@@ -195,8 +195,8 @@ async def test_the_gateway_announces_its_blocking_tenants_to_the_batchers(
     assert listed == {"default"}
 
 
-async def _sse_chunks(http: httpx.AsyncClient, body: dict) -> list[dict]:
-    async with http.stream("POST", "/v1/chat/completions", json=body) as stream:
+async def _sse_chunks(http: httpx.AsyncClient, body: dict, path: str = "/v1/chat/completions") -> list[dict]:
+    async with http.stream("POST", path, json=body) as stream:
         lines = [line async for line in stream.aiter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     return [json.loads(line[6:]) for line in lines[:-1]]
@@ -217,6 +217,22 @@ async def test_an_answer_sent_as_generated_keeps_its_logprobs(
     (judged,) = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
     assert judged["choices"][0]["delta"]["content"] == ANSWER
     assert "".join(t["token"] for t in judged["choices"][0]["logprobs"]["content"]) == ANSWER
+    assert _checks(service, "allow") == 2
+
+
+async def test_a_held_answer_keeps_its_prompts_logprobs(
+    start_gateway, fake_batcher: FakeBatcher, guardian: Guardian
+) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    body = {"model": FAKE_MODEL, "prompt": "hi there", "echo": True, "logprobs": 0}
+    async with http_for(service) as http:
+        whole = await http.post("/v1/completions", json=body)
+        chunks = await _sse_chunks(http, {**body, "stream": True}, path="/v1/completions")
+    assert whole.status_code == 200
+    logprobs = whole.json()["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["hi", " there", *ANSWER_TOKENS] and logprobs["token_logprobs"][0] is None
+    streamed = [c["choices"][0]["logprobs"] for c in chunks if c["choices"] and c["choices"][0]["logprobs"]]
+    assert [t for lp in streamed for t in lp["tokens"]] == ["hi", " there", *ANSWER_TOKENS]
     assert _checks(service, "allow") == 2
 
 

@@ -28,3 +28,5 @@ def test_logprobs_requests_are_never_cacheable() -> None:
     assert is_cacheable(GenerationParams(temperature=0.9), deterministic_only=False)
     for deterministic_only in (True, False):  # cached answers have no log probabilities to give
         assert not is_cacheable(GenerationParams(temperature=0.0, logprobs=True), deterministic_only=deterministic_only)
+        prompt_only = GenerationParams(temperature=0.0, prompt_logprobs=0)
+        assert not is_cacheable(prompt_only, deterministic_only=deterministic_only)

@@ -695,16 +695,54 @@ async def test_echo_of_one_prompt_whole_and_streamed(start_gateway, fake_batcher
     assert all(r.prompt == "Once" for r in fake_batcher.requests)
 
 
-async def test_too_many_prompts_times_n_and_echo_with_logprobs_are_400(
-    start_gateway, fake_batcher: FakeBatcher
-) -> None:
+async def test_too_many_prompts_times_n_are_400(start_gateway, fake_batcher: FakeBatcher) -> None:
     service = await start_gateway(gateway_max_choices=4)
     async with http_for(service) as http:
         too_many = await http.post("/v1/completions", json={"prompt": ["a", "b", "c"], "n": 2})
-        echo_logprobs = await http.post("/v1/completions", json={"prompt": "a", "echo": True, "logprobs": 1})
         allowed = await http.post("/v1/completions", json={"prompt": ["a", "b"], "n": 2})
     assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "prompt"
     assert "3 prompts with n = 2 make 6" in too_many.json()["error"]["message"]
-    assert echo_logprobs.status_code == 400 and echo_logprobs.json()["error"]["param"] == "echo"
     assert allowed.status_code == 200 and len(allowed.json()["choices"]) == 4
     assert len(fake_batcher.requests) == 4  # only the allowed request's choices were queued
+
+
+async def test_echo_with_logprobs_lists_the_prompts_tokens_first(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        whole = await client.completions.create(
+            model=FAKE_MODEL, prompt="Say it twice", echo=True, logprobs=1, max_tokens=2
+        )
+    assert fake_batcher.requests[0].params.prompt_logprobs == 1
+    choice = whole.choices[0]
+    assert choice.text == "Say it twice" + "".join(ANSWER_TOKENS[:2])
+    lp = choice.logprobs
+    assert lp is not None
+    assert lp.tokens == ["Say", " it", " twice", *ANSWER_TOKENS[:2]]
+    # The prompt's first token has none: nothing comes before it.
+    assert lp.token_logprobs is not None and lp.top_logprobs is not None
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == [-0.2, -0.3, -0.1, -0.2]
+    assert lp.top_logprobs[1] == {" it": -0.2}
+    # Offsets count from the prompt's start, through the answer.
+    assert lp.text_offset == [0, 3, 6, 12, 17]
+
+
+async def test_echo_with_logprobs_streamed_and_with_several_prompts(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    body = {"prompt": ["a b", "c"], "echo": True, "logprobs": 0, "stream": True, "max_tokens": 2}
+    async with http_for(service) as http:
+        response = await http.post("/v1/completions", json=body)
+        whole = await http.post("/v1/completions", json={**body, "stream": False})
+    assert response.status_code == 200
+    with_choices = [c["choices"][0] for c in sse_chunks(response.text) if c["choices"]]
+    for index, prompt, tokens in ((0, "a b", ["a", " b"]), (1, "c", ["c"])):
+        own = [c for c in with_choices if c["index"] == index]
+        # The echo chunk carries the prompt's log probabilities; the answer's chunks follow.
+        assert own[0]["text"] == prompt and own[0]["logprobs"]["tokens"] == tokens
+        assert own[0]["logprobs"]["token_logprobs"][0] is None
+        assert "".join(c["text"] for c in own) == prompt + "".join(ANSWER_TOKENS[:2])
+        streamed_tokens = [t for c in own if c["logprobs"] for t in c["logprobs"]["tokens"]]
+        assert streamed_tokens == [*tokens, *ANSWER_TOKENS[:2]]
+        offsets = [o for c in own if c["logprobs"] for o in c["logprobs"]["text_offset"]]
+        assert offsets == [sum(len(t) for t in streamed_tokens[:i]) for i in range(len(streamed_tokens))]
+        assert whole.json()["choices"][index]["logprobs"]["tokens"] == streamed_tokens

@@ -139,7 +139,6 @@ def test_text_parts_are_joined_and_assistant_may_have_no_content() -> None:
         ({"prompt": ["a", ""]}, "prompt", "must not be empty"),
         ({"prompt": ["a"] * 129}, "prompt", "at most 128 prompts"),
         ({"prompt": ""}, "prompt", "empty"),
-        ({"prompt": "x", "echo": True, "logprobs": 0}, "echo", "prompt tokens' log probabilities"),
         ({"prompt": "x", "best_of": 3}, "best_of", "best_of"),
         ({"prompt": "x", "logprobs": 21}, "logprobs", "20"),
         ({"prompt": "x", "logprobs": -1}, "logprobs", "0"),

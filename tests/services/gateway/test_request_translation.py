@@ -240,6 +240,11 @@ def test_several_prompts_and_echo() -> None:
     translated = translate_completion(body, SETTINGS)
     assert translated.prompt == "a" and translated.prompts == ("a", "bb", "a")
     assert translated.n == 2 and translated.choice_count == 6 and translated.echo
+    assert translated.params.prompt_logprobs is None  # echo alone asks for no log probabilities
+    scored = translate_completion(CompletionRequest.model_validate({"prompt": "a", "echo": True, "logprobs": 2}), SETTINGS)
+    assert (scored.params.logprobs, scored.params.top_logprobs, scored.params.prompt_logprobs) == (True, 2, 2)
+    plain = translate_completion(CompletionRequest.model_validate({"prompt": "a", "logprobs": 2}), SETTINGS)
+    assert plain.params.prompt_logprobs is None
     one = translate_completion(CompletionRequest.model_validate({"prompt": ["a"], "n": 3}), SETTINGS)
     assert one.prompts == () and one.choice_count == 3 and not one.echo
     assert chat(n=2).choice_count == 2
