@@ -86,50 +86,43 @@ class ReplyPublisher:
             state.prompt_logprobs.extend(prompt_logprobs)
             state.logprobs.extend(logprobs)
             return
-        if prompt_logprobs:
-            await self._send_prompt_logprobs(state, prompt_logprobs)
+        if text or logprobs or prompt_logprobs:
+            await self._send_deltas(state, text, logprobs, prompt_logprobs)
+
+    async def _send_deltas(
+        self,
+        state: RequestState,
+        text: str,
+        logprobs: Sequence[TokenLogprob],
+        prompt_logprobs: Sequence[TokenLogprob] = (),
+    ) -> None:
+        """The prompt's log probabilities, then `text` and `logprobs`, as delta events of at most
+        `LOGPROB_CHUNK_TOKENS` positions each: the prompt's on deltas of their own, the text on
+        the first of the answer's (none of those when it has neither text nor log probabilities)."""
+        assert state.request.reply_to is not None
+        size = LOGPROB_CHUNK_TOKENS
+        chunks: list[tuple[str, tuple[TokenLogprob, ...], tuple[TokenLogprob, ...]]] = [
+            ("", (), tuple(prompt_logprobs[i : i + size])) for i in range(0, len(prompt_logprobs), size)
+        ]
         if text or logprobs:
-            await self._send_deltas(state, text, logprobs)
-
-    async def _send_prompt_logprobs(self, state: RequestState, entries: Sequence[TokenLogprob]) -> None:
-        """The prompt's log probabilities as deltas of empty text, `LOGPROB_CHUNK_TOKENS` positions
-        at most each."""
-        assert state.request.reply_to is not None
-        for start in range(0, len(entries), LOGPROB_CHUNK_TOKENS):
+            chunks += [
+                ("" if i else text, tuple(logprobs[i : i + size]), ()) for i in range(0, max(len(logprobs), 1), size)
+            ]
+        for chunk_text, chunk, prompt_chunk in chunks:
             event = ReplyEvent(
                 request_id=state.id,
                 kind=ReplyKind.DELTA,
                 seq=state.next_seq(),
-                worker_id=state.worker_id,
-                model=state.model,
-                prompt_logprobs=tuple(entries[start : start + LOGPROB_CHUNK_TOKENS]),
-            )
-            await self._send_reply(state.request.reply_to, event.to_bytes(), state.id)
-
-    async def _send_deltas(self, state: RequestState, text: str, logprobs: Sequence[TokenLogprob]) -> None:
-        """`text` and `logprobs` as delta events, at most `LOGPROB_CHUNK_TOKENS` tokens' log
-        probabilities each (the text goes on the first)."""
-        assert state.request.reply_to is not None
-        start = 0
-        while True:
-            chunk = tuple(logprobs[start : start + LOGPROB_CHUNK_TOKENS])
-            event = ReplyEvent(
-                request_id=state.id,
-                kind=ReplyKind.DELTA,
-                seq=state.next_seq(),
-                text=text,
+                text=chunk_text,
                 worker_id=state.worker_id,
                 model=state.model,
                 logprobs=chunk,
+                prompt_logprobs=prompt_chunk,
             )
             # Not awaited per record: ordering within the partition plus the awaited terminal
             # event give durability; awaiting the send() call itself keeps memory bounded (it
             # waits when the producer's buffer is full).
             await self._send_reply(state.request.reply_to, event.to_bytes(), state.id)
-            text = ""
-            start += LOGPROB_CHUNK_TOKENS
-            if start >= len(logprobs):
-                return
 
     async def final(self, state: RequestState, reason: FinishReason, *, reply_text: str | None = None) -> None:
         """The request finished: the log probabilities kept back (as deltas of empty text), the
@@ -141,10 +134,10 @@ class ReplyPublisher:
         kept_prompt, state.prompt_logprobs = state.prompt_logprobs, []
         sends = []
         if state.request.reply_to:
-            if kept_prompt:
-                await self._send_prompt_logprobs(state, kept_prompt)
-            if kept and (reply_text is None or reply_text == state.text):
-                await self._send_deltas(state, "", kept)
+            if not (reply_text is None or reply_text == state.text):
+                kept = []  # they would spell out the withheld text
+            if kept or kept_prompt:
+                await self._send_deltas(state, "", kept, kept_prompt)
             event = ReplyEvent(
                 request_id=state.id,
                 kind=ReplyKind.FINAL,

@@ -357,21 +357,22 @@ class CompletionStreamFormatter(StreamFormatter):
     def _echo_chunk(self) -> list[str]:
         """The prompt's chunk with the prompt's log probabilities (`echo` with `logprobs`)."""
         self._echo_waits = False
-        out = completion_logprobs((), prompt=self._prompt_logprobs) if self._prompt_logprobs else None
-        self._text_offset = sum(len(lp.token) for lp in self._prompt_logprobs)
-        chunk = TextCompletion(
-            id=self.request_id,
-            created=self.created,
-            model=self.model,
-            choices=[CompletionChoice(index=self.index, text=self.echo, logprobs=out)],
-        )
-        return [self._dump(chunk)]
+        return [self._chunk(self.echo, None, None, prompt=self._prompt_logprobs)]
 
-    def _chunk(self, text: str, finish_reason: str | None, logprobs: Sequence[TokenLogprob] | None) -> str:
+    def _chunk(
+        self,
+        text: str,
+        finish_reason: str | None,
+        logprobs: Sequence[TokenLogprob] | None,
+        *,
+        prompt: Sequence[TokenLogprob] = (),
+    ) -> str:
+        """A chunk of this choice; `prompt`: the prompt's log probabilities, listed first (the echo
+        chunk's)."""
         out = None
-        if logprobs is not None:
-            out = completion_logprobs(logprobs, text_offset=self._text_offset)
-            self._text_offset += sum(len(lp.token) for lp in logprobs)
+        if logprobs is not None or prompt:
+            out = completion_logprobs(logprobs or (), text_offset=self._text_offset, prompt=prompt)
+            self._text_offset += sum(len(lp.token) for lp in (*prompt, *(logprobs or ())))
         chunk = TextCompletion(
             id=self.request_id,
             created=self.created,
