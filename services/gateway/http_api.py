@@ -19,14 +19,14 @@ path, unchanged.
 A completion request with `echo` gets each choice's prompt before its text: in a whole answer, in
 the choice's `text`; in a stream, as the choice's first chunk (vLLM puts it in the first chunk that
 has text). It is added here, at the edge, so the cluster and the caches only ever hold generated
-text.
+text. With `max_tokens` 0 the cluster generates one token, which is not shown (vLLM's echo
+without generation).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -223,14 +223,14 @@ def build_http_app(
                 pipeline.count_refused(endpoint, priority, api.outcome, started)
                 return error_response(api, headers)
             if isinstance(call, ChoicesCall):
-                return await answer_choices(request, call, translated.echo, whole_choices, formatter_type, headers)
+                return await answer_choices(request, call, translated, whole_choices, formatter_type, headers)
             try:
                 if not translated.stream:
                     final = await _until_disconnect(request, call.final())
                     await call.close("ok")
-                    if translated.echo:
-                        final = echoed(final, call.request.prompt or "")
                     result = ChoiceResult(0, final, call.logprobs, call.prompt_logprobs)
+                    if translated.echo:
+                        result = echoed(result, call.request.prompt or "", prompt_only=translated.prompt_only)
                     body = whole_choices(request_id, call.created, call.model, [result], final.usage)
                     # Serialized by pydantic in one step (model_dump + json.dumps did it twice).
                     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
@@ -254,6 +254,7 @@ def build_http_app(
             include_usage=call.include_usage,
             logprobs=call.request.params.logprobs,
             echo=(call.request.prompt or "") if translated.echo else "",
+            prompt_only=translated.prompt_only,
         )
         return _ClosingStreamingResponse(
             _sse_stream(call, first, formatter, retry_after_s),
@@ -264,14 +265,15 @@ def build_http_app(
     async def answer_choices(
         request: Request,
         call: ChoicesCall,
-        echo: bool,
+        translated: TranslatedRequest,
         whole_choices: _WholeChoices,
         formatter_type: type[StreamFormatter],
         headers: dict[str, str],
     ) -> Response:
         """The answer to a request of several choices (see the module docstring); as for one
-        choice, a failure before the stream starts is a real HTTP status. `echo`: each choice's
-        text comes after its prompt."""
+        choice, a failure before the stream starts is a real HTTP status. With `echo`, each
+        choice's text comes after its prompt."""
+        echo, prompt_only = translated.echo, translated.prompt_only
         request_id = call.request_id
         try:
             if not call.request.stream:
@@ -279,7 +281,7 @@ def build_http_app(
                 await call.close("ok")
                 if echo:
                     results = [
-                        replace(result, final=echoed(result.final, call.children[result.index].prompt or ""))
+                        echoed(result, call.children[result.index].prompt or "", prompt_only=prompt_only)
                         for result in results
                     ]
                 body = whole_choices(request_id, call.created, call.model, results, call.usage())
@@ -306,6 +308,7 @@ def build_http_app(
                 logprobs=call.request.params.logprobs,
                 index=index,
                 echo=(call.children[index].prompt or "") if echo else "",
+                prompt_only=prompt_only,
             )
             for index in range(call.n)
         ]

@@ -329,6 +329,10 @@ class CompletionRequest(_GenerationBody):
     """The text to continue: a string, or a list of strings, each continued on its own (`n`
     choices each, numbered prompt by prompt: choice `i * n + j` is choice `j` of prompt `i`, as
     OpenAI and vLLM number them). At most `LGC_GATEWAY_MAX_CHOICES` choices in all."""
+    max_tokens: int | None = Field(None, ge=0)
+    """Most tokens to generate (default: the gateway's `LGC_GATEWAY_DEFAULT_MAX_TOKENS`). 0 only
+    with `echo`: the answer is the prompt alone (with `logprobs`, the prompt scored), as vLLM
+    answers an echo without generation."""
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     """Return the log probability of each generated token and of this many most likely tokens at
     each position (`choices[].logprobs`; the generated token's is always included, so a position

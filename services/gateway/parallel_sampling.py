@@ -80,6 +80,8 @@ class ChoiceResult:
     prompt_logprobs: Sequence[TokenLogprob] | None = None
     """Its prompt's log probabilities (`echo` with `logprobs`), gathered from its deltas; None when
     the request did not ask for them."""
+    echo: str = ""
+    """Text put before its text in the answer: its prompt, for a completion request with `echo`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,9 @@ class TranslatedRequest:
     otherwise. Each makes `n` choices (parallel_sampling.py)."""
     echo: bool = False
     """Completions: each choice's text comes after its prompt."""
+    prompt_only: bool = False
+    """Completions with `echo` and `max_tokens` 0: each choice is its prompt alone. The cluster
+    generates one token, which is not shown (vLLM answers an echo without generation so)."""
 
     @property
     def choice_count(self) -> int:
@@ -171,6 +174,14 @@ def translate_completion(
     prompts = body.prompt_texts()
     for prompt in prompts:
         _check_prompt_size(len(prompt), settings, param="prompt")
+    max_tokens = body.max_tokens
+    if max_tokens == 0:
+        if not body.echo:
+            raise InvalidRequestError(
+                "max_tokens must be at least 1; 0 is only for echo (the prompt alone, scored with logprobs).",
+                param="max_tokens",
+            )
+        max_tokens = 1  # the cluster generates at least one token; it is not shown
     return TranslatedRequest(
         requested_model=body.model or None,
         # Legacy `logprobs: N`: the generated tokens' log probabilities and the N most likely;
@@ -178,7 +189,7 @@ def translate_completion(
         params=_body_params(
             body,
             settings,
-            max_tokens=body.max_tokens,
+            max_tokens=max_tokens,
             max_tokens_param="max_tokens",
             logprobs=body.logprobs is not None,
             top_logprobs=body.logprobs or 0,
@@ -191,6 +202,7 @@ def translate_completion(
         n=_choices(body.n or 1, settings, prompts=len(prompts)),
         prompts=prompts if len(prompts) > 1 else (),
         echo=bool(body.echo),
+        prompt_only=body.max_tokens == 0,
     )
 
 

@@ -25,7 +25,9 @@ come, each choice's last chunk with its finish reason (`finish`), then once the 
 `j` of prompt `i`.
 
 `echo` (completions): a whole answer's choice is given its prompt before its text (:func:`echoed`);
-a stream's choice sends its prompt as its first chunk (`opening`). With `logprobs` too, the
+a stream's choice sends its prompt as its first chunk (`opening`). With `max_tokens` 0 the answer
+is the prompt alone: the one token the cluster generated is not shown (its text and log
+probabilities; usage counts it), as vLLM answers an echo without generation. With `logprobs` too, the
 prompt's tokens come first in `logprobs`, the first with null values (nothing comes before it),
 as OpenAI and vLLM give them, and `text_offset` counts from the prompt's start; in a stream the
 prompt's chunk waits for the prompt's log probabilities (they come on the first deltas) and
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 from shared.records import ReplyEvent, TokenLogprob, Usage
 
@@ -92,9 +95,13 @@ def usage_out(usage: Usage | None) -> UsageOut:
     )
 
 
-def echoed(final: ReplyEvent, prompt: str) -> ReplyEvent:
-    """A choice's final event with its prompt before its text (a completion request's `echo`)."""
-    return final.model_copy(update={"text": prompt + final.text})
+def echoed(result: ChoiceResult, prompt: str, *, prompt_only: bool = False) -> ChoiceResult:
+    """A finished choice with its prompt to put before its text (a completion request's `echo`);
+    with `prompt_only` (`max_tokens` 0), without its generated text and log probabilities."""
+    if prompt_only:
+        final = result.final.model_copy(update={"text": ""})
+        result = replace(result, final=final, logprobs=None if result.logprobs is None else ())
+    return replace(result, echo=prompt)
 
 
 def _finish_reason(event: ReplyEvent) -> str:
@@ -166,17 +173,15 @@ def _chat_choice(index: int, final: ReplyEvent, logprobs: Sequence[TokenLogprob]
     )
 
 
-def _completion_choice(
-    index: int,
-    final: ReplyEvent,
-    logprobs: Sequence[TokenLogprob] | None,
-    prompt_logprobs: Sequence[TokenLogprob] | None = None,
-) -> CompletionChoice:
-    available = _available(logprobs, final.text)
+def _completion_choice(result: ChoiceResult) -> CompletionChoice:
+    final = result.final
+    available = _available(result.logprobs, final.text)
     out = None
     if available is not None:
-        out = completion_logprobs(available, prompt=prompt_logprobs or ())
-    return CompletionChoice(index=index, text=final.text, logprobs=out, finish_reason=_finish_reason(final))
+        out = completion_logprobs(available, prompt=result.prompt_logprobs or ())
+    return CompletionChoice(
+        index=result.index, text=result.echo + final.text, logprobs=out, finish_reason=_finish_reason(final)
+    )
 
 
 def chat_completion(
@@ -205,10 +210,7 @@ def text_completion_choices(
     request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage | None
 ) -> TextCompletion:
     """A whole text completion of one or more choices, listed by index; `usage`: all of them together."""
-    choices = [
-        _completion_choice(r.index, r.final, r.logprobs, r.prompt_logprobs)
-        for r in sorted(results, key=lambda r: r.index)
-    ]
+    choices = [_completion_choice(r) for r in sorted(results, key=lambda r: r.index)]
     return TextCompletion(id=request_id, created=created, model=model, choices=choices, usage=usage_out(usage))
 
 
@@ -225,6 +227,7 @@ class StreamFormatter:
         logprobs: bool = False,
         index: int = 0,
         echo: str = "",
+        prompt_only: bool = False,
     ) -> None:
         self.request_id = request_id
         self.created = created
@@ -237,6 +240,8 @@ class StreamFormatter:
         self.echo = echo
         """Text sent as the choice's first chunk, before its deltas: the prompt of a completion
         request with `echo` (chat requests have none)."""
+        self.prompt_only = prompt_only
+        """The answer's own text and log probabilities are not sent (`echo` with `max_tokens` 0)."""
         self._streamed: list[str] = []
 
     def opening(self) -> list[str]:
@@ -245,6 +250,8 @@ class StreamFormatter:
 
     def delta(self, event: ReplyEvent) -> list[str]:
         """Events for one delta (one with log probabilities is sent even without text)."""
+        if self.prompt_only:
+            return []
         self._streamed.append(event.text)
         logprobs = _available(event.logprobs if self.logprobs else None, event.text)
         if not event.text and not logprobs:
@@ -257,6 +264,8 @@ class StreamFormatter:
 
     def finish(self, event: ReplyEvent) -> list[str]:
         """This choice's last chunk, with its finish reason (and any text not streamed yet)."""
+        if self.prompt_only:
+            return [self._chunk("", _finish_reason(event), None)]
         streamed = "".join(self._streamed)
         # A non-streaming producer, or one that lost deltas, may hold text not sent yet.
         rest = event.text[len(streamed):] if event.text.startswith(streamed) else ""
@@ -330,9 +339,17 @@ class CompletionStreamFormatter(StreamFormatter):
         logprobs: bool = False,
         index: int = 0,
         echo: str = "",
+        prompt_only: bool = False,
     ) -> None:
         super().__init__(
-            request_id, created, model, include_usage=include_usage, logprobs=logprobs, index=index, echo=echo
+            request_id,
+            created,
+            model,
+            include_usage=include_usage,
+            logprobs=logprobs,
+            index=index,
+            echo=echo,
+            prompt_only=prompt_only,
         )
         self._text_offset = 0
         """Where the next chunk's first token starts (`text_offset` continues across chunks)."""

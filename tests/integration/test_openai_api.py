@@ -194,6 +194,12 @@ async def test_echo_with_logprobs_scores_prompts_as_lm_eval_asks(client) -> None
         scores.append(logprobs.token_logprobs[len(prompt_ids) - 1])  # the last word's token
     assert scores[0] > scores[1]  # SmolLM2 knows the capital of France
     assert reply.usage.prompt_tokens == sum(len(tokenizer(p)["input_ids"]) for p in prompts)
+    # max_tokens 0: the prompt alone, scored the same (vLLM's echo without generation).
+    alone = await client.completions.create(model=MODEL, prompt=prompts[0], echo=True, logprobs=1, max_tokens=0)
+    assert alone.choices[0].text == prompts[0] and alone.choices[0].logprobs is not None
+    assert alone.choices[0].logprobs.tokens == reply.choices[0].logprobs.tokens[:-1]
+    expected = reply.choices[0].logprobs.token_logprobs[:-1]
+    assert alone.choices[0].logprobs.token_logprobs == pytest.approx(expected, abs=1e-3)
 
 
 async def test_vllm_ways_to_stop_reach_the_model(client) -> None:

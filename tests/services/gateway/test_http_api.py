@@ -746,3 +746,28 @@ async def test_echo_with_logprobs_streamed_and_with_several_prompts(start_gatewa
         offsets = [o for c in own if c["logprobs"] for o in c["logprobs"]["text_offset"]]
         assert offsets == [sum(len(t) for t in streamed_tokens[:i]) for i in range(len(streamed_tokens))]
         assert whole.json()["choices"][index]["logprobs"]["tokens"] == streamed_tokens
+
+
+async def test_echo_with_max_tokens_0_answers_the_prompt_alone(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    body = {"prompt": ["a b", "c"], "echo": True, "logprobs": 0, "max_tokens": 0}
+    async with http_for(service) as http:
+        whole = await http.post("/v1/completions", json=body)
+        streamed = await http.post("/v1/completions", json={**body, "stream": True})
+        refused = await http.post("/v1/completions", json={"prompt": "a", "max_tokens": 0})
+    assert whole.status_code == 200, whole.text
+    # One token was generated for each (max_new_tokens 1) and none of it is shown.
+    assert [r.params.max_new_tokens for r in fake_batcher.requests[:2]] == [1, 1]
+    choices = whole.json()["choices"]
+    assert [c["text"] for c in choices] == ["a b", "c"]
+    assert [c["logprobs"]["tokens"] for c in choices] == [["a", " b"], ["c"]]
+    assert choices[0]["logprobs"]["token_logprobs"][0] is None and choices[0]["finish_reason"] == "length"
+    chunks = [c["choices"][0] for c in sse_chunks(streamed.text) if c["choices"]]
+    for index, prompt in enumerate(["a b", "c"]):
+        own = [c for c in chunks if c["index"] == index]
+        assert "".join(c["text"] for c in own) == prompt
+        tokens = [t for c in own if c["logprobs"] for t in c["logprobs"]["tokens"]]
+        assert tokens == choices[index]["logprobs"]["tokens"]
+        assert own[-1]["finish_reason"] == "length"
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"
+    assert "only for echo" in refused.json()["error"]["message"]

@@ -107,15 +107,29 @@ def test_completion_stream_chunks() -> None:
 
 def test_echo_puts_the_prompt_first() -> None:
     # A whole answer: the prompt before the text, nothing else changed.
-    whole = echoed(final("ab", FinishReason.LENGTH), "Say: ")
-    assert whole.text == "Say: ab" and whole.finish_reason is FinishReason.LENGTH and whole.usage is not None
-    assert text_completion("cmpl-1", 7, "m", whole).choices[0].text == "Say: ab"
+    whole = echoed(ChoiceResult(0, final("ab", FinishReason.LENGTH), None), "Say: ")
+    assert whole.final.text == "ab" and whole.echo == "Say: "
+    choice = text_completion_choices("cmpl-1", 7, "m", [whole], whole.final.usage).choices[0]
+    assert (choice.text, choice.finish_reason) == ("Say: ab", "length")
+    # max_tokens 0: the prompt alone, scored; the generated token is not shown.
+    prompt = (TokenLogprob(token_id=1, token="Say", logprob=0.0), TokenLogprob(token_id=2, token=":", logprob=-1.5))
+    generated = (TokenLogprob(token_id=3, token="ab", logprob=-0.5),)
+    alone = echoed(ChoiceResult(0, final("ab"), generated, prompt), "Say:", prompt_only=True)
+    choice = text_completion_choices("cmpl-1", 7, "m", [alone], None).choices[0]
+    assert choice.text == "Say:" and choice.logprobs is not None
+    assert (choice.logprobs.tokens, choice.logprobs.token_logprobs) == (["Say", ":"], [None, -1.5])
     # A stream: the prompt is the choice's first chunk; the final chunk sends no text twice.
     formatter = CompletionStreamFormatter("cmpl-1", 7, "m", include_usage=False, index=2, echo="Say: ")
     events = formatter.opening() + formatter.delta(delta(0, "a")) + formatter.final(final("ab"))
     chunks = decode(events[:-1])
     assert [(c["choices"][0]["index"], c["choices"][0]["text"]) for c in chunks] == [(2, "Say: "), (2, "a"), (2, "b")]
     assert chunks[0]["choices"][0]["finish_reason"] is None and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    # max_tokens 0: the prompt, then only the finish reason; the generated text never shows.
+    alone = CompletionStreamFormatter("cmpl-1", 7, "m", include_usage=False, echo="Say: ", prompt_only=True)
+    events = alone.opening() + alone.delta(delta(0, "a")) + alone.final(final("a"))
+    chunks = decode(events[:-1])
+    shown = [(c["choices"][0]["text"], c["choices"][0]["finish_reason"]) for c in chunks]
+    assert shown == [("Say: ", None), ("", "stop")]
 
 
 def test_error_in_stream() -> None:
