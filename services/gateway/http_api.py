@@ -123,7 +123,7 @@ _SSE_RESPONSE = {
 T = TypeVar("T")
 
 #: A whole answer: (request id, created, model, the choices, their usage).
-_WholeChoices = Callable[[str, int, str, Sequence[ChoiceResult], Usage], ChatCompletion | TextCompletion]
+_WholeAnswer = Callable[[str, int, str, Sequence[ChoiceResult], Usage], ChatCompletion | TextCompletion]
 
 
 def build_http_app(
@@ -195,7 +195,7 @@ def build_http_app(
         endpoint: str,
         id_kind: str,
         translate: Callable[[Priority], TranslatedRequest],
-        whole_choices: _WholeChoices,
+        whole: _WholeAnswer,
         formatter_type: type[StreamFormatter],
     ) -> Response:
         started = time.monotonic()
@@ -223,7 +223,7 @@ def build_http_app(
                 pipeline.count_refused(endpoint, priority, api.outcome, started)
                 return error_response(api, headers)
             if isinstance(call, ChoicesCall):
-                return await answer_choices(request, call, translated, whole_choices, formatter_type, headers)
+                return await answer_choices(request, call, translated, whole, formatter_type, headers)
             try:
                 if not translated.stream:
                     final = await _until_disconnect(request, call.final())
@@ -231,7 +231,7 @@ def build_http_app(
                     result = ChoiceResult(0, final, call.logprobs, call.prompt_logprobs)
                     if translated.echo:
                         result = echoed(result, call.request.prompt or "", prompt_only=translated.prompt_only)
-                    body = whole_choices(request_id, call.created, call.model, [result], final.usage)
+                    body = whole(request_id, call.created, call.model, [result], final.usage)
                     # Serialized by pydantic in one step (model_dump + json.dumps did it twice).
                     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
                 first = await _until_disconnect(request, call.next_event())
@@ -266,7 +266,7 @@ def build_http_app(
         request: Request,
         call: ChoicesCall,
         translated: TranslatedRequest,
-        whole_choices: _WholeChoices,
+        whole: _WholeAnswer,
         formatter_type: type[StreamFormatter],
         headers: dict[str, str],
     ) -> Response:
@@ -284,7 +284,7 @@ def build_http_app(
                         echoed(result, call.children[result.index].prompt or "", prompt_only=prompt_only)
                         for result in results
                     ]
-                body = whole_choices(request_id, call.created, call.model, results, call.usage())
+                body = whole(request_id, call.created, call.model, results, call.usage())
                 return Response(body.model_dump_json(), media_type="application/json", headers=headers)
             first = await _until_disconnect(request, call.next_event())
             if first.event.kind is ReplyKind.ERROR:
@@ -339,7 +339,7 @@ def build_http_app(
             translate=lambda default: translate_chat(
                 body, settings, priority_header=x_lgc_priority, default_priority=default
             ),
-            whole_choices=chat_completion_choices,
+            whole=chat_completion_choices,
             formatter_type=ChatStreamFormatter,
         )
 
@@ -364,7 +364,7 @@ def build_http_app(
             translate=lambda default: translate_completion(
                 body, settings, priority_header=x_lgc_priority, default_priority=default
             ),
-            whole_choices=text_completion_choices,
+            whole=text_completion_choices,
             formatter_type=CompletionStreamFormatter,
         )
 

@@ -65,13 +65,11 @@ __all__ = [
     "ChatStreamFormatter",
     "CompletionStreamFormatter",
     "StreamFormatter",
-    "chat_completion",
     "chat_completion_choices",
     "chat_logprobs",
     "completion_logprobs",
     "echoed",
     "sse_event",
-    "text_completion",
     "text_completion_choices",
     "usage_out",
 ]
@@ -184,26 +182,12 @@ def _completion_choice(result: ChoiceResult) -> CompletionChoice:
     )
 
 
-def chat_completion(
-    request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
-) -> ChatCompletion:
-    """A whole chat answer from the final event; `logprobs`: the answer's (None: not asked for)."""
-    return chat_completion_choices(request_id, created, model, [ChoiceResult(0, final, logprobs)], final.usage)
-
-
 def chat_completion_choices(
     request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage | None
 ) -> ChatCompletion:
     """A whole chat answer of one or more choices, listed by index; `usage`: all of them together."""
     choices = [_chat_choice(r.index, r.final, r.logprobs) for r in sorted(results, key=lambda r: r.index)]
     return ChatCompletion(id=request_id, created=created, model=model, choices=choices, usage=usage_out(usage))
-
-
-def text_completion(
-    request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
-) -> TextCompletion:
-    """A whole text completion from the final event; `logprobs`: the answer's (None: not asked for)."""
-    return text_completion_choices(request_id, created, model, [ChoiceResult(0, final, logprobs)], final.usage)
 
 
 def text_completion_choices(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from openai.types.chat import ChatCompletion as OpenAIChatCompletion
 from openai.types.chat import ChatCompletionChunk as OpenAIChatCompletionChunk
@@ -12,19 +13,32 @@ from openai.types.completion_choice import Logprobs as OpenAILogprobs
 from shared.records import ErrorCode, ErrorInfo, FinishReason, ReplyEvent, ReplyKind, TokenLogprob, TopLogprob, Usage
 
 from services.gateway.errors import ReplyError, map_exception
+from services.gateway.openai_protocol import ChatCompletion, TextCompletion
 from services.gateway.response_format import (
     DONE_EVENT,
     ChatStreamFormatter,
     CompletionStreamFormatter,
-    chat_completion,
     chat_completion_choices,
     echoed,
-    text_completion,
     text_completion_choices,
 )
 from services.gateway.parallel_sampling import ChoiceResult
 
 RID = "chatcmpl-abc"
+
+
+def chat_completion(
+    request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
+) -> ChatCompletion:
+    """A whole chat answer of one choice, as the HTTP API makes it."""
+    return chat_completion_choices(request_id, created, model, [ChoiceResult(0, final, logprobs)], final.usage)
+
+
+def text_completion(
+    request_id: str, created: int, model: str, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None = None
+) -> TextCompletion:
+    """A whole text completion of one choice, as the HTTP API makes it."""
+    return text_completion_choices(request_id, created, model, [ChoiceResult(0, final, logprobs)], final.usage)
 
 
 def delta(seq: int, text: str) -> ReplyEvent:
