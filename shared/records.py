@@ -64,6 +64,9 @@ MAX_STOP_TOKEN_IDS = 64
 MAX_TOP_LOGPROBS = 20
 """Most alternatives per position a request may ask log probabilities of (OpenAI's and vLLM's
 default limit)."""
+MAX_PROMPT_TOKEN_IDS = 32_768
+"""Most token ids one prompt given as ids may have (a record of about 200 kB; no served model's
+context comes near)."""
 MAX_TOKEN_CHARS = 1_024
 """Longest text of one token a record may carry (no real vocabulary comes near)."""
 MIN_LOGPROB = -9999.0
@@ -241,12 +244,26 @@ class GenerationRequest(Record):
     """Guardian preference."""
     created_at: float = Field(default_factory=now, gt=0)
     """When the request was made (Unix seconds)."""
+    prompt_token_ids: tuple[_TokenId, ...] | None = Field(None, min_length=1, max_length=MAX_PROMPT_TOKEN_IDS)
+    """Raw completion prompt as token ids of the model's vocabulary, used as they are (no special
+    tokens added; vLLM's token prompts). Only the workers have the tokenizer: the worker's
+    decoding of it comes back on the replies (`ReplyEvent.prompt_text`). Exactly one of
+    messages/prompt/prompt_token_ids."""
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> Self:
-        if (self.messages is None) == (self.prompt is None):
-            raise ValueError("exactly one of 'messages' and 'prompt' must be given")
+        given = (self.messages is not None) + (self.prompt is not None) + (self.prompt_token_ids is not None)
+        if given != 1:
+            raise ValueError("exactly one of 'messages', 'prompt' and 'prompt_token_ids' must be given")
         return self
+
+    def prompt_as_text(self) -> str:
+        """The prompt as one text, for results, logs and the guardian: `prompt`, or the chat turns
+        as `role: content` lines; empty for a prompt of token ids (nothing outside the workers can
+        decode them)."""
+        if self.prompt is not None:
+            return self.prompt
+        return "\n".join(f"{m.role}: {m.content}" for m in self.messages or ())
 
     def expired(self, at: float | None = None) -> bool:
         """Whether the deadline has passed."""
@@ -403,6 +420,11 @@ class ReplyEvent(Record):
     (after the chat template), in order, on deltas of empty text before any other delta. The
     prompt's first token has no log probability (nothing comes before it): its entry has
     `logprob` 0 and no `top` (the API shows null)."""
+    prompt_text: str | None = Field(None, max_length=MAX_TEXT_CHARS * 2)
+    """`delta` only, for a request whose prompt came as token ids (`prompt_token_ids`): the
+    prompt as the worker's tokenizer decodes it, once, on a delta of empty text before any other
+    delta (at once for a streaming request, just before the final event for the others), so that
+    `echo` can show it."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -412,6 +434,8 @@ class ReplyEvent(Record):
             raise ValueError("a 'final' event needs 'finish_reason'")
         if (self.logprobs or self.prompt_logprobs) and self.kind is not ReplyKind.DELTA:
             raise ValueError("only 'delta' events carry 'logprobs' and 'prompt_logprobs'")
+        if self.prompt_text is not None and self.kind is not ReplyKind.DELTA:
+            raise ValueError("only 'delta' events carry 'prompt_text'")
         return self
 
     @property
@@ -432,7 +456,8 @@ class GenerationResult(Record):
     priority: Priority
     """Scheduling class it ran in."""
     prompt: str = Field(max_length=MAX_TEXT_CHARS * 2)
-    """The prompt as text (chat messages joined as `role: content` lines), for the guardian."""
+    """The prompt as text (chat messages joined as `role: content` lines; a prompt of token ids as
+    the worker decoded it, empty if no worker did), for the guardian."""
     text: str = Field("", max_length=MAX_TEXT_CHARS)
     """The full generated text (empty on error)."""
     finish_reason: FinishReason | None = None

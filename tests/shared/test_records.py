@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.records import (
+    MAX_PROMPT_TOKEN_IDS,
     RECORD_TYPES,
     SCHEMA_VERSION,
     Cancel,
@@ -34,6 +35,25 @@ def test_request_round_trips_through_bytes() -> None:
     again = GenerationRequest.from_bytes(req.to_bytes())
     assert again == req
     assert json.loads(req.to_bytes())["v"] == SCHEMA_VERSION
+
+
+def test_a_prompt_of_token_ids_is_the_third_kind_of_input() -> None:
+    request = GenerationRequest(id="r", model="m", prompt_token_ids=(3, 0, 2**31 - 1))
+    assert GenerationRequest.from_bytes(request.to_bytes()).prompt_token_ids == (3, 0, 2**31 - 1)
+    assert request.prompt_as_text() == ""  # nothing outside the workers decodes them
+    for extra in ({"prompt": "p"}, {"messages": (ChatMessage(role="user", content="x"),)}):
+        with pytest.raises(ValidationError, match="exactly one"):
+            GenerationRequest(id="r", model="m", prompt_token_ids=(3,), **extra)
+    for bad in ((), (-1,), (2**31,), (0,) * (MAX_PROMPT_TOKEN_IDS + 1)):
+        with pytest.raises(ValidationError):
+            GenerationRequest(id="r", model="m", prompt_token_ids=bad)
+    turns = (ChatMessage(role="user", content="x"), ChatMessage(role="assistant", content="y"))
+    chat = GenerationRequest(id="r", model="m", messages=turns)
+    assert chat.prompt_as_text() == "user: x\nassistant: y"
+    # Its decoding comes back on a delta only.
+    assert ReplyEvent(request_id="r", kind=ReplyKind.DELTA, seq=0, prompt_text="three").prompt_text == "three"
+    with pytest.raises(ValidationError, match="prompt_text"):
+        ReplyEvent(request_id="r", kind=ReplyKind.FINAL, seq=1, finish_reason=FinishReason.STOP, prompt_text="x")
 
 
 def test_exactly_one_of_messages_and_prompt() -> None:
