@@ -5,7 +5,9 @@ batcher, a Kafka record to the broker, a record the gateway parses and an SSE ch
 a few shared cores that per-token work competes with the model for CPU. With a stream interval of
 N, a sequence's first delta still goes at once (time to first token is unchanged), then its text
 goes out once N more tokens have been generated, and whatever is left goes just before its end:
-the same rule as vLLM's `--stream-interval`. N = 1 sends every delta as it comes.
+the same rule as vLLM's `--stream-interval`. N = 1 sends every delta as it comes. A delta about
+the prompt (its log probabilities, or the decoding of a prompt of token ids) goes at once too,
+with whatever is held.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class _Held:
     tokens: int = 0
     sent_any: bool = False
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_text: str | None = None
 
 
 class DeltaCoalescer:
@@ -42,6 +46,11 @@ class DeltaCoalescer:
         held.text += delta.text
         held.tokens += delta.tokens
         held.logprobs.extend(delta.logprobs)
+        held.prompt_logprobs += delta.prompt_logprobs
+        if delta.prompt_text is not None:
+            held.prompt_text = delta.prompt_text
+        if held.prompt_logprobs or held.prompt_text is not None:
+            return self._release(delta.request_id, held)
         # Never an empty delta (text may lag tokens by a partial character): the tokens (and their
         # log probabilities) wait with the text they belong to.
         if held.text and (not held.sent_any or held.tokens >= self._interval):
@@ -56,7 +65,10 @@ class DeltaCoalescer:
         return TextDelta(request_id, held.text, held.tokens, tuple(held.logprobs))
 
     def _release(self, request_id: str, held: _Held) -> TextDelta:
-        delta = TextDelta(request_id, held.text, held.tokens, tuple(held.logprobs))
-        held.text, held.tokens, held.sent_any = "", 0, True
+        delta = TextDelta(
+            request_id, held.text, held.tokens, tuple(held.logprobs), held.prompt_logprobs, held.prompt_text
+        )
+        held.sent_any = held.sent_any or bool(held.text)
+        held.text, held.tokens, held.prompt_logprobs, held.prompt_text = "", 0, (), None
         held.logprobs.clear()
         return delta

@@ -141,6 +141,9 @@ class WorkItem:
     """Text an earlier attempt already delivered: appended to the prompt, never re-sent."""
     continuation_tokens: int = 0
     """Tokens of `continuation`; they count against max_new_tokens."""
+    prompt_token_ids: tuple[int, ...] = ()
+    """Raw prompt as token ids, used as they are (used when `messages` is empty and this is not,
+    instead of `prompt`); the engine sends their decoding on a delta (`TextDelta.prompt_text`)."""
 
     @property
     def remaining_tokens(self) -> int:
@@ -189,6 +192,9 @@ class TextDelta:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
     """When the item asked for them, on its first delta only: one entry per prompt token (after
     the chat template), in order; the first has none (nothing comes before it): logprob 0, no `top`."""
+    prompt_text: str | None = None
+    """When the item's prompt came as token ids: their decoding, on a delta of its own (no text,
+    no tokens) sent as soon as the item is accepted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Turns a work item's prompt or chat messages (plus any continuation) into prompt token ids."""
+"""Turns a work item's prompt, chat messages or prompt token ids (plus any continuation) into
+prompt token ids."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.worker.engine import WorkItem
+from shared.records import MAX_TEXT_CHARS
 
-__all__ = ["EncodedPrompt", "PromptEncoder", "PromptError"]
+__all__ = ["MAX_DECODED_PROMPT_CHARS", "EncodedPrompt", "PromptEncoder", "PromptError"]
 
 
 class PromptError(ValueError):
@@ -25,18 +27,41 @@ class EncodedPrompt:
     """The continuation's tokens on their own (the end of `ids`, give or take a merge at the
     boundary): output already generated elsewhere, which the presence and frequency penalties
     count as this answer's."""
+    decoded: str | None = None
+    """A prompt given as token ids, decoded (for the reply: `TextDelta.prompt_text`); None for
+    the others."""
+
+
+#: Longest decoding of a prompt of token ids that a reply may carry (ReplyEvent.prompt_text).
+MAX_DECODED_PROMPT_CHARS = MAX_TEXT_CHARS * 2
 
 
 class PromptEncoder:
-    """Applies the chat template and tokenizes, checking the model's length limit."""
+    """Applies the chat template and tokenizes, checking the model's length limit. `vocab_size`:
+    the ids a prompt of token ids may use (default: the tokenizer's)."""
 
-    def __init__(self, tokenizer: Any, max_model_len: int) -> None:
+    def __init__(self, tokenizer: Any, max_model_len: int, *, vocab_size: int | None = None) -> None:
         self._tokenizer = tokenizer
         self._max_model_len = max_model_len
+        self._vocab_size = len(tokenizer) if vocab_size is None else vocab_size
 
     def encode(self, item: WorkItem) -> EncodedPrompt:
         tokenizer = self._tokenizer
-        if item.messages:
+        decoded: str | None = None
+        continuation_ids: tuple[int, ...] = ()
+        if item.continuation:
+            continuation_ids = tuple(tokenizer(item.continuation, add_special_tokens=False)["input_ids"])
+        if not item.messages and item.prompt_token_ids:
+            beyond = max(item.prompt_token_ids)
+            if beyond >= self._vocab_size:
+                raise PromptError(
+                    f"the prompt names token id {beyond}; this model's vocabulary has {self._vocab_size} tokens"
+                )
+            decoded = tokenizer.decode(item.prompt_token_ids)
+            if len(decoded) > MAX_DECODED_PROMPT_CHARS:
+                raise PromptError(f"the prompt's token ids decode to more than {MAX_DECODED_PROMPT_CHARS} characters")
+            ids = [*item.prompt_token_ids, *continuation_ids]
+        elif item.messages:
             if not getattr(tokenizer, "chat_template", None):
                 raise PromptError("this model has no chat template: send a raw prompt instead of messages")
             turns = [{"role": m.role, "content": m.content} for m in item.messages]
@@ -53,9 +78,6 @@ class PromptEncoder:
             ids = tokenizer(item.prompt + item.continuation)["input_ids"]
         if not ids:
             raise PromptError("the prompt has no tokens")
-        continuation_ids: tuple[int, ...] = ()
-        if item.continuation:
-            continuation_ids = tuple(tokenizer(item.continuation, add_special_tokens=False)["input_ids"])
         continuation_tokens = item.continuation_tokens or len(continuation_ids)
         budget = max(0, item.params.max_new_tokens - continuation_tokens)
         if len(ids) + budget > self._max_model_len:
@@ -64,4 +86,4 @@ class PromptEncoder:
                 f"{len(ids) + budget} in all, beyond this worker's max_model_len of {self._max_model_len}; "
                 "shorten the prompt or lower max_new_tokens"
             )
-        return EncodedPrompt(list(ids), budget, continuation_ids)
+        return EncodedPrompt(list(ids), budget, continuation_ids, decoded)

@@ -133,8 +133,10 @@ def work_item_from_proto(msg: worker_pb2.WorkItem) -> WorkItem:
     messages = tuple(ChatTurn(m.role, m.content) for m in msg.messages)
     if any(not m.role for m in messages):
         raise InvalidItemError("every chat message needs a role")
-    if not messages and not msg.prompt:
+    if not messages and not msg.prompt and not msg.prompt_token_ids:
         raise InvalidItemError("the item has neither a prompt nor messages")
+    if msg.prompt and msg.prompt_token_ids:
+        raise InvalidItemError("the item has both a prompt and prompt_token_ids; give one")
     deadline = _finite("deadline_unix", msg.deadline_unix)
     if deadline < 0:
         raise InvalidItemError("deadline_unix must be a Unix time (or 0 for none)")
@@ -146,6 +148,7 @@ def work_item_from_proto(msg: worker_pb2.WorkItem) -> WorkItem:
         deadline_unix=deadline or None,
         continuation=msg.continuation,
         continuation_tokens=msg.continuation_tokens,
+        prompt_token_ids=tuple(msg.prompt_token_ids),
     )
 
 
@@ -156,6 +159,8 @@ def event_to_proto(event: EngineEvent) -> worker_pb2.GenerateEvent:
             delta.logprobs.extend(_logprob_to_proto(entry) for entry in event.logprobs)
         if event.prompt_logprobs:
             delta.prompt_logprobs.extend(_logprob_to_proto(entry) for entry in event.prompt_logprobs)
+        if event.prompt_text is not None:
+            delta.prompt_text = event.prompt_text
         return worker_pb2.GenerateEvent(request_id=event.request_id, delta=delta)
     if isinstance(event, SequenceFinished):
         return worker_pb2.GenerateEvent(

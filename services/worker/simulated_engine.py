@@ -36,7 +36,12 @@ from services.worker.settings import WorkerSettings
 from services.worker.stop_strings import StopStringMatcher
 
 __all__ = [
-    "SIMULATED_MODEL_NAME", "SimulatedEngine", "simulated_logprob", "simulated_prompt_logprobs", "simulated_token",
+    "SIMULATED_MODEL_NAME",
+    "SimulatedEngine",
+    "simulated_logprob",
+    "simulated_prompt_logprobs",
+    "simulated_prompt_text",
+    "simulated_token",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,7 +65,7 @@ def simulated_prompt_logprobs(item: WorkItem, top: int) -> tuple[TokenLogprob, .
     """The prompt's log probabilities reported: one simulated token per word of the prompt (of the
     messages' contents for chat), id its position, each certain and its only alternative; the first
     has none (logprob 0, no alternatives), as a real engine reports it."""
-    words = [w for m in item.messages for w in m.content.split()] if item.messages else item.prompt.split()
+    words = [w for m in item.messages for w in m.content.split()] if item.messages else _prompt_words(item)
     entries = []
     for index, word in enumerate(words):
         text = word if index == 0 else f" {word}"
@@ -69,9 +74,21 @@ def simulated_prompt_logprobs(item: WorkItem, top: int) -> tuple[TokenLogprob, .
     return tuple(entries)
 
 
+def simulated_prompt_text(token_ids: tuple[int, ...]) -> str:
+    """A prompt of token ids as the simulated backend decodes it: token `i` is the word `tok<i>`."""
+    return " ".join(f"tok{token}" for token in token_ids)
+
+
+def _prompt_words(item: WorkItem) -> list[str]:
+    """A raw prompt's simulated tokens: its words (token ids: their simulated decoding's)."""
+    if item.prompt_token_ids:
+        return simulated_prompt_text(item.prompt_token_ids).split()
+    return item.prompt.split()
+
+
 def _count_words(item: WorkItem) -> int:
-    """Prompt length in simulated tokens: whitespace-separated words."""
-    words = sum(len(m.content.split()) + 1 for m in item.messages) if item.messages else len(item.prompt.split())
+    """Prompt length in simulated tokens: whitespace-separated words (a token id is one)."""
+    words = sum(len(m.content.split()) + 1 for m in item.messages) if item.messages else len(_prompt_words(item))
     return max(1, words + len(item.continuation.split()))
 
 
@@ -131,6 +148,8 @@ class SimulatedEngine(TaskPerSequenceEngine):
                     f"beyond this worker's max_model_len of {settings.worker_max_model_len}",
                 )
             )
+        if item.prompt_token_ids and not item.messages:
+            handle.sink(TextDelta(item.request_id, "", 0, prompt_text=simulated_prompt_text(item.prompt_token_ids)))
         if budget == 0:
             return state.finished(handle, FinishReason.LENGTH)
         assert self._slots is not None

@@ -259,7 +259,9 @@ class TransformersEngine(Engine):
             # Plain full-attention layers only, whose keys and values a prefix hands every row as
             # they are (a sliding window's cache would drop its oldest columns).
             self._prefixes = PrefixCache(settings.worker_prefix_cache_tokens)
-        self._encoder = PromptEncoder(tokenizer, max_model_len)
+        # Token-id prompts may use ids that both the tokenizer (to decode them) and the embedding
+        # (to run them) have.
+        self._encoder = PromptEncoder(tokenizer, max_model_len, vocab_size=min(len(tokenizer), self._vocab_size))
         self._kv_budget = KVBudget.for_model(model, device, settings.worker_kv_cache_gb, max_model_len)
         log.info(
             "KV cache budget",
@@ -516,6 +518,8 @@ class TransformersEngine(Engine):
             message = f"logit_bias names token id {beyond}; this model's vocabulary has {self._vocab_size} tokens"
             self._end(handle, SequenceFailed(handle.request_id, FailureCode.INVALID_REQUEST, message), events)
             return
+        if encoded.decoded is not None:
+            events.append((handle, TextDelta(handle.request_id, "", 0, prompt_text=encoded.decoded)))
         if encoded.budget == 0:
             # The continuation already used up max_new_tokens: nothing left to generate.
             finished = SequenceFinished(

@@ -565,6 +565,8 @@ class VllmEngine(TaskPerSequenceEngine):
         except PromptError as exc:
             raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
         progress.prompt_tokens = len(encoded.ids)
+        if encoded.decoded is not None:
+            handle.sink(TextDelta(item.request_id, "", 0, prompt_text=encoded.decoded))
         if encoded.budget == 0:
             # The continuation already used up max_new_tokens: nothing left to generate.
             return progress.finished(handle, FinishReason.LENGTH)

@@ -67,3 +67,16 @@ def test_logprobs_travel_with_the_tokens_they_belong_to() -> None:
     # An end-of-sequence token adds no text; its log probability still leaves at the end.
     assert coalescer.add(TextDelta("a", "", 1, (first,))) is None
     assert coalescer.flush("a") == TextDelta("a", "", 1, (first,))
+
+
+def test_what_is_about_the_prompt_leaves_at_once_with_what_is_held() -> None:
+    coalescer = DeltaCoalescer(4)
+    decoded = TextDelta("a", "", 0, prompt_text="the prompt")
+    assert coalescer.add(decoded) == decoded  # before any token: nothing waits for it
+    assert coalescer.add(TextDelta("a", "t0", 1)) == TextDelta("a", "t0", 1)
+    assert coalescer.add(TextDelta("a", "t1", 1)) is None
+    scored = (TokenLogprob(0, "A", 0.0),)
+    # Prompt log probabilities (a worker sends them with a token) take the held text with them.
+    assert coalescer.add(TextDelta("a", "t2", 1, (), scored)) == TextDelta("a", "t1t2", 2, (), scored)
+    assert coalescer.add(TextDelta("a", "t3", 1)) is None
+    assert coalescer.flush("a") == TextDelta("a", "t3", 1)

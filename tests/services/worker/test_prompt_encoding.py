@@ -56,3 +56,27 @@ def test_too_long_is_refused_with_numbers(tokenizer) -> None:
 def test_empty_prompt_is_refused(tokenizer) -> None:
     with pytest.raises(PromptError, match="empty"):
         PromptEncoder(tokenizer, 2048).encode(WorkItem("r", prompt=""))
+
+
+def test_token_ids_are_used_as_they_are_and_decoded(tokenizer) -> None:
+    ids = tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
+    item = WorkItem("r", prompt_token_ids=tuple(ids), params=SamplingParams(max_new_tokens=3))
+    encoded = PromptEncoder(tokenizer, 2048).encode(item)
+    assert (encoded.ids, encoded.budget, encoded.decoded) == (ids, 3, "The capital of France is")
+    # A retry continues after what was delivered: its tokens follow the ids.
+    params = SamplingParams(max_new_tokens=3)
+    retry = WorkItem("r", prompt_token_ids=tuple(ids), params=params, continuation=" Paris", continuation_tokens=1)
+    again = PromptEncoder(tokenizer, 2048).encode(retry)
+    paris = tokenizer(" Paris", add_special_tokens=False)["input_ids"]
+    assert (again.ids, again.continuation_ids, again.budget) == ([*ids, *paris], tuple(paris), 2)
+    # Text prompts are not decoded (nothing to give back).
+    assert PromptEncoder(tokenizer, 2048).encode(WorkItem("r", prompt="hi")).decoded is None
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused(tokenizer) -> None:
+    encoder = PromptEncoder(tokenizer, 2048, vocab_size=100)
+    with pytest.raises(PromptError, match="token id 100; this model's vocabulary has 100 tokens"):
+        encoder.encode(WorkItem("r", prompt_token_ids=(5, 100)))
+    with pytest.raises(PromptError, match="max_model_len of 4"):
+        item = WorkItem("r", prompt_token_ids=(1, 2, 3), params=SamplingParams(max_new_tokens=2))
+        PromptEncoder(tokenizer, 4).encode(item)

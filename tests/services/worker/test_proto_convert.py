@@ -139,3 +139,14 @@ def test_ways_to_stop_are_carried_over() -> None:
         )
     )
     assert item.remaining_min_tokens == 3  # the continuation's tokens count, as for max_new_tokens
+
+
+def test_a_prompt_of_token_ids_comes_in_and_its_decoding_goes_out() -> None:
+    params = worker_pb2.SamplingParams(max_new_tokens=1)
+    item = work_item_from_proto(worker_pb2.WorkItem(request_id="r", prompt_token_ids=[4, 0, 9], params=params))
+    assert (item.prompt, item.prompt_token_ids) == ("", (4, 0, 9))
+    with pytest.raises(InvalidItemError, match="both a prompt and prompt_token_ids"):
+        work_item_from_proto(worker_pb2.WorkItem(request_id="r", prompt="x", prompt_token_ids=[4], params=params))
+    delta = event_to_proto(TextDelta("r", "", 0, prompt_text="four")).delta
+    assert delta.HasField("prompt_text") and delta.prompt_text == "four"
+    assert not event_to_proto(TextDelta("r", "x", 1)).delta.HasField("prompt_text")

@@ -250,3 +250,14 @@ async def test_stop_strings_are_looked_for_after_min_tokens() -> None:
     result = await run_item(engine, WorkItem("r1", prompt="x", params=params))
     assert isinstance(result.end, SequenceFinished) and result.end.reason is FinishReason.STOP
     assert (result.text, result.end.completion_tokens) == ("tok0 tok1 ", 3)
+
+
+async def test_a_prompt_of_token_ids_is_decoded_first_and_counted_by_ids() -> None:
+    engine = await started(make_settings())
+    item = WorkItem("r1", prompt_token_ids=(3, 9, 4), params=SamplingParams(max_new_tokens=2, prompt_logprobs=0))
+    result = await run_item(engine, item)
+    first, *rest = result.deltas
+    assert (first.text, first.tokens, first.prompt_text) == ("", 0, "tok3 tok9 tok4")
+    assert all(d.prompt_text is None for d in rest)
+    assert [lp.token for d in rest for lp in d.prompt_logprobs] == ["tok3", " tok9", " tok4"]
+    assert isinstance(result.end, SequenceFinished) and result.end.prompt_tokens == 3

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import AutoTokenizer
 
 from services.worker.engine import (
     ChatTurn,
@@ -396,7 +397,7 @@ async def test_real_vllm_generates_cancels_and_expires(
     await engine.start()
     assert os.environ[CPU_BIND_VARIABLE] == cpu_core_binding(os.sched_getaffinity(0))
     try:
-        await _exercise(engine)
+        await _exercise(engine, AutoTokenizer.from_pretrained(str(folder)))
     finally:
         await engine.stop()
     assert observer.ttfts and observer.steps and observer.token_count > 0
@@ -407,7 +408,7 @@ async def test_real_vllm_generates_cancels_and_expires(
     assert observer.kv[-1] == (0, 0)
 
 
-async def _exercise(engine: VllmEngine) -> None:
+async def _exercise(engine: VllmEngine, tokenizer: Any) -> None:
     assert (engine.info.backend, engine.info.simulated, engine.info.max_model_len) == ("vllm", False, 256)
     assert engine.info.model == "SmolLM2-gguf-config"
 
@@ -423,6 +424,11 @@ async def _exercise(engine: VllmEngine) -> None:
     assert isinstance(counting.end, SequenceFinished)
     assert (counting.end.reason, counting.end.completion_tokens) == (FinishReason.LENGTH, 5)
     assert counting.text.startswith(" 5, 6")
+
+    # The same prompt as token ids: the same answer, after a delta with their decoding.
+    ids = tuple(tokenizer("1, 2, 3, 4,")["input_ids"])
+    by_ids = await run_item(engine, WorkItem("ids", prompt_token_ids=ids, params=SamplingParams(max_new_tokens=5)))
+    assert by_ids.deltas[0].prompt_text == "1, 2, 3, 4," and by_ids.text == counting.text
 
     # Presence and frequency penalties reach vLLM: greedy counting repeats ", " after every number.
     plain = await run_item(engine, WorkItem("plain", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=16)))
