@@ -22,12 +22,13 @@ import grpc
 from services.batcher.answer_guard import AnswerGuard
 from services.batcher.metrics import BatcherMetrics
 from services.batcher.reply_publisher import ReplyPublisher
-from services.batcher.request_state import RequestState, prompt_text
+from services.batcher.request_state import RequestState
 from services.batcher.settings import BatcherSettings
 from services.batcher.stream_watchdog import StreamWatchdog
 from services.batcher.worker_pool import WorkerHandle, WorkerPool
 from shared.protos import worker_pb2
 from shared.records import (
+    MAX_TEXT_CHARS,
     MAX_TOKEN_CHARS,
     MAX_TOKEN_ID,
     MAX_TOP_LOGPROBS,
@@ -99,6 +100,7 @@ def to_work_item(state: RequestState) -> worker_pb2.WorkItem:
         deadline_unix=request.deadline or 0.0,
         continuation=state.text,
         continuation_tokens=state.tokens,
+        prompt_token_ids=request.prompt_token_ids or (),
     )
 
 
@@ -184,7 +186,10 @@ class BatchDispatcher:
             tried = set().union(*(s.tried for s in pending))
             # prefix_affinity keys on the batch's first prompt (a batch shares sampling parameters,
             # not prompts; the first is as good a representative as any).
-            prefix = prompt_text(pending[0].request)[: self._settings.batcher_affinity_prefix_chars]
+            first = pending[0].request
+            # A prompt of token ids keys on its ids, written out (no text exists here).
+            key = first.prompt_as_text() or " ".join(map(str, first.prompt_token_ids or ()))
+            prefix = key[: self._settings.batcher_affinity_prefix_chars]
             worker = self._pool.pick(model, exclude=tried, tokens=tokens, prefix=prefix) or self._pool.pick(
                 model, tokens=tokens, prefix=prefix
             )
@@ -381,6 +386,10 @@ class BatchDispatcher:
             if not state.prompt_logprobs_received:  # a worker that repeats them is not believed twice
                 state.prompt_logprobs_received = True
                 prompt_logprobs = logprobs_from_proto(delta.prompt_logprobs)
+        if delta.HasField("prompt_text") and state.request.prompt_token_ids is not None:
+            # The first worker's decoding is the one replied (a retry's worker sends it again).
+            if state.decoded_prompt is None:
+                state.decoded_prompt = delta.prompt_text[: MAX_TEXT_CHARS * 2]  # the records' bound
         await self._publisher.delta(state, delta.text, logprobs, prompt_logprobs)
 
     async def _on_finished(self, state: RequestState, finished: worker_pb2.Finished) -> None:

@@ -22,6 +22,8 @@ The prompt tokens' log probabilities (requests with `params.prompt_logprobs`) tr
 on their own deltas of empty text (`prompt_logprobs`, at most `LOGPROB_CHUNK_TOKENS` positions
 each), before any delta of the answer: at once for a streaming request, just before the generated
 tokens' for the others. They are about the client's own prompt, so a held answer keeps them.
+A prompt given as token ids comes back decoded by the worker (`prompt_text`) the same way, once,
+on the first delta that leaves (one of its own if nothing else is ready).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from services.batcher.request_state import RequestState, prompt_text
+from services.batcher.request_state import RequestState
 from shared.doorbell import DoorbellRinger, send_announced
 from shared.records import (
     ErrorCode,
@@ -86,7 +88,7 @@ class ReplyPublisher:
             state.prompt_logprobs.extend(prompt_logprobs)
             state.logprobs.extend(logprobs)
             return
-        if text or logprobs or prompt_logprobs:
+        if text or logprobs or prompt_logprobs or _decoding_unsent(state):
             await self._send_deltas(state, text, logprobs, prompt_logprobs)
 
     async def _send_deltas(
@@ -98,7 +100,8 @@ class ReplyPublisher:
     ) -> None:
         """The prompt's log probabilities, then `text` and `logprobs`, as delta events of at most
         `LOGPROB_CHUNK_TOKENS` positions each: the prompt's on deltas of their own, the text on
-        the first of the answer's (none of those when it has neither text nor log probabilities)."""
+        the first of the answer's (none of those when it has neither text nor log probabilities).
+        The prompt's decoding, when it has not left yet, goes on the first delta."""
         assert state.request.reply_to is not None
         size = LOGPROB_CHUNK_TOKENS
         chunks: list[tuple[str, tuple[TokenLogprob, ...], tuple[TokenLogprob, ...]]] = [
@@ -108,7 +111,12 @@ class ReplyPublisher:
             chunks += [
                 ("" if i else text, tuple(logprobs[i : i + size]), ()) for i in range(0, max(len(logprobs), 1), size)
             ]
-        for chunk_text, chunk, prompt_chunk in chunks:
+        decoded = None
+        if _decoding_unsent(state):
+            decoded, state.decoded_prompt_sent = state.decoded_prompt, True
+            if not chunks:
+                chunks.append(("", (), ()))
+        for index, (chunk_text, chunk, prompt_chunk) in enumerate(chunks):
             event = ReplyEvent(
                 request_id=state.id,
                 kind=ReplyKind.DELTA,
@@ -118,6 +126,7 @@ class ReplyPublisher:
                 model=state.model,
                 logprobs=chunk,
                 prompt_logprobs=prompt_chunk,
+                prompt_text=None if index else decoded,
             )
             # Not awaited per record: ordering within the partition plus the awaited terminal
             # event give durability; awaiting the send() call itself keeps memory bounded (it
@@ -136,7 +145,7 @@ class ReplyPublisher:
         if state.request.reply_to:
             if not (reply_text is None or reply_text == state.text):
                 kept = []  # they would spell out the withheld text
-            if kept or kept_prompt:
+            if kept or kept_prompt or _decoding_unsent(state):
                 await self._send_deltas(state, "", kept, kept_prompt)
             event = ReplyEvent(
                 request_id=state.id,
@@ -197,7 +206,7 @@ class ReplyPublisher:
             tenant=request.tenant,
             model=state.model or request.model,
             priority=state.priority,
-            prompt=prompt_text(request),
+            prompt=state.prompt_text,
             text=state.text if error is None else "",
             finish_reason=finish_reason,
             error=error,
@@ -206,3 +215,8 @@ class ReplyPublisher:
             worker_id=state.worker_id,
             guard=request.guard,
         )
+
+
+def _decoding_unsent(state: RequestState) -> bool:
+    """Whether a worker's decoding of the request's token-id prompt has yet to go out."""
+    return state.decoded_prompt is not None and not state.decoded_prompt_sent

@@ -9,14 +9,7 @@ from aiokafka import TopicPartition
 
 from shared.records import GenerationRequest, Priority, TokenLogprob
 
-__all__ = ["RequestState", "prompt_text"]
-
-
-def prompt_text(request: GenerationRequest) -> str:
-    """The prompt as one text (chat turns as `role: content` lines), for results and the guardian."""
-    if request.prompt is not None:
-        return request.prompt
-    return "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())
+__all__ = ["RequestState"]
 
 
 @dataclass(eq=False)
@@ -61,6 +54,16 @@ class RequestState:
     yet: as `logprobs`, those of a request that does not stream wait here for its end."""
     prompt_logprobs_received: bool = False
     """A worker sent the prompt's log probabilities: a retry elsewhere does not ask for them again."""
+    decoded_prompt: str | None = None
+    """A prompt of token ids as the first worker to take it decoded it (`TokenDelta.prompt_text`)."""
+    decoded_prompt_sent: bool = False
+    """`decoded_prompt` went out on a reply (`ReplyEvent.prompt_text`), which happens once."""
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as one text, for the result and the guardian: the request's
+        (`GenerationRequest.prompt_as_text`), or a prompt of token ids as a worker decoded it."""
+        return self.decoded_prompt or self.request.prompt_as_text()
 
     @property
     def id(self) -> str:

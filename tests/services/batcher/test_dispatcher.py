@@ -69,6 +69,13 @@ def test_prompt_logprobs_are_asked_for_until_a_worker_sent_them() -> None:
     assert (plain.params.prompt_logprobs, plain.params.prompt_top_logprobs) == (False, 0)
 
 
+def test_a_prompt_of_token_ids_reaches_the_worker_as_ids() -> None:
+    request = GenerationRequest(id="req-1", model="m", prompt_token_ids=(5, 0, 9))
+    state = RequestState(request, Priority.NORMAL, TopicPartition("lgc.requests.normal", 0), 7)
+    item = work_item_from_proto(to_work_item(state))
+    assert (item.prompt, item.prompt_token_ids) == ("", (5, 0, 9))
+
+
 def test_work_items_carry_the_ways_to_stop() -> None:
     item = to_work_item(_state(GenerationParams(ignore_eos=True, min_tokens=3, stop_token_ids=(2, 7))))
     assert (item.params.ignore_eos, item.params.min_tokens, list(item.params.stop_token_ids)) == (True, 3, [2, 7])
@@ -150,6 +157,18 @@ async def test_a_delta_hands_the_prompts_logprobs_on_once_and_only_when_asked_fo
     await dispatcher._on_delta(not_asked, delta)  # noqa: SLF001
     assert [[e.token_id for e in p] for p in publisher.prompt_deltas] == [[1, 2], [], []]
     assert asked.prompt_logprobs_received and not not_asked.prompt_logprobs_received
+
+
+async def test_the_first_workers_decoding_of_a_token_prompt_is_kept() -> None:
+    dispatcher = _dispatcher(_RecordingPublisher())
+    request = GenerationRequest(id="req-1", model="m", prompt_token_ids=(5, 6))
+    state = RequestState(request, Priority.NORMAL, TopicPartition("lgc.requests.normal", 0), 7)
+    await dispatcher._on_delta(state, worker_pb2.TokenDelta(prompt_text="five six"))  # noqa: SLF001
+    await dispatcher._on_delta(state, worker_pb2.TokenDelta(prompt_text="again"))  # noqa: SLF001 - a retry's worker
+    assert (state.decoded_prompt, state.prompt_text, state.first_token_at) == ("five six", "five six", None)
+    text_state = _state(GenerationParams())
+    await dispatcher._on_delta(text_state, worker_pb2.TokenDelta(prompt_text="unasked"))  # noqa: SLF001
+    assert (text_state.decoded_prompt, text_state.prompt_text) == (None, "Tell me")  # the request's own text
 
 
 async def test_the_answer_counts_the_tokens_the_worker_generated_also_those_without_text() -> None:

@@ -187,3 +187,40 @@ async def test_prompt_logprobs_come_first_in_chunks_streamed_or_not(replies: Rep
     events = await replies.events_until_final(whole.id)
     assert [(len(e.prompt_logprobs), len(e.logprobs)) for e in events] == [(3, 0), (0, 1), (0, 0)]
     assert whole.prompt_logprobs == []
+
+
+async def test_a_token_prompts_decoding_goes_out_once_on_the_first_delta(replies: Replies) -> None:
+    def token_state(*, stream: bool) -> RequestState:
+        request = GenerationRequest(
+            id=f"r-{time.monotonic_ns()}",
+            model="m",
+            prompt_token_ids=(7, 8),
+            stream=stream,
+            reply_to=replies.reply_topic,
+        )
+        return RequestState(request, Priority.NORMAL, TopicPartition("x", 0), 0)
+
+    # Streamed: on a delta of its own at once (the dispatcher sets it as the worker sends it).
+    streamed = token_state(stream=True)
+    streamed.decoded_prompt = "seven eight"
+    await replies.publisher.delta(streamed, "", ())
+    await replies.publisher.delta(streamed, "Hi", ())
+    streamed.text, streamed.tokens = "Hi", 1
+    await replies.publisher.final(streamed, FinishReason.STOP)
+    events = await replies.events_until_final(streamed.id)
+    assert [(e.kind, e.text, e.prompt_text) for e in events] == [
+        (ReplyKind.DELTA, "", "seven eight"), (ReplyKind.DELTA, "Hi", None), (ReplyKind.FINAL, "Hi", None),
+    ]
+    result = await replies.result_for(streamed.id)
+    assert result.prompt == "seven eight"  # the guardian sees the decoded prompt
+
+    # Not streamed: on a delta of empty text just before the final event.
+    whole = token_state(stream=False)
+    whole.decoded_prompt = "seven eight"
+    await replies.publisher.delta(whole, "Hi", ())
+    whole.text, whole.tokens = "Hi", 1
+    await replies.publisher.final(whole, FinishReason.STOP)
+    events = await replies.events_until_final(whole.id)
+    assert [(e.kind, e.text, e.prompt_text) for e in events] == [
+        (ReplyKind.DELTA, "", "seven eight"), (ReplyKind.FINAL, "Hi", None),
+    ]
