@@ -27,7 +27,8 @@ one content chunk of a stream, or on a delta of empty text just before the final
 answer (where GenerationCall.final gathers them). A redacted answer gets none: each generated
 token's text travels with its log probability, so they would spell out what was withheld. The
 prompt's log probabilities (`echo` with `logprobs`) are about the client's own prompt: they are
-let out in every case, on a delta of their own before the answer's.
+let out in every case, on a delta of their own before the answer's, and so is the worker's decoding
+of a prompt given as token ids (`prompt_text`).
 """
 
 from __future__ import annotations
@@ -56,11 +57,14 @@ async def guarded_events(
     """`events` with the answer judged before any of it is let through (see the module docstring)."""
     kept: list[TokenLogprob] = []
     kept_prompt: list[TokenLogprob] = []
+    prompt_text: str | None = None  # a prompt of token ids, decoded: the client's own, like kept_prompt
     try:
         async for event in events:
             if event.kind is ReplyKind.DELTA:
                 kept.extend(event.logprobs)
                 kept_prompt.extend(event.prompt_logprobs)
+                if event.prompt_text is not None:
+                    prompt_text = event.prompt_text
                 continue  # held back: the final event carries the whole text
             if event.kind is ReplyKind.ERROR:
                 yield event
@@ -69,10 +73,10 @@ async def guarded_events(
             # Dropped when the text was redacted (see the module docstring).
             logprobs = tuple(kept) if text == event.text else ()
             seq = 0
-            if kept_prompt:
+            if kept_prompt or prompt_text is not None:
                 yield ReplyEvent(
                     request_id=request.id, kind=ReplyKind.DELTA, seq=seq, model=event.model,
-                    worker_id=event.worker_id, prompt_logprobs=tuple(kept_prompt),
+                    worker_id=event.worker_id, prompt_logprobs=tuple(kept_prompt), prompt_text=prompt_text,
                 )
                 seq += 1
             if (request.stream and text) or logprobs:

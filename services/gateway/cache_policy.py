@@ -9,7 +9,8 @@ answer replayed from a cache would silently remove the randomness the client ask
 A request for log probabilities (`logprobs`, or the prompt's: `prompt_logprobs`) bypasses the
 caches whatever else it says: a cached
 answer has none to give, and storing its answer would only serve requests that have to bypass them
-too (the parameters are part of every cache key).
+too (the parameters are part of every cache key). So does a prompt given as token ids
+(response_cache.py): the caches key on text.
 """
 
 from __future__ import annotations

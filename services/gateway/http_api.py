@@ -228,7 +228,7 @@ def build_http_app(
                 if not translated.stream:
                     final = await _until_disconnect(request, call.final())
                     await call.close("ok")
-                    result = ChoiceResult(0, final, call.logprobs, call.prompt_logprobs)
+                    result = ChoiceResult(0, final, call.logprobs, call.prompt_logprobs, prompt_text=call.prompt_text)
                     if translated.echo:
                         result = echoed(result, call.request.prompt or "", prompt_only=translated.prompt_only)
                     body = whole(request_id, call.created, call.model, [result], final.usage)
@@ -255,6 +255,7 @@ def build_http_app(
             logprobs=call.request.params.logprobs,
             echo=(call.request.prompt or "") if translated.echo else "",
             prompt_only=translated.prompt_only,
+            echo_decoded=translated.echo and call.request.prompt_token_ids is not None,
         )
         return _ClosingStreamingResponse(
             _sse_stream(call, first, formatter, retry_after_s),
@@ -309,6 +310,7 @@ def build_http_app(
                 index=index,
                 echo=(call.children[index].prompt or "") if echo else "",
                 prompt_only=prompt_only,
+                echo_decoded=echo and call.children[index].prompt_token_ids is not None,
             )
             for index in range(call.n)
         ]

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from shared.records import (
     MAX_LOGIT_BIAS,
     MAX_MESSAGES,
+    MAX_PROMPT_TOKEN_IDS,
     MAX_STOP_SEQUENCES,
     MAX_STOP_TOKEN_IDS,
     MAX_TEXT_CHARS,
@@ -325,10 +326,14 @@ class ChatCompletionRequest(_GenerationBody):
 class CompletionRequest(_GenerationBody):
     """Body of POST /v1/completions."""
 
-    prompt: str | list[str]
-    """The text to continue: a string, or a list of strings, each continued on its own (`n`
-    choices each, numbered prompt by prompt: choice `i * n + j` is choice `j` of prompt `i`, as
-    OpenAI and vLLM number them). At most `LGC_GATEWAY_MAX_CHOICES` choices in all."""
+    prompt: str | list[str] | list[int] | list[list[int]]
+    """What to continue: a string; a list of token ids of the model's vocabulary (used as they
+    are, no special tokens added, as vLLM uses them); or a list of several prompts (strings, or
+    lists of token ids), each continued on its own (`n` choices each, numbered prompt by prompt:
+    choice `i * n + j` is choice `j` of prompt `i`, as OpenAI and vLLM number them). At most
+    `LGC_GATEWAY_MAX_CHOICES` choices in all; at most 32,768 ids in a prompt. `echo` shows a
+    prompt of token ids as the worker's tokenizer decodes it; such a prompt bypasses the caches
+    and is not judged by the guardian (its answer is)."""
     max_tokens: int | None = Field(None, ge=0)
     """Most tokens to generate (default: the gateway's `LGC_GATEWAY_DEFAULT_MAX_TOKENS`). 0 only
     with `echo`: the answer is the prompt alone (with `logprobs`, the prompt scored), as vLLM
@@ -351,12 +356,23 @@ class CompletionRequest(_GenerationBody):
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _text_prompt(cls, prompt: Any) -> Any:
+    def _prompt_shape(cls, prompt: Any) -> Any:
+        # Checked here rather than left to the union of types, whose error would list every
+        # member's complaint instead of the one that applies.
         if isinstance(prompt, list):
-            if any(isinstance(item, int | list) for item in prompt):
-                raise ValueError("prompts given as token ids are not supported; send text")
             if not prompt:
                 raise ValueError("the list of prompts must not be empty")
+            if all(type(item) is int for item in prompt):
+                _check_token_ids(prompt, "the prompt")
+                return prompt
+            if all(isinstance(item, list) for item in prompt):
+                for index, ids in enumerate(prompt):
+                    _check_token_ids(ids, f"prompt {index}")
+            elif not all(isinstance(item, str) for item in prompt):
+                raise ValueError(
+                    "a list of prompts holds strings, or lists of token ids; a prompt of token ids is a list of "
+                    "integers"
+                )
             if MAX_CHOICES < len(prompt):
                 raise ValueError(f"at most {MAX_CHOICES} prompts are allowed in one request")
             if any(item == "" for item in prompt):
@@ -380,9 +396,26 @@ class CompletionRequest(_GenerationBody):
     def _no_suffix(cls, value: str | None) -> str | None:
         return _refuse_unless(value, ("",), "suffix")
 
-    def prompt_texts(self) -> tuple[str, ...]:
-        """The prompts, in order (one for a string)."""
-        return (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt)
+    def prompt_list(self) -> tuple[str | tuple[int, ...], ...]:
+        """The prompts, in order, each a text or a tuple of token ids (one for a string or a
+        list of token ids)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return (prompt,)
+        if all(type(item) is int for item in prompt):
+            return (tuple(prompt),)  # type: ignore[arg-type]
+        return tuple(item if isinstance(item, str) else tuple(item) for item in prompt)  # type: ignore[misc]
+
+
+def _check_token_ids(ids: list[Any], what: str) -> None:
+    """ValueError unless `ids` is a prompt of token ids: 1 to MAX_PROMPT_TOKEN_IDS integers (not
+    booleans, which JSON keeps apart) from 0 to MAX_TOKEN_ID."""
+    if not ids:
+        raise ValueError(f"{what} must not be empty")
+    if MAX_PROMPT_TOKEN_IDS < len(ids):
+        raise ValueError(f"{what} has {len(ids)} token ids; at most {MAX_PROMPT_TOKEN_IDS} are allowed")
+    if not all(type(token) is int and 0 <= token <= MAX_TOKEN_ID for token in ids):
+        raise ValueError(f"{what}: token ids are integers from 0 to {MAX_TOKEN_ID}")
 
 
 # ---- answers ---------------------------------------------------------------------------------

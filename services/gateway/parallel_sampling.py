@@ -39,15 +39,20 @@ def child_id(request_id: str, index: int) -> str:
 
 
 def child_requests(
-    request: GenerationRequest, n: int, prompts: Sequence[str] = ()
+    request: GenerationRequest, n: int, prompts: Sequence[str | tuple[int, ...]] = ()
 ) -> tuple[GenerationRequest, ...]:
     """The requests that make the choices of `request`: `n` of them, or `n` for each of `prompts`
-    when given (a completion request's list of prompts; `request.prompt` is then ignored). See the
-    module docstring."""
+    when given (a completion request's list of prompts, texts or token ids; the request's own
+    prompt is then ignored). See the module docstring."""
     seed = request.params.seed
     children = []
     for prompt_index, prompt in enumerate(prompts or (None,)):
-        base = request if prompt is None else request.model_copy(update={"prompt": prompt})
+        if prompt is None:
+            base = request
+        elif isinstance(prompt, str):
+            base = request.model_copy(update={"prompt": prompt, "prompt_token_ids": None})
+        else:
+            base = request.model_copy(update={"prompt": None, "prompt_token_ids": prompt})
         for index in range(n):
             params = request.params
             if seed is not None:
@@ -82,6 +87,8 @@ class ChoiceResult:
     the request did not ask for them."""
     echo: str = ""
     """Text put before its text in the answer: its prompt, for a completion request with `echo`."""
+    prompt_text: str | None = None
+    """A prompt of token ids as the worker decoded it (from its deltas); None for the others."""
 
 
 @dataclass(frozen=True, slots=True)

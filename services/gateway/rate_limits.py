@@ -91,9 +91,10 @@ return 1
 """
 
 
-def estimate_tokens(prompt_chars: int, max_new_tokens: int) -> int:
-    """Up-front token cost of a request: prompt characters / 4 (rounded up) plus max_tokens."""
-    return math.ceil(prompt_chars / 4) + max_new_tokens
+def estimate_tokens(prompt_chars: int, max_new_tokens: int, *, prompt_token_ids: int = 0) -> int:
+    """Up-front token cost of a request: prompt characters / 4 (rounded up), plus the prompt's
+    token ids as they are (a prompt of token ids), plus max_tokens."""
+    return math.ceil(prompt_chars / 4) + prompt_token_ids + max_new_tokens
 
 
 @dataclass(slots=True)

@@ -173,11 +173,13 @@ class GenerationCall(_Call):
         (they never come on the final event); None when the request did not ask for them."""
         self.prompt_logprobs: list[TokenLogprob] | None = [] if request.params.prompt_logprobs is not None else None
         """The prompt's, likewise (requests with `prompt_logprobs`: `echo` with `logprobs`)."""
+        self.prompt_text: str | None = None
+        """A prompt of token ids as the worker decoded it, gathered by `final` likewise."""
 
     async def next_event(self) -> ReplyEvent:
         """The next event (StopAsyncIteration after the terminal one)."""
         event = await anext(self._events)
-        if event.kind is ReplyKind.DELTA and self.request.stream and not self._first_delta_seen:
+        if _first_token(event) and self.request.stream and not self._first_delta_seen:
             self._note_first_delta()
         elif event.kind is ReplyKind.FINAL and event.usage is not None:
             self._used_tokens = event.usage.total_tokens
@@ -186,7 +188,8 @@ class GenerationCall(_Call):
 
     async def final(self) -> ReplyEvent:
         """Wait for the final event; ReplyError if the request failed. Deltas are skipped but
-        for their log probabilities, which are kept in `logprobs`."""
+        for their log probabilities, kept in `logprobs`, and the prompt's (`prompt_logprobs`,
+        `prompt_text`)."""
         while True:
             event = await self.next_event()
             if event.kind is ReplyKind.DELTA:
@@ -194,6 +197,8 @@ class GenerationCall(_Call):
                     self.logprobs.extend(event.logprobs)
                 if self.prompt_logprobs is not None:
                     self.prompt_logprobs.extend(event.prompt_logprobs)
+                if event.prompt_text is not None:
+                    self.prompt_text = event.prompt_text
             elif event.kind is ReplyKind.ERROR:
                 assert event.error is not None
                 raise ReplyError(event.error)
@@ -249,7 +254,7 @@ class ChoicesCall(_Call):
         (GatewayTimeoutError, ...); error events are returned, as GenerationCall does."""
         item = await self._choices.next()
         event = item.event
-        if event.kind is ReplyKind.DELTA and self.request.stream and not self._first_delta_seen:
+        if _first_token(event) and self.request.stream and not self._first_delta_seen:
             self._note_first_delta()
         elif event.kind is ReplyKind.FINAL:
             self._finals[item.index] = event
@@ -280,6 +285,7 @@ class ChoicesCall(_Call):
         prompt_logprobs: list[list[TokenLogprob]] | None = None
         if self.request.params.prompt_logprobs is not None:
             prompt_logprobs = [[] for _ in range(self.n)]
+        prompt_texts: dict[int, str] = {}
         while self.finished < self.n:
             item = await self.next_event()
             event = item.event
@@ -288,6 +294,8 @@ class ChoicesCall(_Call):
                     logprobs[item.index].extend(event.logprobs)
                 if prompt_logprobs is not None:
                     prompt_logprobs[item.index].extend(event.prompt_logprobs)
+                if event.prompt_text is not None:
+                    prompt_texts[item.index] = event.prompt_text
             elif event.kind is ReplyKind.ERROR:
                 assert event.error is not None
                 raise ReplyError(event.error)
@@ -297,12 +305,19 @@ class ChoicesCall(_Call):
                 self._finals[index],
                 None if logprobs is None else logprobs[index],
                 None if prompt_logprobs is None else prompt_logprobs[index],
+                prompt_text=prompt_texts.get(index),
             )
             for index in range(self.n)
         ]
 
     async def _stop(self) -> None:
         await self._choices.aclose()
+
+
+def _first_token(event: ReplyEvent) -> bool:
+    """Whether `event` may be an answer's first token: a delta, but not the decoding of a prompt of
+    token ids alone, which a worker sends before it computes anything."""
+    return event.kind is ReplyKind.DELTA and (event.prompt_text is None or bool(event.text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,12 +500,18 @@ class RequestPipeline:
             if request.guard is GuardMode.BLOCKING and self.guardian is None:
                 raise GuardianUnavailableError("This tenant's answers must be judged, and no guardian is configured.")
             if self.rate_limiter is not None:
-                prompt_chars = [len(prompt) for prompt in translated.prompts] or [
-                    len(request.prompt or "") + sum(len(m.content) for m in request.messages or ())
+                prompts = translated.prompts or [
+                    request.prompt_token_ids
+                    or (request.prompt or "") + "".join(m.content for m in request.messages or ())
                 ]
                 # Each choice is a whole request in the cluster: its prompt and its completion.
                 max_new = request.params.max_new_tokens
-                cost = sum(estimate_tokens(chars, max_new) for chars in prompt_chars) * translated.n
+                cost = translated.n * sum(
+                    estimate_tokens(0, max_new, prompt_token_ids=len(prompt))
+                    if isinstance(prompt, tuple)
+                    else estimate_tokens(len(prompt), max_new)
+                    for prompt in prompts
+                )
                 slot = await self.rate_limiter.acquire(tenant, cost)
         except BaseException:
             # Refused or failed before a call exists: give the slots back, then report why.
@@ -565,7 +586,7 @@ class RequestPipeline:
             tenant=request.tenant,
             model=answer.model,
             priority=request.priority,
-            prompt=_prompt_text(request),
+            prompt=request.prompt_as_text(),
             text=answer.text,
             finish_reason=answer.finish_reason,
             usage=answer.usage,
@@ -608,10 +629,3 @@ class RequestPipeline:
     def count_refused(self, endpoint: str, priority: str, outcome: str, started: float) -> None:
         """Count a request that failed before it became a call."""
         self.metrics.observe_request(endpoint, outcome, priority, time.monotonic() - started)
-
-
-def _prompt_text(request: GenerationRequest) -> str:
-    """The prompt as one text (chat turns as `role: content` lines), as the batcher writes it."""
-    if request.prompt is not None:
-        return request.prompt
-    return "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())

@@ -16,6 +16,7 @@ from shared.protos import gateway_pb2
 from shared.records import (
     MAX_LOGIT_BIAS,
     MAX_MESSAGES,
+    MAX_PROMPT_TOKEN_IDS,
     MAX_STOP_SEQUENCES,
     MAX_STOP_TOKEN_IDS,
     MAX_TOKEN_ID,
@@ -77,14 +78,16 @@ class TranslatedRequest:
     n: int = 1
     """How many choices (OpenAI's `n`, the gRPC API's too), for each prompt. Each is a request of
     its own in the cluster (parallel_sampling.py); this record's params are those of choice 0."""
-    prompts: tuple[str, ...] = ()
-    """A completion request's list of several prompts, in order (`prompt` is the first); empty
-    otherwise. Each makes `n` choices (parallel_sampling.py)."""
+    prompts: tuple[str | tuple[int, ...], ...] = ()
+    """A completion request's list of several prompts (texts or token ids), in order (`prompt` or
+    `prompt_token_ids` is the first); empty otherwise. Each makes `n` choices (parallel_sampling.py)."""
     echo: bool = False
     """Completions: each choice's text comes after its prompt."""
     prompt_only: bool = False
     """Completions with `echo` and `max_tokens` 0: each choice is its prompt alone. The cluster
     generates one token, which is not shown (vLLM answers an echo without generation so)."""
+    prompt_token_ids: tuple[int, ...] | None = None
+    """Raw prompt as token ids (completion requests), instead of `prompt`."""
 
     @property
     def choice_count(self) -> int:
@@ -106,6 +109,7 @@ class TranslatedRequest:
             params=self.params,
             stream=self.stream,
             deadline=deadline,
+            prompt_token_ids=self.prompt_token_ids,
         )
 
 
@@ -171,9 +175,10 @@ def translate_completion(
 ) -> TranslatedRequest:
     """Check a text completion body against the gateway's limits (`default_priority`: the
     tenant's, else the gateway's)."""
-    prompts = body.prompt_texts()
+    prompts = body.prompt_list()
     for prompt in prompts:
-        _check_prompt_size(len(prompt), settings, param="prompt")
+        if isinstance(prompt, str):  # token ids are bounded by the schema
+            _check_prompt_size(len(prompt), settings, param="prompt")
     max_tokens = body.max_tokens
     if max_tokens == 0:
         if not body.echo:
@@ -197,12 +202,13 @@ def translate_completion(
         ),
         priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
-        prompt=prompts[0],
+        prompt=prompts[0] if isinstance(prompts[0], str) else None,
         include_usage=_include_usage(body),
         n=_choices(body.n or 1, settings, prompts=len(prompts)),
         prompts=prompts if len(prompts) > 1 else (),
         echo=bool(body.echo),
         prompt_only=body.max_tokens == 0,
+        prompt_token_ids=None if isinstance(prompts[0], str) else prompts[0],
     )
 
 
@@ -214,11 +220,24 @@ def translate_proto(
     default_priority: Priority | None = None,
 ) -> TranslatedRequest:
     """Check a gRPC GenerateRequest (proto3 zero values mean "default", as the proto documents)."""
-    if bool(message.messages) == bool(message.prompt):
-        raise InvalidRequestError("Exactly one of 'messages' and 'prompt' must be given.", param="messages")
+    if bool(message.messages) + bool(message.prompt) + bool(message.prompt_token_ids) != 1:
+        raise InvalidRequestError(
+            "Exactly one of 'messages', 'prompt' and 'prompt_token_ids' must be given.", param="messages"
+        )
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
-    if message.messages:
+    prompt_token_ids: tuple[int, ...] | None = None
+    if message.prompt_token_ids:
+        if len(message.prompt_token_ids) > MAX_PROMPT_TOKEN_IDS:
+            raise InvalidRequestError(
+                f"prompt_token_ids has {len(message.prompt_token_ids)} ids; at most {MAX_PROMPT_TOKEN_IDS} are "
+                "allowed.",
+                param="prompt_token_ids",
+            )
+        if any(token > MAX_TOKEN_ID for token in message.prompt_token_ids):
+            raise InvalidRequestError(f"prompt_token_ids must be at most {MAX_TOKEN_ID}.", param="prompt_token_ids")
+        prompt_token_ids = tuple(message.prompt_token_ids)
+    elif message.messages:
         if len(message.messages) > MAX_MESSAGES:
             raise InvalidRequestError(f"At most {MAX_MESSAGES} messages are allowed.", param="messages")
         _check_prompt_size(sum(len(m.content) for m in message.messages), settings, param="messages")
@@ -304,6 +323,7 @@ def translate_proto(
         messages=messages,
         prompt=prompt,
         n=_choices(message.n or 1, settings),
+        prompt_token_ids=prompt_token_ids,
     )
 
 

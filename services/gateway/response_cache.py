@@ -48,7 +48,10 @@ class ResponseCache:
         self._deterministic_only = deterministic_only
 
     def cacheable(self, request: GenerationRequest) -> bool:
-        """Whether the caches may answer or store `request` (cache_policy.is_cacheable)."""
+        """Whether the caches may answer or store `request` (cache_policy.is_cacheable). A prompt
+        of token ids never: the caches key on text, which only a worker can make of them."""
+        if request.prompt_token_ids is not None:
+            return False
         return is_cacheable(request.params, deterministic_only=self._deterministic_only)
 
     async def lookup(self, request: GenerationRequest, policy: CachePolicy) -> CacheLookup:

@@ -94,12 +94,13 @@ def usage_out(usage: Usage | None) -> UsageOut:
 
 
 def echoed(result: ChoiceResult, prompt: str, *, prompt_only: bool = False) -> ChoiceResult:
-    """A finished choice with its prompt to put before its text (a completion request's `echo`);
-    with `prompt_only` (`max_tokens` 0), without its generated text and log probabilities."""
+    """A finished choice with its prompt to put before its text (a completion request's `echo`):
+    `prompt`, or for a prompt of token ids the worker's decoding of it (`result.prompt_text`); with
+    `prompt_only` (`max_tokens` 0), without its generated text and log probabilities."""
     if prompt_only:
         final = result.final.model_copy(update={"text": ""})
         result = replace(result, final=final, logprobs=None if result.logprobs is None else ())
-    return replace(result, echo=prompt)
+    return replace(result, echo=prompt if result.prompt_text is None else result.prompt_text)
 
 
 def _finish_reason(event: ReplyEvent) -> str:
@@ -212,6 +213,7 @@ class StreamFormatter:
         index: int = 0,
         echo: str = "",
         prompt_only: bool = False,
+        echo_decoded: bool = False,
     ) -> None:
         self.request_id = request_id
         self.created = created
@@ -226,6 +228,9 @@ class StreamFormatter:
         request with `echo` (chat requests have none)."""
         self.prompt_only = prompt_only
         """The answer's own text and log probabilities are not sent (`echo` with `max_tokens` 0)."""
+        self.echo_decoded = echo_decoded
+        """`echo` of a prompt given as token ids: its text comes on the events (`ReplyEvent.prompt_text`,
+        the worker's decoding) and the prompt's chunk waits for it (completions only)."""
         self._streamed: list[str] = []
 
     def opening(self) -> list[str]:
@@ -324,6 +329,7 @@ class CompletionStreamFormatter(StreamFormatter):
         index: int = 0,
         echo: str = "",
         prompt_only: bool = False,
+        echo_decoded: bool = False,
     ) -> None:
         super().__init__(
             request_id,
@@ -334,11 +340,13 @@ class CompletionStreamFormatter(StreamFormatter):
             index=index,
             echo=echo,
             prompt_only=prompt_only,
+            echo_decoded=echo_decoded,
         )
         self._text_offset = 0
         """Where the next chunk's first token starts (`text_offset` continues across chunks)."""
-        self._echo_waits = bool(echo) and logprobs
-        """`echo` with `logprobs`: the prompt's chunk waits for the prompt's log probabilities."""
+        self._echo_waits = echo_decoded or (bool(echo) and logprobs)
+        """The prompt's chunk waits: for the prompt's log probabilities (`echo` with `logprobs`),
+        and for the decoding of a prompt of token ids."""
         self._prompt_logprobs: list[TokenLogprob] = []
 
     def opening(self) -> list[str]:
@@ -347,16 +355,18 @@ class CompletionStreamFormatter(StreamFormatter):
     def delta(self, event: ReplyEvent) -> list[str]:
         if not self._echo_waits:
             return super().delta(event)
+        if event.prompt_text is not None:
+            self.echo = event.prompt_text
         self._prompt_logprobs.extend(event.prompt_logprobs)
-        if not event.text and not event.logprobs:
-            return []  # more of the prompt's log probabilities may follow
+        if not event.text and not event.logprobs and (self.logprobs or event.prompt_text is None):
+            return []  # more of the prompt's log probabilities (or its decoding) may follow
         return [*self._echo_chunk(), *super().delta(event)]
 
     def finish(self, event: ReplyEvent) -> list[str]:
         return [*self._echo_chunk(), *super().finish(event)] if self._echo_waits else super().finish(event)
 
     def _echo_chunk(self) -> list[str]:
-        """The prompt's chunk with the prompt's log probabilities (`echo` with `logprobs`)."""
+        """The prompt's chunk, with the prompt's log probabilities when asked for."""
         self._echo_waits = False
         return [self._chunk(self.echo, None, None, prompt=self._prompt_logprobs)]
 

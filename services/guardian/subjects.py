@@ -3,8 +3,9 @@
 A GenerationResult gives its answer (`kind="response"`); a GenerationRequest (when prompt checks
 are on) gives its prompt (`kind="prompt"`: the raw prompt, or the chat turns as `role: content`
 lines, as the batcher writes `GenerationResult.prompt`). Records whose request asked for
-`guard: off` give None (skipped). Anything that is not a valid record raises ValueError (the
-consumer dead-letters it).
+`guard: off` give None (skipped), and so do prompts given as token ids (the guardian has no
+tokenizer; their answers' results carry the prompt as the worker decoded it). Anything that is not
+a valid record raises ValueError (the consumer dead-letters it).
 """
 
 from __future__ import annotations
@@ -57,10 +58,8 @@ def prompt_subject(data: bytes) -> Subject | None:
         request = GenerationRequest.from_bytes(data)
     except ValidationError as exc:
         raise ValueError(f"invalid GenerationRequest: {exc}") from exc
-    if request.guard is GuardMode.OFF:
+    if request.guard is GuardMode.OFF or request.prompt_token_ids is not None:
+        # Token ids cannot be judged here (only the workers have the tokenizer); the answer's
+        # result carries the prompt as the worker decoded it.
         return None
-    if request.prompt is not None:
-        text = request.prompt
-    else:
-        text = "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())
-    return Subject(request.id, request.tenant, "prompt", text)
+    return Subject(request.id, request.tenant, "prompt", request.prompt_as_text())

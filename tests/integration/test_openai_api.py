@@ -202,6 +202,44 @@ async def test_echo_with_logprobs_scores_prompts_as_lm_eval_asks(client) -> None
     assert alone.choices[0].logprobs.token_logprobs == pytest.approx(expected, abs=1e-3)
 
 
+async def test_token_id_prompts_as_lm_eval_sends_them_by_default(client) -> None:
+    # lm-evaluation-harness's `local-completions` with `tokenized_requests=True` (its default):
+    # the prompts as token ids of the model's tokenizer. Scored and continued as the same text is.
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(resolve_model("smollm2"), model_cache_dir()).path)
+    prompts = ["The capital of France is Paris", "The capital of France is London"]
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    as_text = await client.completions.create(
+        model=MODEL, prompt=prompts, echo=True, logprobs=1, max_tokens=1, temperature=0
+    )
+    as_ids = await client.completions.create(
+        model=MODEL, prompt=ids, echo=True, logprobs=1, max_tokens=1, temperature=0
+    )
+    for by_text, by_ids, prompt in zip(as_text.choices, as_ids.choices, prompts, strict=True):
+        assert by_ids.text == by_text.text and by_ids.text.startswith(prompt)  # echo: the worker's decoding
+        assert by_ids.logprobs is not None and by_text.logprobs is not None
+        assert by_ids.logprobs.tokens == by_text.logprobs.tokens
+        assert by_ids.logprobs.token_logprobs[0] is None
+        assert by_ids.logprobs.token_logprobs[1:] == pytest.approx(by_text.logprobs.token_logprobs[1:], abs=1e-3)
+    assert as_ids.usage.prompt_tokens == sum(len(i) for i in ids)
+    # Generation: greedy from the ids is greedy from the text; streamed, the echo comes first.
+    question = tokenizer("The capital of France is")["input_ids"]
+    by_text = await client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0, extra_headers=NO_CACHE
+    )
+    by_ids = await client.completions.create(model=MODEL, prompt=question, max_tokens=6, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text and "Paris" in by_ids.choices[0].text
+    stream = await client.completions.create(
+        model=MODEL, prompt=question, max_tokens=6, temperature=0, echo=True, stream=True
+    )
+    chunks = [chunk.choices[0].text async for chunk in stream if chunk.choices]
+    assert chunks[0] == "The capital of France is"
+    assert "".join(chunks) == "The capital of France is" + by_text.choices[0].text
+    # An id beyond the vocabulary: the worker refuses it, with the reason.
+    with pytest.raises(BadRequestError) as err:
+        await client.completions.create(model=MODEL, prompt=[1, len(tokenizer) + 5], max_tokens=1)
+    assert "vocabulary" in str(err.value.body)
+
+
 async def test_vllm_ways_to_stop_reach_the_model(client) -> None:
     # vLLM's extensions as its own clients send them (extra_body): the end of sequence forced by a
     # logit bias is ignored, or held off for min_tokens; a stop token id ends the answer.

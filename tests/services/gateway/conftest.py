@@ -75,7 +75,14 @@ def fake_prompt_logprobs(prompt: str, top: int) -> tuple[TokenLogprob, ...]:
     return tuple(entries)
 
 
+def decoded_prompt(token_ids: tuple[int, ...]) -> str:
+    """The fake batcher's decoding of a prompt of token ids: token `i` is the word `w<i>`."""
+    return " ".join(f"w{token}" for token in token_ids)
+
+
 def prompt_of(request: GenerationRequest) -> str:
+    if request.prompt_token_ids is not None:
+        return decoded_prompt(request.prompt_token_ids)
     if request.prompt is not None:
         return request.prompt
     assert request.messages is not None
@@ -173,6 +180,10 @@ class FakeBatcher:
         params = request.params
         logprobs = [fake_logprobs(i, t, params.top_logprobs) for i, t in enumerate(tokens)] if params.logprobs else []
         seq = 0
+        if request.prompt_token_ids is not None:  # the worker's decoding, on a delta of its own first
+            event = ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=seq, prompt_text=prompt)
+            await self._send(request, event, times)
+            seq += 1
         if params.prompt_logprobs is not None:
             prompt_entries = fake_prompt_logprobs(prompt, params.prompt_logprobs)
             event = ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=seq, prompt_logprobs=prompt_entries)

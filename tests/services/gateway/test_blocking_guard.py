@@ -236,6 +236,18 @@ async def test_a_held_answer_keeps_its_prompts_logprobs(
     assert _checks(service, "allow") == 2
 
 
+async def test_a_held_answer_keeps_the_decoding_of_its_token_prompt(
+    start_gateway, fake_batcher: FakeBatcher, guardian: Guardian
+) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    body = {"model": FAKE_MODEL, "prompt": [4, 2], "echo": True}
+    async with http_for(service) as http:
+        whole = await http.post("/v1/completions", json=body)
+        chunks = await _sse_chunks(http, {**body, "stream": True}, path="/v1/completions")
+    assert whole.status_code == 200 and whole.json()["choices"][0]["text"] == "w4 w2" + ANSWER
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "w4 w2" + ANSWER
+
+
 async def test_a_redacted_answer_has_no_logprobs(start_gateway, fake_batcher: FakeBatcher, guardian: Guardian) -> None:
     service = await _blocking_gateway(start_gateway, guardian)
     guardian.redactor.on = True

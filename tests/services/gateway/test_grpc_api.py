@@ -91,6 +91,18 @@ async def test_stream_generate(start_gateway, fake_batcher: FakeBatcher) -> None
     assert sent.deadline is not None and 299 < sent.deadline - sent.created_at < 301  # no call deadline: the default
 
 
+async def test_a_prompt_of_token_ids_over_grpc(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        response = await stub.Generate(gateway_pb2.GenerateRequest(prompt_token_ids=[4, 2], max_tokens=2), timeout=10)
+        request = gateway_pb2.GenerateRequest(prompt_token_ids=[4, 2], max_tokens=2)
+        chunks = [chunk async for chunk in stub.GenerateStream(request, timeout=10)]
+    assert response.text == "".join(ANSWER_TOKENS[:2])  # the decoding is not part of the answer
+    assert "".join(c.text for c in chunks) == response.text
+    assert [(r.prompt, r.prompt_token_ids) for r in fake_batcher.requests] == [(None, (4, 2))] * 2
+
+
 async def test_invalid_input_is_invalid_argument(start_gateway, fake_batcher: FakeBatcher) -> None:
     service = await start_gateway()
     async with channel_for(service) as channel:
@@ -103,6 +115,9 @@ async def test_invalid_input_is_invalid_argument(start_gateway, fake_batcher: Fa
             (gateway_pb2.GenerateRequest(prompt="x", stop=["a", "b", "c", "d", "e"]), "stop"),
             (gateway_pb2.GenerateRequest(prompt="x", priority=42), "priority"),
             (gateway_pb2.GenerateRequest(prompt="x", logprobs=True, top_logprobs=21), "top_logprobs"),
+            (gateway_pb2.GenerateRequest(prompt="x", prompt_token_ids=[1]), "Exactly one of"),
+            (gateway_pb2.GenerateRequest(prompt_token_ids=[1, 2**31]), "prompt_token_ids"),
+            (gateway_pb2.GenerateRequest(prompt_token_ids=[0] * 32_769), "at most 32768"),
         ]:
             with pytest.raises(grpc.aio.AioRpcError) as failed:
                 await stub.Generate(request, timeout=10)

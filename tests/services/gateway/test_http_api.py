@@ -695,6 +695,42 @@ async def test_echo_of_one_prompt_whole_and_streamed(start_gateway, fake_batcher
     assert all(r.prompt == "Once" for r in fake_batcher.requests)
 
 
+async def test_prompts_of_token_ids_go_to_the_cluster_as_ids_and_echo_decoded(
+    start_gateway, fake_batcher: FakeBatcher
+) -> None:
+    service = await start_gateway()
+    async with client_for(service) as client:
+        whole = await client.completions.create(model=FAKE_MODEL, prompt=[4, 2], echo=True, max_tokens=2)
+        stream = await client.completions.create(model=FAKE_MODEL, prompt=[4, 2], echo=True, stream=True)
+        chunks = [chunk async for chunk in stream]
+        several = await client.completions.create(
+            model=FAKE_MODEL, prompt=[[7], [8, 9]], echo=True, logprobs=0, max_tokens=1
+        )
+        plain = await client.completions.create(model=FAKE_MODEL, prompt=[4, 2], max_tokens=2)
+    queued = [(r.prompt, r.prompt_token_ids) for r in fake_batcher.requests]
+    assert queued[:2] == [(None, (4, 2))] * 2
+    # The echo is the worker's decoding (the fake's: token i is `w<i>`), whole and streamed.
+    assert whole.choices[0].text == "w4 w2" + "".join(ANSWER_TOKENS[:2])
+    assert chunks[0].choices[0].text == "w4 w2"
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "w4 w2" + ANSWER
+    assert [c.text for c in several.choices] == ["w7" + ANSWER_TOKENS[0], "w8 w9" + ANSWER_TOKENS[0]]
+    assert several.choices[1].logprobs is not None and several.choices[1].logprobs.tokens[:2] == ["w8", " w9"]
+    assert plain.choices[0].text == "".join(ANSWER_TOKENS[:2])  # no echo: the decoding is not shown
+
+
+async def test_prompts_of_token_ids_bypass_the_caches(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    body = {"model": FAKE_MODEL, "prompt": [4, 2], "temperature": 0, "max_tokens": 2}
+    async with http_for(service) as http:
+        first = await http.post("/v1/completions", json=body)
+        again = await http.post("/v1/completions", json=body)
+        bad = await http.post("/v1/completions", json={**body, "prompt": [4, -1]})
+    assert [first.headers["x-lgc-cache"], again.headers["x-lgc-cache"]] == ["bypass", "bypass"]
+    assert len(fake_batcher.requests) == 2
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt"
+    assert "token ids are integers from 0" in bad.json()["error"]["message"]
+
+
 async def test_too_many_prompts_times_n_are_400(start_gateway, fake_batcher: FakeBatcher) -> None:
     service = await start_gateway(gateway_max_choices=4)
     async with http_for(service) as http:

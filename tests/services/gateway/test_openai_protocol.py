@@ -133,8 +133,15 @@ def test_text_parts_are_joined_and_assistant_may_have_no_content() -> None:
 @pytest.mark.parametrize(
     ("extra", "param", "needle"),
     [
-        ({"prompt": [1, 2, 3]}, "prompt", "token ids"),
-        ({"prompt": [[1, 2]]}, "prompt", "token ids"),
+        ({"prompt": [1, -2, 3]}, "prompt", "token ids are integers from 0"),
+        ({"prompt": [1, 2**31]}, "prompt", "token ids are integers from 0"),
+        ({"prompt": [1, True]}, "prompt", "strings, or lists of token ids"),
+        ({"prompt": [1.0, 2]}, "prompt", "strings, or lists of token ids"),
+        ({"prompt": [[1, 2], [3, "4"]]}, "prompt", "prompt 1: token ids"),
+        ({"prompt": [[1, 2], []]}, "prompt", "prompt 1 must not be empty"),
+        ({"prompt": [[1], "a"]}, "prompt", "strings, or lists of token ids"),
+        ({"prompt": [0] * 32_769}, "prompt", "at most 32768"),
+        ({"prompt": [[1]] * 129}, "prompt", "at most 128 prompts"),
         ({"prompt": []}, "prompt", "must not be empty"),
         ({"prompt": ["a", ""]}, "prompt", "must not be empty"),
         ({"prompt": ["a"] * 129}, "prompt", "at most 128 prompts"),
@@ -155,11 +162,14 @@ def test_completion_refusals(extra: dict[str, Any], param: str, needle: str) -> 
 
 
 def test_completion_prompt_forms() -> None:
-    assert CompletionRequest.model_validate({"prompt": "a"}).prompt_texts() == ("a",)
-    assert CompletionRequest.model_validate({"prompt": ["b"], "echo": False, "best_of": 1}).prompt_texts() == ("b",)
+    assert CompletionRequest.model_validate({"prompt": "a"}).prompt_list() == ("a",)
+    assert CompletionRequest.model_validate({"prompt": ["b"], "echo": False, "best_of": 1}).prompt_list() == ("b",)
     several = CompletionRequest.model_validate({"prompt": ["b", "c", "b"], "echo": True, "n": 2})
-    assert several.prompt_texts() == ("b", "c", "b")
+    assert several.prompt_list() == ("b", "c", "b")
     assert several.echo is True
+    # Token ids, as vLLM and OpenAI take them: one prompt, or several.
+    assert CompletionRequest.model_validate({"prompt": [5, 0, 7]}).prompt_list() == ((5, 0, 7),)
+    assert CompletionRequest.model_validate({"prompt": [[5], [6, 7]]}).prompt_list() == ((5,), (6, 7))
 
 
 def test_several_choices_are_accepted_up_to_openais_maximum() -> None:

@@ -84,6 +84,13 @@ def test_several_prompts_make_n_choices_each_numbered_prompt_by_prompt() -> None
         GenerationRequest.from_bytes(child.to_bytes())
 
 
+def test_prompts_of_token_ids_make_children_of_token_ids() -> None:
+    children = child_requests(request(seed=None), 1, ((4, 5), "text", (6,)))
+    assert [(c.prompt, c.prompt_token_ids) for c in children] == [(None, (4, 5)), ("text", None), (None, (6,))]
+    for child in children:
+        GenerationRequest.from_bytes(child.to_bytes())  # exactly one input each
+
+
 def test_usage_counts_each_prompt_once_and_sums_the_completions() -> None:
     finals = {0: final("a", 1, "x", 3), 1: final("b", 1, "y", 5)}
     assert summed_usage(finals, 2) == Usage(prompt_tokens=4, completion_tokens=8)

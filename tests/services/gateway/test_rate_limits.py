@@ -27,6 +27,7 @@ async def redis(redis_url: str):
 def test_estimate_tokens() -> None:
     assert estimate_tokens(0, 10) == 10
     assert estimate_tokens(9, 10) == 13
+    assert estimate_tokens(0, 10, prompt_token_ids=5) == 15  # a prompt of token ids counts its ids
 
 
 async def test_requests_per_minute(redis, unique_prefix: str) -> None:

@@ -276,3 +276,15 @@ def test_vllm_ways_to_stop() -> None:
         gateway_pb2.GenerateRequest(prompt="p", ignore_eos=True, min_tokens=2, stop_token_ids=[5]), SETTINGS, stream=False
     )
     assert (proto.params.ignore_eos, proto.params.min_tokens, proto.params.stop_token_ids) == (True, 2, (5,))
+
+
+def test_prompts_of_token_ids() -> None:
+    one = translate_completion(CompletionRequest.model_validate({"prompt": [5, 6], "echo": True}), SETTINGS)
+    assert (one.prompt, one.prompt_token_ids, one.prompts, one.choice_count) == (None, (5, 6), (), 1)
+    record = one.to_generation_request(request_id="cmpl-1", model="m", deadline=1e10)
+    assert (record.prompt, record.prompt_token_ids) == (None, (5, 6))
+    several = translate_completion(CompletionRequest.model_validate({"prompt": [[5], [6, 7]], "n": 2}), SETTINGS)
+    assert (several.prompt_token_ids, several.prompts, several.choice_count) == ((5,), ((5,), (6, 7)), 4)
+    # Ids count as ids, not characters, against the prompt size limit: the schema bounds them.
+    tight = GatewaySettings(gateway_max_prompt_chars=3)
+    assert translate_completion(CompletionRequest.model_validate({"prompt": [1] * 10}), tight).prompt_token_ids

@@ -146,6 +146,27 @@ def test_echo_puts_the_prompt_first() -> None:
     assert shown == [("Say: ", None), ("", "stop")]
 
 
+def test_echo_of_a_prompt_of_token_ids_shows_the_workers_decoding() -> None:
+    decoded = ReplyEvent(request_id=RID, kind=ReplyKind.DELTA, seq=0, prompt_text="Say: ")
+    # A whole answer: the decoding the result carries, not the (empty) prompt text of the request.
+    whole = echoed(ChoiceResult(0, final("ab"), None, prompt_text="Say: "), "")
+    assert text_completion_choices("cmpl-1", 7, "m", [whole], None).choices[0].text == "Say: ab"
+    # A stream: the prompt's chunk waits for the decoding, then leaves at once.
+    formatter = CompletionStreamFormatter("cmpl-1", 7, "m", include_usage=False, echo_decoded=True)
+    assert formatter.opening() == []
+    events = formatter.delta(decoded) + formatter.delta(delta(1, "a")) + formatter.final(final("ab"))
+    assert [c["choices"][0]["text"] for c in decode(events[:-1])] == ["Say: ", "a", "b"]
+    # With logprobs, it waits for the prompt's log probabilities too (they come with the first token).
+    scored = CompletionStreamFormatter("cmpl-1", 7, "m", include_usage=False, logprobs=True, echo_decoded=True)
+    prompt = (TokenLogprob(token_id=1, token="Say", logprob=0.0), TokenLogprob(token_id=2, token=": ", logprob=-1.5))
+    assert scored.delta(decoded) == []
+    with_prompt = ReplyEvent(request_id=RID, kind=ReplyKind.DELTA, seq=1, prompt_logprobs=prompt)
+    assert scored.delta(with_prompt) == []
+    chunks = decode(scored.delta(delta_with(2, "a", logprobs("a"))))
+    assert [c["choices"][0]["text"] for c in chunks] == ["Say: ", "a"]
+    assert chunks[0]["choices"][0]["logprobs"]["token_logprobs"] == [None, -1.5]
+
+
 def test_error_in_stream() -> None:
     formatter = ChatStreamFormatter(RID, 7, "m", include_usage=False)
     api = map_exception(ReplyError(ErrorInfo(code=ErrorCode.WORKER_FAILED, message="worker died")))

@@ -23,6 +23,9 @@ def test_a_request_gives_its_prompt_or_chat_turns() -> None:
     )
     assert prompt_subject(chat.to_bytes()) == Subject("q-2", "default", "prompt", "system: be nice\nuser: hi")
     assert prompt_subject(raw.model_copy(update={"guard": GuardMode.OFF}).to_bytes()) is None
+    # Token ids: nothing to judge here (no tokenizer); the answer's result carries the decoding.
+    ids = GenerationRequest(id="q-3", model="m", prompt_token_ids=(1, 2))
+    assert prompt_subject(ids.to_bytes()) is None
 
 
 @pytest.mark.parametrize("data", [b"", b"{", b'{"request_id": "r"}', b"\xff\xfe"])
