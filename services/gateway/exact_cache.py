@@ -39,6 +39,10 @@ class CachedAnswer(BaseModel):
 def _canonical_input(request: GenerationRequest) -> object:
     if request.messages is not None:
         return [[m.role, m.content] for m in request.messages]
+    if request.prompt_token_ids is not None:
+        # Never looked up today (ResponseCache.cacheable refuses them), but a key must not let
+        # every prompt of ids share the key of "no prompt".
+        return {"token_ids": list(request.prompt_token_ids)}
     return request.prompt
 
 

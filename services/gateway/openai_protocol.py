@@ -14,6 +14,7 @@ Acceptance rules, so that nothing that changes the answer is silently ignored:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -53,6 +54,7 @@ __all__ = [
     "TokenLogprobOut",
     "TopLogprobOut",
     "UsageOut",
+    "check_prompt_token_ids",
 ]
 
 PriorityName = Literal["high", "normal", "low"]
@@ -363,11 +365,11 @@ class CompletionRequest(_GenerationBody):
             if not prompt:
                 raise ValueError("the list of prompts must not be empty")
             if all(type(item) is int for item in prompt):
-                _check_token_ids(prompt, "the prompt")
+                check_prompt_token_ids(prompt, "the prompt")
                 return prompt
             if all(isinstance(item, list) for item in prompt):
                 for index, ids in enumerate(prompt):
-                    _check_token_ids(ids, f"prompt {index}")
+                    check_prompt_token_ids(ids, f"prompt {index}")
             elif not all(isinstance(item, str) for item in prompt):
                 raise ValueError(
                     "a list of prompts holds strings, or lists of token ids; a prompt of token ids is a list of "
@@ -407,9 +409,9 @@ class CompletionRequest(_GenerationBody):
         return tuple(item if isinstance(item, str) else tuple(item) for item in prompt)  # type: ignore[misc]
 
 
-def _check_token_ids(ids: list[Any], what: str) -> None:
-    """ValueError unless `ids` is a prompt of token ids: 1 to MAX_PROMPT_TOKEN_IDS integers (not
-    booleans, which JSON keeps apart) from 0 to MAX_TOKEN_ID."""
+def check_prompt_token_ids(ids: Sequence[Any], what: str) -> None:
+    """ValueError unless `ids` is a prompt of token ids (for the HTTP and gRPC APIs alike): 1 to
+    MAX_PROMPT_TOKEN_IDS integers (not booleans, which JSON keeps apart) from 0 to MAX_TOKEN_ID."""
     if not ids:
         raise ValueError(f"{what} must not be empty")
     if MAX_PROMPT_TOKEN_IDS < len(ids):

@@ -16,7 +16,6 @@ from shared.protos import gateway_pb2
 from shared.records import (
     MAX_LOGIT_BIAS,
     MAX_MESSAGES,
-    MAX_PROMPT_TOKEN_IDS,
     MAX_STOP_SEQUENCES,
     MAX_STOP_TOKEN_IDS,
     MAX_TOKEN_ID,
@@ -29,7 +28,7 @@ from shared.records import (
 )
 
 from services.gateway.errors import InvalidRequestError
-from services.gateway.openai_protocol import ChatCompletionRequest, CompletionRequest
+from services.gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, check_prompt_token_ids
 from services.gateway.settings import GatewaySettings
 
 __all__ = [
@@ -228,14 +227,11 @@ def translate_proto(
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     if message.prompt_token_ids:
-        if len(message.prompt_token_ids) > MAX_PROMPT_TOKEN_IDS:
-            raise InvalidRequestError(
-                f"prompt_token_ids has {len(message.prompt_token_ids)} ids; at most {MAX_PROMPT_TOKEN_IDS} are "
-                "allowed.",
-                param="prompt_token_ids",
-            )
-        if any(token > MAX_TOKEN_ID for token in message.prompt_token_ids):
-            raise InvalidRequestError(f"prompt_token_ids must be at most {MAX_TOKEN_ID}.", param="prompt_token_ids")
+        try:
+            check_prompt_token_ids(message.prompt_token_ids, "prompt_token_ids")
+        except ValueError as exc:
+            # Safe: the client's input, refused with the reason the HTTP API gives.
+            raise InvalidRequestError(f"{exc}.", param="prompt_token_ids") from None
         prompt_token_ids = tuple(message.prompt_token_ids)
     elif message.messages:
         if len(message.messages) > MAX_MESSAGES:
