@@ -370,6 +370,10 @@ class TokenLogprob(TopLogprob):
     top: tuple[TopLogprob, ...] = Field((), max_length=MAX_TOP_LOGPROBS)
     """The request's `top_logprobs` most likely tokens, most likely first (empty when it asked
     for none)."""
+    rank: int | None = Field(None, ge=1)
+    """The token's 1-based rank in the model's whole vocabulary at its position (1: the most
+    likely; vLLM's `Logprob.rank`). Given for the prompt's tokens (`prompt_logprobs`, after the
+    first); None elsewhere."""
 
 
 class ReplyKind(StrEnum):

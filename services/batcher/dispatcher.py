@@ -131,6 +131,7 @@ def logprobs_from_proto(entries: Iterable[worker_pb2.TokenLogprob]) -> tuple[Tok
             token=entry.token[:MAX_TOKEN_CHARS],
             logprob=_logprob(entry.logprob),
             top=tuple(_top(top) for top in entry.top[:MAX_TOP_LOGPROBS]),
+            rank=entry.rank or None,
         )
         for entry in entries
     )

@@ -177,6 +177,9 @@ class TokenLogprob:
     logprob: float
     top: tuple[TopLogprob, ...] = ()
     """`SamplingParams.logprobs` most likely tokens, most likely first."""
+    rank: int | None = None
+    """The token's 1-based rank in the whole vocabulary at its position (1: the most likely);
+    given for the prompt's tokens (vLLM's `Logprob.rank`), None where not computed."""
 
 
 @dataclass(frozen=True, slots=True)

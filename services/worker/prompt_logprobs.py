@@ -37,6 +37,8 @@ class PromptPosition:
     logprob: float
     top: tuple[tuple[int, float], ...]
     """(token id, log probability) of the most likely tokens there, most likely first."""
+    rank: int = 1
+    """The token's 1-based rank in the vocabulary there: 1 + how many tokens are more likely."""
 
 
 class PromptScorer:
@@ -73,7 +75,10 @@ class PromptScorer:
                 return
             logprobs = head(hidden[:, start : start + end - begin]).float().log_softmax(dim=-1)
             targets = self._ids[:, begin + 1 : end + 1]
-            chosen = logprobs.gather(-1, targets[..., None])[..., 0].clamp_(min=MIN_LOGPROB).tolist()
+            picked = logprobs.gather(-1, targets[..., None])
+            # vLLM's rank: 1 + the tokens strictly more likely (ties share the better rank).
+            ranks = (logprobs > picked).sum(dim=-1).add_(1).tolist()
+            chosen = picked[..., 0].clamp_(min=MIN_LOGPROB).tolist()
             top_ids: list[list[list[int]]] = []
             top_values: list[list[list[float]]] = []
             if most:
@@ -89,7 +94,9 @@ class PromptScorer:
                     top = ()
                     if wanted:
                         top = tuple(zip(top_ids[j][column][:wanted], top_values[j][column][:wanted], strict=True))
-                    self._positions[j].append(PromptPosition(target_ids[j][column], chosen[j][column], top))
+                    self._positions[j].append(
+                        PromptPosition(target_ids[j][column], chosen[j][column], top, ranks[j][column])
+                    )
 
     def result(self) -> list[list[PromptPosition] | None]:
         """Per row of the prefill: its prompt positions after the first, in order (None for rows

@@ -187,4 +187,5 @@ def _logprob_to_proto(entry: TokenLogprob) -> worker_pb2.TokenLogprob:
         token=entry.token,
         logprob=entry.logprob,
         top=[worker_pb2.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in entry.top],
+        rank=entry.rank or 0,
     )

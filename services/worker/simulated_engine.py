@@ -63,14 +63,14 @@ def simulated_logprob(index: int, top: int) -> TokenLogprob:
 
 def simulated_prompt_logprobs(item: WorkItem, top: int) -> tuple[TokenLogprob, ...]:
     """The prompt's log probabilities reported: one simulated token per word of the prompt (of the
-    messages' contents for chat), id its position, each certain and its only alternative; the first
-    has none (logprob 0, no alternatives), as a real engine reports it."""
+    messages' contents for chat), id its position, each certain (rank 1) and its only alternative;
+    the first has none (logprob 0, no alternatives, no rank), as a real engine reports it."""
     words = [w for m in item.messages for w in m.content.split()] if item.messages else _prompt_words(item)
     entries = []
     for index, word in enumerate(words):
         text = word if index == 0 else f" {word}"
         top_entries = () if index == 0 else (TopLogprob(index, text, 0.0),)[:top]
-        entries.append(TokenLogprob(index, text, 0.0, top_entries))
+        entries.append(TokenLogprob(index, text, 0.0, top_entries, None if index == 0 else 1))
     return tuple(entries)
 
 

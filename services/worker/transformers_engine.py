@@ -818,17 +818,19 @@ class TransformersEngine(Engine):
     def _prompt_logprobs(self, first: int, positions: list[PromptPosition]) -> tuple[TokenLogprob, ...]:
         """A prompt's log probabilities as TokenLogprobs: its first token without one (logprob 0,
         no alternatives: nothing comes before it), then each later position's."""
-        later = (self._named(p.token_id, p.logprob, p.top) for p in positions)
+        later = (self._named(p.token_id, p.logprob, p.top, rank=p.rank) for p in positions)
         return (self._named(first, 0.0, ()), *later)
 
     def _token_logprob(self, token: int, row: RowLogprobs) -> TokenLogprob:
         return self._named(token, row.logprob, row.top)
 
-    def _named(self, token: int, logprob: float, top: tuple[tuple[int, float], ...]) -> TokenLogprob:
+    def _named(
+        self, token: int, logprob: float, top: tuple[tuple[int, float], ...], *, rank: int | None = None
+    ) -> TokenLogprob:
         """A token's entry with its alternatives, each named by its text (`TokenTexts`)."""
         assert self._token_texts is not None
         names = self._token_texts
-        return TokenLogprob(token, names(token), logprob, tuple(TopLogprob(t, names(t), v) for t, v in top))
+        return TokenLogprob(token, names(token), logprob, tuple(TopLogprob(t, names(t), v) for t, v in top), rank)
 
     def _accept(self, seq: _Sequence, token: int, events: _Events) -> bool:
         seq.generated += 1

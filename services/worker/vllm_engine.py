@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,8 @@ def prompt_logprobs_of(
     entries = [TokenLogprob(prompt_ids[0], first_text, 0.0)]
     for position, token in zip(positions[1:], prompt_ids[1:], strict=True):
         assert position is not None, "vLLM gives every prompt position after the first"
-        entries.append(logprob_of(position, token, top))
+        entry = logprob_of(position, token, top)
+        entries.append(replace(entry, rank=position[token].rank))
     return tuple(entries)
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashared/protos/worker.proto\x12\rlgc.worker.v1\"\xec\x03\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x10\n\x08has_seed\x18\x07 \x01(\x08\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12@\n\nlogit_bias\x18\x0b \x03(\x0b\x32,.lgc.worker.v1.SamplingParams.LogitBiasEntry\x12\x10\n\x08logprobs\x18\x0c \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\r \x01(\r\x12\x12\n\nignore_eos\x18\x0e \x01(\x08\x12\x12\n\nmin_tokens\x18\x0f \x01(\r\x12\x16\n\x0estop_token_ids\x18\x10 \x03(\r\x12\x17\n\x0fprompt_logprobs\x18\x11 \x01(\x08\x12\x1b\n\x13prompt_top_logprobs\x18\x12 \x01(\r\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xef\x01\n\x08WorkItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.lgc.worker.v1.ChatMessage\x12-\n\x06params\x18\x04 \x01(\x0b\x32\x1d.lgc.worker.v1.SamplingParams\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\x12\x14\n\x0c\x63ontinuation\x18\x06 \x01(\t\x12\x1b\n\x13\x63ontinuation_tokens\x18\x07 \x01(\r\x12\x18\n\x10prompt_token_ids\x18\x08 \x03(\r\"H\n\x0fGenerateRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.lgc.worker.v1.WorkItem\x12\r\n\x05model\x18\x02 \x01(\t\"\xb9\x01\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\r\x12-\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1b.lgc.worker.v1.TokenLogprob\x12\x34\n\x0fprompt_logprobs\x18\x04 \x03(\x0b\x32\x1b.lgc.worker.v1.TokenLogprob\x12\x18\n\x0bprompt_text\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_prompt_text\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"h\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12&\n\x03top\x18\x04 \x03(\x0b\x32\x19.lgc.worker.v1.TopLogprob\"\x8c\x01\n\x08\x46inished\x12+\n\x06reason\x18\x01 \x01(\x0e\x32\x1b.lgc.worker.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"C\n\x06\x46\x61iled\x12(\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1a.lgc.worker.v1.FailureCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xae\x01\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.lgc.worker.v1.TokenDeltaH\x00\x12+\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x17.lgc.worker.v1.FinishedH\x00\x12\'\n\x06\x66\x61iled\x18\x04 \x01(\x0b\x32\x15.lgc.worker.v1.FailedH\x00\x42\x07\n\x05\x65vent\">\n\x0eGenerateEvents\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.lgc.worker.v1.GenerateEvent\"$\n\rCancelRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\r\"\r\n\x0bInfoRequest\"\xc4\x01\n\x0cInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x0f\n\x07running\x18\x07 \x01(\r\x12\x0f\n\x07waiting\x18\x08 \x01(\r\x12\x15\n\rmax_model_len\x18\t \x01(\r\x12\x11\n\tsimulated\x18\n \x01(\x08*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\xcb\x01\n\x0b\x46\x61ilureCode\x12\x1c\n\x18\x46\x41ILURE_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x46\x41ILURE_CODE_INVALID_REQUEST\x10\x01\x12\"\n\x1e\x46\x41ILURE_CODE_DEADLINE_EXCEEDED\x10\x02\x12\x1b\n\x17\x46\x41ILURE_CODE_OVERLOADED\x10\x03\x12\x19\n\x15\x46\x41ILURE_CODE_INTERNAL\x10\x04\x12 \n\x1c\x46\x41ILURE_CODE_MODEL_NOT_FOUND\x10\x05\x32\xb0\x02\n\x06Worker\x12J\n\x08Generate\x12\x1e.lgc.worker.v1.GenerateRequest\x1a\x1c.lgc.worker.v1.GenerateEvent0\x01\x12\x45\n\x06\x43\x61ncel\x12\x1c.lgc.worker.v1.CancelRequest\x1a\x1d.lgc.worker.v1.CancelResponse\x12?\n\x04Info\x12\x1a.lgc.worker.v1.InfoRequest\x1a\x1b.lgc.worker.v1.InfoResponse\x12R\n\x0fGenerateBatched\x12\x1e.lgc.worker.v1.GenerateRequest\x1a\x1d.lgc.worker.v1.GenerateEvents0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashared/protos/worker.proto\x12\rlgc.worker.v1\"\xec\x03\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x10\n\x08has_seed\x18\x07 \x01(\x08\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12@\n\nlogit_bias\x18\x0b \x03(\x0b\x32,.lgc.worker.v1.SamplingParams.LogitBiasEntry\x12\x10\n\x08logprobs\x18\x0c \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\r \x01(\r\x12\x12\n\nignore_eos\x18\x0e \x01(\x08\x12\x12\n\nmin_tokens\x18\x0f \x01(\r\x12\x16\n\x0estop_token_ids\x18\x10 \x03(\r\x12\x17\n\x0fprompt_logprobs\x18\x11 \x01(\x08\x12\x1b\n\x13prompt_top_logprobs\x18\x12 \x01(\r\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xef\x01\n\x08WorkItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.lgc.worker.v1.ChatMessage\x12-\n\x06params\x18\x04 \x01(\x0b\x32\x1d.lgc.worker.v1.SamplingParams\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\x12\x14\n\x0c\x63ontinuation\x18\x06 \x01(\t\x12\x1b\n\x13\x63ontinuation_tokens\x18\x07 \x01(\r\x12\x18\n\x10prompt_token_ids\x18\x08 \x03(\r\"H\n\x0fGenerateRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.lgc.worker.v1.WorkItem\x12\r\n\x05model\x18\x02 \x01(\t\"\xb9\x01\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\r\x12-\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1b.lgc.worker.v1.TokenLogprob\x12\x34\n\x0fprompt_logprobs\x18\x04 \x03(\x0b\x32\x1b.lgc.worker.v1.TokenLogprob\x12\x18\n\x0bprompt_text\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_prompt_text\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"v\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12&\n\x03top\x18\x04 \x03(\x0b\x32\x19.lgc.worker.v1.TopLogprob\x12\x0c\n\x04rank\x18\x05 \x01(\r\"\x8c\x01\n\x08\x46inished\x12+\n\x06reason\x18\x01 \x01(\x0e\x32\x1b.lgc.worker.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"C\n\x06\x46\x61iled\x12(\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1a.lgc.worker.v1.FailureCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xae\x01\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.lgc.worker.v1.TokenDeltaH\x00\x12+\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x17.lgc.worker.v1.FinishedH\x00\x12\'\n\x06\x66\x61iled\x18\x04 \x01(\x0b\x32\x15.lgc.worker.v1.FailedH\x00\x42\x07\n\x05\x65vent\">\n\x0eGenerateEvents\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.lgc.worker.v1.GenerateEvent\"$\n\rCancelRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\r\"\r\n\x0bInfoRequest\"\xc4\x01\n\x0cInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x0f\n\x07running\x18\x07 \x01(\r\x12\x0f\n\x07waiting\x18\x08 \x01(\r\x12\x15\n\rmax_model_len\x18\t \x01(\r\x12\x11\n\tsimulated\x18\n \x01(\x08*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\xcb\x01\n\x0b\x46\x61ilureCode\x12\x1c\n\x18\x46\x41ILURE_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x46\x41ILURE_CODE_INVALID_REQUEST\x10\x01\x12\"\n\x1e\x46\x41ILURE_CODE_DEADLINE_EXCEEDED\x10\x02\x12\x1b\n\x17\x46\x41ILURE_CODE_OVERLOADED\x10\x03\x12\x19\n\x15\x46\x41ILURE_CODE_INTERNAL\x10\x04\x12 \n\x1c\x46\x41ILURE_CODE_MODEL_NOT_FOUND\x10\x05\x32\xb0\x02\n\x06Worker\x12J\n\x08Generate\x12\x1e.lgc.worker.v1.GenerateRequest\x1a\x1c.lgc.worker.v1.GenerateEvent0\x01\x12\x45\n\x06\x43\x61ncel\x12\x1c.lgc.worker.v1.CancelRequest\x1a\x1d.lgc.worker.v1.CancelResponse\x12?\n\x04Info\x12\x1a.lgc.worker.v1.InfoRequest\x1a\x1b.lgc.worker.v1.InfoResponse\x12R\n\x0fGenerateBatched\x12\x1e.lgc.worker.v1.GenerateRequest\x1a\x1d.lgc.worker.v1.GenerateEvents0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2002
-  _globals['_FINISHREASON']._serialized_end=2126
-  _globals['_FAILURECODE']._serialized_start=2129
-  _globals['_FAILURECODE']._serialized_end=2332
+  _globals['_FINISHREASON']._serialized_start=2016
+  _globals['_FINISHREASON']._serialized_end=2140
+  _globals['_FAILURECODE']._serialized_start=2143
+  _globals['_FAILURECODE']._serialized_end=2346
   _globals['_SAMPLINGPARAMS']._serialized_start=46
   _globals['_SAMPLINGPARAMS']._serialized_end=538
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=490
@@ -52,23 +52,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOPLOGPROB']._serialized_start=1090
   _globals['_TOPLOGPROB']._serialized_end=1152
   _globals['_TOKENLOGPROB']._serialized_start=1154
-  _globals['_TOKENLOGPROB']._serialized_end=1258
-  _globals['_FINISHED']._serialized_start=1261
-  _globals['_FINISHED']._serialized_end=1401
-  _globals['_FAILED']._serialized_start=1403
-  _globals['_FAILED']._serialized_end=1470
-  _globals['_GENERATEEVENT']._serialized_start=1473
-  _globals['_GENERATEEVENT']._serialized_end=1647
-  _globals['_GENERATEEVENTS']._serialized_start=1649
-  _globals['_GENERATEEVENTS']._serialized_end=1711
-  _globals['_CANCELREQUEST']._serialized_start=1713
-  _globals['_CANCELREQUEST']._serialized_end=1749
-  _globals['_CANCELRESPONSE']._serialized_start=1751
-  _globals['_CANCELRESPONSE']._serialized_end=1786
-  _globals['_INFOREQUEST']._serialized_start=1788
-  _globals['_INFOREQUEST']._serialized_end=1801
-  _globals['_INFORESPONSE']._serialized_start=1804
-  _globals['_INFORESPONSE']._serialized_end=2000
-  _globals['_WORKER']._serialized_start=2335
-  _globals['_WORKER']._serialized_end=2639
+  _globals['_TOKENLOGPROB']._serialized_end=1272
+  _globals['_FINISHED']._serialized_start=1275
+  _globals['_FINISHED']._serialized_end=1415
+  _globals['_FAILED']._serialized_start=1417
+  _globals['_FAILED']._serialized_end=1484
+  _globals['_GENERATEEVENT']._serialized_start=1487
+  _globals['_GENERATEEVENT']._serialized_end=1661
+  _globals['_GENERATEEVENTS']._serialized_start=1663
+  _globals['_GENERATEEVENTS']._serialized_end=1725
+  _globals['_CANCELREQUEST']._serialized_start=1727
+  _globals['_CANCELREQUEST']._serialized_end=1763
+  _globals['_CANCELRESPONSE']._serialized_start=1765
+  _globals['_CANCELRESPONSE']._serialized_end=1800
+  _globals['_INFOREQUEST']._serialized_start=1802
+  _globals['_INFOREQUEST']._serialized_end=1815
+  _globals['_INFORESPONSE']._serialized_start=1818
+  _globals['_INFORESPONSE']._serialized_end=2014
+  _globals['_WORKER']._serialized_start=2349
+  _globals['_WORKER']._serialized_end=2653
 # @@protoc_insertion_point(module_scope)

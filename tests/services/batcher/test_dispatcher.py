@@ -92,9 +92,10 @@ def test_logprobs_from_the_worker_are_bounded_to_what_a_record_holds() -> None:
         ),
         worker_pb2.TokenLogprob(token_id=6, token="!", logprob=float("-inf")),
         worker_pb2.TokenLogprob(token_id=7, token="?", logprob=float("nan")),
-        worker_pb2.TokenLogprob(token_id=8, token=".", logprob=-0.1),
+        worker_pb2.TokenLogprob(token_id=8, token=".", logprob=-0.1, rank=3),
     ]
     first, inf, nan, rounded = logprobs_from_proto(entries)
+    assert (first.rank, rounded.rank) == (None, 3)  # 0 on the wire: not computed
     assert (first.token_id, first.token, first.logprob) == (5, "Hi", -0.25)
     assert len(first.top) == MAX_TOP_LOGPROBS and first.top[0].logprob == 0.0  # float32 noise above 0
     assert inf.logprob == MIN_LOGPROB and nan.logprob == MIN_LOGPROB and inf.top == ()

@@ -123,9 +123,10 @@ def test_prompt_logprobs_are_asked_for_and_go_out_on_the_delta() -> None:
     for bad in ({"prompt_top_logprobs": 2}, {"prompt_logprobs": True, "prompt_top_logprobs": 21}):
         with pytest.raises(InvalidItemError, match="prompt_top_logprobs"):
             work_item_from_proto(proto_item(**bad))
-    prompt = (TokenLogprob(1, "The", 0.0), TokenLogprob(2, " cat", -3.5, (TopLogprob(3, " dog", -0.5),)))
+    prompt = (TokenLogprob(1, "The", 0.0), TokenLogprob(2, " cat", -3.5, (TopLogprob(3, " dog", -0.5),), 2))
     delta = event_to_proto(TextDelta("r", "", 1, (), prompt)).delta
     assert [(e.token_id, e.token, e.logprob) for e in delta.prompt_logprobs] == [(1, "The", 0.0), (2, " cat", -3.5)]
+    assert [e.rank for e in delta.prompt_logprobs] == [0, 2]  # 0: none (the first token has no rank)
     assert [t.token for t in delta.prompt_logprobs[1].top] == [" dog"] and list(delta.logprobs) == []
 
 

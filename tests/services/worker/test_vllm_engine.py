@@ -171,6 +171,7 @@ def test_vllm_prompt_logprobs_become_ours_with_the_first_token_without_one() -> 
     entries = prompt_logprobs_of(positions, [2, 5], top=1, first_text="The")
     assert [(e.token_id, e.token, e.logprob) for e in entries] == [(2, "The", 0.0), (5, " cat", -3.0)]
     assert entries[0].top == () and [t.token for t in entries[1].top] == [" dog"]
+    assert [e.rank for e in entries] == [None, 4]  # vLLM's vocabulary rank of the prompt token
     assert sampling_options(SamplingParams(prompt_logprobs=3), 4, 0)["prompt_logprobs"] == 3
     assert "prompt_logprobs" not in sampling_options(SamplingParams(), 4, 0)
 
