@@ -230,7 +230,12 @@ def build_http_app(
                     await call.close("ok")
                     result = ChoiceResult(0, final, call.logprobs, call.prompt_logprobs, prompt_text=call.prompt_text)
                     if translated.echo:
-                        result = echoed(result, call.request.prompt or "", prompt_only=translated.prompt_only)
+                        result = echoed(
+                            result,
+                            call.request.prompt or "",
+                            prompt_only=translated.prompt_only,
+                            top=translated.params.top_logprobs,
+                        )
                     body = whole(request_id, call.created, call.model, [result], final.usage)
                     # Serialized by pydantic in one step (model_dump + json.dumps did it twice).
                     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
@@ -282,7 +287,12 @@ def build_http_app(
                 await call.close("ok")
                 if echo:
                     results = [
-                        echoed(result, call.children[result.index].prompt or "", prompt_only=prompt_only)
+                        echoed(
+                            result,
+                            call.children[result.index].prompt or "",
+                            prompt_only=prompt_only,
+                            top=translated.params.top_logprobs,
+                        )
                         for result in results
                     ]
                 body = whole(request_id, call.created, call.model, results, call.usage())

@@ -49,6 +49,8 @@ __all__ = [
     "ErrorResponse",
     "ModelCardOut",
     "ModelList",
+    "PromptLogprobOut",
+    "PromptLogprobsOut",
     "StreamOptions",
     "TextCompletion",
     "TokenLogprobOut",
@@ -211,6 +213,19 @@ class _GenerationBody(_Body):
     stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     """Extension (vLLM's): up to 64 token ids of the served model that end the answer as its
     end-of-sequence token does (finish reason `stop`; not part of the text)."""
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    """Extension (vLLM's): the log probability of every prompt token (after the chat template,
+    for chat) given the tokens before it, with this many most likely tokens at each position
+    (0-20), in the answer's `prompt_logprobs` (vLLM's shape). The model's own distribution. Not
+    with `stream` (as vLLM). Such a request bypasses the caches."""
+
+    @field_validator("prompt_logprobs")
+    @classmethod
+    def _not_streamed(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # `stream` (declared earlier) is validated first.
+        if value is not None and info.data.get("stream"):
+            raise ValueError("prompt_logprobs are not available with stream: true")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -508,6 +523,27 @@ class ChatChoice(_Out):
     """`stop`, `length` or `cancelled`."""
 
 
+class PromptLogprobOut(_Out):
+    """A token at one prompt position with its log probability: vLLM's `Logprob`, as its
+    `prompt_logprobs` lists them."""
+
+    logprob: float
+    """Natural log of its probability given the prompt's tokens before it, clamped at -9999."""
+    rank: int | None = None
+    """Its 1-based rank in the model's vocabulary at that position (1: the most likely)."""
+    decoded_token: str
+    """The token's text on its own."""
+
+
+PromptLogprobsOut = list[dict[str, PromptLogprobOut] | None]
+"""vLLM's `prompt_logprobs`: per prompt token, null for the first (nothing comes before it), else
+the prompt token and the most likely tokens there, keyed by token id (a string in JSON)."""
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class ChatCompletion(_Out):
     """Answer of POST /v1/chat/completions without streaming."""
 
@@ -525,6 +561,9 @@ class ChatCompletion(_Out):
     """Token counts."""
     system_fingerprint: str | None = None
     """Always null."""
+    prompt_logprobs: PromptLogprobsOut | None = Field(None, exclude_if=_absent)
+    """With `prompt_logprobs` (vLLM's extension): the prompt's tokens after the chat template,
+    each with its log probability (`PromptLogprobsOut`); absent otherwise."""
 
 
 class ChatDelta(_Out):
@@ -582,6 +621,10 @@ class CompletionChoice(_Out):
     """With `logprobs`: the log probabilities of the (chunk's) tokens; else null."""
     finish_reason: str | None = None
     """Set on the final answer or last chunk."""
+    prompt_logprobs: PromptLogprobsOut | None = Field(None, exclude_if=_absent)
+    """Whole answers computed with the prompt's log probabilities (vLLM's `prompt_logprobs`, or
+    `echo` with `logprobs`, as vLLM gives them): its prompt's tokens, each with its log
+    probability (`PromptLogprobsOut`); absent otherwise."""
 
 
 class TextCompletion(_Out):

@@ -89,6 +89,9 @@ class ChoiceResult:
     """Text put before its text in the answer: its prompt, for a completion request with `echo`."""
     prompt_text: str | None = None
     """A prompt of token ids as the worker decoded it (from its deltas); None for the others."""
+    echo_logprobs: Sequence[TokenLogprob] = ()
+    """The prompt's entries that `logprobs` lists before the answer's (`echo` with `logprobs`),
+    with as many alternatives as the request's `logprobs` asks."""
 
 
 @dataclass(frozen=True, slots=True)

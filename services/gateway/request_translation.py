@@ -189,7 +189,7 @@ def translate_completion(
     return TranslatedRequest(
         requested_model=body.model or None,
         # Legacy `logprobs: N`: the generated tokens' log probabilities and the N most likely;
-        # with `echo`, the prompt's too (vLLM's `prompt_logprobs`).
+        # with `echo`, the prompt's too (computed as vLLM's `prompt_logprobs`).
         params=_body_params(
             body,
             settings,
@@ -197,7 +197,7 @@ def translate_completion(
             max_tokens_param="max_tokens",
             logprobs=body.logprobs is not None,
             top_logprobs=body.logprobs or 0,
-            prompt_logprobs=body.logprobs if body.echo else None,
+            echo_logprobs=body.logprobs if body.echo else None,
         ),
         priority=resolve_priority(body.priority, priority_header, default_priority or settings.gateway_default_priority),
         stream=bool(body.stream),
@@ -366,10 +366,13 @@ def _body_params(
     max_tokens_param: str,
     logprobs: bool,
     top_logprobs: int,
-    prompt_logprobs: int | None = None,
+    echo_logprobs: int | None = None,
 ) -> GenerationParams:
     """Sampling parameters from an OpenAI body (chat and text completions name them alike, but for
-    the limit and the log probabilities, which the caller reads)."""
+    the limit and the log probabilities, which the caller reads). The prompt's log probabilities
+    are computed for the body's `prompt_logprobs` and for `echo_logprobs` (a completion's `logprobs`
+    when it echoes), with as many alternatives as the larger asks."""
+    asked = [count for count in (body.prompt_logprobs, echo_logprobs) if count is not None]
     return _params(
         settings,
         max_tokens=max_tokens,
@@ -388,7 +391,7 @@ def _body_params(
         ignore_eos=bool(body.ignore_eos),
         min_tokens=body.min_tokens or 0,
         stop_token_ids=tuple(body.stop_token_ids or ()),
-        prompt_logprobs=prompt_logprobs,
+        prompt_logprobs=max(asked) if asked else None,
     )
 
 

@@ -32,6 +32,11 @@ prompt's tokens come first in `logprobs`, the first with null values (nothing co
 as OpenAI and vLLM give them, and `text_offset` counts from the prompt's start; in a stream the
 prompt's chunk waits for the prompt's log probabilities (they come on the first deltas) and
 carries them.
+
+A whole answer computed with the prompt's log probabilities (vLLM's `prompt_logprobs`, or `echo`
+with `logprobs`) also carries them in vLLM's shape (:func:`vllm_prompt_logprobs`): on each
+completion choice, and once on a chat answer (its first choice's; every choice has the same
+prompt).
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from services.gateway.openai_protocol import (
     ChatMessageOut,
     CompletionChoice,
     CompletionLogprobs,
+    PromptLogprobOut,
+    PromptLogprobsOut,
     TextCompletion,
     TokenLogprobOut,
     TopLogprobOut,
@@ -93,14 +100,36 @@ def usage_out(usage: Usage | None) -> UsageOut:
     )
 
 
-def echoed(result: ChoiceResult, prompt: str, *, prompt_only: bool = False) -> ChoiceResult:
+def echoed(result: ChoiceResult, prompt: str, *, prompt_only: bool = False, top: int = 0) -> ChoiceResult:
     """A finished choice with its prompt to put before its text (a completion request's `echo`):
     `prompt`, or for a prompt of token ids the worker's decoding of it (`result.prompt_text`); with
-    `prompt_only` (`max_tokens` 0), without its generated text and log probabilities."""
+    `prompt_only` (`max_tokens` 0), without its generated text and log probabilities. `top`: the
+    request's `logprobs`, how many alternatives the prompt's entries list in `logprobs` (they were
+    computed for at least that many: more with a larger `prompt_logprobs`)."""
     if prompt_only:
         final = result.final.model_copy(update={"text": ""})
         result = replace(result, final=final, logprobs=None if result.logprobs is None else ())
-    return replace(result, echo=prompt if result.prompt_text is None else result.prompt_text)
+    listed = tuple(
+        lp if len(lp.top) <= top else lp.model_copy(update={"top": lp.top[:top]})
+        for lp in result.prompt_logprobs or ()
+    )
+    echo = prompt if result.prompt_text is None else result.prompt_text
+    return replace(result, echo=echo, echo_logprobs=listed)
+
+
+def vllm_prompt_logprobs(entries: Sequence[TokenLogprob]) -> PromptLogprobsOut:
+    """The prompt's log probabilities in vLLM's `prompt_logprobs` shape: null for the first token,
+    then per position the prompt token (with its vocabulary rank) and the most likely tokens there
+    (ranked by their order), keyed by token id."""
+    out: PromptLogprobsOut = [None] if entries else []
+    for lp in entries[1:]:
+        position = {
+            str(t.token_id): PromptLogprobOut(logprob=t.logprob, rank=rank, decoded_token=t.token)
+            for rank, t in enumerate(lp.top, start=1)
+        }
+        position[str(lp.token_id)] = PromptLogprobOut(logprob=lp.logprob, rank=lp.rank, decoded_token=lp.token)
+        out.append(position)
+    return out
 
 
 def _finish_reason(event: ReplyEvent) -> str:
@@ -177,9 +206,13 @@ def _completion_choice(result: ChoiceResult) -> CompletionChoice:
     available = _available(result.logprobs, final.text)
     out = None
     if available is not None:
-        out = completion_logprobs(available, prompt=result.prompt_logprobs or ())
+        out = completion_logprobs(available, prompt=result.echo_logprobs)
     return CompletionChoice(
-        index=result.index, text=result.echo + final.text, logprobs=out, finish_reason=_finish_reason(final)
+        index=result.index,
+        text=result.echo + final.text,
+        logprobs=out,
+        finish_reason=_finish_reason(final),
+        prompt_logprobs=None if result.prompt_logprobs is None else vllm_prompt_logprobs(result.prompt_logprobs),
     )
 
 
@@ -187,8 +220,17 @@ def chat_completion_choices(
     request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage | None
 ) -> ChatCompletion:
     """A whole chat answer of one or more choices, listed by index; `usage`: all of them together."""
-    choices = [_chat_choice(r.index, r.final, r.logprobs) for r in sorted(results, key=lambda r: r.index)]
-    return ChatCompletion(id=request_id, created=created, model=model, choices=choices, usage=usage_out(usage))
+    ordered = sorted(results, key=lambda r: r.index)
+    choices = [_chat_choice(r.index, r.final, r.logprobs) for r in ordered]
+    scored = next((r.prompt_logprobs for r in ordered if r.prompt_logprobs is not None), None)
+    return ChatCompletion(
+        id=request_id,
+        created=created,
+        model=model,
+        choices=choices,
+        usage=usage_out(usage),
+        prompt_logprobs=None if scored is None else vllm_prompt_logprobs(scored),
+    )
 
 
 def text_completion_choices(

@@ -240,6 +240,33 @@ async def test_token_id_prompts_as_lm_eval_sends_them_by_default(client) -> None
     assert "vocabulary" in str(err.value.body)
 
 
+async def test_prompt_logprobs_with_ranks_from_the_real_model(client) -> None:
+    # vLLM's `prompt_logprobs` (extra_body), on completions and on chat; the same values as echo's.
+    prompt = "The capital of France is Paris"
+    scored = await client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=1, temperature=0, extra_body={"prompt_logprobs": 2}
+    )
+    echoed = await client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=1, max_tokens=0)
+    positions = scored.choices[0].model_extra["prompt_logprobs"]  # type: ignore[index]
+    assert echoed.choices[0].logprobs is not None
+    listed = echoed.choices[0].logprobs
+    assert positions[0] is None and len(positions) == len(listed.tokens) == scored.usage.prompt_tokens
+    for position, token, value in zip(positions[1:], listed.tokens[1:], listed.token_logprobs[1:], strict=True):
+        # The prompt token (as echo scores it, in another batch: within 1e-3), and the two most
+        # likely tokens there, ranked 1 and 2; a prompt token among them has their rank.
+        own = [e for e in position.values() if e["decoded_token"] == token and abs(e["logprob"] - value) < 1e-3]
+        assert len(own) == 1 and own[0]["rank"] >= 1
+        assert sorted(e["rank"] for e in position.values())[:2] == [1, 2]
+        assert len(position) == (2 if own[0]["rank"] <= 2 else 3)
+    assert any(e["rank"] > 2 for position in positions[1:] for e in position.values())  # not all the likeliest
+    chat = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, extra_body={"prompt_logprobs": 0}
+    )
+    chat_positions = chat.model_extra["prompt_logprobs"]  # type: ignore[index]
+    assert chat_positions[0] is None and len(chat_positions) == chat.usage.prompt_tokens  # after the template
+    assert all(len(p) == 1 and next(iter(p.values()))["rank"] >= 1 for p in chat_positions[1:])
+
+
 async def test_vllm_ways_to_stop_reach_the_model(client) -> None:
     # vLLM's extensions as its own clients send them (extra_body): the end of sequence forced by a
     # logit bias is ignored, or held off for min_tokens; a stop token id ends the answer.

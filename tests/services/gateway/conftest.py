@@ -66,12 +66,18 @@ def fake_logprobs(position: int, token: str, top: int) -> TokenLogprob:
 
 def fake_prompt_logprobs(prompt: str, top: int) -> tuple[TokenLogprob, ...]:
     """The fake batcher's prompt log probabilities: one token per word (with its leading space),
-    the first with none (0), the others as `fake_logprobs` gives position `position`."""
+    the first with none (0), the others as `fake_logprobs` gives position `position`, each the
+    most likely there (rank 1)."""
     words = prompt.split(" ")
     entries = [TokenLogprob(token_id=5_000, token=words[0], logprob=0.0)]
     for position, word in enumerate(words[1:], start=1):
         entry = fake_logprobs(position, f" {word}", top)
-        entries.append(entry.model_copy(update={"token_id": 5_000 + position}))
+        token_id = 5_000 + position
+        # The token itself leads its alternatives: it has the same id there.
+        alternatives = tuple(
+            t.model_copy(update={"token_id": token_id}) if i == 0 else t for i, t in enumerate(entry.top)
+        )
+        entries.append(entry.model_copy(update={"token_id": token_id, "rank": 1, "top": alternatives}))
     return tuple(entries)
 
 

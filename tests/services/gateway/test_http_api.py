@@ -718,6 +718,34 @@ async def test_prompts_of_token_ids_go_to_the_cluster_as_ids_and_echo_decoded(
     assert plain.choices[0].text == "".join(ANSWER_TOKENS[:2])  # no echo: the decoding is not shown
 
 
+async def test_prompt_logprobs_as_vllm_gives_them(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    async with http_for(service) as http:
+        body = {"prompt": "Say it", "prompt_logprobs": 2, "max_tokens": 1}
+        completion = await http.post("/v1/completions", json=body)
+        echoed_too = await http.post("/v1/completions", json={**body, "echo": True, "logprobs": 0})
+        messages = [{"role": "user", "content": "a b"}]
+        chat = await http.post("/v1/chat/completions", json={"messages": messages, "prompt_logprobs": 0})
+        streamed = await http.post("/v1/completions", json={"prompt": "x", "prompt_logprobs": 0, "stream": True})
+    assert [r.params.prompt_logprobs for r in fake_batcher.requests] == [2, 2, 0]
+    choice = completion.json()["choices"][0]
+    # The fake's prompt: "Say" then " it" (id 5001), the most likely there, then its alternative.
+    assert choice["prompt_logprobs"] == [
+        None,
+        {
+            "5001": {"logprob": -0.2, "rank": 1, "decoded_token": " it"},
+            "1001": {"logprob": -1.2, "rank": 2, "decoded_token": "alt1"},
+        },
+    ]
+    assert choice["logprobs"] is None and choice["text"] == ANSWER_TOKENS[0]  # no echo, no `logprobs`
+    # With echo and logprobs 0, the legacy listing keeps its own number of alternatives.
+    listed = echoed_too.json()["choices"][0]
+    assert listed["logprobs"]["top_logprobs"][1] == {" it": -0.2} and len(listed["prompt_logprobs"][1]) == 2
+    assert chat.json()["prompt_logprobs"][1] == {"5001": {"logprob": -0.2, "rank": 1, "decoded_token": " b"}}
+    assert completion.headers["x-lgc-cache"] == "bypass"
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "prompt_logprobs"
+
+
 async def test_prompts_of_token_ids_bypass_the_caches(start_gateway, fake_batcher: FakeBatcher) -> None:
     service = await start_gateway()
     body = {"model": FAKE_MODEL, "prompt": [4, 2], "temperature": 0, "max_tokens": 2}

@@ -142,6 +142,8 @@ def test_text_parts_are_joined_and_assistant_may_have_no_content() -> None:
         ({"prompt": [[1], "a"]}, "prompt", "strings, or lists of token ids"),
         ({"prompt": [0] * 32_769}, "prompt", "at most 32768"),
         ({"prompt": [[1]] * 129}, "prompt", "at most 128 prompts"),
+        ({"prompt": "x", "prompt_logprobs": 1, "stream": True}, "prompt_logprobs", "not available with stream"),
+        ({"prompt": "x", "prompt_logprobs": 21}, "prompt_logprobs", "20"),
         ({"prompt": []}, "prompt", "must not be empty"),
         ({"prompt": ["a", ""]}, "prompt", "must not be empty"),
         ({"prompt": ["a"] * 129}, "prompt", "at most 128 prompts"),

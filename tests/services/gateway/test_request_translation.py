@@ -288,3 +288,17 @@ def test_prompts_of_token_ids() -> None:
     # Ids count as ids, not characters, against the prompt size limit: the schema bounds them.
     tight = GatewaySettings(gateway_max_prompt_chars=3)
     assert translate_completion(CompletionRequest.model_validate({"prompt": [1] * 10}), tight).prompt_token_ids
+
+
+def test_prompt_logprobs_are_asked_for_as_many_alternatives_as_the_larger_request() -> None:
+    assert chat(prompt_logprobs=3).params.prompt_logprobs == 3
+    assert chat().params.prompt_logprobs is None
+
+    def completion(**body: object) -> int | None:
+        translated = translate_completion(CompletionRequest.model_validate({"prompt": "a", **body}), SETTINGS)
+        return translated.params.prompt_logprobs
+
+    assert completion(prompt_logprobs=0) == 0
+    assert completion(echo=True, logprobs=1, prompt_logprobs=4) == 4
+    assert completion(echo=True, logprobs=5, prompt_logprobs=2) == 5
+    assert completion(logprobs=5, prompt_logprobs=2) == 2  # without echo, `logprobs` is the answer's only

@@ -21,6 +21,7 @@ from services.gateway.response_format import (
     chat_completion_choices,
     echoed,
     text_completion_choices,
+    vllm_prompt_logprobs,
 )
 from services.gateway.parallel_sampling import ChoiceResult
 
@@ -342,3 +343,41 @@ def test_final_is_finish_then_ending() -> None:
     other = ChatStreamFormatter(RID, 7, "m", include_usage=True)
     event = final("Hi")
     assert one.final(event) == other.finish(event) + other.ending(event.usage)
+
+
+def test_prompt_logprobs_in_vllms_shape_on_whole_answers() -> None:
+    alternatives = (TopLogprob(token_id=9, token=" a", logprob=-0.2), TopLogprob(token_id=4, token=" b", logprob=-0.7))
+    prompt = (
+        TokenLogprob(token_id=1, token="Say", logprob=0.0),
+        TokenLogprob(token_id=4, token=" b", logprob=-0.7, top=alternatives, rank=2),
+        TokenLogprob(token_id=3, token=" c", logprob=-6.0, top=alternatives, rank=40),
+    )
+    shaped = [None if p is None else {k: v.model_dump() for k, v in p.items()} for p in vllm_prompt_logprobs(prompt)]
+    assert shaped == [
+        None,
+        {
+            "9": {"logprob": -0.2, "rank": 1, "decoded_token": " a"},
+            "4": {"logprob": -0.7, "rank": 2, "decoded_token": " b"},
+        },
+        {
+            "9": {"logprob": -0.2, "rank": 1, "decoded_token": " a"},
+            "4": {"logprob": -0.7, "rank": 2, "decoded_token": " b"},
+            "3": {"logprob": -6.0, "rank": 40, "decoded_token": " c"},
+        },
+    ]
+    # A completion choice carries them; with echo, `logprobs` lists the prompt's with the request's
+    # own number of alternatives (1 here), whatever `prompt_logprobs` asked for.
+    own = TopLogprob(token_id=7, token="ab", logprob=-0.5)
+    generated = (TokenLogprob(token_id=7, token="ab", logprob=-0.5, top=(own,)),)
+    result = echoed(ChoiceResult(0, final("ab"), generated, prompt), "Say b c", top=1)
+    body = text_completion_choices("cmpl-1", 7, "m", [result], None).model_dump(mode="json")
+    choice = body["choices"][0]
+    assert choice["prompt_logprobs"][1]["4"]["rank"] == 2 and len(choice["prompt_logprobs"][2]) == 3
+    assert choice["logprobs"]["top_logprobs"][1:] == [{" a": -0.2, " b": -0.7}, {" a": -0.2, " c": -6.0}, {"ab": -0.5}]
+    # A chat answer carries them once, at the top; answers without them do not have the key.
+    chat = chat_completion_choices(RID, 1, "m", [ChoiceResult(0, final("ab"), None, prompt)], None)
+    assert chat.model_dump(mode="json")["prompt_logprobs"][2]["3"]["rank"] == 40
+    plain = chat_completion_choices(RID, 1, "m", [ChoiceResult(0, final("ab"), None)], None).model_dump(mode="json")
+    assert "prompt_logprobs" not in plain
+    no_prompt = text_completion_choices("cmpl-1", 7, "m", [ChoiceResult(0, final("ab"), generated)], None)
+    assert "prompt_logprobs" not in no_prompt.model_dump(mode="json")["choices"][0]
