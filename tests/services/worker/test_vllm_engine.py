@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transformers import AutoTokenizer
 
 from services.worker.engine import (
     ChatTurn,
@@ -398,7 +397,7 @@ async def test_real_vllm_generates_cancels_and_expires(
     await engine.start()
     assert os.environ[CPU_BIND_VARIABLE] == cpu_core_binding(os.sched_getaffinity(0))
     try:
-        await _exercise(engine, AutoTokenizer.from_pretrained(str(folder)))
+        await _exercise(engine)
     finally:
         await engine.stop()
     assert observer.ttfts and observer.steps and observer.token_count > 0
@@ -409,7 +408,7 @@ async def test_real_vllm_generates_cancels_and_expires(
     assert observer.kv[-1] == (0, 0)
 
 
-async def _exercise(engine: VllmEngine, tokenizer: Any) -> None:
+async def _exercise(engine: VllmEngine) -> None:
     assert (engine.info.backend, engine.info.simulated, engine.info.max_model_len) == ("vllm", False, 256)
     assert engine.info.model == "SmolLM2-gguf-config"
 
@@ -427,7 +426,7 @@ async def _exercise(engine: VllmEngine, tokenizer: Any) -> None:
     assert counting.text.startswith(" 5, 6")
 
     # The same prompt as token ids: the same answer, after a delta with their decoding.
-    ids = tuple(tokenizer("1, 2, 3, 4,")["input_ids"])
+    ids = tuple(engine._encoder.encode(WorkItem("x", prompt="1, 2, 3, 4,")).ids)
     by_ids = await run_item(engine, WorkItem("ids", prompt_token_ids=ids, params=SamplingParams(max_new_tokens=5)))
     assert by_ids.deltas[0].prompt_text == "1, 2, 3, 4," and by_ids.text == counting.text
 
@@ -473,6 +472,10 @@ async def _exercise(engine: VllmEngine, tokenizer: Any) -> None:
     assert "".join(e.token for e in first.prompt_logprobs) == "1, 2, 3, 4,"
     assert first.prompt_logprobs[0].logprob == 0.0
     assert all(e.logprob <= 0 and len(e.top) == 1 for e in first.prompt_logprobs[1:])
+    # Each with vLLM's rank in the vocabulary: 1 exactly where it is the most likely token there.
+    assert first.prompt_logprobs[0].rank is None
+    assert all((e.rank == 1) == (e.top[0].token_id == e.token_id) for e in first.prompt_logprobs[1:])
+    assert all(e.rank is not None and e.rank >= 1 for e in first.prompt_logprobs[1:])
 
     # Stop token ids reach vLLM: stopping at "," leaves " 5" of greedy counting.
     comma = engine._encoder.encode(WorkItem("x", prompt=",")).ids[-1]
