@@ -23,13 +23,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared.protos import gateway_pb2, gateway_pb2_grpc
-from shared.records import ReplyEvent, ReplyKind, TokenLogprob, Usage
+from shared.records import ReplyKind, TokenLogprob, Usage
 from shared.structured_logging import request_context
 
 from services.gateway.errors import InvalidRequestError, ReplyError, grpc_status_for, map_exception, outcome_of
 from services.gateway.parallel_sampling import ChoiceEvent, ChoiceResult
 from services.gateway.request_pipeline import ChoicesCall, GenerationCall, RequestPipeline
 from services.gateway.request_translation import new_request_id, translate_proto
+from services.gateway.response_format import finish_reason_name
 
 __all__ = ["CACHE_METADATA", "ErrorBoundaryInterceptor", "GatewayGrpcServer", "GatewayServicer", "REQUEST_ID_METADATA"]
 
@@ -50,10 +51,6 @@ def _usage(usage: Usage | None) -> gateway_pb2.Usage:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
     )
-
-
-def _finish_reason(final: ReplyEvent) -> str:
-    return final.finish_reason.value if final.finish_reason else "stop"
 
 
 def _logprobs(logprobs: Iterable[TokenLogprob]) -> list[gateway_pb2.TokenLogprob]:
@@ -103,7 +100,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 gateway_pb2.Choice(
                     index=result.index,
                     text=result.final.text,
-                    finish_reason=_finish_reason(result.final),
+                    finish_reason=finish_reason_name(result.final),
                     logprobs=_logprobs(result.logprobs or ()),
                 )
                 for result in results
@@ -169,7 +166,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     await context.write(
                         gateway_pb2.GenerateChunk(
                             id=request_id,
-                            finish_reason=_finish_reason(event),
+                            finish_reason=finish_reason_name(event),
                             usage=usage,
                             final=last,
                             model=event.model or call.model,

@@ -76,9 +76,11 @@ __all__ = [
     "chat_logprobs",
     "completion_logprobs",
     "echoed",
+    "finish_reason_name",
     "sse_event",
     "text_completion_choices",
     "usage_out",
+    "vllm_prompt_logprobs",
 ]
 
 #: The last event of every stream.
@@ -132,7 +134,8 @@ def vllm_prompt_logprobs(entries: Sequence[TokenLogprob]) -> PromptLogprobsOut:
     return out
 
 
-def _finish_reason(event: ReplyEvent) -> str:
+def finish_reason_name(event: ReplyEvent) -> str:
+    """A final event's finish reason as the APIs name it (`stop` when it has none)."""
     return event.finish_reason.value if event.finish_reason is not None else "stop"
 
 
@@ -197,7 +200,7 @@ def _chat_choice(index: int, final: ReplyEvent, logprobs: Sequence[TokenLogprob]
         index=index,
         message=ChatMessageOut(content=final.text),
         logprobs=None if available is None else chat_logprobs(available),
-        finish_reason=_finish_reason(final),
+        finish_reason=finish_reason_name(final),
     )
 
 
@@ -211,7 +214,7 @@ def _completion_choice(result: ChoiceResult) -> CompletionChoice:
         index=result.index,
         text=result.echo + final.text,
         logprobs=out,
-        finish_reason=_finish_reason(final),
+        finish_reason=finish_reason_name(final),
         prompt_logprobs=None if result.prompt_logprobs is None else vllm_prompt_logprobs(result.prompt_logprobs),
     )
 
@@ -296,11 +299,11 @@ class StreamFormatter:
     def finish(self, event: ReplyEvent) -> list[str]:
         """This choice's last chunk, with its finish reason (and any text not streamed yet)."""
         if self.prompt_only:
-            return [self._chunk("", _finish_reason(event), None)]
+            return [self._chunk("", finish_reason_name(event), None)]
         streamed = "".join(self._streamed)
         # A non-streaming producer, or one that lost deltas, may hold text not sent yet.
         rest = event.text[len(streamed):] if event.text.startswith(streamed) else ""
-        return [self._chunk(rest, _finish_reason(event), None)]
+        return [self._chunk(rest, finish_reason_name(event), None)]
 
     def ending(self, usage: Usage | None) -> list[str]:
         """The end of the stream once every choice is finished: the usage chunk (when asked for;
