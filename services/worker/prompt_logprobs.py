@@ -76,8 +76,12 @@ class PromptScorer:
             logprobs = head(hidden[:, start : start + end - begin]).float().log_softmax(dim=-1)
             targets = self._ids[:, begin + 1 : end + 1]
             picked = logprobs.gather(-1, targets[..., None])
-            # vLLM's rank: 1 + the tokens strictly more likely (ties share the better rank).
-            ranks = (logprobs > picked).sum(dim=-1).add_(1).tolist()
+            # vLLM's rank: 1 + the tokens strictly more likely (ties share the better rank). Row by
+            # row, counted in int32: the comparisons stay in cache (8 rows x 64 columns of a 49k
+            # vocabulary on 2 threads: 18 ms, against 108 ms for one int64 count of them all).
+            ranks = [
+                (logprobs[j] > picked[j]).sum(dim=-1, dtype=torch.int32).add_(1).tolist() for j in range(len(self._rows))
+            ]
             chosen = picked[..., 0].clamp_(min=MIN_LOGPROB).tolist()
             top_ids: list[list[list[int]]] = []
             top_values: list[list[list[float]]] = []
