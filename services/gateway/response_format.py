@@ -389,7 +389,7 @@ class CompletionStreamFormatter(StreamFormatter):
         )
         self._text_offset = 0
         """Where the next chunk's first token starts (`text_offset` continues across chunks)."""
-        self._echo_waits = echo_decoded or (bool(echo) and logprobs)
+        self._echo_waits = self.echo_decoded or (bool(self.echo) and self.logprobs)
         """The prompt's chunk waits: for the prompt's log probabilities (`echo` with `logprobs`),
         and for the decoding of a prompt of token ids."""
         self._prompt_logprobs: list[TokenLogprob] = []
