@@ -106,6 +106,11 @@ class SamplingParams:
     """None: none. Otherwise every prompt token's log probability given the ones before it and
     those of this many most likely tokens at each prompt position (0-20), on the sequence's first
     TextDelta (vLLM's `prompt_logprobs`; the model's own distribution, as `logprobs`)."""
+    return_token_ids: bool = False
+    """Send token ids (vLLM's `return_token_ids`): the prompt's, after the chat template, on a
+    delta at admission (`TextDelta.prompt_token_ids`; not for an item with a continuation, whose
+    prompt an earlier attempt reported), and each generated token's on the delta that carries it
+    (`TextDelta.token_ids`, the end-of-sequence token's included)."""
 
     @property
     def penalises_output(self) -> bool:
@@ -198,6 +203,12 @@ class TextDelta:
     prompt_text: str | None = None
     """When the item's prompt came as token ids: their decoding, on a delta of its own (no text,
     no tokens) sent as soon as the item is accepted."""
+    token_ids: tuple[int, ...] = ()
+    """When the item asked for them (`return_token_ids`): the ids of the tokens this delta
+    covers, in order (as many as `tokens`)."""
+    prompt_token_ids: tuple[int, ...] = ()
+    """When the item asked for them: the prompt's token ids after the chat template, on the delta
+    of its own sent as soon as the item is accepted (with `prompt_text`, if any)."""
 
 
 @dataclass(frozen=True, slots=True)

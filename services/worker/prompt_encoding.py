@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.worker.engine import WorkItem
+from services.worker.engine import TextDelta, WorkItem
 from shared.records import MAX_TEXT_CHARS
 
 __all__ = ["MAX_DECODED_PROMPT_CHARS", "EncodedPrompt", "PromptEncoder", "PromptError"]
@@ -30,6 +30,16 @@ class EncodedPrompt:
     decoded: str | None = None
     """A prompt given as token ids, decoded (for the reply: `TextDelta.prompt_text`); None for
     the others."""
+
+    def admission_delta(self, item: WorkItem) -> TextDelta | None:
+        """What the reply learns of the prompt as soon as the item is accepted, on a delta of its
+        own (None: nothing): the decoding of a prompt of token ids, and the prompt's token ids
+        when the item asked for them (`return_token_ids`), except after a continuation, whose
+        ids would hold output an earlier attempt already reported."""
+        ids = tuple(self.ids) if item.params.return_token_ids and not item.continuation else ()
+        if self.decoded is None and not ids:
+            return None
+        return TextDelta(item.request_id, "", 0, prompt_text=self.decoded, prompt_token_ids=ids)
 
 
 #: Longest decoding of a prompt of token ids that a reply may carry (ReplyEvent.prompt_text).

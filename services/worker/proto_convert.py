@@ -124,6 +124,7 @@ def sampling_params_from_proto(msg: worker_pb2.SamplingParams) -> SamplingParams
         min_tokens=msg.min_tokens,
         stop_token_ids=tuple(sorted(set(msg.stop_token_ids))),
         prompt_logprobs=msg.prompt_top_logprobs if msg.prompt_logprobs else None,
+        return_token_ids=msg.return_token_ids,
     )
 
 
@@ -161,6 +162,8 @@ def event_to_proto(event: EngineEvent) -> worker_pb2.GenerateEvent:
             delta.prompt_logprobs.extend(_logprob_to_proto(entry) for entry in event.prompt_logprobs)
         if event.prompt_text is not None:
             delta.prompt_text = event.prompt_text
+        delta.token_ids.extend(event.token_ids)
+        delta.prompt_token_ids.extend(event.prompt_token_ids)
         return worker_pb2.GenerateEvent(request_id=event.request_id, delta=delta)
     if isinstance(event, SequenceFinished):
         return worker_pb2.GenerateEvent(

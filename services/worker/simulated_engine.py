@@ -41,6 +41,7 @@ __all__ = [
     "simulated_logprob",
     "simulated_prompt_logprobs",
     "simulated_prompt_text",
+    "simulated_prompt_token_ids",
     "simulated_token",
 ]
 
@@ -84,6 +85,23 @@ def _prompt_words(item: WorkItem) -> list[str]:
     if item.prompt_token_ids:
         return simulated_prompt_text(item.prompt_token_ids).split()
     return item.prompt.split()
+
+
+def simulated_prompt_token_ids(item: WorkItem) -> tuple[int, ...]:
+    """A prompt's token ids as the simulated backend reports them (`return_token_ids`): a prompt of
+    token ids as given; otherwise 0, 1, ...: as many as its usage counts (`_count_words`)."""
+    if item.prompt_token_ids and not item.messages:
+        return item.prompt_token_ids
+    return tuple(range(_count_words(item)))
+
+
+def _admission_delta(item: WorkItem) -> TextDelta | None:
+    """The delta about the prompt sent at admission (as `EncodedPrompt.admission_delta`)."""
+    decoded = simulated_prompt_text(item.prompt_token_ids) if item.prompt_token_ids and not item.messages else None
+    ids = simulated_prompt_token_ids(item) if item.params.return_token_ids and not item.continuation else ()
+    if decoded is None and not ids:
+        return None
+    return TextDelta(item.request_id, "", 0, prompt_text=decoded, prompt_token_ids=ids)
 
 
 def _count_words(item: WorkItem) -> int:
@@ -148,8 +166,9 @@ class SimulatedEngine(TaskPerSequenceEngine):
                     f"beyond this worker's max_model_len of {settings.worker_max_model_len}",
                 )
             )
-        if item.prompt_token_ids and not item.messages:
-            handle.sink(TextDelta(item.request_id, "", 0, prompt_text=simulated_prompt_text(item.prompt_token_ids)))
+        admission = _admission_delta(item)
+        if admission is not None:
+            handle.sink(admission)
         if budget == 0:
             return state.finished(handle, FinishReason.LENGTH)
         assert self._slots is not None
@@ -174,6 +193,7 @@ class SimulatedEngine(TaskPerSequenceEngine):
         first_index = item.continuation_tokens
         # Of the tokens not yet reported: they wait with their text, as in the real engine.
         logprobs: list[TokenLogprob] = []
+        token_ids: list[int] | None = [] if item.params.return_token_ids else None
         while True:
             token_at = time.monotonic()
             state.generated += 1
@@ -189,17 +209,22 @@ class SimulatedEngine(TaskPerSequenceEngine):
             text = "" if ends_here else stops.feed(simulated_token(index), match=index >= item.params.min_tokens)
             if item.params.logprobs is not None:
                 logprobs.append(simulated_logprob(index, item.params.logprobs))
+            if token_ids is not None:
+                token_ids.append(index)
             last = ends_here or stops.stopped or state.generated >= budget
             if last and not stops.stopped:
                 text += stops.flush()
             prompt_logprobs: tuple[TokenLogprob, ...] = ()
             if state.generated == 1 and item.params.prompt_logprobs is not None:
                 prompt_logprobs = simulated_prompt_logprobs(item, item.params.prompt_logprobs)
-            if text or (last and logprobs) or prompt_logprobs:
+            if text or (last and (logprobs or token_ids)) or prompt_logprobs:
                 unreported = state.generated - state.reported
-                handle.sink(TextDelta(item.request_id, text, unreported, tuple(logprobs), prompt_logprobs))
+                ids = () if token_ids is None else tuple(token_ids)
+                handle.sink(TextDelta(item.request_id, text, unreported, tuple(logprobs), prompt_logprobs, None, ids))
                 state.reported = state.generated
                 logprobs.clear()
+                if token_ids is not None:
+                    token_ids.clear()
             if last:
                 reason = FinishReason.STOP if stops.stopped or ends_here else FinishReason.LENGTH
                 return state.finished(handle, reason)

@@ -139,6 +139,8 @@ class _Sequence:
     """Log probabilities of the tokens generated since the last delta (when the item asked)."""
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
     """The prompt's log probabilities (when the item asked), until the first delta takes them."""
+    token_ids: list[int] | None = None
+    """Ids of the tokens generated since the last delta (when the item asked: `return_token_ids`)."""
     ends: tuple[int, ...] = ()
     """Token ids that end this sequence: the model's end of sequence (unless `ignore_eos`) and the
     item's `stop_token_ids` (those the output head has)."""
@@ -518,8 +520,9 @@ class TransformersEngine(Engine):
             message = f"logit_bias names token id {beyond}; this model's vocabulary has {self._vocab_size} tokens"
             self._end(handle, SequenceFailed(handle.request_id, FailureCode.INVALID_REQUEST, message), events)
             return
-        if encoded.decoded is not None:
-            events.append((handle, TextDelta(handle.request_id, "", 0, prompt_text=encoded.decoded)))
+        admission = encoded.admission_delta(handle.item)
+        if admission is not None:
+            events.append((handle, admission))
         if encoded.budget == 0:
             # The continuation already used up max_new_tokens: nothing left to generate.
             finished = SequenceFinished(
@@ -538,6 +541,7 @@ class TransformersEngine(Engine):
                 output_ids=list(encoded.continuation_ids) if params.penalises_output else None,
                 ends=self._ends_of(params),
                 min_new=handle.item.remaining_min_tokens,
+                token_ids=[] if params.return_token_ids else None,
             )
         )
 
@@ -837,6 +841,8 @@ class TransformersEngine(Engine):
         seq.unreported += 1
         if seq.output_ids is not None:
             seq.output_ids.append(token)
+        if seq.token_ids is not None:
+            seq.token_ids.append(token)
         if seq.generated == 1:
             seq.ttft_ms = seq.handle.elapsed_ms()
             self._observer.first_token(seq.ttft_ms / 1000.0)
@@ -867,15 +873,20 @@ class TransformersEngine(Engine):
     def _emit(seq: _Sequence, text: str, events: _Events, *, last: bool = False) -> None:
         """A delta with `text` and the tokens since the previous one; none while there is no text
         (the tokens wait with the text they belong to), except at the `last` token of a sequence
-        whose log probabilities are still unsent (an end-of-sequence token adds no text), and for
-        the first token of a sequence that asked for its prompt's log probabilities (they leave at
-        once, on this delta)."""
-        if text or (last and seq.logprobs) or seq.prompt_logprobs:
-            delta = TextDelta(seq.handle.request_id, text, seq.unreported, tuple(seq.logprobs), seq.prompt_logprobs)
+        whose log probabilities or token ids are still unsent (an end-of-sequence token adds no
+        text), and for the first token of a sequence that asked for its prompt's log probabilities
+        (they leave at once, on this delta)."""
+        if text or (last and (seq.logprobs or seq.token_ids)) or seq.prompt_logprobs:
+            token_ids = () if seq.token_ids is None else tuple(seq.token_ids)
+            delta = TextDelta(
+                seq.handle.request_id, text, seq.unreported, tuple(seq.logprobs), seq.prompt_logprobs, None, token_ids
+            )
             events.append((seq.handle, delta))
             seq.unreported = 0
             seq.logprobs.clear()
             seq.prompt_logprobs = ()
+            if seq.token_ids is not None:
+                seq.token_ids.clear()
 
     def _finish(self, seq: _Sequence, reason: FinishReason, events: _Events) -> None:
         handle = seq.handle

@@ -567,8 +567,9 @@ class VllmEngine(TaskPerSequenceEngine):
         except PromptError as exc:
             raise SequenceAbort(SequenceFailed(item.request_id, FailureCode.INVALID_REQUEST, str(exc))) from None
         progress.prompt_tokens = len(encoded.ids)
-        if encoded.decoded is not None:
-            handle.sink(TextDelta(item.request_id, "", 0, prompt_text=encoded.decoded))
+        admission = encoded.admission_delta(item)
+        if admission is not None:
+            handle.sink(admission)
         if encoded.budget == 0:
             # The continuation already used up max_new_tokens: nothing left to generate.
             return progress.finished(handle, FinishReason.LENGTH)
@@ -585,6 +586,7 @@ class VllmEngine(TaskPerSequenceEngine):
         logprobs: list[TokenLogprob] = []  # of the tokens not yet reported (they wait with their text)
         prompt_top = item.params.prompt_logprobs
         prompt_logprobs: tuple[TokenLogprob, ...] = ()
+        ids_sent: int | None = 0 if item.params.return_token_ids else None  # None: not asked for
         last_at = time.monotonic()
         finish_reason: str | None = None
         finished = False
@@ -605,12 +607,19 @@ class VllmEngine(TaskPerSequenceEngine):
                 text, reported = output.advance(completion.text, len(completion.token_ids))
                 self._count_tokens(handle, progress, output.tokens - before, last_at)
                 last_at = time.monotonic()
-                if text or (result.finished and logprobs) or prompt_logprobs:
+                ids_unsent = ids_sent is not None and ids_sent < output.tokens
+                if text or (result.finished and (logprobs or ids_unsent)) or prompt_logprobs:
                     if not text:
                         # The last tokens added no text (end of sequence), or the prompt's log
                         # probabilities go first: what was generated is counted on this delta.
                         reported = output.take_unreported()
-                    handle.sink(TextDelta(item.request_id, text, reported, tuple(logprobs), prompt_logprobs))
+                    token_ids: tuple[int, ...] = ()
+                    if ids_sent is not None:
+                        # Every token generated so far is reported on this delta (`advance`).
+                        token_ids, ids_sent = tuple(completion.token_ids[ids_sent:]), output.tokens
+                    handle.sink(
+                        TextDelta(item.request_id, text, reported, tuple(logprobs), prompt_logprobs, None, token_ids)
+                    )
                     logprobs.clear()
                     prompt_logprobs = ()
                 if result.finished:

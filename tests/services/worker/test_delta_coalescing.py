@@ -80,3 +80,15 @@ def test_what_is_about_the_prompt_leaves_at_once_with_what_is_held() -> None:
     assert coalescer.add(TextDelta("a", "t2", 1, (), scored)) == TextDelta("a", "t1t2", 2, (), scored)
     assert coalescer.add(TextDelta("a", "t3", 1)) is None
     assert coalescer.flush("a") == TextDelta("a", "t3", 1)
+
+
+def test_token_ids_travel_with_their_tokens_and_the_prompts_leave_at_once() -> None:
+    coalescer = DeltaCoalescer(4)
+    prompt = TextDelta("a", "", 0, prompt_token_ids=(5, 6))
+    assert coalescer.add(prompt) == prompt
+    assert coalescer.add(TextDelta("a", "t0", 1, token_ids=(10,))) == TextDelta("a", "t0", 1, token_ids=(10,))
+    assert coalescer.add(TextDelta("a", "", 1, token_ids=(11,))) is None
+    assert coalescer.add(TextDelta("a", "t1", 1, token_ids=(12,))) is None
+    # The end-of-sequence token adds no text; its id leaves with the rest at the end.
+    assert coalescer.add(TextDelta("a", "", 1, token_ids=(2,))) is None
+    assert coalescer.flush("a") == TextDelta("a", "t1", 3, token_ids=(11, 12, 2))

@@ -151,3 +151,14 @@ def test_a_prompt_of_token_ids_comes_in_and_its_decoding_goes_out() -> None:
     delta = event_to_proto(TextDelta("r", "", 0, prompt_text="four")).delta
     assert delta.HasField("prompt_text") and delta.prompt_text == "four"
     assert not event_to_proto(TextDelta("r", "x", 1)).delta.HasField("prompt_text")
+
+
+def test_token_ids_are_asked_for_and_go_out_on_the_delta() -> None:
+    params = worker_pb2.SamplingParams(max_new_tokens=1, return_token_ids=True)
+    item = work_item_from_proto(worker_pb2.WorkItem(request_id="r", prompt="x", params=params))
+    assert item.params.return_token_ids
+    plain = worker_pb2.SamplingParams(max_new_tokens=1)
+    unasked = work_item_from_proto(worker_pb2.WorkItem(request_id="r", prompt="x", params=plain))
+    assert not unasked.params.return_token_ids
+    delta = event_to_proto(TextDelta("r", "ab", 2, token_ids=(7, 8), prompt_token_ids=(1, 2, 3))).delta
+    assert (list(delta.token_ids), list(delta.prompt_token_ids)) == ([7, 8], [1, 2, 3])

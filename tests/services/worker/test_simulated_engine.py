@@ -261,3 +261,18 @@ async def test_a_prompt_of_token_ids_is_decoded_first_and_counted_by_ids() -> No
     assert all(d.prompt_text is None for d in rest)
     assert [lp.token for d in rest for lp in d.prompt_logprobs] == ["tok3", " tok9", " tok4"]
     assert isinstance(result.end, SequenceFinished) and result.end.prompt_tokens == 3
+
+
+async def test_token_ids_are_reported_where_asked_the_prompts_at_admission() -> None:
+    engine = await started(make_settings())
+    params = SamplingParams(max_new_tokens=3, return_token_ids=True, stop_token_ids=(2,))
+    result = await run_item(engine, WorkItem("r1", prompt="one two three four", params=params))
+    admission, *rest = result.deltas
+    assert (admission.text, admission.prompt_token_ids) == ("", (0, 1, 2, 3))
+    assert isinstance(result.end, SequenceFinished) and result.end.prompt_tokens == 4
+    # Token i has id i; the stop token adds no text, yet its id is reported.
+    assert [t for d in rest for t in d.token_ids] == [0, 1, 2] and result.text == "tok0 tok1"
+    ids = await run_item(engine, WorkItem("r2", prompt_token_ids=(7, 3), params=params))
+    assert (ids.deltas[0].prompt_text, ids.deltas[0].prompt_token_ids) == ("tok7 tok3", (7, 3))
+    plain = await run_item(engine, WorkItem("r3", prompt="x", params=SamplingParams(max_new_tokens=2)))
+    assert all(not d.token_ids and not d.prompt_token_ids for d in plain.deltas)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -380,6 +381,38 @@ async def test_prompt_logprobs_come_on_the_first_delta_only_where_asked(
     reference = await run_item(engine, greedy(prompt, max_new_tokens=4))
     assert asked.text == reference.text
     assert len([e for d in asked.deltas for e in d.logprobs]) == 4
+
+
+async def test_token_ids_come_where_asked_the_prompts_first_and_the_end_of_sequence_too(
+    engine: TransformersEngine,
+) -> None:
+    prompt = "The capital of France is"
+    asked, neighbour = await asyncio.gather(
+        run_item(engine, greedy(prompt, max_new_tokens=6, request_id="ids", logprobs=0, return_token_ids=True)),
+        run_item(engine, greedy(prompt, max_new_tokens=6, request_id="plain")),
+    )
+    assert all(not d.token_ids and not d.prompt_token_ids for d in neighbour.deltas)
+    admission, *rest = asked.deltas
+    assert (admission.text, admission.tokens, admission.token_ids) == ("", 0, ())
+    assert list(admission.prompt_token_ids) == engine.tokenizer(prompt)["input_ids"]
+    assert all(not d.prompt_token_ids for d in rest)
+    # Each delta names exactly the tokens it reports: those its log probabilities name.
+    assert all(list(d.token_ids) == [e.token_id for e in d.logprobs] and len(d.token_ids) == d.tokens for d in rest)
+    ids = [t for d in rest for t in d.token_ids]
+    assert engine.tokenizer.decode(ids) == asked.text == neighbour.text
+    # An end-of-sequence token adds no text, yet its id is reported.
+    eos = engine.tokenizer.eos_token_id
+    ended = await run_item(engine, greedy(prompt, max_new_tokens=4, return_token_ids=True, logit_bias=((eos, 100.0),)))
+    assert [t for d in ended.deltas for t in d.token_ids] == [eos] and ended.text == ""
+    # A continuation's prompt holds output an earlier attempt reported: its ids are not sent.
+    continued = await run_item(
+        engine,
+        dataclasses.replace(
+            greedy(prompt, max_new_tokens=6, return_token_ids=True), continuation=" Paris", continuation_tokens=1
+        ),
+    )
+    assert all(not d.prompt_token_ids for d in continued.deltas)
+    assert sum(len(d.token_ids) for d in continued.deltas) == sum(d.tokens for d in continued.deltas)
 
 
 async def test_ignore_eos_min_tokens_and_stop_token_ids(engine: TransformersEngine) -> None:

@@ -430,6 +430,25 @@ async def _exercise(engine: VllmEngine) -> None:
     by_ids = await run_item(engine, WorkItem("ids", prompt_token_ids=ids, params=SamplingParams(max_new_tokens=5)))
     assert by_ids.deltas[0].prompt_text == "1, 2, 3, 4," and by_ids.text == counting.text
 
+    # Token ids where asked: the prompt's at admission, each token's on its delta, the
+    # end-of-sequence token's too (forced here, it adds no text).
+    asked = await run_item(
+        engine, WorkItem("tid", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=5, return_token_ids=True))
+    )
+    assert asked.deltas[0].prompt_token_ids == ids and all(not d.prompt_token_ids for d in asked.deltas[1:])
+    generated = [t for d in asked.deltas for t in d.token_ids]
+    assert len(generated) == 5 and engine._encoder._tokenizer.decode(generated) == asked.text == counting.text
+    assert all(not d.token_ids for d in counting.deltas)
+    eos = engine._encoder._tokenizer.eos_token_id
+    ended = await run_item(
+        engine,
+        WorkItem(
+            "tid-eos", prompt="1, 2, 3, 4,",
+            params=SamplingParams(max_new_tokens=3, return_token_ids=True, logit_bias=((eos, 100.0),)),
+        ),
+    )
+    assert [t for d in ended.deltas for t in d.token_ids] == [eos] and ended.text == ""
+
     # Presence and frequency penalties reach vLLM: greedy counting repeats ", " after every number.
     plain = await run_item(engine, WorkItem("plain", prompt="1, 2, 3, 4,", params=SamplingParams(max_new_tokens=16)))
     penalised = await run_item(
