@@ -186,6 +186,10 @@ class GenerationParams(BaseModel):
     token given the ones before it, and of this many most likely tokens at each prompt position
     (on the reply's delta events, `ReplyEvent.prompt_logprobs`). The model's own distribution, as
     `logprobs`. What a completion request with `echo` and `logprobs` asks for."""
+    return_token_ids: bool = False
+    """vLLM's `return_token_ids`: the reply's delta events carry the prompt's token ids after the
+    chat template (`ReplyEvent.prompt_token_ids`, once) and each generated token's
+    (`ReplyEvent.token_ids`, the end-of-sequence token's included)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -429,6 +433,14 @@ class ReplyEvent(Record):
     prompt as the worker's tokenizer decodes it, once, on a delta of empty text before any other
     delta (at once for a streaming request, just before the final event for the others), so that
     `echo` can show it."""
+    token_ids: tuple[_TokenId, ...] = Field((), max_length=MAX_PROMPT_TOKEN_IDS)
+    """`delta` only, when the request asked for `return_token_ids`: the ids of the tokens generated
+    since the previous delta that carried any, in order (the end-of-sequence token's included,
+    which adds no text). Like `logprobs`, they travel only on deltas: a request that does not
+    stream gets them on deltas of empty text just before its final event."""
+    prompt_token_ids: tuple[_TokenId, ...] = Field((), max_length=MAX_PROMPT_TOKEN_IDS)
+    """`delta` only, when the request asked for `return_token_ids`: the prompt's token ids after
+    the chat template, once, on the first delta (as `prompt_text`)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -438,8 +450,9 @@ class ReplyEvent(Record):
             raise ValueError("a 'final' event needs 'finish_reason'")
         if (self.logprobs or self.prompt_logprobs) and self.kind is not ReplyKind.DELTA:
             raise ValueError("only 'delta' events carry 'logprobs' and 'prompt_logprobs'")
-        if self.prompt_text is not None and self.kind is not ReplyKind.DELTA:
-            raise ValueError("only 'delta' events carry 'prompt_text'")
+        about_tokens = self.prompt_text is not None or self.token_ids or self.prompt_token_ids
+        if about_tokens and self.kind is not ReplyKind.DELTA:
+            raise ValueError("only 'delta' events carry 'prompt_text', 'token_ids' and 'prompt_token_ids'")
         return self
 
     @property

@@ -28,6 +28,7 @@ from services.batcher.stream_watchdog import StreamWatchdog
 from services.batcher.worker_pool import WorkerHandle, WorkerPool
 from shared.protos import worker_pb2
 from shared.records import (
+    MAX_PROMPT_TOKEN_IDS,
     MAX_TEXT_CHARS,
     MAX_TOKEN_CHARS,
     MAX_TOKEN_ID,
@@ -41,7 +42,7 @@ from shared.records import (
 )
 from shared.structured_logging import request_context
 
-__all__ = ["BatchDispatcher", "logprobs_from_proto", "to_work_item"]
+__all__ = ["BatchDispatcher", "logprobs_from_proto", "to_work_item", "token_ids_from_proto"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def to_work_item(state: RequestState) -> worker_pb2.WorkItem:
         # Once received they are the request's; a retry after a failure does not ask again.
         prompt_logprobs=p.prompt_logprobs is not None and not state.prompt_logprobs_received,
         prompt_top_logprobs=p.prompt_logprobs or 0,
+        return_token_ids=p.return_token_ids,
     )
     return worker_pb2.WorkItem(
         request_id=request.id,
@@ -119,6 +121,12 @@ def _top(entry: worker_pb2.TopLogprob) -> TopLogprob:
         token=entry.token[:MAX_TOKEN_CHARS],
         logprob=_logprob(entry.logprob),
     )
+
+
+def token_ids_from_proto(ids: Iterable[int]) -> tuple[int, ...]:
+    """A TokenDelta's token ids as the records take them (an id beyond the records' range, which
+    no tokenizer has, becomes the largest one rather than failing the reply)."""
+    return tuple(min(token, MAX_TOKEN_ID) for token in ids)
 
 
 def logprobs_from_proto(entries: Iterable[worker_pb2.TokenLogprob]) -> tuple[TokenLogprob, ...]:
@@ -391,7 +399,14 @@ class BatchDispatcher:
             # The first worker's decoding is the one replied (a retry's worker sends it again).
             if state.decoded_prompt is None:
                 state.decoded_prompt = delta.prompt_text[: MAX_TEXT_CHARS * 2]  # the records' bound
-        await self._publisher.delta(state, delta.text, logprobs, prompt_logprobs)
+        token_ids: tuple[int, ...] = ()
+        if state.request.params.return_token_ids:
+            token_ids = token_ids_from_proto(delta.token_ids)
+            if delta.prompt_token_ids and not state.worker_prompt_ids:
+                # The first worker's, as for the decoding (a retry's worker has a continuation
+                # and sends none).
+                state.worker_prompt_ids = token_ids_from_proto(delta.prompt_token_ids)[:MAX_PROMPT_TOKEN_IDS]
+        await self._publisher.delta(state, delta.text, logprobs, prompt_logprobs, token_ids)
 
     async def _on_finished(self, state: RequestState, finished: worker_pb2.Finished) -> None:
         state.prompt_tokens = finished.prompt_tokens or state.prompt_tokens

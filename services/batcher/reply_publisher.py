@@ -23,7 +23,10 @@ on their own deltas of empty text (`prompt_logprobs`, at most `LOGPROB_CHUNK_TOK
 each), before any delta of the answer: at once for a streaming request, just before the generated
 tokens' for the others. They are about the client's own prompt, so a held answer keeps them.
 A prompt given as token ids comes back decoded by the worker (`prompt_text`) the same way, once,
-on the first delta that leaves (one of its own if nothing else is ready).
+on the first delta that leaves (one of its own if nothing else is ready); so do the prompt's token
+ids (requests with `params.return_token_ids`: `prompt_token_ids`). The generated tokens' ids
+(`token_ids`) travel as their log probabilities do, and are dropped likewise from a held answer
+replaced by redacted text.
 """
 
 from __future__ import annotations
@@ -76,20 +79,22 @@ class ReplyPublisher:
         text: str,
         logprobs: Sequence[TokenLogprob] = (),
         prompt_logprobs: Sequence[TokenLogprob] = (),
+        token_ids: Sequence[int] = (),
     ) -> None:
-        """A piece of the answer: `text` and its tokens' `logprobs` (empty unless asked for), after
-        the prompt's `prompt_logprobs` (the first delta's, when asked for). A streaming request gets
-        it at once (also a piece of empty text that has log probabilities); one that does not
-        stream, or is held, gets only the final event, and its log probabilities are kept for
-        `final`."""
+        """A piece of the answer: `text` and its tokens' `logprobs` and `token_ids` (empty unless
+        asked for), after the prompt's `prompt_logprobs` (the first delta's, when asked for). A
+        streaming request gets it at once (also a piece of empty text that has log probabilities
+        or token ids); one that does not stream, or is held, gets only the final event, and its
+        log probabilities and token ids are kept for `final`."""
         if not state.request.reply_to:
             return  # nobody listens for replies: only the result is written
         if not state.request.stream or state.held:
             state.prompt_logprobs.extend(prompt_logprobs)
             state.logprobs.extend(logprobs)
+            state.token_ids.extend(token_ids)
             return
-        if text or logprobs or prompt_logprobs or _decoding_unsent(state):
-            await self._send_deltas(state, text, logprobs, prompt_logprobs)
+        if text or logprobs or prompt_logprobs or token_ids or _prompt_unsent(state):
+            await self._send_deltas(state, text, logprobs, prompt_logprobs, token_ids)
 
     async def _send_deltas(
         self,
@@ -97,26 +102,31 @@ class ReplyPublisher:
         text: str,
         logprobs: Sequence[TokenLogprob],
         prompt_logprobs: Sequence[TokenLogprob] = (),
+        token_ids: Sequence[int] = (),
     ) -> None:
-        """The prompt's log probabilities, then `text` and `logprobs`, as delta events of at most
-        `LOGPROB_CHUNK_TOKENS` positions each: the prompt's on deltas of their own, the text on
-        the first of the answer's (none of those when it has neither text nor log probabilities).
-        The prompt's decoding, when it has not left yet, goes on the first delta."""
+        """The prompt's log probabilities, then `text`, `logprobs` and `token_ids`, as delta
+        events of at most `LOGPROB_CHUNK_TOKENS` positions each: the prompt's on deltas of their
+        own, the text on the first of the answer's (none of those when it has neither text, log
+        probabilities nor token ids). What the worker told of the prompt (its decoding, its token
+        ids), when it has not left yet, goes on the first delta."""
         assert state.request.reply_to is not None
         size = LOGPROB_CHUNK_TOKENS
-        chunks: list[tuple[str, tuple[TokenLogprob, ...], tuple[TokenLogprob, ...]]] = [
-            ("", (), tuple(prompt_logprobs[i : i + size])) for i in range(0, len(prompt_logprobs), size)
+        chunks: list[tuple[str, tuple[TokenLogprob, ...], tuple[TokenLogprob, ...], tuple[int, ...]]] = [
+            ("", (), tuple(prompt_logprobs[i : i + size]), ()) for i in range(0, len(prompt_logprobs), size)
         ]
-        if text or logprobs:
+        if text or logprobs or token_ids:
+            positions = max(len(logprobs), len(token_ids), 1)
             chunks += [
-                ("" if i else text, tuple(logprobs[i : i + size]), ()) for i in range(0, max(len(logprobs), 1), size)
+                ("" if i else text, tuple(logprobs[i : i + size]), (), tuple(token_ids[i : i + size]))
+                for i in range(0, positions, size)
             ]
-        decoded = None
-        if _decoding_unsent(state):
+        decoded, prompt_ids = None, ()
+        if _prompt_unsent(state):
             decoded, state.decoded_prompt_sent = state.decoded_prompt, True
+            prompt_ids, state.worker_prompt_ids_sent = state.worker_prompt_ids, True
             if not chunks:
-                chunks.append(("", (), ()))
-        for index, (chunk_text, chunk, prompt_chunk) in enumerate(chunks):
+                chunks.append(("", (), (), ()))
+        for index, (chunk_text, chunk, prompt_chunk, ids_chunk) in enumerate(chunks):
             event = ReplyEvent(
                 request_id=state.id,
                 kind=ReplyKind.DELTA,
@@ -127,6 +137,8 @@ class ReplyPublisher:
                 logprobs=chunk,
                 prompt_logprobs=prompt_chunk,
                 prompt_text=None if index else decoded,
+                token_ids=ids_chunk,
+                prompt_token_ids=() if index else prompt_ids,
             )
             # Not awaited per record: ordering within the partition plus the awaited terminal
             # event give durability; awaiting the send() call itself keeps memory bounded (it
@@ -141,12 +153,13 @@ class ReplyPublisher:
         usage = Usage(prompt_tokens=state.prompt_tokens, completion_tokens=state.tokens)
         kept, state.logprobs = state.logprobs, []
         kept_prompt, state.prompt_logprobs = state.prompt_logprobs, []
+        kept_ids, state.token_ids = state.token_ids, []
         sends = []
         if state.request.reply_to:
             if not (reply_text is None or reply_text == state.text):
-                kept = []  # they would spell out the withheld text
-            if kept or kept_prompt or _decoding_unsent(state):
-                await self._send_deltas(state, "", kept, kept_prompt)
+                kept, kept_ids = [], []  # they would spell out the withheld text
+            if kept or kept_prompt or kept_ids or _prompt_unsent(state):
+                await self._send_deltas(state, "", kept, kept_prompt, kept_ids)
             event = ReplyEvent(
                 request_id=state.id,
                 kind=ReplyKind.FINAL,
@@ -166,7 +179,7 @@ class ReplyPublisher:
         """The request ended without a result: the error event, then the result with the error."""
         info = ErrorInfo(code=code, message=message[:4_000], retryable=retryable)
         # An error event carries none: no answer is delivered.
-        state.logprobs, state.prompt_logprobs = [], []
+        state.logprobs, state.prompt_logprobs, state.token_ids = [], [], []
         sends = []
         if state.request.reply_to:
             event = ReplyEvent(
@@ -217,6 +230,8 @@ class ReplyPublisher:
         )
 
 
-def _decoding_unsent(state: RequestState) -> bool:
-    """Whether a worker's decoding of the request's token-id prompt has yet to go out."""
-    return state.decoded_prompt is not None and not state.decoded_prompt_sent
+def _prompt_unsent(state: RequestState) -> bool:
+    """Whether what a worker told of the request's prompt (the decoding of a prompt of token ids,
+    the prompt's token ids) has yet to go out."""
+    decoding = state.decoded_prompt is not None and not state.decoded_prompt_sent
+    return decoding or (bool(state.worker_prompt_ids) and not state.worker_prompt_ids_sent)

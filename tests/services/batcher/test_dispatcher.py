@@ -13,6 +13,7 @@ from services.batcher.request_state import RequestState
 from services.worker.proto_convert import work_item_from_proto
 from shared.protos import worker_pb2
 from shared.records import (
+    MAX_TOKEN_ID,
     MAX_TOP_LOGPROBS,
     MIN_LOGPROB,
     FinishReason,
@@ -108,6 +109,7 @@ class _RecordingPublisher:
     def __init__(self) -> None:
         self.deltas: list[tuple[str, tuple[TokenLogprob, ...]]] = []
         self.prompt_deltas: list[tuple[TokenLogprob, ...]] = []
+        self.token_ids: list[tuple[int, ...]] = []
         self.finals: list[tuple[FinishReason, int]] = []
 
     async def delta(
@@ -116,9 +118,11 @@ class _RecordingPublisher:
         text: str,
         logprobs: tuple[TokenLogprob, ...] = (),
         prompt_logprobs: tuple[TokenLogprob, ...] = (),
+        token_ids: tuple[int, ...] = (),
     ) -> None:
         self.deltas.append((text, tuple(logprobs)))
         self.prompt_deltas.append(tuple(prompt_logprobs))
+        self.token_ids.append(tuple(token_ids))
 
     async def final(self, state: RequestState, reason: FinishReason, *, reply_text: str | None = None) -> None:
         self.finals.append((reason, state.tokens))
@@ -170,6 +174,26 @@ async def test_the_first_workers_decoding_of_a_token_prompt_is_kept() -> None:
     text_state = _state(GenerationParams())
     await dispatcher._on_delta(text_state, worker_pb2.TokenDelta(prompt_text="unasked"))  # noqa: SLF001
     assert (text_state.decoded_prompt, text_state.prompt_text) == (None, "Tell me")  # the request's own text
+
+
+async def test_token_ids_are_asked_for_and_handed_on_only_when_asked_the_prompts_once() -> None:
+    assert to_work_item(_state(GenerationParams(return_token_ids=True))).params.return_token_ids
+    assert not to_work_item(_state(GenerationParams())).params.return_token_ids
+    publisher = _RecordingPublisher()
+    dispatcher = _dispatcher(publisher)
+    asked, not_asked = _state(GenerationParams(return_token_ids=True)), _state(GenerationParams())
+    admission = worker_pb2.TokenDelta(prompt_token_ids=[1, 2, 3])
+    delta = worker_pb2.TokenDelta(text="Hi", tokens=2, token_ids=[9, 2**32 - 1])
+    for state in (asked, not_asked):
+        await dispatcher._on_delta(state, admission)  # noqa: SLF001 - the delta path on its own
+        await dispatcher._on_delta(state, delta)  # noqa: SLF001
+    await dispatcher._on_delta(asked, worker_pb2.TokenDelta(prompt_token_ids=[4]))  # noqa: SLF001 - a retry's worker
+    assert publisher.token_ids == [(), (9, MAX_TOKEN_ID), (), (), ()]  # an id beyond the records' range is bounded
+    assert (asked.worker_prompt_ids, not_asked.worker_prompt_ids) == ((1, 2, 3), ())
+    assert asked.first_token_at is not None  # the admission delta alone is no first token (below)
+    fresh = _state(GenerationParams(return_token_ids=True))
+    await dispatcher._on_delta(fresh, admission)  # noqa: SLF001
+    assert fresh.first_token_at is None
 
 
 async def test_the_answer_counts_the_tokens_the_worker_generated_also_those_without_text() -> None:

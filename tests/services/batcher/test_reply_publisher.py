@@ -224,3 +224,56 @@ async def test_a_token_prompts_decoding_goes_out_once_on_the_first_delta(replies
     assert [(e.kind, e.text, e.prompt_text) for e in events] == [
         (ReplyKind.DELTA, "", "seven eight"), (ReplyKind.FINAL, "Hi", None),
     ]
+
+
+async def test_token_ids_travel_as_log_probabilities_do_the_prompts_once_first(replies: Replies) -> None:
+    def ids_state(*, stream: bool) -> RequestState:
+        request = GenerationRequest(
+            id=f"r-{time.monotonic_ns()}",
+            model="m",
+            prompt="hi",
+            params=GenerationParams(return_token_ids=True),
+            stream=stream,
+            reply_to=replies.reply_topic,
+        )
+        return RequestState(request, Priority.NORMAL, TopicPartition("x", 0), 0)
+
+    # Streamed: the prompt's at once on a delta of their own, each delta's with it; the last
+    # (an end-of-sequence token's) on a delta of empty text.
+    streamed = ids_state(stream=True)
+    streamed.worker_prompt_ids = (5, 6)
+    await replies.publisher.delta(streamed, "", ())
+    await replies.publisher.delta(streamed, "Hi", (), (), (40,))
+    await replies.publisher.delta(streamed, "", (), (), (2,))
+    streamed.text, streamed.tokens = "Hi", 2
+    await replies.publisher.final(streamed, FinishReason.STOP)
+    events = await replies.events_until_final(streamed.id)
+    assert [(e.kind, e.text, e.prompt_token_ids, e.token_ids) for e in events] == [
+        (ReplyKind.DELTA, "", (5, 6), ()),
+        (ReplyKind.DELTA, "Hi", (), (40,)),
+        (ReplyKind.DELTA, "", (), (2,)),
+        (ReplyKind.FINAL, "Hi", (), ()),
+    ]
+
+    # Not streamed: kept, then in chunks of LOGPROB_CHUNK_TOKENS just before the final event.
+    whole = ids_state(stream=False)
+    whole.worker_prompt_ids = (5, 6)
+    many = tuple(range(LOGPROB_CHUNK_TOKENS + 3))
+    await replies.publisher.delta(whole, "Hi", (), (), many)
+    assert whole.token_ids == list(many)
+    whole.text, whole.tokens = "Hi", len(many)
+    await replies.publisher.final(whole, FinishReason.LENGTH)
+    events = await replies.events_until_final(whole.id)
+    assert [(e.text, e.prompt_token_ids, len(e.token_ids)) for e in events] == [
+        ("", (5, 6), LOGPROB_CHUNK_TOKENS), ("", (), 3), ("Hi", (), 0),
+    ]
+    assert [t for e in events for t in e.token_ids] == list(many) and whole.token_ids == []
+
+    # A held answer replaced by redacted text: its ids would spell out the withheld text.
+    held = ids_state(stream=True)
+    held.held = True
+    await replies.publisher.delta(held, "call 555-0100", (), (), (1, 2, 3))
+    held.text, held.tokens = "call 555-0100", 3
+    await replies.publisher.final(held, FinishReason.STOP, reply_text="call [REDACTED]")
+    events = await replies.events_until_final(held.id)
+    assert [(e.kind, e.token_ids) for e in events] == [(ReplyKind.FINAL, ())]
