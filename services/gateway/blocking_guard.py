@@ -27,8 +27,10 @@ one content chunk of a stream, or on a delta of empty text just before the final
 answer (where GenerationCall.final gathers them). A redacted answer gets none: each generated
 token's text travels with its log probability, so they would spell out what was withheld. The
 prompt's log probabilities (`echo` with `logprobs`) are about the client's own prompt: they are
-let out in every case, on a delta of their own before the answer's, and so is the worker's decoding
-of a prompt given as token ids (`prompt_text`).
+let out in every case, on a delta of their own before the answer's, and so are the worker's decoding
+of a prompt given as token ids (`prompt_text`) and the prompt's token ids (`prompt_token_ids`). The
+generated tokens' ids (`return_token_ids`) go as the log probabilities do: none with a redacted
+answer.
 """
 
 from __future__ import annotations
@@ -57,32 +59,39 @@ async def guarded_events(
     """`events` with the answer judged before any of it is let through (see the module docstring)."""
     kept: list[TokenLogprob] = []
     kept_prompt: list[TokenLogprob] = []
+    kept_ids: list[int] = []
     prompt_text: str | None = None  # a prompt of token ids, decoded: the client's own, like kept_prompt
+    prompt_ids: tuple[int, ...] = ()  # likewise
     try:
         async for event in events:
             if event.kind is ReplyKind.DELTA:
                 kept.extend(event.logprobs)
                 kept_prompt.extend(event.prompt_logprobs)
+                kept_ids.extend(event.token_ids)
                 if event.prompt_text is not None:
                     prompt_text = event.prompt_text
+                prompt_ids = prompt_ids or event.prompt_token_ids
                 continue  # held back: the final event carries the whole text
             if event.kind is ReplyKind.ERROR:
                 yield event
                 return
             text = await _judged_text(event, request, guardian, fail_open=fail_open, on_result=on_result)
             # Dropped when the text was redacted (see the module docstring).
-            logprobs = tuple(kept) if text == event.text else ()
+            as_generated = text == event.text
+            logprobs = tuple(kept) if as_generated else ()
+            token_ids = tuple(kept_ids) if as_generated else ()
             seq = 0
-            if kept_prompt or prompt_text is not None:
+            if kept_prompt or prompt_text is not None or prompt_ids:
                 yield ReplyEvent(
                     request_id=request.id, kind=ReplyKind.DELTA, seq=seq, model=event.model,
                     worker_id=event.worker_id, prompt_logprobs=tuple(kept_prompt), prompt_text=prompt_text,
+                    prompt_token_ids=prompt_ids,
                 )
                 seq += 1
-            if (request.stream and text) or logprobs:
+            if (request.stream and text) or logprobs or token_ids:
                 yield ReplyEvent(
                     request_id=request.id, kind=ReplyKind.DELTA, seq=seq, text=text if request.stream else "",
-                    model=event.model, worker_id=event.worker_id, logprobs=logprobs,
+                    model=event.model, worker_id=event.worker_id, logprobs=logprobs, token_ids=token_ids,
                 )
                 seq += 1
             yield event.model_copy(update={"text": text, "seq": seq})

@@ -6,11 +6,11 @@ answer replayed from a cache would silently remove the randomness the client ask
 `no-store` means "don't keep my answer" (a cached answer may still be served); both together, or
 `no-cache, no-store`, bypass the caches completely.
 
-A request for log probabilities (`logprobs`, or the prompt's: `prompt_logprobs`) bypasses the
-caches whatever else it says: a cached
-answer has none to give, and storing its answer would only serve requests that have to bypass them
-too (the parameters are part of every cache key). So does a prompt given as token ids
-(response_cache.py): the caches key on text.
+A request for log probabilities (`logprobs`, or the prompt's: `prompt_logprobs`) or for token ids
+(`return_token_ids`) bypasses the caches whatever else it says: a cached answer has none to give,
+and storing its answer would only serve requests that have to bypass them too (the parameters are
+part of every cache key). So does a prompt given as token ids (response_cache.py): the caches key on
+text.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def is_deterministic(params: GenerationParams) -> bool:
 
 def is_cacheable(params: GenerationParams, *, deterministic_only: bool) -> bool:
     """Whether the caches may answer or store a request with these parameters (see above)."""
-    if params.logprobs or params.prompt_logprobs is not None:
+    if params.logprobs or params.prompt_logprobs is not None or params.return_token_ids:
         return False
     return not deterministic_only or is_deterministic(params)
 

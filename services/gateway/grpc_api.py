@@ -27,7 +27,7 @@ from shared.records import ReplyKind, TokenLogprob, Usage
 from shared.structured_logging import request_context
 
 from services.gateway.errors import InvalidRequestError, ReplyError, grpc_status_for, map_exception, outcome_of
-from services.gateway.parallel_sampling import ChoiceEvent, ChoiceResult
+from services.gateway.parallel_sampling import ChoiceEvent
 from services.gateway.request_pipeline import ChoicesCall, GenerationCall, RequestPipeline
 from services.gateway.request_translation import new_request_id, translate_proto
 from services.gateway.response_format import finish_reason_name
@@ -86,9 +86,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     results = await call.results()
                     usage = call.usage()
                 else:
-                    final = await call.final()
-                    results = [ChoiceResult(0, final, call.logprobs)]
-                    usage = final.usage
+                    results = [await call.whole()]
+                    usage = results[0].final.usage
                 outcome = "ok"
             except BaseException as exc:
                 # Only notes the outcome for metrics; the interceptor answers the client.

@@ -226,9 +226,9 @@ def build_http_app(
                 return await answer_choices(request, call, translated, whole, formatter_type, headers)
             try:
                 if not translated.stream:
-                    final = await _until_disconnect(request, call.final())
+                    result = await _until_disconnect(request, call.whole())
                     await call.close("ok")
-                    result = ChoiceResult(0, final, call.logprobs, call.prompt_logprobs, prompt_text=call.prompt_text)
+                    final = result.final
                     if translated.echo:
                         result = echoed(
                             result,
@@ -261,6 +261,7 @@ def build_http_app(
             echo=(call.request.prompt or "") if translated.echo else "",
             prompt_only=translated.prompt_only,
             echo_decoded=translated.echo and call.request.prompt_token_ids is not None,
+            token_ids=call.request.params.return_token_ids,
         )
         return _ClosingStreamingResponse(
             _sse_stream(call, first, formatter, retry_after_s),
@@ -321,6 +322,7 @@ def build_http_app(
                 echo=(call.children[index].prompt or "") if echo else "",
                 prompt_only=prompt_only,
                 echo_decoded=echo and call.children[index].prompt_token_ids is not None,
+                token_ids=call.request.params.return_token_ids,
             )
             for index in range(call.n)
         ]

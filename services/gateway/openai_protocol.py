@@ -219,6 +219,13 @@ class _GenerationBody(_Body):
     (0-20), in the answer's `prompt_logprobs` (vLLM's shape). The model's own distribution. Not
     with `stream` (as vLLM). Such a request bypasses the caches."""
 
+    return_token_ids: bool | None = None
+    """Extension (vLLM's): the answer carries token ids: each choice's generated tokens in
+    `token_ids` (the end-of-sequence token's included) and the prompt's after the chat template in
+    `prompt_token_ids` (on each completion choice; once on a chat answer). In a stream, each
+    chunk's tokens on its choice and the prompt's on the first chunk (chat: at the chunk's top
+    level, and the role chunk waits for them). Such a request bypasses the caches."""
+
     @field_validator("prompt_logprobs")
     @classmethod
     def _not_streamed(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -442,6 +449,11 @@ class _Out(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
 
+def _absent(value: object) -> bool:
+    """Fields of vLLM's extensions are left out of an answer that did not ask for them."""
+    return value is None
+
+
 class UsageOut(_Out):
     """Token counts."""
 
@@ -521,6 +533,9 @@ class ChatChoice(_Out):
     answer the content filter redacted."""
     finish_reason: str
     """`stop`, `length` or `cancelled`."""
+    token_ids: list[int] | None = Field(None, exclude_if=_absent)
+    """With `return_token_ids` (vLLM's extension): the generated tokens' ids, the end-of-sequence
+    token's included; absent otherwise, and for an answer the content filter redacted."""
 
 
 class PromptLogprobOut(_Out):
@@ -538,10 +553,6 @@ class PromptLogprobOut(_Out):
 PromptLogprobsOut = list[dict[str, PromptLogprobOut] | None]
 """vLLM's `prompt_logprobs`: per prompt token, null for the first (nothing comes before it), else
 the prompt token and the most likely tokens there, keyed by token id (a string in JSON)."""
-
-
-def _absent(value: object) -> bool:
-    return value is None
 
 
 class ChatCompletion(_Out):
@@ -564,6 +575,9 @@ class ChatCompletion(_Out):
     prompt_logprobs: PromptLogprobsOut | None = Field(None, exclude_if=_absent)
     """With `prompt_logprobs` (vLLM's extension): the prompt's tokens after the chat template,
     each with its log probability (`PromptLogprobsOut`); absent otherwise."""
+    prompt_token_ids: list[int] | None = Field(None, exclude_if=_absent)
+    """With `return_token_ids` (vLLM's extension): the prompt's token ids after the chat template;
+    absent otherwise."""
 
 
 class ChatDelta(_Out):
@@ -587,6 +601,8 @@ class ChatChunkChoice(_Out):
     """With `logprobs: true`: the log probabilities of this chunk's tokens; else null."""
     finish_reason: str | None = None
     """Set on the last content chunk."""
+    token_ids: list[int] | None = Field(None, exclude_if=_absent)
+    """With `return_token_ids`: the ids of this chunk's tokens; absent otherwise."""
 
 
 class ChatCompletionChunk(_Out):
@@ -607,6 +623,9 @@ class ChatCompletionChunk(_Out):
     together)."""
     system_fingerprint: str | None = None
     """Always null."""
+    prompt_token_ids: list[int] | None = Field(None, exclude_if=_absent)
+    """With `return_token_ids`: the prompt's token ids after the chat template, on the first
+    chunk (the role chunk) only; absent otherwise."""
 
 
 class CompletionChoice(_Out):
@@ -625,6 +644,13 @@ class CompletionChoice(_Out):
     """Whole answers computed with the prompt's log probabilities (vLLM's `prompt_logprobs`, or
     `echo` with `logprobs`, as vLLM gives them): its prompt's tokens, each with its log
     probability (`PromptLogprobsOut`); absent otherwise."""
+    token_ids: list[int] | None = Field(None, exclude_if=_absent)
+    """With `return_token_ids` (vLLM's extension): the generated (a chunk's) tokens' ids, the
+    end-of-sequence token's included; absent otherwise, and for an answer the content filter
+    redacted."""
+    prompt_token_ids: list[int] | None = Field(None, exclude_if=_absent)
+    """With `return_token_ids`: the prompt's token ids (in a stream, on the choice's first chunk
+    only); absent otherwise."""
 
 
 class TextCompletion(_Out):

@@ -28,9 +28,17 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from shared.records import SEED_MODULUS, GenerationRequest, ReplyEvent, TokenLogprob, Usage
+from shared.records import SEED_MODULUS, GenerationParams, GenerationRequest, ReplyEvent, TokenLogprob, Usage
 
-__all__ = ["ChoiceEvent", "ChoiceResult", "ChoiceStreams", "child_id", "child_requests", "summed_usage"]
+__all__ = [
+    "ChoiceEvent",
+    "ChoiceGatherer",
+    "ChoiceResult",
+    "ChoiceStreams",
+    "child_id",
+    "child_requests",
+    "summed_usage",
+]
 
 
 def child_id(request_id: str, index: int) -> str:
@@ -92,6 +100,52 @@ class ChoiceResult:
     echo_logprobs: Sequence[TokenLogprob] = ()
     """The prompt's entries that `logprobs` lists before the answer's (`echo` with `logprobs`),
     with as many alternatives as the request's `logprobs` asks."""
+    token_ids: Sequence[int] | None = None
+    """Its generated tokens' ids, gathered from its deltas; None when the request did not ask for
+    them (`return_token_ids`)."""
+    prompt_token_ids: Sequence[int] | None = None
+    """Its prompt's token ids after the chat template, from its deltas; None when the request did
+    not ask for them."""
+
+
+class ChoiceGatherer:
+    """What one choice's delta events carry besides its text, gathered for its whole answer
+    (`ChoiceResult`): the log probabilities, the prompt's, and the token ids the request asked for,
+    and the decoding of a prompt of token ids."""
+
+    __slots__ = ("_logprobs", "_prompt_logprobs", "_prompt_text", "_prompt_token_ids", "_token_ids")
+
+    def __init__(self, params: GenerationParams) -> None:
+        self._logprobs: list[TokenLogprob] | None = [] if params.logprobs else None
+        self._prompt_logprobs: list[TokenLogprob] | None = [] if params.prompt_logprobs is not None else None
+        self._token_ids: list[int] | None = [] if params.return_token_ids else None
+        self._prompt_token_ids: tuple[int, ...] | None = () if params.return_token_ids else None
+        self._prompt_text: str | None = None
+
+    def add(self, event: ReplyEvent) -> None:
+        """Take what a delta event carries (a worker sends nothing unasked; the batcher drops it)."""
+        if self._logprobs is not None:
+            self._logprobs.extend(event.logprobs)
+        if self._prompt_logprobs is not None:
+            self._prompt_logprobs.extend(event.prompt_logprobs)
+        if self._token_ids is not None:
+            self._token_ids.extend(event.token_ids)
+        if self._prompt_token_ids is not None and event.prompt_token_ids:
+            self._prompt_token_ids = event.prompt_token_ids
+        if event.prompt_text is not None:
+            self._prompt_text = event.prompt_text
+
+    def result(self, index: int, final: ReplyEvent) -> ChoiceResult:
+        """The finished choice `index`, whose final event is `final`."""
+        return ChoiceResult(
+            index,
+            final,
+            self._logprobs,
+            self._prompt_logprobs,
+            prompt_text=self._prompt_text,
+            token_ids=self._token_ids,
+            prompt_token_ids=self._prompt_token_ids,
+        )
 
 
 @dataclass(frozen=True, slots=True)

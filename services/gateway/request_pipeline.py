@@ -35,7 +35,6 @@ from shared.records import (
     ReplyEvent,
     ReplyKind,
     Timings,
-    TokenLogprob,
     Usage,
 )
 
@@ -49,6 +48,7 @@ from services.gateway.guardian_client import GuardianClient
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.parallel_sampling import (
     ChoiceEvent,
+    ChoiceGatherer,
     ChoiceResult,
     ChoiceStreams,
     child_requests,
@@ -168,13 +168,9 @@ class GenerationCall(_Call):
             slot=slot,
         )
         self._events = events
-        self.logprobs: list[TokenLogprob] | None = [] if request.params.logprobs else None
-        """The answer's log probabilities, gathered by `final` from the deltas that carry them
-        (they never come on the final event); None when the request did not ask for them."""
-        self.prompt_logprobs: list[TokenLogprob] | None = [] if request.params.prompt_logprobs is not None else None
-        """The prompt's, likewise (requests with `prompt_logprobs`: `echo` with `logprobs`)."""
-        self.prompt_text: str | None = None
-        """A prompt of token ids as the worker decoded it, gathered by `final` likewise."""
+        self._gathered = ChoiceGatherer(request.params)
+        """What `final` gathers from the deltas besides their text (log probabilities, token ids,
+        ...: they never come on the final event)."""
 
     async def next_event(self) -> ReplyEvent:
         """The next event (StopAsyncIteration after the terminal one)."""
@@ -186,19 +182,18 @@ class GenerationCall(_Call):
             self._count_usage(event.usage)
         return event
 
+    async def whole(self) -> ChoiceResult:
+        """Wait for the whole answer: its final event with what its deltas carried besides their
+        text (`ChoiceGatherer`); ReplyError if the request failed."""
+        return self._gathered.result(0, await self.final())
+
     async def final(self) -> ReplyEvent:
-        """Wait for the final event; ReplyError if the request failed. Deltas are skipped but
-        for their log probabilities, kept in `logprobs`, and the prompt's (`prompt_logprobs`,
-        `prompt_text`)."""
+        """Wait for the final event; ReplyError if the request failed. Deltas are skipped but for
+        what they carry besides their text, gathered for `whole`."""
         while True:
             event = await self.next_event()
             if event.kind is ReplyKind.DELTA:
-                if self.logprobs is not None:
-                    self.logprobs.extend(event.logprobs)
-                if self.prompt_logprobs is not None:
-                    self.prompt_logprobs.extend(event.prompt_logprobs)
-                if event.prompt_text is not None:
-                    self.prompt_text = event.prompt_text
+                self._gathered.add(event)
             elif event.kind is ReplyKind.ERROR:
                 assert event.error is not None
                 raise ReplyError(event.error)
@@ -277,38 +272,18 @@ class ChoicesCall(_Call):
 
     async def results(self) -> list[ChoiceResult]:
         """Wait for every choice's final event; ReplyError as soon as one fails (the caller closes
-        the call, which cancels the others). Sorted by index, each with its log probabilities
-        (and its prompt's) when the request asked for them."""
-        logprobs: list[list[TokenLogprob]] | None = None
-        if self.request.params.logprobs:
-            logprobs = [[] for _ in range(self.n)]
-        prompt_logprobs: list[list[TokenLogprob]] | None = None
-        if self.request.params.prompt_logprobs is not None:
-            prompt_logprobs = [[] for _ in range(self.n)]
-        prompt_texts: dict[int, str] = {}
+        the call, which cancels the others). Sorted by index, each with what its deltas carried
+        besides their text (`ChoiceGatherer`)."""
+        gathered = [ChoiceGatherer(self.request.params) for _ in range(self.n)]
         while self.finished < self.n:
             item = await self.next_event()
             event = item.event
             if event.kind is ReplyKind.DELTA:
-                if logprobs is not None:
-                    logprobs[item.index].extend(event.logprobs)
-                if prompt_logprobs is not None:
-                    prompt_logprobs[item.index].extend(event.prompt_logprobs)
-                if event.prompt_text is not None:
-                    prompt_texts[item.index] = event.prompt_text
+                gathered[item.index].add(event)
             elif event.kind is ReplyKind.ERROR:
                 assert event.error is not None
                 raise ReplyError(event.error)
-        return [
-            ChoiceResult(
-                index,
-                self._finals[index],
-                None if logprobs is None else logprobs[index],
-                None if prompt_logprobs is None else prompt_logprobs[index],
-                prompt_text=prompt_texts.get(index),
-            )
-            for index in range(self.n)
-        ]
+        return [gathered[index].result(index, self._finals[index]) for index in range(self.n)]
 
     async def _stop(self) -> None:
         await self._choices.aclose()

@@ -392,6 +392,7 @@ def _body_params(
         min_tokens=body.min_tokens or 0,
         stop_token_ids=tuple(body.stop_token_ids or ()),
         prompt_logprobs=max(asked) if asked else None,
+        return_token_ids=bool(body.return_token_ids),
     )
 
 
@@ -415,6 +416,7 @@ def _params(
     min_tokens: int = 0,
     stop_token_ids: tuple[int, ...] = (),
     prompt_logprobs: int | None = None,
+    return_token_ids: bool = False,
 ) -> GenerationParams:
     limit = settings.gateway_max_tokens_limit
     if max_tokens is None:
@@ -454,6 +456,7 @@ def _params(
         min_tokens=min_tokens,
         stop_token_ids=stop_token_ids,
         prompt_logprobs=prompt_logprobs,
+        return_token_ids=return_token_ids,
     )
 
 

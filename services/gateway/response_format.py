@@ -37,6 +37,14 @@ A whole answer computed with the prompt's log probabilities (vLLM's `prompt_logp
 with `logprobs`) also carries them in vLLM's shape (:func:`vllm_prompt_logprobs`): on each
 completion choice, and once on a chat answer (its first choice's; every choice has the same
 prompt).
+
+Token ids (vLLM's `return_token_ids`) come as vLLM gives them: a whole answer's choices carry their
+generated tokens' ids (`token_ids`), and the prompt's (`prompt_token_ids`) are on each completion
+choice and once at a chat answer's top level. In a stream every content chunk of the choice has
+`token_ids` (its tokens; `[]` for none, as on the last chunk), and the prompt's ids go on the first
+chunk after they arrive: a completion choice's next chunk, a chat answer's opening chunk (which
+waits for them: they come on the first event, before any token). An answer the content filter
+redacted gets none.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from shared.records import ReplyEvent, TokenLogprob, Usage
 
@@ -83,6 +92,8 @@ __all__ = [
     "vllm_prompt_logprobs",
 ]
 
+T = TypeVar("T")
+
 #: The last event of every stream.
 DONE_EVENT = "data: [DONE]\n\n"
 
@@ -110,7 +121,12 @@ def echoed(result: ChoiceResult, prompt: str, *, prompt_only: bool = False, top:
     computed for at least that many: more with a larger `prompt_logprobs`)."""
     if prompt_only:
         final = result.final.model_copy(update={"text": ""})
-        result = replace(result, final=final, logprobs=None if result.logprobs is None else ())
+        result = replace(
+            result,
+            final=final,
+            logprobs=None if result.logprobs is None else (),
+            token_ids=None if result.token_ids is None else (),
+        )
     listed = tuple(
         lp if len(lp.top) <= top else lp.model_copy(update={"top": lp.top[:top]})
         for lp in result.prompt_logprobs or ()
@@ -186,21 +202,28 @@ def completion_logprobs(
     )
 
 
-def _available(logprobs: Sequence[TokenLogprob] | None, text: str) -> Sequence[TokenLogprob] | None:
-    """`logprobs`, unless there are none for a non-empty text (an answer the content filter
-    redacted): then None, as `[]` would claim that no token was generated."""
-    if logprobs is None or (not logprobs and text):
+def _available(per_token: Sequence[T] | None, text: str) -> Sequence[T] | None:
+    """`per_token` (log probabilities, token ids), unless there are none for a non-empty text (an
+    answer the content filter redacted): then None, as `[]` would claim that no token was
+    generated."""
+    if per_token is None or (not per_token and text):
         return None
-    return logprobs
+    return per_token
 
 
-def _chat_choice(index: int, final: ReplyEvent, logprobs: Sequence[TokenLogprob] | None) -> ChatChoice:
-    available = _available(logprobs, final.text)
+def _ids(ids: Sequence[int] | None) -> list[int] | None:
+    return None if ids is None else list(ids)
+
+
+def _chat_choice(result: ChoiceResult) -> ChatChoice:
+    final = result.final
+    available = _available(result.logprobs, final.text)
     return ChatChoice(
-        index=index,
+        index=result.index,
         message=ChatMessageOut(content=final.text),
         logprobs=None if available is None else chat_logprobs(available),
         finish_reason=finish_reason_name(final),
+        token_ids=_ids(_available(result.token_ids, final.text)),
     )
 
 
@@ -216,23 +239,28 @@ def _completion_choice(result: ChoiceResult) -> CompletionChoice:
         logprobs=out,
         finish_reason=finish_reason_name(final),
         prompt_logprobs=None if result.prompt_logprobs is None else vllm_prompt_logprobs(result.prompt_logprobs),
+        token_ids=_ids(_available(result.token_ids, final.text)),
+        prompt_token_ids=_ids(result.prompt_token_ids),
     )
 
 
 def chat_completion_choices(
     request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage | None
 ) -> ChatCompletion:
-    """A whole chat answer of one or more choices, listed by index; `usage`: all of them together."""
+    """A whole chat answer of one or more choices, listed by index; `usage`: all of them together.
+    What is about the prompt is given once, as its first choice has it (every choice has the
+    same prompt)."""
     ordered = sorted(results, key=lambda r: r.index)
-    choices = [_chat_choice(r.index, r.final, r.logprobs) for r in ordered]
     scored = next((r.prompt_logprobs for r in ordered if r.prompt_logprobs is not None), None)
+    prompt_ids = next((r.prompt_token_ids for r in ordered if r.prompt_token_ids is not None), None)
     return ChatCompletion(
         id=request_id,
         created=created,
         model=model,
-        choices=choices,
+        choices=[_chat_choice(r) for r in ordered],
         usage=usage_out(usage),
         prompt_logprobs=None if scored is None else vllm_prompt_logprobs(scored),
+        prompt_token_ids=_ids(prompt_ids),
     )
 
 
@@ -259,6 +287,7 @@ class StreamFormatter:
         echo: str = "",
         prompt_only: bool = False,
         echo_decoded: bool = False,
+        token_ids: bool = False,
     ) -> None:
         self.request_id = request_id
         self.created = created
@@ -276,6 +305,12 @@ class StreamFormatter:
         self.echo_decoded = echo_decoded
         """`echo` of a prompt given as token ids: its text comes on the events (`ReplyEvent.prompt_text`,
         the worker's decoding) and the prompt's chunk waits for it (completions only)."""
+        self.token_ids = token_ids
+        """The request asked for token ids (`return_token_ids`): every content chunk carries its
+        tokens' ids, and the first chunk after they arrive the prompt's."""
+        self._prompt_token_ids: tuple[int, ...] = ()
+        """The prompt's token ids, arrived and not sent yet."""
+        self._prompt_token_ids_noted = False
         self._streamed: list[str] = []
 
     def opening(self) -> list[str]:
@@ -283,14 +318,32 @@ class StreamFormatter:
         return [self._chunk(self.echo, None, None)] if self.echo else []
 
     def delta(self, event: ReplyEvent) -> list[str]:
-        """Events for one delta (one with log probabilities is sent even without text)."""
+        """Events for one delta (one with log probabilities or token ids is sent even without
+        text)."""
+        self._note_prompt_token_ids(event)
         if self.prompt_only:
             return []
         self._streamed.append(event.text)
         logprobs = _available(event.logprobs if self.logprobs else None, event.text)
-        if not event.text and not logprobs:
+        token_ids = event.token_ids if self.token_ids else ()
+        if not event.text and not logprobs and not token_ids:
             return []
-        return [self._chunk(event.text, None, logprobs)]
+        return [self._chunk(event.text, None, logprobs, token_ids)]
+
+    def _note_prompt_token_ids(self, event: ReplyEvent) -> None:
+        """Keep the prompt's token ids for the next chunk (the first time they come only: this
+        runs more than once per event)."""
+        if self.token_ids and event.prompt_token_ids and not self._prompt_token_ids_noted:
+            self._prompt_token_ids, self._prompt_token_ids_noted = event.prompt_token_ids, True
+
+    def _take_prompt_token_ids(self) -> list[int] | None:
+        """The prompt's token ids for the chunk being made, once (None: none to send)."""
+        ids, self._prompt_token_ids = self._prompt_token_ids, ()
+        return list(ids) if ids else None
+
+    def _chunk_token_ids(self, token_ids: Sequence[int]) -> list[int] | None:
+        """A content chunk's `token_ids`: its tokens' (maybe none) when asked for, else absent."""
+        return list(token_ids) if self.token_ids else None
 
     def final(self, event: ReplyEvent) -> list[str]:
         """Events for the final event of the only choice, through `[DONE]`."""
@@ -320,7 +373,13 @@ class StreamFormatter:
         exclude = None if self.include_usage else {"usage"}
         return sse_event(chunk.model_dump_json(exclude=exclude))
 
-    def _chunk(self, text: str, finish_reason: str | None, logprobs: Sequence[TokenLogprob] | None) -> str:
+    def _chunk(
+        self,
+        text: str,
+        finish_reason: str | None,
+        logprobs: Sequence[TokenLogprob] | None,
+        token_ids: Sequence[int] = (),
+    ) -> str:
         raise NotImplementedError
 
     def _usage_chunk(self, usage: Usage | None) -> str:
@@ -328,21 +387,62 @@ class StreamFormatter:
 
 
 class ChatStreamFormatter(StreamFormatter):
-    """chat.completion.chunk events."""
+    """chat.completion.chunk events. With token ids, the opening chunk carries the prompt's and
+    waits for the first event (which has them)."""
+
+    _opened = False
 
     def opening(self) -> list[str]:
-        return [self._chat_chunk(ChatDelta(role="assistant", content=""), None)]
+        return [] if self.token_ids else self._opening()
 
-    def _chunk(self, text: str, finish_reason: str | None, logprobs: Sequence[TokenLogprob] | None) -> str:
+    def delta(self, event: ReplyEvent) -> list[str]:
+        self._note_prompt_token_ids(event)
+        return [*self._late_opening(), *super().delta(event)]
+
+    def finish(self, event: ReplyEvent) -> list[str]:
+        return [*self._late_opening(), *super().finish(event)]
+
+    def _late_opening(self) -> list[str]:
+        """The role chunk that waited for the prompt's token ids, before the first chunk after."""
+        return self._opening() if self.token_ids else []
+
+    def _opening(self) -> list[str]:
+        """The role chunk, once."""
+        if self._opened:
+            return []
+        self._opened = True
+        opening = ChatDelta(role="assistant", content="")
+        return [self._chat_chunk(opening, None, prompt_token_ids=self._take_prompt_token_ids())]
+
+    def _chunk(
+        self,
+        text: str,
+        finish_reason: str | None,
+        logprobs: Sequence[TokenLogprob] | None,
+        token_ids: Sequence[int] = (),
+    ) -> str:
         delta = ChatDelta(content=text) if text or finish_reason is None else ChatDelta()
-        return self._chat_chunk(delta, finish_reason, None if logprobs is None else chat_logprobs(logprobs))
+        out = None if logprobs is None else chat_logprobs(logprobs)
+        return self._chat_chunk(delta, finish_reason, out, self._chunk_token_ids(token_ids))
 
-    def _chat_chunk(self, delta: ChatDelta, finish_reason: str | None, logprobs: ChatLogprobs | None = None) -> str:
+    def _chat_chunk(
+        self,
+        delta: ChatDelta,
+        finish_reason: str | None,
+        logprobs: ChatLogprobs | None = None,
+        token_ids: list[int] | None = None,
+        *,
+        prompt_token_ids: list[int] | None = None,
+    ) -> str:
+        choice = ChatChunkChoice(
+            index=self.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason, token_ids=token_ids
+        )
         chunk = ChatCompletionChunk(
             id=self.request_id,
             created=self.created,
             model=self.model,
-            choices=[ChatChunkChoice(index=self.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)],
+            choices=[choice],
+            prompt_token_ids=prompt_token_ids,
         )
         return self._dump_chat(chunk)
 
@@ -375,6 +475,7 @@ class CompletionStreamFormatter(StreamFormatter):
         echo: str = "",
         prompt_only: bool = False,
         echo_decoded: bool = False,
+        token_ids: bool = False,
     ) -> None:
         super().__init__(
             request_id,
@@ -386,12 +487,14 @@ class CompletionStreamFormatter(StreamFormatter):
             echo=echo,
             prompt_only=prompt_only,
             echo_decoded=echo_decoded,
+            token_ids=token_ids,
         )
         self._text_offset = 0
         """Where the next chunk's first token starts (`text_offset` continues across chunks)."""
-        self._echo_waits = self.echo_decoded or (bool(self.echo) and self.logprobs)
+        self._echo_waits = self.echo_decoded or (bool(self.echo) and (self.logprobs or self.token_ids))
         """The prompt's chunk waits: for the prompt's log probabilities (`echo` with `logprobs`),
-        and for the decoding of a prompt of token ids."""
+        for its token ids (`echo` with `return_token_ids`: they go on it), and for the decoding of
+        a prompt of token ids."""
         self._prompt_logprobs: list[TokenLogprob] = []
 
     def opening(self) -> list[str]:
@@ -403,6 +506,7 @@ class CompletionStreamFormatter(StreamFormatter):
         if event.prompt_text is not None:
             self.echo = event.prompt_text
         self._prompt_logprobs.extend(event.prompt_logprobs)
+        self._note_prompt_token_ids(event)
         if not event.text and not event.logprobs and (self.logprobs or event.prompt_text is None):
             return []  # more of the prompt's log probabilities (or its decoding) may follow
         return [*self._echo_chunk(), *super().delta(event)]
@@ -420,11 +524,12 @@ class CompletionStreamFormatter(StreamFormatter):
         text: str,
         finish_reason: str | None,
         logprobs: Sequence[TokenLogprob] | None,
+        token_ids: Sequence[int] = (),
         *,
         prompt: Sequence[TokenLogprob] = (),
     ) -> str:
         """A chunk of this choice; `prompt`: the prompt's log probabilities, listed first (the echo
-        chunk's)."""
+        chunk's). The prompt's token ids go on the first chunk after they arrive."""
         out = None
         if logprobs is not None or prompt:
             out = completion_logprobs(logprobs or (), text_offset=self._text_offset, prompt=prompt)
@@ -433,7 +538,16 @@ class CompletionStreamFormatter(StreamFormatter):
             id=self.request_id,
             created=self.created,
             model=self.model,
-            choices=[CompletionChoice(index=self.index, text=text, logprobs=out, finish_reason=finish_reason)],
+            choices=[
+                CompletionChoice(
+                    index=self.index,
+                    text=text,
+                    logprobs=out,
+                    finish_reason=finish_reason,
+                    token_ids=self._chunk_token_ids(token_ids),
+                    prompt_token_ids=self._take_prompt_token_ids(),
+                )
+            ],
         )
         return self._dump(chunk)
 

@@ -267,6 +267,36 @@ async def test_prompt_logprobs_with_ranks_from_the_real_model(client) -> None:
     assert all(len(p) == 1 and next(iter(p.values()))["rank"] >= 1 for p in chat_positions[1:])
 
 
+async def test_token_ids_from_the_real_model_whole_and_streamed(client) -> None:
+    # vLLM's `return_token_ids` (extra_body): the prompt's ids as the model's tokenizer makes them
+    # (after the chat template for chat), the answer's ids decoding to its text.
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(resolve_model("smollm2"), model_cache_dir()).path)
+    prompt = "The capital of France is"
+    whole = await client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=6, temperature=0, extra_body={"return_token_ids": True}
+    )
+    choice = whole.choices[0]
+    assert choice.model_extra["prompt_token_ids"] == tokenizer(prompt)["input_ids"]  # type: ignore[index]
+    ids = choice.model_extra["token_ids"]  # type: ignore[index]
+    assert len(ids) == whole.usage.completion_tokens and tokenizer.decode(ids) == choice.text
+    stream = await client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=6, temperature=0, stream=True, extra_body={"return_token_ids": True}
+    )
+    chunks = [chunk.choices[0] async for chunk in stream if chunk.choices]
+    assert chunks[0].model_extra["prompt_token_ids"] == tokenizer(prompt)["input_ids"]  # type: ignore[index]
+    assert [t for c in chunks for t in c.model_extra["token_ids"]] == ids  # type: ignore[index]
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = await client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=8, temperature=0, extra_body={"return_token_ids": True}
+    )
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    expected_prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert chat.model_extra["prompt_token_ids"] == expected_prompt  # type: ignore[index]
+    assert len(expected_prompt) == chat.usage.prompt_tokens
+    chat_ids = chat.choices[0].model_extra["token_ids"]  # type: ignore[index]
+    assert tokenizer.decode(chat_ids, skip_special_tokens=True) == chat.choices[0].message.content
+
+
 async def test_vllm_ways_to_stop_reach_the_model(client) -> None:
     # vLLM's extensions as its own clients send them (extra_body): the end of sequence forced by a
     # logit bias is ignored, or held off for min_tokens; a stop token id ends the answer.

@@ -185,9 +185,17 @@ class FakeBatcher:
         tokens = ANSWER_TOKENS[: request.params.max_new_tokens]
         params = request.params
         logprobs = [fake_logprobs(i, t, params.top_logprobs) for i, t in enumerate(tokens)] if params.logprobs else []
+        # Token ids where asked: token i of the answer is id 100 + i; the prompt's words are 1, 2, ...
+        ids = [100 + i for i in range(len(tokens))] if params.return_token_ids else []
+        prompt_ids: tuple[int, ...] = ()
+        if params.return_token_ids:
+            prompt_ids = request.prompt_token_ids or tuple(range(1, len(prompt.split()) + 1))
         seq = 0
-        if request.prompt_token_ids is not None:  # the worker's decoding, on a delta of its own first
-            event = ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=seq, prompt_text=prompt)
+        if request.prompt_token_ids is not None or prompt_ids:  # what the worker tells of the prompt, first
+            decoded = prompt if request.prompt_token_ids is not None else None
+            event = ReplyEvent(
+                request_id=request.id, kind=ReplyKind.DELTA, seq=seq, prompt_text=decoded, prompt_token_ids=prompt_ids
+            )
             await self._send(request, event, times)
             seq += 1
         if params.prompt_logprobs is not None:
@@ -207,11 +215,15 @@ class FakeBatcher:
                     seq=seq,
                     text=token,
                     logprobs=tuple(logprobs[i : i + 1]),
+                    token_ids=tuple(ids[i : i + 1]),
                 )
                 await self._send(request, delta, times)
                 seq += 1
-        elif logprobs and "[stall]" not in prompt and "[error:" not in prompt:
-            delta = ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=seq, text="", logprobs=tuple(logprobs))
+        elif (logprobs or ids) and "[stall]" not in prompt and "[error:" not in prompt:
+            delta = ReplyEvent(
+                request_id=request.id, kind=ReplyKind.DELTA, seq=seq, text="",
+                logprobs=tuple(logprobs), token_ids=tuple(ids),
+            )
             await self._send(request, delta, times)
             seq += 1
         if "[stall]" in prompt:

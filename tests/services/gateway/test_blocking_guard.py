@@ -262,6 +262,23 @@ async def test_a_redacted_answer_has_no_logprobs(start_gateway, fake_batcher: Fa
     assert "batcher" not in whole.text and "batcher" not in json.dumps(chunks)
 
 
+async def test_a_held_answer_keeps_its_prompts_token_ids_and_its_own_only_as_generated(
+    start_gateway, fake_batcher: FakeBatcher, guardian: Guardian
+) -> None:
+    service = await _blocking_gateway(start_gateway, guardian)
+    async with http_for(service) as http:
+        allowed = await http.post("/v1/chat/completions", json=_chat("a b", return_token_ids=True))
+        guardian.redactor.on = True
+        redacted = await http.post("/v1/chat/completions", json=_chat("a b", return_token_ids=True))
+        chunks = await _sse_chunks(http, _chat("a b", stream=True, return_token_ids=True))
+    ids = [100 + i for i in range(len(ANSWER_TOKENS))]
+    assert (allowed.json()["prompt_token_ids"], allowed.json()["choices"][0]["token_ids"]) == ([1, 2], ids)
+    # Redacted: the prompt's ids are the client's own; the answer's would spell out the withheld word.
+    assert redacted.json()["prompt_token_ids"] == [1, 2] and "token_ids" not in redacted.json()["choices"][0]
+    assert chunks[0]["prompt_token_ids"] == [1, 2]
+    assert all(not c["choices"][0].get("token_ids") for c in chunks if c["choices"])
+
+
 async def test_each_choice_is_judged_on_its_own(start_gateway, fake_batcher: FakeBatcher, guardian: Guardian) -> None:
     service = await _blocking_gateway(start_gateway, guardian)
     guardian.redactor.on = True

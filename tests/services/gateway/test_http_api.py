@@ -746,6 +746,45 @@ async def test_prompt_logprobs_as_vllm_gives_them(start_gateway, fake_batcher: F
     assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "prompt_logprobs"
 
 
+async def test_token_ids_as_vllm_gives_them_whole_and_streamed(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    messages = [{"role": "user", "content": "a b c"}]
+    answer_ids = [100 + i for i in range(len(ANSWER_TOKENS))]  # the fake's: token i is id 100 + i
+    async with http_for(service) as http:
+        chat = await http.post("/v1/chat/completions", json={"messages": messages, "return_token_ids": True})
+        completion = await http.post(
+            "/v1/completions", json={"prompt": [4, 2], "return_token_ids": True, "n": 2, "max_tokens": 2}
+        )
+        chat_stream = await http.post(
+            "/v1/chat/completions", json={"messages": messages, "return_token_ids": True, "stream": True}
+        )
+        text_stream = await http.post(
+            "/v1/completions", json={"prompt": "x y", "return_token_ids": True, "stream": True, "echo": True}
+        )
+        plain = await http.post("/v1/chat/completions", json={"messages": messages, "temperature": 0})
+    assert [r.params.return_token_ids for r in fake_batcher.requests] == [True, True, True, True, True, False]
+    # Whole: the chat answer's prompt ids at the top level, each choice's own ids on it.
+    answer = chat.json()
+    assert (answer["prompt_token_ids"], answer["choices"][0]["token_ids"]) == ([1, 2, 3], answer_ids)
+    assert chat.headers["x-lgc-cache"] == "bypass"
+    for choice in completion.json()["choices"]:
+        assert (choice["prompt_token_ids"], choice["token_ids"]) == ([4, 2], answer_ids[:2])
+    # Streamed chat: the role chunk carries the prompt's ids; every content chunk its own.
+    chunks = sse_chunks(chat_stream.text)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["prompt_token_ids"] == [1, 2, 3]
+    assert all("prompt_token_ids" not in c for c in chunks[1:])
+    assert [t for c in chunks[1:] for t in c["choices"][0]["token_ids"]] == answer_ids
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["choices"][0]["token_ids"] == []
+    # Streamed completion: the first chunk (here the echo) carries the prompt's ids.
+    text_chunks = [c["choices"][0] for c in sse_chunks(text_stream.text)]
+    assert (text_chunks[0]["text"], text_chunks[0]["prompt_token_ids"]) == ("x y", [1, 2])
+    assert all("prompt_token_ids" not in c for c in text_chunks[1:])
+    assert [t for c in text_chunks for t in c["token_ids"]] == answer_ids
+    # Not asked for: absent, as in vLLM's answers.
+    assert "prompt_token_ids" not in plain.json() and "token_ids" not in plain.json()["choices"][0]
+
+
 async def test_prompts_of_token_ids_bypass_the_caches(start_gateway, fake_batcher: FakeBatcher) -> None:
     service = await start_gateway()
     body = {"model": FAKE_MODEL, "prompt": [4, 2], "temperature": 0, "max_tokens": 2}

@@ -133,25 +133,31 @@ class LogprobEngine(InMemoryEngine):
         self.submitted.append(request)
         for seq, token in enumerate(("a", "b")):
             lp = TokenLogprob(token_id=seq, token=token, logprob=-0.5)
-            yield ReplyEvent(request_id=request.id, kind=ReplyKind.DELTA, seq=seq, text="", logprobs=(lp,))
+            yield ReplyEvent(
+                request_id=request.id, kind=ReplyKind.DELTA, seq=seq, text="", logprobs=(lp,), token_ids=(seq,),
+                prompt_token_ids=(7, 8) if seq == 0 else (),
+            )
         yield ReplyEvent(
             request_id=request.id, kind=ReplyKind.FINAL, seq=2, text="ab", finish_reason=FinishReason.STOP,
             usage=Usage(prompt_tokens=2, completion_tokens=2),
         )
 
 
-async def test_final_gathers_the_logprobs_of_the_deltas() -> None:
+async def test_the_whole_answer_gathers_what_the_deltas_carry_where_asked() -> None:
     pipeline, _engine, _metrics = make(GatewaySettings(gateway_max_inflight=2))
     pipeline.engine = LogprobEngine()
-    asked = translate_completion(CompletionRequest.model_validate({"prompt": "p", "logprobs": 0}), GatewaySettings())
+    body = CompletionRequest.model_validate({"prompt": "p", "logprobs": 0, "return_token_ids": True})
+    asked = translate_completion(body, GatewaySettings())
     call = await pipeline.submit(asked, request_id="cmpl-6", endpoint="completions", started=time.monotonic())
-    final = await call.final()
+    result = await call.whole()
     await call.close("ok")
-    assert final.text == "ab" and [lp.token for lp in call.logprobs or ()] == ["a", "b"]
+    assert result.final.text == "ab" and [lp.token for lp in result.logprobs or ()] == ["a", "b"]
+    assert (result.token_ids, result.prompt_token_ids) == ([0, 1], (7, 8))
     plain = await pipeline.submit(translated(), request_id="cmpl-7", endpoint="completions", started=time.monotonic())
-    await plain.final()
+    unasked = await plain.whole()
     await plain.close("ok")
-    assert plain.logprobs is None  # not asked for: nothing is gathered
+    # Not asked for: nothing is gathered (whatever the events carry).
+    assert (unasked.logprobs, unasked.token_ids, unasked.prompt_token_ids) == (None, None, None)
 
 
 # ---- several choices (n > 1) -------------------------------------------------------------------

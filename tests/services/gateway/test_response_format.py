@@ -381,3 +381,28 @@ def test_prompt_logprobs_in_vllms_shape_on_whole_answers() -> None:
     assert "prompt_logprobs" not in plain
     no_prompt = text_completion_choices("cmpl-1", 7, "m", [ChoiceResult(0, final("ab"), generated)], None)
     assert "prompt_logprobs" not in no_prompt.model_dump(mode="json")["choices"][0]
+
+
+def test_a_completion_stream_puts_the_prompts_token_ids_on_its_first_chunk_and_each_chunks_own() -> None:
+    formatter = CompletionStreamFormatter(RID, 7, "m", include_usage=False, token_ids=True)
+    admission = ReplyEvent(request_id=RID, kind=ReplyKind.DELTA, seq=0, prompt_token_ids=(3, 4))
+    first = ReplyEvent(request_id=RID, kind=ReplyKind.DELTA, seq=1, text="He", token_ids=(9,))
+    # The end-of-sequence token adds no text, yet its chunk goes (with its id).
+    eos = ReplyEvent(request_id=RID, kind=ReplyKind.DELTA, seq=2, text="", token_ids=(2,))
+    assert formatter.opening() == [] and formatter.delta(admission) == []
+    chunks = decode(formatter.delta(first) + formatter.delta(eos) + formatter.finish(final("He")))
+    choices = [c["choices"][0] for c in chunks]
+    assert [(c["text"], c.get("prompt_token_ids"), c["token_ids"]) for c in choices] == [
+        ("He", [3, 4], [9]), ("", None, [2]), ("", None, []),
+    ]
+    plain = CompletionStreamFormatter(RID, 7, "m", include_usage=False)
+    (chunk,) = decode(plain.delta(first))
+    assert "token_ids" not in chunk["choices"][0] and "prompt_token_ids" not in chunk["choices"][0]
+
+
+def test_a_chat_stream_with_token_ids_opens_even_when_only_the_final_event_comes() -> None:
+    formatter = ChatStreamFormatter(RID, 7, "m", include_usage=False, token_ids=True)
+    assert formatter.opening() == []
+    opening, last = decode(formatter.finish(final("Hi")))
+    assert opening["choices"][0]["delta"] == {"role": "assistant", "content": ""} and "prompt_token_ids" not in opening
+    assert (last["choices"][0]["delta"], last["choices"][0]["finish_reason"]) == ({"content": "Hi"}, "stop")
