@@ -61,6 +61,7 @@ def _logprobs(logprobs: Iterable[TokenLogprob]) -> list[gateway_pb2.TokenLogprob
             token=lp.token,
             logprob=lp.logprob,
             top=[gateway_pb2.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in lp.top],
+            rank=lp.rank or 0,
         )
         for lp in logprobs
     ]
@@ -101,10 +102,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     text=result.final.text,
                     finish_reason=finish_reason_name(result.final),
                     logprobs=_logprobs(result.logprobs or ()),
+                    token_ids=result.token_ids or (),
                 )
                 for result in results
             ]
             first = choices[0]
+            # What is about the prompt, once: every choice has the same prompt.
+            prompt_ids = next((r.prompt_token_ids for r in results if r.prompt_token_ids), ())
+            scored = next((r.prompt_logprobs for r in results if r.prompt_logprobs), ())
             return gateway_pb2.GenerateResponse(
                 id=request_id,
                 model=results[0].final.model or call.model,
@@ -113,6 +118,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 usage=_usage(usage),
                 logprobs=first.logprobs,
                 choices=choices,
+                prompt_token_ids=prompt_ids,
+                prompt_logprobs=_logprobs(scored),
+                token_ids=first.token_ids,
             )
 
     async def GenerateStream(  # noqa: N802 (the proto names it)
@@ -130,19 +138,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             streamed: list[list[str]] = [[] for _ in range(choices)]
             ended = 0
             wants_logprobs = call.request.params.logprobs
+            wants_ids = call.request.params.return_token_ids
+            prompt_ids_sent = False  # the prompt's ids go once (every choice's worker sends them)
             try:
                 while True:
                     item = await call.next_event()
                     index, event = (item.index, item.event) if isinstance(item, ChoiceEvent) else (0, item)
                     if event.kind is ReplyKind.DELTA:
                         streamed[index].append(event.text)
-                        # A delta of empty text that has log probabilities is sent too.
+                        # A delta of empty text that has log probabilities or token ids is sent too.
                         logprobs = event.logprobs if wants_logprobs else ()
-                        if event.text or logprobs:
+                        token_ids = event.token_ids if wants_ids else ()
+                        prompt_ids = event.prompt_token_ids if wants_ids and not prompt_ids_sent else ()
+                        prompt_ids_sent = prompt_ids_sent or bool(prompt_ids)
+                        if event.text or logprobs or token_ids or prompt_ids:
                             await context.write(
                                 gateway_pb2.GenerateChunk(
-                                    id=request_id, text=event.text, model=call.model,
-                                    logprobs=_logprobs(logprobs), index=index,
+                                    id=request_id, text=event.text, model=call.model, logprobs=_logprobs(logprobs),
+                                    index=index, token_ids=token_ids, prompt_token_ids=prompt_ids,
                                 )
                             )
                         continue

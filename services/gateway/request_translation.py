@@ -288,6 +288,16 @@ def translate_proto(
         )
     if any(token > MAX_TOKEN_ID for token in message.stop_token_ids):
         raise InvalidRequestError(f"stop_token_ids must be at most {MAX_TOKEN_ID}.", param="stop_token_ids")
+    if message.prompt_top_logprobs > MAX_TOP_LOGPROBS:
+        raise InvalidRequestError(
+            f"prompt_top_logprobs must be at most {MAX_TOP_LOGPROBS}.", param="prompt_top_logprobs"
+        )
+    if message.prompt_top_logprobs and not message.prompt_logprobs:
+        raise InvalidRequestError(
+            "prompt_logprobs must be true when prompt_top_logprobs is used.", param="prompt_top_logprobs"
+        )
+    if message.prompt_logprobs and stream:
+        raise InvalidRequestError("prompt_logprobs are not available with GenerateStream.", param="prompt_logprobs")
     stops = list(message.stop)
     if len(stops) > MAX_STOP_SEQUENCES:
         raise InvalidRequestError(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
@@ -313,6 +323,8 @@ def translate_proto(
             ignore_eos=message.ignore_eos,
             min_tokens=message.min_tokens,
             stop_token_ids=tuple(message.stop_token_ids),
+            prompt_logprobs=message.prompt_top_logprobs if message.prompt_logprobs else None,
+            return_token_ids=message.return_token_ids,
         ),
         priority=priority,
         stream=stream,

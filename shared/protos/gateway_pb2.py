@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshared/protos/gateway.proto\x12\x0elgc.gateway.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xed\x04\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.lgc.gateway.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x17\n\x0fhas_temperature\x18\x06 \x01(\x08\x12\r\n\x05top_p\x18\x07 \x01(\x02\x12\r\n\x05top_k\x18\x08 \x01(\r\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x10\n\x08has_seed\x18\x0b \x01(\x08\x12*\n\x08priority\x18\x0c \x01(\x0e\x32\x18.lgc.gateway.v1.Priority\x12\x1a\n\x12repetition_penalty\x18\r \x01(\x02\x12\x18\n\x10presence_penalty\x18\x0e \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0f \x01(\x02\x12\x42\n\nlogit_bias\x18\x10 \x03(\x0b\x32..lgc.gateway.v1.GenerateRequest.LogitBiasEntry\x12\x10\n\x08logprobs\x18\x11 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x12 \x01(\r\x12\x12\n\nignore_eos\x18\x13 \x01(\x08\x12\x12\n\nmin_tokens\x18\x14 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x15 \x03(\r\x12\t\n\x01n\x18\x16 \x01(\r\x12\x18\n\x10prompt_token_ids\x18\x17 \x03(\r\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"i\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\'\n\x03top\x18\x04 \x03(\x0b\x32\x1a.lgc.gateway.v1.TopLogprob\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\xd1\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12$\n\x05usage\x18\x05 \x01(\x0b\x32\x15.lgc.gateway.v1.Usage\x12.\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1c.lgc.gateway.v1.TokenLogprob\x12\'\n\x07\x63hoices\x18\x07 \x03(\x0b\x32\x16.lgc.gateway.v1.Choice\"l\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12.\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1c.lgc.gateway.v1.TokenLogprob\"\xc3\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.lgc.gateway.v1.Usage\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1c.lgc.gateway.v1.TokenLogprob\x12\r\n\x05index\x18\x08 \x01(\r*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03\x32\xac\x01\n\x07Gateway\x12M\n\x08Generate\x12\x1f.lgc.gateway.v1.GenerateRequest\x1a .lgc.gateway.v1.GenerateResponse\x12R\n\x0eGenerateStream\x12\x1f.lgc.gateway.v1.GenerateRequest\x1a\x1d.lgc.gateway.v1.GenerateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bshared/protos/gateway.proto\x12\x0elgc.gateway.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xbd\x05\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.lgc.gateway.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x17\n\x0fhas_temperature\x18\x06 \x01(\x08\x12\r\n\x05top_p\x18\x07 \x01(\x02\x12\r\n\x05top_k\x18\x08 \x01(\r\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x10\n\x08has_seed\x18\x0b \x01(\x08\x12*\n\x08priority\x18\x0c \x01(\x0e\x32\x18.lgc.gateway.v1.Priority\x12\x1a\n\x12repetition_penalty\x18\r \x01(\x02\x12\x18\n\x10presence_penalty\x18\x0e \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0f \x01(\x02\x12\x42\n\nlogit_bias\x18\x10 \x03(\x0b\x32..lgc.gateway.v1.GenerateRequest.LogitBiasEntry\x12\x10\n\x08logprobs\x18\x11 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x12 \x01(\r\x12\x12\n\nignore_eos\x18\x13 \x01(\x08\x12\x12\n\nmin_tokens\x18\x14 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x15 \x03(\r\x12\t\n\x01n\x18\x16 \x01(\r\x12\x18\n\x10prompt_token_ids\x18\x17 \x03(\r\x12\x18\n\x10return_token_ids\x18\x18 \x01(\x08\x12\x17\n\x0fprompt_logprobs\x18\x19 \x01(\x08\x12\x1b\n\x13prompt_top_logprobs\x18\x1a \x01(\r\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"w\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\'\n\x03top\x18\x04 \x03(\x0b\x32\x1a.lgc.gateway.v1.TopLogprob\x12\x0c\n\x04rank\x18\x05 \x01(\r\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\xb5\x02\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12$\n\x05usage\x18\x05 \x01(\x0b\x32\x15.lgc.gateway.v1.Usage\x12.\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1c.lgc.gateway.v1.TokenLogprob\x12\'\n\x07\x63hoices\x18\x07 \x03(\x0b\x32\x16.lgc.gateway.v1.Choice\x12\x18\n\x10prompt_token_ids\x18\x08 \x03(\r\x12\x35\n\x0fprompt_logprobs\x18\t \x03(\x0b\x32\x1c.lgc.gateway.v1.TokenLogprob\x12\x11\n\ttoken_ids\x18\n \x03(\r\"\x7f\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12.\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1c.lgc.gateway.v1.TokenLogprob\x12\x11\n\ttoken_ids\x18\x05 \x03(\r\"\xf0\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.lgc.gateway.v1.Usage\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1c.lgc.gateway.v1.TokenLogprob\x12\r\n\x05index\x18\x08 \x01(\r\x12\x11\n\ttoken_ids\x18\t \x03(\r\x12\x18\n\x10prompt_token_ids\x18\n \x03(\r*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03\x32\xac\x01\n\x07Gateway\x12M\n\x08Generate\x12\x1f.lgc.gateway.v1.GenerateRequest\x1a .lgc.gateway.v1.GenerateResponse\x12R\n\x0eGenerateStream\x12\x1f.lgc.gateway.v1.GenerateRequest\x1a\x1d.lgc.gateway.v1.GenerateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,26 +33,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST_LOGITBIASENTRY']._loaded_options = None
   _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_PRIORITY']._serialized_start=1489
-  _globals['_PRIORITY']._serialized_end=1583
+  _globals['_PRIORITY']._serialized_start=1747
+  _globals['_PRIORITY']._serialized_end=1841
   _globals['_CHATMESSAGE']._serialized_start=47
   _globals['_CHATMESSAGE']._serialized_end=91
   _globals['_GENERATEREQUEST']._serialized_start=94
-  _globals['_GENERATEREQUEST']._serialized_end=715
-  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_start=667
-  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_end=715
-  _globals['_TOPLOGPROB']._serialized_start=717
-  _globals['_TOPLOGPROB']._serialized_end=779
-  _globals['_TOKENLOGPROB']._serialized_start=781
-  _globals['_TOKENLOGPROB']._serialized_end=886
-  _globals['_USAGE']._serialized_start=888
-  _globals['_USAGE']._serialized_end=967
-  _globals['_GENERATERESPONSE']._serialized_start=970
-  _globals['_GENERATERESPONSE']._serialized_end=1179
-  _globals['_CHOICE']._serialized_start=1181
-  _globals['_CHOICE']._serialized_end=1289
-  _globals['_GENERATECHUNK']._serialized_start=1292
-  _globals['_GENERATECHUNK']._serialized_end=1487
-  _globals['_GATEWAY']._serialized_start=1586
-  _globals['_GATEWAY']._serialized_end=1758
+  _globals['_GENERATEREQUEST']._serialized_end=795
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_start=747
+  _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_end=795
+  _globals['_TOPLOGPROB']._serialized_start=797
+  _globals['_TOPLOGPROB']._serialized_end=859
+  _globals['_TOKENLOGPROB']._serialized_start=861
+  _globals['_TOKENLOGPROB']._serialized_end=980
+  _globals['_USAGE']._serialized_start=982
+  _globals['_USAGE']._serialized_end=1061
+  _globals['_GENERATERESPONSE']._serialized_start=1064
+  _globals['_GENERATERESPONSE']._serialized_end=1373
+  _globals['_CHOICE']._serialized_start=1375
+  _globals['_CHOICE']._serialized_end=1502
+  _globals['_GENERATECHUNK']._serialized_start=1505
+  _globals['_GENERATECHUNK']._serialized_end=1745
+  _globals['_GATEWAY']._serialized_start=1844
+  _globals['_GATEWAY']._serialized_end=2016
 # @@protoc_insertion_point(module_scope)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from transformers import AutoTokenizer
 
+from shared.model_store import prepare_model, resolve_model
 from shared.protos import gateway_pb2, gateway_pb2_grpc
+from tests.conftest import model_cache_dir
 from tests.integration.conftest import MODEL
 from tests.integration.gateway_requests import gateway_request
 
@@ -67,6 +70,27 @@ async def test_several_choices_unary_and_streamed(stub) -> None:
     )
     assert [c.index for c in sampled.choices] == [0, 1, 2]
     assert len({c.text for c in sampled.choices}) > 1
+
+
+async def test_token_ids_and_prompt_logprobs_from_the_real_model(stub) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(resolve_model("smollm2"), model_cache_dir()).path)
+    prompt = "The capital of France is Paris"
+    scored = await stub.Generate(
+        gateway_pb2.GenerateRequest(
+            model=MODEL, prompt=prompt, max_tokens=4, temperature=0, has_temperature=True,
+            prompt_logprobs=True, prompt_top_logprobs=1, return_token_ids=True,
+        ),
+        timeout=120,
+    )
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    assert list(scored.prompt_token_ids) == prompt_ids
+    assert [lp.token_id for lp in scored.prompt_logprobs] == prompt_ids
+    # The first has none; " Paris" after "The capital of France is" is likely, not certain.
+    assert (scored.prompt_logprobs[0].logprob, scored.prompt_logprobs[0].rank) == (0.0, 0)
+    assert -5.0 < scored.prompt_logprobs[-1].logprob < 0.0 and scored.prompt_logprobs[-1].rank >= 1
+    assert all(len(lp.top) == 1 for lp in scored.prompt_logprobs[1:])
+    assert tokenizer.decode(list(scored.token_ids)) == scored.text
+    assert len(scored.token_ids) == scored.usage.completion_tokens
 
 
 async def test_invalid_argument(stub) -> None:

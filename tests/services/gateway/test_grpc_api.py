@@ -250,6 +250,45 @@ async def test_logprobs_over_grpc(start_gateway, fake_batcher: FakeBatcher) -> N
     assert (fake_batcher.requests[0].params.logprobs, fake_batcher.requests[0].params.top_logprobs) == (True, 2)
 
 
+async def test_token_ids_and_prompt_logprobs_over_grpc(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    ids = [100 + i for i in range(3)]  # the fake batcher's: token i is id 100 + i
+    async with channel_for(service) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        request = gateway_pb2.GenerateRequest(prompt="Say it", max_tokens=3, return_token_ids=True, n=2)
+        response = await stub.Generate(request, timeout=10)
+        chunks = [chunk async for chunk in stub.GenerateStream(request, timeout=10)]
+        scored = await stub.Generate(
+            gateway_pb2.GenerateRequest(prompt="Say it", max_tokens=1, prompt_logprobs=True, prompt_top_logprobs=1),
+            timeout=10,
+        )
+        plain = await stub.Generate(gateway_pb2.GenerateRequest(prompt="Say it", max_tokens=3), timeout=10)
+        for refused, needle in [
+            (gateway_pb2.GenerateRequest(prompt="x", prompt_top_logprobs=1), "prompt_logprobs must be true"),
+            (gateway_pb2.GenerateRequest(prompt="x", prompt_logprobs=True, prompt_top_logprobs=21), "at most 20"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Generate(refused, timeout=10)
+            assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT and needle in (failed.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            async for _ in stub.GenerateStream(gateway_pb2.GenerateRequest(prompt="x", prompt_logprobs=True)):
+                pass
+        assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # as vLLM: not with streaming
+    # Whole: the prompt's ids once (the fake's words are 1, 2), every choice's own; choice 0 on top.
+    assert list(response.prompt_token_ids) == [1, 2] and list(response.token_ids) == ids
+    assert [list(c.token_ids) for c in response.choices] == [ids, ids]
+    # Streamed: the prompt's ids once, on the first chunk after they came; each chunk its own.
+    with_prompt = [c for c in chunks if c.prompt_token_ids]
+    assert len(with_prompt) == 1 and list(with_prompt[0].prompt_token_ids) == [1, 2]
+    for index in (0, 1):
+        assert [t for c in chunks if c.index == index for t in c.token_ids] == ids
+    # The prompt's log probabilities, with ranks; the first token has none.
+    assert [(lp.token, lp.rank) for lp in scored.prompt_logprobs] == [("Say", 0), (" it", 1)]
+    assert [t.token for t in scored.prompt_logprobs[1].top] == [" it"]
+    assert [r.params.prompt_logprobs for r in fake_batcher.requests if r.params.max_new_tokens == 1] == [1]
+    assert not plain.prompt_token_ids and not plain.token_ids and not plain.prompt_logprobs  # not asked for
+
+
 async def test_several_choices_over_grpc(start_gateway, fake_batcher: FakeBatcher) -> None:
     service = await start_gateway()
     async with channel_for(service) as channel:
