@@ -30,7 +30,7 @@ from services.gateway.errors import InvalidRequestError, ReplyError, grpc_status
 from services.gateway.parallel_sampling import ChoiceEvent
 from services.gateway.request_pipeline import ChoicesCall, GenerationCall, RequestPipeline
 from services.gateway.request_translation import new_request_id, translate_proto
-from services.gateway.response_format import finish_reason_name
+from services.gateway.response_format import finish_reason_name, unsent_text
 
 __all__ = ["CACHE_METADATA", "ErrorBoundaryInterceptor", "GatewayGrpcServer", "GatewayServicer", "REQUEST_ID_METADATA"]
 
@@ -164,8 +164,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                         raise ReplyError(event.error)
                     # The choice's final event: any text its deltas did not carry, then its end.
                     ended += 1
-                    sent = "".join(streamed[index])
-                    rest = event.text[len(sent):] if event.text.startswith(sent) else ""
+                    rest = unsent_text(event, streamed[index])
                     if rest:
                         await context.write(
                             gateway_pb2.GenerateChunk(id=request_id, text=rest, model=call.model, index=index)

@@ -88,6 +88,7 @@ __all__ = [
     "finish_reason_name",
     "sse_event",
     "text_completion_choices",
+    "unsent_text",
     "usage_out",
     "vllm_prompt_logprobs",
 ]
@@ -153,6 +154,14 @@ def vllm_prompt_logprobs(entries: Sequence[TokenLogprob]) -> PromptLogprobsOut:
 def finish_reason_name(event: ReplyEvent) -> str:
     """A final event's finish reason as the APIs name it (`stop` when it has none)."""
     return event.finish_reason.value if event.finish_reason is not None else "stop"
+
+
+def unsent_text(final: ReplyEvent, streamed: Sequence[str]) -> str:
+    """The end of a final event's whole text that the `streamed` deltas did not carry (a
+    non-streaming producer, or one that lost deltas, may hold text not sent yet); nothing when the
+    streamed text is not its start."""
+    sent = "".join(streamed)
+    return final.text[len(sent):] if final.text.startswith(sent) else ""
 
 
 def _utf8(token: str) -> list[int]:
@@ -353,10 +362,7 @@ class StreamFormatter:
         """This choice's last chunk, with its finish reason (and any text not streamed yet)."""
         if self.prompt_only:
             return [self._chunk("", finish_reason_name(event), None)]
-        streamed = "".join(self._streamed)
-        # A non-streaming producer, or one that lost deltas, may hold text not sent yet.
-        rest = event.text[len(streamed):] if event.text.startswith(streamed) else ""
-        return [self._chunk(rest, finish_reason_name(event), None)]
+        return [self._chunk(unsent_text(event, self._streamed), finish_reason_name(event), None)]
 
     def ending(self, usage: Usage | None) -> list[str]:
         """The end of the stream once every choice is finished: the usage chunk (when asked for;

@@ -144,14 +144,7 @@ class TransformersForward:
         concatenation), after the `held` columns it holds: the whole prompts, or a chunk of a
         longer prefill. Returns each row's last logits, or None without `logits` (the head still
         runs on one column: the forward has no switch to skip it)."""
-        out = self.model(
-            input_ids=ids,
-            attention_mask=torch.cat([held, mask], dim=1),
-            position_ids=positions,
-            past_key_values=cache.dynamic,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        out = self.model(**_prefill_inputs(cache, ids, mask, positions, held), logits_to_keep=1)
         return out.logits[:, -1, :].float() if logits else None
 
     def prefill_hidden(
@@ -159,13 +152,7 @@ class TransformersForward:
     ) -> torch.Tensor:
         """The decoder without its head (`get_decoder`): its last hidden state, the final norm's
         output, is what the head takes."""
-        out = self.model.get_decoder()(
-            input_ids=ids,
-            attention_mask=torch.cat([held, mask], dim=1),
-            position_ids=positions,
-            past_key_values=cache.dynamic,
-            use_cache=True,
-        )
+        out = self.model.get_decoder()(**_prefill_inputs(cache, ids, mask, positions, held))
         return out.last_hidden_state
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -182,6 +169,19 @@ class TransformersForward:
             use_cache=True,
         )
         return out.logits[:, -1, :].float()
+
+
+def _prefill_inputs(
+    cache: TransformersKV, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, held: torch.Tensor
+) -> dict[str, Any]:
+    """The forward's arguments for a prefill's next columns (the model's and its decoder's alike)."""
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.cat([held, mask], dim=1),
+        "position_ids": positions,
+        "past_key_values": cache.dynamic,
+        "use_cache": True,
+    }
 
 
 class DecodeBatch:
