@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -122,8 +122,19 @@ _SSE_RESPONSE = {
 
 T = TypeVar("T")
 
-#: A whole answer: (request id, created, model, the choices, their usage).
-_WholeAnswer = Callable[[str, int, str, Sequence[ChoiceResult], Usage], ChatCompletion | TextCompletion]
+class _WholeAnswer(Protocol):
+    """Builds a whole answer (`chat_completion_choices`, `text_completion_choices`)."""
+
+    def __call__(
+        self,
+        request_id: str,
+        created: int,
+        model: str,
+        results: Sequence[ChoiceResult],
+        usage: Usage | None,
+        *,
+        tokens_as_ids: bool = False,
+    ) -> ChatCompletion | TextCompletion: ...
 
 
 def build_http_app(
@@ -236,7 +247,10 @@ def build_http_app(
                             prompt_only=translated.prompt_only,
                             top=translated.params.top_logprobs,
                         )
-                    body = whole(request_id, call.created, call.model, [result], final.usage)
+                    body = whole(
+                        request_id, call.created, call.model, [result], final.usage,
+                        tokens_as_ids=translated.tokens_as_ids,
+                    )
                     # Serialized by pydantic in one step (model_dump + json.dumps did it twice).
                     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
                 first = await _until_disconnect(request, call.next_event())
@@ -262,6 +276,7 @@ def build_http_app(
             prompt_only=translated.prompt_only,
             echo_decoded=translated.echo and call.request.prompt_token_ids is not None,
             token_ids=call.request.params.return_token_ids,
+            tokens_as_ids=translated.tokens_as_ids,
         )
         return _ClosingStreamingResponse(
             _sse_stream(call, first, formatter, retry_after_s),
@@ -296,7 +311,9 @@ def build_http_app(
                         )
                         for result in results
                     ]
-                body = whole(request_id, call.created, call.model, results, call.usage())
+                body = whole(
+                    request_id, call.created, call.model, results, call.usage(), tokens_as_ids=translated.tokens_as_ids
+                )
                 return Response(body.model_dump_json(), media_type="application/json", headers=headers)
             first = await _until_disconnect(request, call.next_event())
             if first.event.kind is ReplyKind.ERROR:
@@ -323,6 +340,7 @@ def build_http_app(
                 prompt_only=prompt_only,
                 echo_decoded=echo and call.children[index].prompt_token_ids is not None,
                 token_ids=call.request.params.return_token_ids,
+                tokens_as_ids=translated.tokens_as_ids,
             )
             for index in range(call.n)
         ]

@@ -226,6 +226,12 @@ class _GenerationBody(_Body):
     chunk's tokens on its choice and the prompt's on the first chunk (chat: at the chunk's top
     level, and the role chunk waits for them). Such a request bypasses the caches."""
 
+    return_tokens_as_token_ids: bool | None = None
+    """Extension (vLLM's): with log probabilities, each token and each alternative is named
+    `token_id:<id>` instead of by its text (in chat `logprobs`, `bytes` stay those of the token's
+    text, as vLLM gives them), for tokens whose text does not identify them (a part of a character,
+    two tokens of the same text). Not in `prompt_logprobs`, whose `decoded_token` stays the text."""
+
     @field_validator("prompt_logprobs")
     @classmethod
     def _not_streamed(cls, value: int | None, info: ValidationInfo) -> int | None:

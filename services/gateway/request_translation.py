@@ -87,6 +87,9 @@ class TranslatedRequest:
     generates one token, which is not shown (vLLM answers an echo without generation so)."""
     prompt_token_ids: tuple[int, ...] | None = None
     """Raw prompt as token ids (completion requests), instead of `prompt`."""
+    tokens_as_ids: bool = False
+    """vLLM's `return_tokens_as_token_ids`: the answer's log probabilities name each token
+    `token_id:<id>` instead of by its text."""
 
     @property
     def choice_count(self) -> int:
@@ -162,6 +165,7 @@ def translate_chat(
         messages=messages,
         include_usage=_include_usage(body),
         n=_choices(body.n or 1, settings),
+        tokens_as_ids=bool(body.return_tokens_as_token_ids),
     )
 
 
@@ -208,6 +212,7 @@ def translate_completion(
         echo=bool(body.echo),
         prompt_only=body.max_tokens == 0,
         prompt_token_ids=None if isinstance(prompts[0], str) else prompts[0],
+        tokens_as_ids=bool(body.return_tokens_as_token_ids),
     )
 
 

@@ -54,7 +54,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TypeVar
 
-from shared.records import ReplyEvent, TokenLogprob, Usage
+from shared.records import ReplyEvent, TokenLogprob, TopLogprob, Usage
 
 from services.gateway.errors import ApiError
 from services.gateway.openai_protocol import (
@@ -169,15 +169,25 @@ def _utf8(token: str) -> list[int]:
     return list(token.encode("utf-8", "replace"))
 
 
-def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:
-    """Log probabilities in the chat shape (OpenAI's `ChoiceLogprobs`)."""
+def _token_name(entry: TokenLogprob | TopLogprob, by_id: bool) -> str:
+    """How a log probability names its token: by its text, or as vLLM's
+    `return_tokens_as_token_ids` names it (`token_id:<id>`)."""
+    return f"token_id:{entry.token_id}" if by_id else entry.token
+
+
+def chat_logprobs(logprobs: Sequence[TokenLogprob], *, by_id: bool = False) -> ChatLogprobs:
+    """Log probabilities in the chat shape (OpenAI's `ChoiceLogprobs`); `by_id`: tokens named by
+    id (`_token_name`), their `bytes` still those of their text."""
     return ChatLogprobs(
         content=[
             TokenLogprobOut(
-                token=lp.token,
+                token=_token_name(lp, by_id),
                 logprob=lp.logprob,
                 bytes=_utf8(lp.token),
-                top_logprobs=[TopLogprobOut(token=t.token, logprob=t.logprob, bytes=_utf8(t.token)) for t in lp.top],
+                top_logprobs=[
+                    TopLogprobOut(token=_token_name(t, by_id), logprob=t.logprob, bytes=_utf8(t.token))
+                    for t in lp.top
+                ],
             )
             for lp in logprobs
         ]
@@ -185,12 +195,19 @@ def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:
 
 
 def completion_logprobs(
-    logprobs: Sequence[TokenLogprob], *, text_offset: int = 0, prompt: Sequence[TokenLogprob] = ()
+    logprobs: Sequence[TokenLogprob],
+    *,
+    text_offset: int = 0,
+    prompt: Sequence[TokenLogprob] = (),
+    by_id: bool = False,
 ) -> CompletionLogprobs:
     """Log probabilities in the legacy completions shape; `text_offset`: the first token's offset
     (a stream's chunks continue where the previous one ended); `prompt`: the prompt's, listed
-    first (`echo`), the prompt's first token with null values."""
+    first (`echo`), the prompt's first token with null values; `by_id`: tokens named by id
+    (`_token_name`; the offsets count those names, as vLLM counts them)."""
     entries = [*prompt, *logprobs]
+    if by_id:
+        entries = [_named_by_id(lp) for lp in entries]
     offsets = []
     for lp in entries:
         offsets.append(text_offset)
@@ -211,6 +228,12 @@ def completion_logprobs(
     )
 
 
+def _named_by_id(entry: TokenLogprob) -> TokenLogprob:
+    """`entry` with its token and alternatives named by id (the legacy shape has no `bytes`)."""
+    top = tuple(t.model_copy(update={"token": _token_name(t, True)}) for t in entry.top)
+    return entry.model_copy(update={"token": _token_name(entry, True), "top": top})
+
+
 def _available(per_token: Sequence[T] | None, text: str) -> Sequence[T] | None:
     """`per_token` (log probabilities, token ids), unless there are none for a non-empty text (an
     answer the content filter redacted): then None, as `[]` would claim that no token was
@@ -224,24 +247,24 @@ def _ids(ids: Sequence[int] | None) -> list[int] | None:
     return None if ids is None else list(ids)
 
 
-def _chat_choice(result: ChoiceResult) -> ChatChoice:
+def _chat_choice(result: ChoiceResult, by_id: bool) -> ChatChoice:
     final = result.final
     available = _available(result.logprobs, final.text)
     return ChatChoice(
         index=result.index,
         message=ChatMessageOut(content=final.text),
-        logprobs=None if available is None else chat_logprobs(available),
+        logprobs=None if available is None else chat_logprobs(available, by_id=by_id),
         finish_reason=finish_reason_name(final),
         token_ids=_ids(_available(result.token_ids, final.text)),
     )
 
 
-def _completion_choice(result: ChoiceResult) -> CompletionChoice:
+def _completion_choice(result: ChoiceResult, by_id: bool) -> CompletionChoice:
     final = result.final
     available = _available(result.logprobs, final.text)
     out = None
     if available is not None:
-        out = completion_logprobs(available, prompt=result.echo_logprobs)
+        out = completion_logprobs(available, prompt=result.echo_logprobs, by_id=by_id)
     return CompletionChoice(
         index=result.index,
         text=result.echo + final.text,
@@ -254,11 +277,18 @@ def _completion_choice(result: ChoiceResult) -> CompletionChoice:
 
 
 def chat_completion_choices(
-    request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage | None
+    request_id: str,
+    created: int,
+    model: str,
+    results: Sequence[ChoiceResult],
+    usage: Usage | None,
+    *,
+    tokens_as_ids: bool = False,
 ) -> ChatCompletion:
-    """A whole chat answer of one or more choices, listed by index; `usage`: all of them together.
-    What is about the prompt is given once, as its first choice has it (every choice has the
-    same prompt)."""
+    """A whole chat answer of one or more choices, listed by index; `usage`: all of them together;
+    `tokens_as_ids`: log probabilities name tokens by id (`return_tokens_as_token_ids`). What is
+    about the prompt is given once, as its first choice has it (every choice has the same
+    prompt)."""
     ordered = sorted(results, key=lambda r: r.index)
     scored = next((r.prompt_logprobs for r in ordered if r.prompt_logprobs is not None), None)
     prompt_ids = next((r.prompt_token_ids for r in ordered if r.prompt_token_ids is not None), None)
@@ -266,7 +296,7 @@ def chat_completion_choices(
         id=request_id,
         created=created,
         model=model,
-        choices=[_chat_choice(r) for r in ordered],
+        choices=[_chat_choice(r, tokens_as_ids) for r in ordered],
         usage=usage_out(usage),
         prompt_logprobs=None if scored is None else vllm_prompt_logprobs(scored),
         prompt_token_ids=_ids(prompt_ids),
@@ -274,10 +304,17 @@ def chat_completion_choices(
 
 
 def text_completion_choices(
-    request_id: str, created: int, model: str, results: Sequence[ChoiceResult], usage: Usage | None
+    request_id: str,
+    created: int,
+    model: str,
+    results: Sequence[ChoiceResult],
+    usage: Usage | None,
+    *,
+    tokens_as_ids: bool = False,
 ) -> TextCompletion:
-    """A whole text completion of one or more choices, listed by index; `usage`: all of them together."""
-    choices = [_completion_choice(r) for r in sorted(results, key=lambda r: r.index)]
+    """A whole text completion of one or more choices, listed by index; `usage`: all of them
+    together; `tokens_as_ids` as for `chat_completion_choices`."""
+    choices = [_completion_choice(r, tokens_as_ids) for r in sorted(results, key=lambda r: r.index)]
     return TextCompletion(id=request_id, created=created, model=model, choices=choices, usage=usage_out(usage))
 
 
@@ -297,6 +334,7 @@ class StreamFormatter:
         prompt_only: bool = False,
         echo_decoded: bool = False,
         token_ids: bool = False,
+        tokens_as_ids: bool = False,
     ) -> None:
         self.request_id = request_id
         self.created = created
@@ -317,6 +355,8 @@ class StreamFormatter:
         self.token_ids = token_ids
         """The request asked for token ids (`return_token_ids`): every content chunk carries its
         tokens' ids, and the first chunk after they arrive the prompt's."""
+        self.tokens_as_ids = tokens_as_ids
+        """Log probabilities name tokens by id (`return_tokens_as_token_ids`)."""
         self._prompt_token_ids: tuple[int, ...] = ()
         """The prompt's token ids, arrived and not sent yet."""
         self._prompt_token_ids_noted = False
@@ -428,7 +468,7 @@ class ChatStreamFormatter(StreamFormatter):
         token_ids: Sequence[int] = (),
     ) -> str:
         delta = ChatDelta(content=text) if text or finish_reason is None else ChatDelta()
-        out = None if logprobs is None else chat_logprobs(logprobs)
+        out = None if logprobs is None else chat_logprobs(logprobs, by_id=self.tokens_as_ids)
         return self._chat_chunk(delta, finish_reason, out, self._chunk_token_ids(token_ids))
 
     def _chat_chunk(
@@ -482,6 +522,7 @@ class CompletionStreamFormatter(StreamFormatter):
         prompt_only: bool = False,
         echo_decoded: bool = False,
         token_ids: bool = False,
+        tokens_as_ids: bool = False,
     ) -> None:
         super().__init__(
             request_id,
@@ -494,6 +535,7 @@ class CompletionStreamFormatter(StreamFormatter):
             prompt_only=prompt_only,
             echo_decoded=echo_decoded,
             token_ids=token_ids,
+            tokens_as_ids=tokens_as_ids,
         )
         self._text_offset = 0
         """Where the next chunk's first token starts (`text_offset` continues across chunks)."""
@@ -538,8 +580,10 @@ class CompletionStreamFormatter(StreamFormatter):
         chunk's). The prompt's token ids go on the first chunk after they arrive."""
         out = None
         if logprobs is not None or prompt:
-            out = completion_logprobs(logprobs or (), text_offset=self._text_offset, prompt=prompt)
-            self._text_offset += sum(len(lp.token) for lp in (*prompt, *(logprobs or ())))
+            out = completion_logprobs(
+                logprobs or (), text_offset=self._text_offset, prompt=prompt, by_id=self.tokens_as_ids
+            )
+            self._text_offset += sum(len(token) for token in out.tokens)
         chunk = TextCompletion(
             id=self.request_id,
             created=self.created,

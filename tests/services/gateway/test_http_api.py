@@ -874,3 +874,29 @@ async def test_echo_with_max_tokens_0_answers_the_prompt_alone(start_gateway, fa
         assert own[-1]["finish_reason"] == "length"
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"
     assert "only for echo" in refused.json()["error"]["message"]
+
+
+async def test_tokens_named_by_id_as_vllm_names_them(start_gateway, fake_batcher: FakeBatcher) -> None:
+    service = await start_gateway()
+    messages = [{"role": "user", "content": "hi"}]
+    chat_body = {"messages": messages, "logprobs": True, "top_logprobs": 1, "max_tokens": 2}
+    async with http_for(service) as http:
+        chat = await http.post("/v1/chat/completions", json={**chat_body, "return_tokens_as_token_ids": True})
+        body = {"prompt": "a b", "echo": True, "logprobs": 1, "max_tokens": 2, "return_tokens_as_token_ids": True}
+        completion = await http.post("/v1/completions", json=body)
+        streamed = await http.post("/v1/completions", json={**body, "stream": True})
+        plain = await http.post("/v1/chat/completions", json=chat_body)
+    # The fake's tokens: answer token i has id i, its alternative "alt1" id 1001; the prompt's
+    # words 5000, 5001, ...
+    content = chat.json()["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in content] == ["token_id:0", "token_id:1"]
+    assert content[0]["bytes"] == list(b"Hello")  # the token's own bytes, as vLLM gives them
+    assert [t["token"] for t in content[0]["top_logprobs"]] == ["token_id:0"]
+    listed = completion.json()["choices"][0]["logprobs"]
+    assert listed["tokens"] == ["token_id:5000", "token_id:5001", "token_id:0", "token_id:1"]
+    assert listed["text_offset"] == [0, 13, 26, 36]  # the names' lengths, as vLLM counts them
+    assert listed["top_logprobs"][1] == {"token_id:5001": -0.2}
+    assert completion.json()["choices"][0]["text"] == "a b" + "".join(ANSWER_TOKENS[:2])  # the text is text
+    chunks = [c["choices"][0] for c in sse_chunks(streamed.text) if c["choices"]]
+    assert [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]] == listed["tokens"]
+    assert [t["token"] for t in plain.json()["choices"][0]["logprobs"]["content"]] == list(ANSWER_TOKENS[:2])
