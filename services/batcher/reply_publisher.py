@@ -122,8 +122,8 @@ class ReplyPublisher:
             ]
         decoded, prompt_ids = None, ()
         if _prompt_unsent(state):
-            decoded, state.decoded_prompt_sent = state.decoded_prompt, True
-            prompt_ids, state.worker_prompt_ids_sent = state.worker_prompt_ids, True
+            decoded, prompt_ids = state.decoded_prompt, state.worker_prompt_ids
+            state.worker_prompt_sent = True
             if not chunks:
                 chunks.append(("", (), (), ()))
         for index, (chunk_text, chunk, prompt_chunk, ids_chunk) in enumerate(chunks):
@@ -233,5 +233,5 @@ class ReplyPublisher:
 def _prompt_unsent(state: RequestState) -> bool:
     """Whether what a worker told of the request's prompt (the decoding of a prompt of token ids,
     the prompt's token ids) has yet to go out."""
-    decoding = state.decoded_prompt is not None and not state.decoded_prompt_sent
-    return decoding or (bool(state.worker_prompt_ids) and not state.worker_prompt_ids_sent)
+    told = state.decoded_prompt is not None or bool(state.worker_prompt_ids)
+    return told and not state.worker_prompt_sent

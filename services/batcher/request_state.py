@@ -56,16 +56,16 @@ class RequestState:
     """A worker sent the prompt's log probabilities: a retry elsewhere does not ask for them again."""
     decoded_prompt: str | None = None
     """A prompt of token ids as the first worker to take it decoded it (`TokenDelta.prompt_text`)."""
-    decoded_prompt_sent: bool = False
-    """`decoded_prompt` went out on a reply (`ReplyEvent.prompt_text`), which happens once."""
     token_ids: list[int] = field(default_factory=list)
     """Generated tokens' ids (requests with `params.return_token_ids`) not published yet: as
     `logprobs`, those of a request that does not stream wait here for its end."""
     worker_prompt_ids: tuple[int, ...] = ()
     """The prompt's token ids as the first worker to take it tokenized them (requests with
     `params.return_token_ids`; `TokenDelta.prompt_token_ids`)."""
-    worker_prompt_ids_sent: bool = False
-    """`worker_prompt_ids` went out on a reply (`ReplyEvent.prompt_token_ids`), which happens once."""
+    worker_prompt_sent: bool = False
+    """What the worker told of the prompt (`decoded_prompt`, `worker_prompt_ids`: both come on its
+    first delta) went out on a reply (`ReplyEvent.prompt_text`, `prompt_token_ids`), which happens
+    once."""
 
     @property
     def prompt_text(self) -> str:

@@ -31,6 +31,7 @@ from services.worker.engine import (
     TopLogprob,
     WorkItem,
 )
+from services.worker.prompt_encoding import EncodedPrompt
 from services.worker.sequence_tasks import SequenceAbort, SequenceProgress, TaskPerSequenceEngine
 from services.worker.settings import WorkerSettings
 from services.worker.stop_strings import StopStringMatcher
@@ -95,13 +96,11 @@ def simulated_prompt_token_ids(item: WorkItem) -> tuple[int, ...]:
     return tuple(range(_count_words(item)))
 
 
-def _admission_delta(item: WorkItem) -> TextDelta | None:
-    """The delta about the prompt sent at admission (as `EncodedPrompt.admission_delta`)."""
+def _simulated_encoding(item: WorkItem) -> EncodedPrompt:
+    """The prompt as the simulated backend "tokenizes" it, for the delta about it sent at
+    admission (`EncodedPrompt.admission_delta`, as the real backends send it)."""
     decoded = simulated_prompt_text(item.prompt_token_ids) if item.prompt_token_ids and not item.messages else None
-    ids = simulated_prompt_token_ids(item) if item.params.return_token_ids and not item.continuation else ()
-    if decoded is None and not ids:
-        return None
-    return TextDelta(item.request_id, "", 0, prompt_text=decoded, prompt_token_ids=ids)
+    return EncodedPrompt(list(simulated_prompt_token_ids(item)), item.remaining_tokens, decoded=decoded)
 
 
 def _count_words(item: WorkItem) -> int:
@@ -166,7 +165,7 @@ class SimulatedEngine(TaskPerSequenceEngine):
                     f"beyond this worker's max_model_len of {settings.worker_max_model_len}",
                 )
             )
-        admission = _admission_delta(item)
+        admission = _simulated_encoding(item).admission_delta(item)
         if admission is not None:
             handle.sink(admission)
         if budget == 0:
