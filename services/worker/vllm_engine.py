@@ -240,6 +240,11 @@ class CumulativeOutput:
         self._sent_text += new_text
         return new_text, self.take_unreported()
 
+    @property
+    def reported(self) -> int:
+        """Tokens already reported on a delta."""
+        return self._reported_tokens
+
     def take_unreported(self) -> int:
         """Tokens generated and not yet reported, now counted as reported (for the last delta of a
         sequence whose final tokens added no text but whose log probabilities must go)."""
@@ -586,7 +591,7 @@ class VllmEngine(TaskPerSequenceEngine):
         logprobs: list[TokenLogprob] = []  # of the tokens not yet reported (they wait with their text)
         prompt_top = item.params.prompt_logprobs
         prompt_logprobs: tuple[TokenLogprob, ...] = ()
-        ids_sent: int | None = 0 if item.params.return_token_ids else None  # None: not asked for
+        want_ids = item.params.return_token_ids
         last_at = time.monotonic()
         finish_reason: str | None = None
         finished = False
@@ -595,7 +600,7 @@ class VllmEngine(TaskPerSequenceEngine):
             # suspended, so that vLLM's generator completes instead of waiting for finalization.
             async for result in self._llm.generate(self._token_prompt(encoded.ids), params, request_id):
                 completion = result.outputs[0]
-                before = output.tokens
+                before, reported_before = output.tokens, output.reported
                 if top_logprobs is not None and completion.logprobs is not None:
                     for i in range(before, len(completion.token_ids)):
                         logprobs.append(logprob_of(completion.logprobs[i], completion.token_ids[i], top_logprobs))
@@ -607,16 +612,14 @@ class VllmEngine(TaskPerSequenceEngine):
                 text, reported = output.advance(completion.text, len(completion.token_ids))
                 self._count_tokens(handle, progress, output.tokens - before, last_at)
                 last_at = time.monotonic()
-                ids_unsent = ids_sent is not None and ids_sent < output.tokens
+                ids_unsent = want_ids and output.reported < output.tokens
                 if text or (result.finished and (logprobs or ids_unsent)) or prompt_logprobs:
                     if not text:
                         # The last tokens added no text (end of sequence), or the prompt's log
                         # probabilities go first: what was generated is counted on this delta.
                         reported = output.take_unreported()
-                    token_ids: tuple[int, ...] = ()
-                    if ids_sent is not None:
-                        # Every token generated so far is reported on this delta (`advance`).
-                        token_ids, ids_sent = tuple(completion.token_ids[ids_sent:]), output.tokens
+                    # This delta reports every token generated after those reported before it.
+                    token_ids = tuple(completion.token_ids[reported_before:]) if want_ids else ()
                     handle.sink(
                         TextDelta(item.request_id, text, reported, tuple(logprobs), prompt_logprobs, None, token_ids)
                     )
