@@ -380,6 +380,33 @@ def cpu_dtype() -> str:
     return cpu_auto_dtype()
 
 
+#: The instruction sets that decide which dtype and kernels are fast (the worker's `auto` dtype,
+#: oneDNN's and vLLM's kernels): results differ by several times between CPUs with and without them.
+CPU_FLAGS_REPORTED = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_description() -> dict[str, object]:
+    """This machine's CPU as /proc/cpuinfo gives it (model name, family and model numbers, the flags
+    of `CPU_FLAGS_REPORTED` it has), so that results from different machines are not compared as
+    if alike; empty where /proc/cpuinfo cannot be read (not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        # Safe: the description is informative only; the benchmark's numbers do not depend on it.
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model_name": fields.get("model name", ""),
+        "family": fields.get("cpu family", ""),
+        "model": fields.get("model", ""),
+        "flags": [flag for flag in CPU_FLAGS_REPORTED if flag in flags],
+    }
+
+
 @contextlib.contextmanager
 def transformers_serve(out: Path, dtype: str) -> Iterator[Target]:
     cli = Path(sys.executable).with_name("transformers")
@@ -523,7 +550,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     load = dict(requests=args.requests, streams=args.streams, max_tokens=args.max_tokens,
                 temperature=args.temperature, timeout_s=args.timeout)
     report: dict[str, Any] = {
-        "setup": {**load, "stream_interval": args.stream_interval, "warmup_requests": args.warmup_requests, "prompts": len(PROMPTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(), "cpu_dtype_auto": cpu_dtype(), "loadavg_before": os.getloadavg(),
+        "setup": {**load, "stream_interval": args.stream_interval, "warmup_requests": args.warmup_requests, "prompts": len(PROMPTS), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(), "cpu": cpu_description(), "cpu_dtype_auto": cpu_dtype(), "loadavg_before": os.getloadavg(),
                   "model": "SmolLM2-135M-Instruct", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "systems": {},
     }

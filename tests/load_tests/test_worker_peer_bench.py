@@ -125,3 +125,17 @@ def test_the_best_cluster_system_against_vllm_serve_is_an_unquantized_one(monkey
     assert comparison["best_cluster_vs_vllm_serve_tokens"] == 0.98
     assert comparison["best_cluster_ttft_p50_ms"] == 1424.3
     assert comparison["cluster-transformers-int8_vs_vllm_serve_tokens"] == 1.09
+
+
+def test_the_report_names_the_cpu_and_its_instruction_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _load_bench(monkeypatch)
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        assert bench.cpu_description() == {}
+        return
+    first = cpuinfo.read_text().split("\n\n", 1)[0]
+    flags = next(line for line in first.splitlines() if line.startswith("flags")).split(":", 1)[1].split()
+    described = bench.cpu_description()
+    assert described["model_name"] and described["model_name"] in first
+    assert described["flags"] == [flag for flag in bench.CPU_FLAGS_REPORTED if flag in flags]
+    assert set(described["flags"]) <= set(flags)
