@@ -456,7 +456,8 @@ class _Out(BaseModel):
 
 
 def _absent(value: object) -> bool:
-    """Fields of vLLM's extensions are left out of an answer that did not ask for them."""
+    """Fields of vLLM's extensions are left out of an answer that did not ask for them, and unset
+    delta fields out of a chunk (OpenAI sends no nulls there)."""
     return value is None
 
 
@@ -589,10 +590,10 @@ class ChatCompletion(_Out):
 class ChatDelta(_Out):
     """New content in a streamed chat answer."""
 
-    role: Literal["assistant"] | None = None
-    """`assistant` on the first chunk only."""
-    content: str | None = None
-    """The new text."""
+    role: Literal["assistant"] | None = Field(None, exclude_if=_absent)
+    """`assistant` on the first chunk only; absent on the others."""
+    content: str | None = Field(None, exclude_if=_absent)
+    """The new text; absent on a chunk that only finishes."""
 
 
 class ChatChunkChoice(_Out):

@@ -49,7 +49,6 @@ redacted gets none.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TypeVar
@@ -490,20 +489,13 @@ class ChatStreamFormatter(StreamFormatter):
             choices=[choice],
             prompt_token_ids=prompt_token_ids,
         )
-        return self._dump_chat(chunk)
-
-    def _dump_chat(self, chunk: ChatCompletionChunk) -> str:
-        data = chunk.model_dump(exclude=None if self.include_usage else {"usage"})
-        # OpenAI leaves unset delta fields out rather than sending nulls.
-        for choice in data["choices"]:
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
-        return sse_event(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+        return self._dump(chunk)
 
     def _usage_chunk(self, usage: Usage | None) -> str:
         chunk = ChatCompletionChunk(
             id=self.request_id, created=self.created, model=self.model, choices=[], usage=usage_out(usage)
         )
-        return self._dump_chat(chunk)
+        return self._dump(chunk)
 
 
 class CompletionStreamFormatter(StreamFormatter):
