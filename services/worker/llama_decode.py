@@ -9,10 +9,15 @@ packed or quantized as loaded) with these differences:
 
 * the keys and values live in a `KVSlab`: one tensor per layer with room for more columns; a step
   writes its column in place, and the slab grows by half its width when it is full;
-* attention is two batched matrix products with the softmax in float32 between them, as in
-  transformers' "eager" attention, with the query heads of each key/value head stacked as the rows
-  of one product (grouped-query attention without repeating the keys). Keys are stored transposed
-  ([rows, kv_heads, head_dim, columns]) so that product reads them in place;
+* keys and values are stored alike ([rows, kv_heads, columns, head_dim]). Attention is, in float32,
+  two batched matrix products with the softmax between them, as in transformers' "eager"
+  attention, with the query heads of each key/value head stacked as the rows of one product
+  (grouped-query attention without repeating the keys); in bfloat16 (or float16) it is
+  `scaled_dot_product_attention` with `enable_gqa` (`LlamaDecoder.fused_attention`). Why two
+  kinds: oneDNN's bfloat16 batched product copies an operand that is not contiguous first, and a
+  slab's first `width` columns never are, while PyTorch's CPU flash-attention kernel reads the
+  slab's strided view in place and keeps the scores in float32 itself; MKL's float32 product
+  reads the strided view as it is, and there the two products are at least as fast;
 * plain q/k/v projections are fused into one linear, and so are the MLP's gate and up projections;
 * on CPU, a decode step of at least `WIDE_MIN_ROWS` rows may run its largest matrix products (each
   layer's MLP projections and the output head; in float32 its attention block's products too,
@@ -42,6 +47,13 @@ too: on the 2-core AVX2-only AMD EPYC of 2026-12-07 (SmolLM2-135M float32, packe
 thread, the MLP and head on 2, 4 alternations of 64 steps each), a step of 32 rows took 123.2 ms
 with them on 2 threads against 141.1 ms without (16 rows: 101.7 against 102.9 ms).
 
+Measured on the 2-core Intel Xeon with AMX of 2026-12-08 (30 layers' attention of a decode step of
+32 rows at 135 of 200 columns, keys and values read from memory, medians of 15): in bfloat16 the
+two products 36.2 ms on one thread (24.2 on two) against 20.7 (18.0) for
+`scaled_dot_product_attention`; in float32 33.9 (19.8) against 34.6 (23.5), and 36.6 (19.7) for the
+products over untransposed keys, the layout both kinds now share (keys were stored transposed for
+the products before: their new column was then written one element per cache line).
+
 Applies to `LlamaForCausalLM` (SmolLM2 and the Llama family): full attention, rotary embedding over
 the whole head, no per-head query/key norms. Other models keep the transformers forward.
 """
@@ -52,6 +64,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LEFT_ROOM", "MIN_ROOM", "WIDE_MIN_ROWS", "FusedAway", "KVSlab", "LlamaDecoder"]
@@ -69,14 +82,14 @@ WIDE_MIN_ROWS = 16
 
 
 class KVSlab:
-    """Every layer's keys (transposed) and values for the rows of a batch, with room for more columns.
+    """Every layer's keys and values for the rows of a batch, with room for more columns.
 
     Columns `[0, length)` hold the batch's tokens (left padding included, masked by the batch);
     columns from `length` to the capacity are free. Free columns and the padding `absorb` adds are
     zero, and a prefill's padding holds its pad tokens' keys: never uninitialised memory, because
     a NaN there would survive a zero attention weight.
 
-    `keys_t` and `values` are views into a larger allocation: rows beyond the view (spare rows a
+    `keys` and `values` are views into a larger allocation: rows beyond the view (spare rows a
     prefill reserves for the batch's maximum size, and rows whose sequences left) and columns
     left of it (a little room a prefill leaves, and padding columns trimmed off) are allocated but
     not in view, and are zeroed as they come into it. So a sequence leaving copies only the rows
@@ -93,23 +106,23 @@ class KVSlab:
 
     def __init__(
         self,
-        keys_t: list[torch.Tensor],
+        keys: list[torch.Tensor],
         values: list[torch.Tensor],
         length: int,
         rows: int | None = None,
         start: int = 0,
     ) -> None:
-        """A slab over allocated `keys_t` and `values`: its view is their first `rows` rows (all
+        """A slab over allocated `keys` and `values`: its view is their first `rows` rows (all
         by default) from column `start` on, of which `length` columns are in use."""
-        self._keys_held = keys_t
-        """Per layer [allocated rows, kv_heads, head_dim, allocated columns]."""
+        self._keys_held = keys
+        """Per layer [allocated rows, kv_heads, allocated columns, head_dim]."""
         self._values_held = values
         """Per layer [allocated rows, kv_heads, allocated columns, head_dim]."""
         self._rows = int(values[0].shape[0]) if rows is None else rows
         self._start = start
         self.length = length
-        self.keys_t: list[torch.Tensor] = []
-        """Per layer [rows, kv_heads, head_dim, capacity]: a view."""
+        self.keys: list[torch.Tensor] = []
+        """Per layer [rows, kv_heads, capacity, head_dim]: a view."""
         self.values: list[torch.Tensor] = []
         """Per layer [rows, kv_heads, capacity, head_dim]: a view."""
         self._view()
@@ -122,10 +135,10 @@ class KVSlab:
         """An empty slab (length 0) of `rows` rows and `capacity` columns, all zero, with
         `spare_rows` rows and `left_room` columns allocated beyond its view (uninitialised)."""
         shape_rows, columns = rows + spare_rows, left_room + capacity
-        keys_t = [like.new_empty((shape_rows, kv_heads, head_dim, columns)) for _ in range(layers)]
+        keys = [like.new_empty((shape_rows, kv_heads, columns, head_dim)) for _ in range(layers)]
         values = [like.new_empty((shape_rows, kv_heads, columns, head_dim)) for _ in range(layers)]
-        slab = cls(keys_t, values, 0, rows, left_room)
-        for k, v in zip(slab.keys_t, slab.values, strict=True):
+        slab = cls(keys, values, 0, rows, left_room)
+        for k, v in zip(slab.keys, slab.values, strict=True):
             k.zero_()
             v.zero_()
         return slab
@@ -141,7 +154,7 @@ class KVSlab:
     def nbytes(self) -> int:
         """Bytes of the rows in view, free columns included: what the batch's sequences use. The
         rows allocated beyond the view are not counted (spare rows stay untouched until used)."""
-        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys_t, self.values, strict=True))
+        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values, strict=True))
 
     def reserve_column(self) -> int:
         """The index of the next free column, growing the slab first when it is full."""
@@ -155,10 +168,8 @@ class KVSlab:
         if holes.numel():
             # Whole rows, free columns included: a mover's free columns are zero, so the hole's
             # become zero too.
-            for k in self.keys_t:
-                k.index_copy_(0, holes, k.index_select(0, movers))
-            for v in self.values:
-                v.index_copy_(0, holes, v.index_select(0, movers))
+            for held in (*self.keys, *self.values):
+                held.index_copy_(0, holes, held.index_select(0, movers))
         self._rows = rows
         self._start += start
         self.length -= start
@@ -179,24 +190,20 @@ class KVSlab:
             return
         if wider:
             # Left-pad the rows in view by bringing zeroed columns into it.
-            for k, v in zip(self._keys_held, self._values_held, strict=True):
-                k[: self._rows, ..., self._start - wider : self._start].zero_()
-                v[: self._rows, :, self._start - wider : self._start].zero_()
+            for held in (*self._keys_held, *self._values_held):
+                held[: self._rows, :, self._start - wider : self._start].zero_()
             self._start -= wider
             self.length += wider
         first, last = self._rows, self._rows + other.rows
         column, pad = self._start, self.length - other.length
-        layers = zip(self._keys_held, other.keys_t, self._values_held, other.values, strict=True)
         end = column + self.length
-        for k, theirs_k, v, theirs_v in layers:
+        mine, theirs = (*self._keys_held, *self._values_held), (*other.keys, *other.values)
+        for held, their in zip(mine, theirs, strict=True):
             # Zeros where `other` writes nothing (its padding, the free columns): rows that left
             # may have held columns there.
-            k[first:last, ..., column : column + pad].zero_()
-            k[first:last, ..., end:].zero_()
-            v[first:last, :, column : column + pad].zero_()
-            v[first:last, :, end:].zero_()
-            k[first:last, ..., column + pad : end] = theirs_k[..., : other.length]
-            v[first:last, :, column + pad : end] = theirs_v[:, :, : other.length]
+            held[first:last, :, column : column + pad].zero_()
+            held[first:last, :, end:].zero_()
+            held[first:last, :, column + pad : end] = their[:, :, : other.length]
         self._rows = last
         self._view()
 
@@ -205,15 +212,14 @@ class KVSlab:
         `capacity` columns, holding `parts` one after the other: each slab's columns in use,
         shifted right by its padding."""
         spare = max(0, int(self._values_held[0].shape[0]) - rows)
-        first = self.keys_t[0]
-        heads, dim = int(first.shape[1]), int(first.shape[2])
-        new = KVSlab.allocate(first, len(self.keys_t), rows, heads, dim, capacity, spare_rows=spare)
+        first = self.keys[0]
+        heads, dim = int(first.shape[1]), int(first.shape[3])
+        new = KVSlab.allocate(first, len(self.keys), rows, heads, dim, capacity, spare_rows=spare)
         row = 0
         for part, pad in parts:
             last = row + part.rows
-            for k, v, theirs_k, theirs_v in zip(new.keys_t, new.values, part.keys_t, part.values, strict=True):
-                k[row:last, ..., pad : pad + part.length] = theirs_k[..., : part.length]
-                v[row:last, :, pad : pad + part.length] = theirs_v[:, :, : part.length]
+            for held, their in zip((*new.keys, *new.values), (*part.keys, *part.values), strict=True):
+                held[row:last, :, pad : pad + part.length] = their[:, :, : part.length]
             row = last
         self._keys_held, self._values_held = new._keys_held, new._values_held
         self._rows, self._start = rows, 0
@@ -221,7 +227,7 @@ class KVSlab:
 
     def _view(self) -> None:
         rows, start = self._rows, self._start
-        self.keys_t = [k[:rows, ..., start:] for k in self._keys_held]
+        self.keys = [k[:rows, :, start:] for k in self._keys_held]
         self.values = [v[:rows, :, start:] for v in self._values_held]
 
 
@@ -252,7 +258,11 @@ class LlamaDecoder:
         if self.fused:
             for layer in self._layers:
                 _fuse(layer)
-        self.wide_attention = self.fused and model.model.embed_tokens.weight.dtype == torch.float32
+        float32 = model.model.embed_tokens.weight.dtype == torch.float32
+        self.fused_attention = not float32
+        """Whether attention is `scaled_dot_product_attention` (bfloat16, float16) rather than two
+        batched matrix products (float32): the faster of the two in each (module docstring)."""
+        self.wide_attention = self.fused and float32
         """Whether a step on `wide_threads` runs its attention block's products on them too (the
         fused q/k/v and the output projections, the two attention products): in float32, where
         those products take most of the rest of the step (module docstring). Plain linears only:
@@ -297,9 +307,8 @@ class LlamaDecoder:
         shared = prefix.length if prefix is not None else 0
         slab = self._new_slab(rows, shared + length)
         if prefix is not None:
-            for k, v, k_prefix, v_prefix in zip(slab.keys_t, slab.values, prefix.keys_t, prefix.values, strict=True):
-                k[..., :shared] = k_prefix[..., :shared]  # broadcast over the rows
-                v[:, :, :shared] = v_prefix[:, :, :shared]
+            for held, theirs in zip((*slab.keys, *slab.values), (*prefix.keys, *prefix.values), strict=True):
+                held[:, :, :shared] = theirs[:, :, :shared]  # broadcast over the rows
             slab.length = shared
         return slab
 
@@ -376,34 +385,25 @@ class LlamaDecoder:
         column = slab.length
         width = column + new
         heads, kv_heads, dim = self._heads, self._kv_heads, self._head_dim
-        groups = heads // kv_heads
         inner = self._model.model
         x = inner.embed_tokens(ids)
         cos, sin = inner.rotary_emb(x, positions)  # [rows, new, dim]
         bias = bias[:, None]  # [rows, 1, new, width]: every head alike
+        if self.fused_attention:
+            bias = bias.to(x.dtype)  # the kernel takes a float mask in the queries' dtype
         narrow = wide if self.wide_attention else 1  # threads for the attention block's products
-        for layer, keys_t, values in zip(self._layers, slab.keys_t, slab.values, strict=True):
+        for layer, keys, values in zip(self._layers, slab.keys, slab.values, strict=True):
             attn = layer.self_attn
             q, k, v = self._project_qkv(layer, layer.input_layernorm(x), cos, sin, narrow)
-            keys_t[..., column:width] = k.permute(0, 2, 3, 1)
+            keys[:, :, column:width] = k.transpose(1, 2)
             values[:, :, column:width] = v.view(rows, new, kv_heads, dim).transpose(1, 2)
-            # The query heads of each key/value head, at every new position, as the rows of one
-            # product with that head's keys: grouped-query attention without repeating the keys.
-            # (A decode step's single position needs no permutation, only the queries' small copy
-            # out of the rotated queries and keys.)
-            if new == 1:
-                stacked = q.reshape(rows * kv_heads, groups, dim)
+            if self.fused_attention:
+                out = F.scaled_dot_product_attention(
+                    q.transpose(1, 2), keys[:, :, :width], values[:, :, :width],
+                    attn_mask=bias, scale=attn.scaling, enable_gqa=True,
+                ).transpose(1, 2).reshape(rows, new, heads * dim)
             else:
-                grouped = q.reshape(rows, new, kv_heads, groups, dim)
-                stacked = grouped.permute(0, 2, 3, 1, 4).reshape(rows * kv_heads, groups * new, dim)
-            scores = _widely(narrow, torch.bmm, stacked, keys_t[..., :width].reshape(rows * kv_heads, dim, width))
-            scores = scores.view(rows, kv_heads * groups, new, width).float().mul_(attn.scaling).add_(bias)
-            weights = scores.softmax(dim=-1).to(x.dtype).view(rows * kv_heads, groups * new, width)
-            out = _widely(narrow, torch.bmm, weights, values[:, :, :width].reshape(rows * kv_heads, width, dim))
-            if new == 1:
-                out = out.view(rows, 1, heads * dim)
-            else:
-                out = out.view(rows, kv_heads, groups, new, dim).permute(0, 3, 1, 2, 4).reshape(rows, new, heads * dim)
+                out = self._products_attention(q, keys[:, :, :width], values[:, :, :width], bias, attn.scaling, narrow)
             x = x + _widely(narrow, attn.o_proj, out)
             x = x + self._mlp(layer, layer.post_attention_layernorm(x), wide)
         slab.length = width
@@ -412,6 +412,34 @@ class LlamaDecoder:
         if not logits:
             return None
         return _widely(wide, self._model.lm_head, inner.norm(x[:, -1:]))[:, -1, :].float()
+
+    def _products_attention(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float,
+        threads: int,
+    ) -> torch.Tensor:
+        """Attention as two batched matrix products on `threads` threads (`_widely`), the softmax
+        in float32 between them: `q` [rows, new, heads, head_dim], `keys` and `values` [rows,
+        kv_heads, width, head_dim], `bias` [rows, 1, new, width]; returns [rows, new, heads *
+        head_dim]. The query heads of each key/value head, at every new position, are the rows of
+        one product with that head's keys: grouped-query attention without repeating the keys. (A
+        decode step's single position needs no permutation, only the queries' small copy out of
+        the rotated queries and keys.)"""
+        rows, new, heads, dim = q.shape
+        kv_heads, width = int(keys.shape[1]), int(keys.shape[2])
+        groups = heads // kv_heads
+        if new == 1:
+            stacked = q.reshape(rows * kv_heads, groups, dim)
+        else:
+            grouped = q.reshape(rows, new, kv_heads, groups, dim)
+            stacked = grouped.permute(0, 2, 3, 1, 4).reshape(rows * kv_heads, groups * new, dim)
+        keys_t = keys.reshape(rows * kv_heads, width, dim).transpose(1, 2)
+        scores = _widely(threads, torch.bmm, stacked, keys_t)
+        scores = scores.view(rows, heads, new, width).float().mul_(scaling).add_(bias)
+        weights = scores.softmax(dim=-1).to(q.dtype).view(rows * kv_heads, groups * new, width)
+        out = _widely(threads, torch.bmm, weights, values.reshape(rows * kv_heads, width, dim))
+        if new == 1:
+            return out.view(rows, 1, heads * dim)
+        return out.view(rows, kv_heads, groups, new, dim).permute(0, 3, 1, 2, 4).reshape(rows, new, heads * dim)
 
     def _project_qkv(
         self, layer: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wide: int = 1
