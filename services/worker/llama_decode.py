@@ -403,7 +403,7 @@ class LlamaDecoder:
                     attn_mask=bias, scale=attn.scaling, enable_gqa=True,
                 ).transpose(1, 2).reshape(rows, new, heads * dim)
             else:
-                out = self._products_attention(q, keys[:, :, :width], values[:, :, :width], bias, attn.scaling, narrow)
+                out = _attention_products(q, keys[:, :, :width], values[:, :, :width], bias, attn.scaling, narrow)
             x = x + _widely(narrow, attn.o_proj, out)
             x = x + self._mlp(layer, layer.post_attention_layernorm(x), wide)
         slab.length = width
@@ -412,34 +412,6 @@ class LlamaDecoder:
         if not logits:
             return None
         return _widely(wide, self._model.lm_head, inner.norm(x[:, -1:]))[:, -1, :].float()
-
-    def _products_attention(
-        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float,
-        threads: int,
-    ) -> torch.Tensor:
-        """Attention as two batched matrix products on `threads` threads (`_widely`), the softmax
-        in float32 between them: `q` [rows, new, heads, head_dim], `keys` and `values` [rows,
-        kv_heads, width, head_dim], `bias` [rows, 1, new, width]; returns [rows, new, heads *
-        head_dim]. The query heads of each key/value head, at every new position, are the rows of
-        one product with that head's keys: grouped-query attention without repeating the keys. (A
-        decode step's single position needs no permutation, only the queries' small copy out of
-        the rotated queries and keys.)"""
-        rows, new, heads, dim = q.shape
-        kv_heads, width = int(keys.shape[1]), int(keys.shape[2])
-        groups = heads // kv_heads
-        if new == 1:
-            stacked = q.reshape(rows * kv_heads, groups, dim)
-        else:
-            grouped = q.reshape(rows, new, kv_heads, groups, dim)
-            stacked = grouped.permute(0, 2, 3, 1, 4).reshape(rows * kv_heads, groups * new, dim)
-        keys_t = keys.reshape(rows * kv_heads, width, dim).transpose(1, 2)
-        scores = _widely(threads, torch.bmm, stacked, keys_t)
-        scores = scores.view(rows, heads, new, width).float().mul_(scaling).add_(bias)
-        weights = scores.softmax(dim=-1).to(q.dtype).view(rows * kv_heads, groups * new, width)
-        out = _widely(threads, torch.bmm, weights, values.reshape(rows * kv_heads, width, dim))
-        if new == 1:
-            return out.view(rows, 1, heads * dim)
-        return out.view(rows, kv_heads, groups, new, dim).permute(0, 3, 1, 2, 4).reshape(rows, new, heads * dim)
 
     def _project_qkv(
         self, layer: Any, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wide: int = 1
@@ -522,6 +494,35 @@ def _widely(threads: int, product: Callable[..., torch.Tensor], *operands: torch
         return product(*operands)
     finally:
         torch.set_num_threads(own)
+
+
+def _attention_products(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float,
+    threads: int,
+) -> torch.Tensor:
+    """Attention as two batched matrix products on `threads` threads (`_widely`), the softmax
+    in float32 between them: `q` [rows, new, heads, head_dim], `keys` and `values` [rows,
+    kv_heads, width, head_dim], `bias` [rows, 1, new, width]; returns [rows, new, heads *
+    head_dim]. The query heads of each key/value head, at every new position, are the rows of
+    one product with that head's keys: grouped-query attention without repeating the keys. (A
+    decode step's single position needs no permutation, only the queries' small copy out of
+    the rotated queries and keys.)"""
+    rows, new, heads, dim = q.shape
+    kv_heads, width = int(keys.shape[1]), int(keys.shape[2])
+    groups = heads // kv_heads
+    if new == 1:
+        stacked = q.reshape(rows * kv_heads, groups, dim)
+    else:
+        grouped = q.reshape(rows, new, kv_heads, groups, dim)
+        stacked = grouped.permute(0, 2, 3, 1, 4).reshape(rows * kv_heads, groups * new, dim)
+    keys_t = keys.reshape(rows * kv_heads, width, dim).transpose(1, 2)
+    scores = _widely(threads, torch.bmm, stacked, keys_t)
+    scores = scores.view(rows, heads, new, width).float().mul_(scaling).add_(bias)
+    weights = scores.softmax(dim=-1).to(q.dtype).view(rows * kv_heads, groups * new, width)
+    out = _widely(threads, torch.bmm, weights, values.reshape(rows * kv_heads, width, dim))
+    if new == 1:
+        return out.view(rows, 1, heads * dim)
+    return out.view(rows, kv_heads, groups, new, dim).permute(0, 3, 1, 2, 4).reshape(rows, new, heads * dim)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
